@@ -1,0 +1,374 @@
+//! The command line: parse, load the configuration, run the command, map the
+//! outcome to an exit code.
+//!
+//! Exit codes: 0 success; 1 a run failed or the database could not be used;
+//! 2 bad configuration or usage (clap's own usage errors are 2 as well).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, ConfigError, Settings};
+use crate::error_chain;
+use crate::run::RunStatus;
+use crate::source::ApiClient;
+use crate::store::{RunRecord, Store};
+use crate::sync::{Job, RunReport, SyncContext, run_once};
+use crate::telemetry;
+
+const EXIT_FAILED: u8 = 1;
+const EXIT_CONFIG: u8 = 2;
+
+/// Copies records from HTTP/JSON APIs into PostgreSQL, idempotently.
+#[derive(Debug, Parser)]
+#[command(name = "apisync", version)]
+pub struct Cli {
+    /// Configuration file [default: $APISYNC_CONFIG, else ./apisync.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run jobs once now and exit (0: all succeeded, 1: a run failed, 2: bad configuration)
+    Sync {
+        /// Jobs to run, by name
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        jobs: Vec<String>,
+        /// Run every configured job
+        #[arg(long)]
+        all: bool,
+    },
+    /// Validate the configuration and exit (2 when it is invalid)
+    Check {
+        /// Also reach the database and fetch the first page of each job once (nothing is written)
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Apply the internal schema migrations (also applied automatically by `sync`)
+    Migrate,
+    /// Show recent runs from the audit table
+    Runs {
+        /// Only this job's runs
+        job: Option<String>,
+        /// How many runs to show
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// One JSON object per line instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> ExitCode {
+    let env: HashMap<String, String> = std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect();
+    let path = config::config_path(cli.config.as_deref(), &env);
+    let settings = match config::load(&path, &env) {
+        Ok(settings) => settings,
+        Err(error) => {
+            print_config_error(&error);
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    telemetry::init(&settings.log);
+
+    match cli.command {
+        Command::Sync { jobs, all } => sync(&settings, &jobs, all).await,
+        Command::Check { connect } => check(&settings, &path, connect).await,
+        Command::Migrate => migrate(&settings).await,
+        Command::Runs { job, limit, json } => runs(&settings, job.as_deref(), limit, json).await,
+    }
+}
+
+fn print_config_error(error: &ConfigError) {
+    eprintln!(
+        "apisync: invalid configuration in {}:",
+        error.path.display()
+    );
+    for problem in &error.problems {
+        eprintln!("  - {problem}");
+    }
+}
+
+/// Prints an error that is not about the configuration and picks exit code 1.
+fn fail(settings: &Settings, what: &str, error: &dyn std::error::Error) -> ExitCode {
+    eprintln!(
+        "apisync: {what}: {}",
+        settings.redactor.redact(&error_chain(error))
+    );
+    ExitCode::from(EXIT_FAILED)
+}
+
+/// The store, with migrations applied.
+async fn open_store(settings: &Settings) -> Result<Store, ExitCode> {
+    let store = Store::connect_lazy(&settings.database)
+        .map_err(|e| fail(settings, "cannot use database.url", &e))?;
+    store
+        .migrate()
+        .await
+        .map_err(|e| fail(settings, "cannot prepare the database", &e))?;
+    Ok(store)
+}
+
+async fn sync(settings: &Settings, names: &[String], all: bool) -> ExitCode {
+    let selected: Vec<&config::JobSettings> = if all {
+        settings.jobs.iter().collect()
+    } else {
+        let unknown: Vec<&str> = names
+            .iter()
+            .filter(|name| settings.job(name).is_none())
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            let known: Vec<&str> = settings.jobs.iter().map(|j| j.name.as_str()).collect();
+            eprintln!(
+                "apisync: no job named {}; configured jobs: {}",
+                unknown.join(", "),
+                known.join(", ")
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        names.iter().filter_map(|name| settings.job(name)).collect()
+    };
+    let jobs: Result<Vec<Job>, String> = selected
+        .iter()
+        .map(|job| Job::from_settings(job).map_err(|e| format!("job \"{}\": {e}", job.name)))
+        .collect();
+    let jobs = match jobs {
+        Ok(jobs) => jobs,
+        Err(e) => {
+            eprintln!("apisync: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let store = match open_store(settings).await {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    let client = match ApiClient::new() {
+        Ok(client) => client,
+        Err(e) => return fail(settings, "cannot create the HTTP client", &e),
+    };
+    let ctx = SyncContext {
+        store,
+        client,
+        redactor: settings.redactor.clone(),
+    };
+
+    let mut all_succeeded = true;
+    for job in &jobs {
+        match run_once(job, &ctx).await {
+            Ok(report) => {
+                all_succeeded &= report.status == RunStatus::Succeeded;
+                println!("{}", summary_line(&report));
+            }
+            Err(e) => {
+                all_succeeded = false;
+                println!(
+                    "{} failed error: the run could not be recorded: {}",
+                    job.name,
+                    ctx.redactor.redact(&error_chain(&e))
+                );
+            }
+        }
+    }
+    if all_succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+/// `products succeeded fetched=… inserted=… … pages=… seconds=…[ error: …]`
+pub fn summary_line(report: &RunReport) -> String {
+    let c = &report.counts;
+    let mut line = format!(
+        "{} {} fetched={} inserted={} updated={} unchanged={} duplicate={} rejected={} \
+         pages={} seconds={:.2}",
+        report.job,
+        report.status.as_str(),
+        c.fetched,
+        c.inserted,
+        c.updated,
+        c.unchanged,
+        c.duplicate,
+        c.rejected,
+        c.pages,
+        report.elapsed.as_secs_f64(),
+    );
+    if let Some(error) = &report.error {
+        line.push_str(" error: ");
+        line.push_str(error);
+    }
+    line
+}
+
+async fn check(settings: &Settings, path: &std::path::Path, connect: bool) -> ExitCode {
+    let names: Vec<&str> = settings.jobs.iter().map(|j| j.name.as_str()).collect();
+    println!(
+        "configuration {} is valid: {} job(s): {}",
+        path.display(),
+        names.len(),
+        names.join(", ")
+    );
+    if !connect {
+        return ExitCode::SUCCESS;
+    }
+
+    let mut ok = true;
+    match Store::connect_lazy(&settings.database) {
+        Ok(store) => match store.ping(settings.database.acquire_timeout).await {
+            Ok(()) => println!("database: reachable"),
+            Err(e) => {
+                ok = false;
+                println!(
+                    "database: unreachable: {}",
+                    settings.redactor.redact(&error_chain(&e))
+                );
+            }
+        },
+        Err(e) => {
+            ok = false;
+            println!("database: {}", settings.redactor.redact(&error_chain(&e)));
+        }
+    }
+    let client = match ApiClient::new() {
+        Ok(client) => client,
+        Err(e) => return fail(settings, "cannot create the HTTP client", &e),
+    };
+    for job in &settings.jobs {
+        let line = match crate::source::SourceSpec::new(job) {
+            Err(e) => {
+                ok = false;
+                format!("job {}: {e}", job.name)
+            }
+            Ok(spec) => match spec.pages(&client).next_page().await {
+                Ok(Some(page)) => format!(
+                    "job {}: API reachable, first page holds {} record(s)",
+                    job.name,
+                    page.records.len()
+                ),
+                Ok(None) => format!("job {}: API reachable, no page", job.name),
+                Err(e) => {
+                    ok = false;
+                    format!(
+                        "job {}: {}",
+                        job.name,
+                        settings.redactor.redact(&error_chain(&e))
+                    )
+                }
+            },
+        };
+        println!("{line}");
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILED)
+    }
+}
+
+async fn migrate(settings: &Settings) -> ExitCode {
+    match open_store(settings).await {
+        Ok(_) => {
+            println!("migrations applied");
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
+async fn runs(settings: &Settings, job: Option<&str>, limit: i64, json: bool) -> ExitCode {
+    let store = match open_store(settings).await {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    let runs = match store.recent_runs(job, limit.max(0)).await {
+        Ok(runs) => runs,
+        Err(e) => return fail(settings, "cannot read apisync.runs", &e),
+    };
+    if json {
+        for run in &runs {
+            match serde_json::to_string(run) {
+                Ok(line) => println!("{line}"),
+                Err(e) => return fail(settings, "cannot print a run as JSON", &e),
+            }
+        }
+    } else {
+        print!("{}", runs_table(&runs));
+    }
+    ExitCode::SUCCESS
+}
+
+/// The runs as an aligned text table, newest first.
+fn runs_table(runs: &[RunRecord]) -> String {
+    let header = [
+        "ID",
+        "JOB",
+        "STATUS",
+        "STARTED",
+        "SECONDS",
+        "FETCHED",
+        "INSERTED",
+        "UPDATED",
+        "UNCHANGED",
+        "DUPLICATE",
+        "REJECTED",
+        "PAGES",
+        "ERROR",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for run in runs {
+        let seconds = run
+            .finished_at
+            .map(|end| {
+                let elapsed = (end - run.started_at).to_std().unwrap_or(Duration::ZERO);
+                format!("{:.2}", elapsed.as_secs_f64())
+            })
+            .unwrap_or_else(|| "-".to_owned());
+        let error: String = run
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .chars()
+            .take(80)
+            .collect();
+        rows.push(vec![
+            run.id.to_string(),
+            run.job.clone(),
+            run.status.clone(),
+            run.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            seconds,
+            run.fetched.to_string(),
+            run.inserted.to_string(),
+            run.updated.to_string(),
+            run.unchanged.to_string(),
+            run.duplicate.to_string(),
+            run.rejected.to_string(),
+            run.pages.to_string(),
+            error,
+        ]);
+    }
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,299 @@
+//! The layers applied to the parsed TOML tree before it becomes `Settings`:
+//! `${VAR}` references, then `DATABASE_URL`, then `APISYNC__SECTION__KEY`.
+//!
+//! We do this on the `toml` tree ourselves rather than through the `config`
+//! crate because that crate lowercases map keys (config-rs issue #577), which
+//! would turn a query parameter `pageSize` into `pagesize`, and because its
+//! errors cannot name the job a bad key belongs to.
+
+use std::collections::HashMap;
+
+use serde_path_to_error::{Path as SerdePath, Segment};
+
+const ENV_PREFIX: &str = "APISYNC__";
+const ENV_SEPARATOR: &str = "__";
+
+/// One step into the TOML tree, for messages.
+#[derive(Clone)]
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// The `name` of each `[[jobs]]` entry by position, where it is a string.
+pub(super) fn job_names(table: &toml::Table) -> Vec<Option<String>> {
+    match table.get("jobs") {
+        Some(toml::Value::Array(jobs)) => jobs
+            .iter()
+            .map(|job| job.get("name").and_then(|n| n.as_str()).map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Replaces every `${NAME}` in string values with the variable's value,
+/// collecting the values (they are treated as secrets) and a problem for each
+/// variable that is not set.
+pub(super) fn expand_variables(
+    table: &mut toml::Table,
+    env: &HashMap<String, String>,
+    secrets: &mut Vec<String>,
+    job_names: &[Option<String>],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut path = Vec::new();
+    for (key, value) in table.iter_mut() {
+        path.push(Step::Key(key));
+        expand_value(value, env, secrets, &mut path, job_names, &mut problems);
+        path.pop();
+    }
+    problems
+}
+
+fn expand_value<'a>(
+    value: &'a mut toml::Value,
+    env: &HashMap<String, String>,
+    secrets: &mut Vec<String>,
+    path: &mut Vec<Step<'a>>,
+    job_names: &[Option<String>],
+    problems: &mut Vec<String>,
+) {
+    match value {
+        toml::Value::String(text) => match expand_str(text, env) {
+            Ok(Some((expanded, values))) => {
+                *text = expanded;
+                secrets.extend(values);
+            }
+            Ok(None) => {}
+            Err(problem) => problems.push(format!("{}{problem}", place(path, job_names))),
+        },
+        toml::Value::Array(items) => {
+            for (index, item) in items.iter_mut().enumerate() {
+                path.push(Step::Index(index));
+                expand_value(item, env, secrets, path, job_names, problems);
+                path.pop();
+            }
+        }
+        toml::Value::Table(table) => {
+            for (key, item) in table.iter_mut() {
+                path.push(Step::Key(key));
+                expand_value(item, env, secrets, path, job_names, problems);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `Ok(None)` when `text` references no variable; else the expanded text and
+/// the values that went into it.
+fn expand_str(
+    text: &str,
+    env: &HashMap<String, String>,
+) -> Result<Option<(String, Vec<String>)>, String> {
+    if !text.contains("${") {
+        return Ok(None);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut values = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "`${` without a closing `}`".to_owned())?;
+        let name = &after[..end];
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(format!("`${{{name}}}` is not a valid variable reference"));
+        }
+        let value = env
+            .get(name)
+            .ok_or_else(|| format!("environment variable {name} is not set"))?;
+        out.push_str(value);
+        values.push(value.clone());
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(Some((out, values)))
+}
+
+/// Applies `DATABASE_URL` and then every `APISYNC__SECTION__KEY` variable.
+pub(super) fn apply_env_overrides(
+    table: &mut toml::Table,
+    env: &HashMap<String, String>,
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if let Some(url) = env.get("DATABASE_URL").filter(|url| !url.is_empty()) {
+        set_path(table, &["database", "url"], url.clone()).expect("`database` is a table");
+    }
+    // Sorted so that the outcome does not depend on the map's order.
+    let mut overrides: Vec<_> = env
+        .iter()
+        .filter_map(|(name, value)| Some((name, name.strip_prefix(ENV_PREFIX)?, value)))
+        .collect();
+    overrides.sort();
+    for (name, rest, value) in overrides {
+        let keys: Vec<String> = rest
+            .split(ENV_SEPARATOR)
+            .map(str::to_ascii_lowercase)
+            .collect();
+        if keys.iter().any(String::is_empty) {
+            problems.push(format!(
+                "environment variable {name}: expected APISYNC__SECTION__KEY"
+            ));
+            continue;
+        }
+        if keys[0] == "jobs" {
+            problems.push(format!(
+                "environment variable {name}: jobs cannot be set from the environment; \
+                 reference variables as ${{VAR}} in the file instead"
+            ));
+            continue;
+        }
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        if let Err(problem) = set_path(table, &keys, value.clone()) {
+            problems.push(format!("environment variable {name}: {problem}"));
+        }
+    }
+    problems
+}
+
+fn set_path(table: &mut toml::Table, keys: &[&str], value: String) -> Result<(), String> {
+    let (last, parents) = keys.split_last().expect("at least one key");
+    let mut current = table;
+    for key in parents {
+        let entry = current
+            .entry(key.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = match entry {
+            toml::Value::Table(inner) => inner,
+            _ => return Err(format!("`{key}` is not a section")),
+        };
+    }
+    current.insert(last.to_string(), toml::Value::String(value));
+    Ok(())
+}
+
+/// Where a deserialization error happened, as `job "products", key "request.foo": `.
+pub(super) fn describe_path(path: &SerdePath, job_names: &[Option<String>]) -> String {
+    let steps: Vec<Step> = path
+        .iter()
+        .filter_map(|segment| match segment {
+            Segment::Map { key } => Some(Step::Key(key)),
+            Segment::Seq { index } => Some(Step::Index(*index)),
+            Segment::Enum { .. } | Segment::Unknown => None,
+        })
+        .collect();
+    place(&steps, job_names)
+}
+
+fn place(path: &[Step], job_names: &[Option<String>]) -> String {
+    let (job, rest) = match path {
+        [Step::Key("jobs"), Step::Index(index), rest @ ..] => {
+            let job = match job_names.get(*index) {
+                Some(Some(name)) => format!("job \"{name}\""),
+                _ => format!("job #{}", index + 1),
+            };
+            (Some(job), rest)
+        }
+        _ => (None, path),
+    };
+    let key = rest
+        .iter()
+        .map(|step| match step {
+            Step::Key(key) => (*key).to_owned(),
+            Step::Index(index) => format!("[{index}]"),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+        .replace(".[", "[");
+    match (job, key.is_empty()) {
+        (Some(job), true) => format!("{job}: "),
+        (Some(job), false) => format!("{job}, key \"{key}\": "),
+        (None, true) => String::new(),
+        (None, false) => format!("key \"{key}\": "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn variables_expand_and_are_collected_as_secrets() {
+        let env = env(&[("TOKEN", "s3cret"), ("HOST", "api.test")]);
+        let (text, values) = expand_str("https://${HOST}/?t=${TOKEN}", &env)
+            .unwrap()
+            .unwrap();
+        assert_eq!(text, "https://api.test/?t=s3cret");
+        assert_eq!(values, vec!["api.test", "s3cret"]);
+        assert!(expand_str("no reference", &env).unwrap().is_none());
+    }
+
+    #[test]
+    fn bad_references_are_reported() {
+        let env = env(&[]);
+        let cases = [
+            ("${MISSING}", "environment variable MISSING is not set"),
+            ("${OPEN", "`${` without a closing `}`"),
+            ("${1X}", "`${1X}` is not a valid variable reference"),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(expand_str(text, &env).unwrap_err(), expected, "case {text}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_nest_and_keep_strings() {
+        let mut table: toml::Table = "[database]\nurl = \"postgres://file\"\n".parse().unwrap();
+        let problems = apply_env_overrides(
+            &mut table,
+            &env(&[
+                ("APISYNC__DATABASE__MAX_CONNECTIONS", "9"),
+                ("APISYNC__LOG__LEVEL", "debug"),
+                ("DATABASE_URL", "postgres://env"),
+            ]),
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(table["database"]["url"].as_str(), Some("postgres://env"));
+        assert_eq!(table["database"]["max_connections"].as_str(), Some("9"));
+        assert_eq!(table["log"]["level"].as_str(), Some("debug"));
+    }
+
+    #[test]
+    fn apisync_database_url_beats_database_url() {
+        let mut table = toml::Table::new();
+        apply_env_overrides(
+            &mut table,
+            &env(&[
+                ("APISYNC__DATABASE__URL", "postgres://apisync"),
+                ("DATABASE_URL", "postgres://generic"),
+            ]),
+        );
+        assert_eq!(
+            table["database"]["url"].as_str(),
+            Some("postgres://apisync")
+        );
+    }
+
+    #[test]
+    fn jobs_cannot_be_overridden_from_env() {
+        let mut table = toml::Table::new();
+        let problems = apply_env_overrides(&mut table, &env(&[("APISYNC__JOBS__NAME", "x")]));
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].contains("APISYNC__JOBS__NAME"), "{problems:?}");
+    }
+}

@@ -1,0 +1,539 @@
+//! The configuration: one `Settings` tree read from a TOML file, layered with
+//! environment variables, validated in full before anything runs.
+//!
+//! Only this module reads the configuration file and the `APISYNC__…`,
+//! `APISYNC_CONFIG` and `DATABASE_URL` variables; everything else receives
+//! values. The environment is passed in as a map so that tests never mutate the
+//! process environment.
+
+mod layers;
+mod validate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+use crate::redact::Redactor;
+
+/// The file read when neither `--config` nor `$APISYNC_CONFIG` names one.
+pub const DEFAULT_CONFIG_PATH: &str = "apisync.toml";
+
+/// Picks the configuration file: `--config`, else `$APISYNC_CONFIG`, else
+/// `./apisync.toml`.
+pub fn config_path(cli: Option<&Path>, env: &HashMap<String, String>) -> PathBuf {
+    match (cli, env.get("APISYNC_CONFIG")) {
+        (Some(path), _) => path.to_path_buf(),
+        (None, Some(path)) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(DEFAULT_CONFIG_PATH),
+    }
+}
+
+/// Reads, layers and validates the configuration file at `path`.
+///
+/// Layers, lowest first: the file; `DATABASE_URL`; `APISYNC__SECTION__KEY`
+/// variables (for example `APISYNC__DATABASE__URL` sets `database.url`). String
+/// values in the file may reference `${VAR}`.
+///
+/// # Errors
+/// A [`ConfigError`] naming the file and every problem found: the file is
+/// missing or not TOML, a key is unknown, a value has the wrong type or fails
+/// validation, or a referenced variable is not set.
+pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let hint = if e.kind() == std::io::ErrorKind::NotFound {
+            " (name one with --config or APISYNC_CONFIG)"
+        } else {
+            ""
+        };
+        ConfigError::single(path, format!("cannot read the file: {e}{hint}"))
+    })?;
+    load_str(&text, path, env)
+}
+
+/// Like [`load`], from text already in memory; `origin` is only used in messages.
+pub fn load_str(
+    text: &str,
+    origin: &Path,
+    env: &HashMap<String, String>,
+) -> Result<Settings, ConfigError> {
+    let mut table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::single(origin, e.to_string()))?;
+    let job_names = layers::job_names(&table);
+
+    let mut secrets = Vec::new();
+    let mut problems = layers::expand_variables(&mut table, env, &mut secrets, &job_names);
+    problems.extend(layers::apply_env_overrides(&mut table, env));
+    if !problems.is_empty() {
+        return Err(ConfigError::new(origin, problems));
+    }
+
+    let mut settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(table))
+        .map_err(|e| {
+            let place = layers::describe_path(e.path(), &job_names);
+            let message = e.into_inner().message().to_string();
+            ConfigError::single(origin, format!("{place}{message}"))
+        })?;
+
+    let problems = validate::validate(&settings);
+    if !problems.is_empty() {
+        return Err(ConfigError::new(origin, problems));
+    }
+    settings.redactor = Redactor::new(secrets, settings.database.password());
+    Ok(settings)
+}
+
+/// A configuration that cannot be used, with every problem found.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration {}: {}", path.display(), problems.join("; "))]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl ConfigError {
+    fn new(path: &Path, problems: Vec<String>) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            problems,
+        }
+    }
+
+    fn single(path: &Path, problem: String) -> Self {
+        Self::new(path, vec![problem])
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub database: DatabaseSettings,
+    #[serde(default)]
+    pub server: ServerSettings,
+    #[serde(default)]
+    pub log: LogSettings,
+    /// The jobs, in file order.
+    #[serde(default)]
+    pub jobs: Vec<JobSettings>,
+    /// Removes the values of `${VAR}` references and the database password
+    /// from any text that leaves the process (errors, logs, the runs table).
+    #[serde(skip)]
+    pub redactor: Redactor,
+}
+
+impl Settings {
+    /// The job called `name`.
+    pub fn job(&self, name: &str) -> Option<&JobSettings> {
+        self.jobs.iter().find(|job| job.name == name)
+    }
+}
+
+/// `[database]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// `postgres://user:password@host:port/database`. Overridden by
+    /// `DATABASE_URL`, which is overridden by `APISYNC__DATABASE__URL`.
+    pub url: Option<SecretString>,
+    /// Pool size. Each running job holds at most one connection at a time, and
+    /// only while it writes a page, so a few connections serve many jobs.
+    #[serde(
+        default = "default_max_connections",
+        deserialize_with = "number_or_string"
+    )]
+    pub max_connections: u32,
+    /// How long a run waits for a free connection before it fails.
+    #[serde(default = "default_acquire_timeout", with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            max_connections: default_max_connections(),
+            acquire_timeout: default_acquire_timeout(),
+        }
+    }
+}
+
+impl DatabaseSettings {
+    /// The password inside `url`, if any, so that it can be redacted.
+    fn password(&self) -> Option<String> {
+        use secrecy::ExposeSecret;
+        let url = reqwest::Url::parse(self.url.as_ref()?.expose_secret()).ok()?;
+        url.password().map(str::to_owned)
+    }
+}
+
+fn default_max_connections() -> u32 {
+    5
+}
+
+fn default_acquire_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// `[server]`: where `/metrics`, `/healthz` and `/readyz` are served by `apisync run`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:9464".to_owned()
+}
+
+/// `[log]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// A `tracing` filter such as `info` or `apisync=debug`; `RUST_LOG` wins.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: default_log_level(),
+            format: LogFormat::default(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// `[[jobs]]`: one API endpoint copied into one table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSettings {
+    /// Unique, `[a-z][a-z0-9_]*`.
+    pub name: String,
+    /// 5-field cron, or 6 fields with seconds first.
+    pub schedule: String,
+    /// Target table, created when missing.
+    pub table: String,
+    /// The natural key: field names (`id`) or JSON pointers (`/meta/id`).
+    pub key: Vec<String>,
+    /// JSON pointer to the array of records; `""` means the body is the array.
+    #[serde(default)]
+    pub records: String,
+    /// JSON pointers left out of the content hash (volatile fields).
+    #[serde(default)]
+    pub hash_exclude: Vec<String>,
+    /// A run fails rather than fetch more pages than this.
+    #[serde(default = "default_max_pages")]
+    pub max_pages: u64,
+    /// Largest response body accepted, counted after decompression.
+    #[serde(default = "default_max_body_bytes", deserialize_with = "byte_size")]
+    pub max_body_bytes: u64,
+    pub request: RequestSettings,
+    #[serde(default)]
+    pub retry: RetrySettings,
+    #[serde(default)]
+    pub pagination: Pagination,
+}
+
+fn default_max_pages() -> u64 {
+    10_000
+}
+
+fn default_max_body_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+/// `[jobs.request]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSettings {
+    pub url: String,
+    #[serde(default)]
+    pub method: Method,
+    /// Sent with every request of the job. Values may hold credentials, so
+    /// they are secrets.
+    #[serde(default)]
+    pub headers: BTreeMap<String, SecretString>,
+    /// Added to the URL of the first request; later URLs given by the API
+    /// (`link_header`, `next_url`) are used as they are.
+    #[serde(default)]
+    pub query: BTreeMap<String, ScalarString>,
+    /// JSON body, only with `method = "POST"`.
+    pub body: Option<serde_json::Value>,
+    /// Per request, from connect to the last byte of the body.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Method {
+    #[default]
+    Get,
+    Post,
+}
+
+/// A query value written as a string, an integer or a boolean in TOML.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScalarString(pub String);
+
+impl<'de> Deserialize<'de> for ScalarString {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            String(String),
+            Integer(i64),
+            Float(f64),
+            Bool(bool),
+        }
+        Ok(ScalarString(match Scalar::deserialize(deserializer)? {
+            Scalar::String(s) => s,
+            Scalar::Integer(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        }))
+    }
+}
+
+/// `[jobs.retry]`: how transient failures (connect errors, timeouts, 408,
+/// 429, 5xx but 501, a truncated or undecodable body) are retried.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Attempts per request, the first included; 1 disables retries.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Cap on one wait, also on a server's `Retry-After`.
+    #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            initial_backoff: default_initial_backoff(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+fn default_max_attempts() -> u32 {
+    5
+}
+
+fn default_initial_backoff() -> Duration {
+    Duration::from_millis(200)
+}
+
+fn default_max_backoff() -> Duration {
+    Duration::from_secs(30)
+}
+
+/// `[jobs.pagination]`: how the next page is requested; `kind` picks the style.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Pagination {
+    /// One request, one page.
+    #[default]
+    None,
+    /// `?page=1&per_page=100`, then 2, 3, …; stops on an empty page or at
+    /// the total page count found at `total_pages_path`.
+    Page {
+        #[serde(default = "default_page_param")]
+        page_param: String,
+        #[serde(default = "default_size_param")]
+        size_param: String,
+        /// Sent as `size_param` when set.
+        size: Option<u64>,
+        #[serde(default = "default_page_start")]
+        start: u64,
+        #[serde(alias = "total_pages")]
+        total_pages_path: Option<String>,
+    },
+    /// `?offset=0&limit=100`, the offset advancing by the records received;
+    /// stops on an empty page, a page shorter than `limit`, or at the total
+    /// found at `total_path`.
+    Offset {
+        #[serde(default = "default_offset_param")]
+        offset_param: String,
+        #[serde(default = "default_limit_param")]
+        limit_param: String,
+        /// Sent as `limit_param` when set. Keep it at or below the API's own
+        /// maximum: a page shorter than `limit` ends the run.
+        limit: Option<u64>,
+        #[serde(alias = "total")]
+        total_path: Option<String>,
+    },
+    /// `?cursor=…` taken from `cursor_path` of the previous page; stops when
+    /// the cursor is missing, null or empty, or `has_more_path` is false.
+    Cursor {
+        #[serde(default = "default_cursor_param")]
+        cursor_param: String,
+        #[serde(default = "default_cursor_path")]
+        cursor_path: String,
+        has_more_path: Option<String>,
+    },
+    /// Follows the RFC 8288 `Link: <…>; rel="next"` header.
+    LinkHeader {},
+    /// Follows the URL (absolute or relative) found at `next_path`.
+    NextUrl {
+        #[serde(default = "default_next_path")]
+        next_path: String,
+    },
+}
+
+fn default_page_param() -> String {
+    "page".to_owned()
+}
+fn default_size_param() -> String {
+    "per_page".to_owned()
+}
+fn default_page_start() -> u64 {
+    1
+}
+fn default_offset_param() -> String {
+    "offset".to_owned()
+}
+fn default_limit_param() -> String {
+    "limit".to_owned()
+}
+fn default_cursor_param() -> String {
+    "cursor".to_owned()
+}
+fn default_cursor_path() -> String {
+    "/next_cursor".to_owned()
+}
+fn default_next_path() -> String {
+    "/next".to_owned()
+}
+
+/// Accepts `8` or `"8"`: values from the environment arrive as strings.
+fn number_or_string<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64> + std::str::FromStr,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    let invalid = || serde::de::Error::custom("expected a non-negative whole number");
+    match Raw::deserialize(deserializer)? {
+        Raw::Number(n) => T::try_from(n).map_err(|_| invalid()),
+        Raw::Text(s) => s.trim().parse().map_err(|_| invalid()),
+    }
+}
+
+/// Accepts a byte count (`1048576`) or a size with a unit (`"64MiB"`, `"500kB"`).
+fn byte_size<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    match Raw::deserialize(deserializer)? {
+        Raw::Number(n) => Ok(n),
+        Raw::Text(s) => parse_byte_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size such as 1048576, \"512KiB\" or \"64MiB\""))?;
+    let factor: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1_000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "unknown size unit `{other}` in `{text}` (use B, kB, KiB, MB, MiB, GB or GiB)"
+            ));
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("`{text}` is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_sizes_parse_with_and_without_units() {
+        let cases = [
+            ("1024", Some(1024)),
+            ("64MiB", Some(64 << 20)),
+            ("500kB", Some(500_000)),
+            ("1 GiB", Some(1 << 30)),
+            ("12 parsecs", None),
+            ("MiB", None),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse_byte_size(text).ok(), expected, "case {text:?}");
+        }
+    }
+
+    #[test]
+    fn config_path_prefers_flag_then_env_then_default() {
+        let env: HashMap<String, String> =
+            [("APISYNC_CONFIG".to_owned(), "/etc/a.toml".to_owned())].into();
+        assert_eq!(
+            config_path(Some(Path::new("x.toml")), &env),
+            PathBuf::from("x.toml")
+        );
+        assert_eq!(config_path(None, &env), PathBuf::from("/etc/a.toml"));
+        assert_eq!(
+            config_path(None, &HashMap::new()),
+            PathBuf::from("apisync.toml")
+        );
+    }
+}

@@ -1,0 +1,303 @@
+//! Checks on values that deserialized fine but cannot work: every problem is
+//! collected, each naming its job and key, so one `apisync check` shows them all.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use croner::parser::{CronParser, Seconds};
+use reqwest::header::{HeaderName, HeaderValue};
+use secrecy::ExposeSecret;
+
+use super::{JobSettings, Method, Pagination, Settings};
+use crate::json_pointer;
+use crate::record::RecordShape;
+use crate::store::ident::Ident;
+
+pub(super) fn validate(settings: &Settings) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut global =
+        |key: &str, message: String| problems.push(format!("key \"{key}\": {message}"));
+
+    match &settings.database.url {
+        None => global(
+            "database.url",
+            "not set: set it in the file, or with DATABASE_URL or APISYNC__DATABASE__URL".into(),
+        ),
+        Some(url) => {
+            let url = url.expose_secret();
+            // Never echo the URL: it may hold a password.
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                global(
+                    "database.url",
+                    "must be a postgres:// or postgresql:// URL".into(),
+                );
+            }
+        }
+    }
+    if settings.database.max_connections == 0 {
+        global("database.max_connections", "must be at least 1".into());
+    }
+    if settings.database.acquire_timeout.is_zero() {
+        global("database.acquire_timeout", "must be longer than 0s".into());
+    }
+    if settings
+        .server
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .is_err()
+    {
+        global(
+            "server.listen",
+            format!(
+                "`{}` is not an address such as 127.0.0.1:9464",
+                settings.server.listen
+            ),
+        );
+    }
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&settings.log.level) {
+        global(
+            "log.level",
+            format!("`{}` is not a log filter: {e}", settings.log.level),
+        );
+    }
+    if settings.jobs.is_empty() {
+        problems.push("no [[jobs]] configured".to_owned());
+    }
+
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    let mut tables: HashMap<&str, &str> = HashMap::new();
+    for job in &settings.jobs {
+        let mut report = JobReport {
+            job: &job.name,
+            problems: &mut problems,
+        };
+        *names.entry(&job.name).or_default() += 1;
+        if names[job.name.as_str()] == 2 {
+            report.bad("name", "the name is used by more than one job".into());
+        }
+        if let Some(other) = tables.insert(&job.table, &job.name) {
+            report.bad(
+                "table",
+                format!(
+                    "table `{}` is also the target of job \"{other}\"; each job needs its own table",
+                    job.table
+                ),
+            );
+        }
+        validate_job(job, &mut report);
+    }
+    problems
+}
+
+struct JobReport<'a> {
+    job: &'a str,
+    problems: &'a mut Vec<String>,
+}
+
+impl JobReport<'_> {
+    fn bad(&mut self, key: &str, message: String) {
+        self.problems
+            .push(format!("job \"{}\", key \"{key}\": {message}", self.job));
+    }
+
+    fn pointer(&mut self, key: &str, pointer: &str) {
+        if let Err(message) = json_pointer::validate(pointer) {
+            self.bad(key, message);
+        }
+    }
+
+    fn positive(&mut self, key: &str, duration: Duration) {
+        if duration.is_zero() {
+            self.bad(key, "must be longer than 0s".into());
+        }
+    }
+
+    fn param(&mut self, key: &str, name: &str) {
+        if name.trim().is_empty() {
+            self.bad(key, "must not be empty".into());
+        }
+    }
+}
+
+fn validate_job(job: &JobSettings, report: &mut JobReport) {
+    let name_ok = job
+        .name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase())
+        && job
+            .name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && job.name.len() <= 63;
+    if !name_ok {
+        report.bad(
+            "name",
+            format!(
+                "`{}` is not a valid job name: use [a-z][a-z0-9_]*, at most 63 characters",
+                job.name
+            ),
+        );
+    }
+    if let Err(e) = parse_schedule(&job.schedule) {
+        report.bad("schedule", e);
+    }
+    if let Err(e) = Ident::table(&job.table) {
+        report.bad("table", e);
+    }
+    if let Err((key, message)) = RecordShape::new(&job.key, &job.hash_exclude) {
+        report.bad(key, message);
+    }
+    report.pointer("records", &job.records);
+    if job.max_pages == 0 {
+        report.bad("max_pages", "must be at least 1".into());
+    }
+    if job.max_body_bytes < 1024 {
+        report.bad("max_body_bytes", "must be at least 1KiB".into());
+    }
+
+    let request = &job.request;
+    match reqwest::Url::parse(&request.url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
+        // Only the scheme is echoed: the URL may carry an expanded secret.
+        Ok(url) => report.bad(
+            "request.url",
+            format!(
+                "must be an http or https URL with a host, not `{}:`",
+                url.scheme()
+            ),
+        ),
+        Err(e) => report.bad("request.url", format!("not a valid URL: {e}")),
+    }
+    for (name, value) in &request.headers {
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            report.bad(
+                &format!("request.headers.{name}"),
+                "not a valid header name".into(),
+            );
+        }
+        if HeaderValue::from_str(value.expose_secret()).is_err() {
+            report.bad(
+                &format!("request.headers.{name}"),
+                "not a valid header value (control characters or non-ASCII)".into(),
+            );
+        }
+    }
+    for name in request.query.keys() {
+        report.param("request.query", name);
+    }
+    if request.body.is_some() && request.method != Method::Post {
+        report.bad(
+            "request.body",
+            "a body is only sent with method = \"POST\"".into(),
+        );
+    }
+    report.positive("request.timeout", request.timeout);
+
+    let retry = &job.retry;
+    if retry.max_attempts == 0 {
+        report.bad("retry.max_attempts", "must be at least 1".into());
+    }
+    report.positive("retry.initial_backoff", retry.initial_backoff);
+    if retry.max_backoff < retry.initial_backoff {
+        report.bad(
+            "retry.max_backoff",
+            "must not be shorter than retry.initial_backoff".into(),
+        );
+    }
+
+    match &job.pagination {
+        Pagination::None | Pagination::LinkHeader {} => {}
+        Pagination::Page {
+            page_param,
+            size_param,
+            size,
+            total_pages_path,
+            ..
+        } => {
+            report.param("pagination.page_param", page_param);
+            report.param("pagination.size_param", size_param);
+            if page_param == size_param {
+                report.bad(
+                    "pagination.size_param",
+                    "must differ from pagination.page_param".into(),
+                );
+            }
+            if *size == Some(0) {
+                report.bad("pagination.size", "must be at least 1".into());
+            }
+            if let Some(p) = total_pages_path {
+                report.pointer("pagination.total_pages_path", p);
+            }
+        }
+        Pagination::Offset {
+            offset_param,
+            limit_param,
+            limit,
+            total_path,
+        } => {
+            report.param("pagination.offset_param", offset_param);
+            report.param("pagination.limit_param", limit_param);
+            if offset_param == limit_param {
+                report.bad(
+                    "pagination.limit_param",
+                    "must differ from pagination.offset_param".into(),
+                );
+            }
+            if *limit == Some(0) {
+                report.bad("pagination.limit", "must be at least 1".into());
+            }
+            if let Some(p) = total_path {
+                report.pointer("pagination.total_path", p);
+            }
+        }
+        Pagination::Cursor {
+            cursor_param,
+            cursor_path,
+            has_more_path,
+        } => {
+            report.param("pagination.cursor_param", cursor_param);
+            report.pointer("pagination.cursor_path", cursor_path);
+            if let Some(p) = has_more_path {
+                report.pointer("pagination.has_more_path", p);
+            }
+        }
+        Pagination::NextUrl { next_path } => report.pointer("pagination.next_path", next_path),
+    }
+}
+
+/// Standard 5-field cron, or 6 fields with seconds first.
+pub fn parse_schedule(line: &str) -> Result<croner::Cron, String> {
+    let fields = line.split_whitespace().count();
+    if !(fields == 5 || fields == 6) {
+        return Err(format!(
+            "`{line}` is not a cron line: expected 5 fields (minute hour day month weekday) \
+             or 6 (with seconds first), found {fields}"
+        ));
+    }
+    CronParser::builder()
+        .seconds(Seconds::Optional)
+        .build()
+        .parse(line)
+        .map_err(|e| format!("`{line}` is not a valid cron line: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cron_lines_with_five_or_six_fields_parse() {
+        for ok in [
+            "*/15 * * * *",
+            "0 0 * * FRI",
+            "*/5 * * * * *",
+            "0 30 2 * * *",
+        ] {
+            assert!(parse_schedule(ok).is_ok(), "{ok:?} should parse");
+        }
+        for bad in ["* * * *", "61 * * * *", "every minute", "* * * * * * *", ""] {
+            assert!(parse_schedule(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+}

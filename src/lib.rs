@@ -1,0 +1,44 @@
+//! apisync copies records from HTTP/JSON APIs into PostgreSQL and guarantees
+//! that running a job any number of times never duplicates, loses or
+//! needlessly rewrites a record.
+//!
+//! # Layout
+//!
+//! - `cli`: the command line (`sync`, `check`, `migrate`, `runs`) and exit codes.
+//! - `config`: the `Settings` tree: TOML file, `${VAR}` and environment layers, validation.
+//! - `telemetry`: the tracing subscriber (text or JSON logs on stderr).
+//! - `sync`: one run of one job, `run_once`: pages → records → page writes.
+//! - `record`: natural keys, canonical content hashes, rejects.
+//! - `source`: the pages of a run: HTTP requests, retries, pagination.
+//! - `store`: the database seam: migrations, target tables, page writes, runs.
+//! - `run`: run ids, statuses and counts shared by the above.
+//! - `redact`: keeps secrets out of errors, logs and the runs table.
+//! - `json_pointer`: RFC 6901 pointer syntax as used in the configuration.
+
+pub mod cli;
+pub mod config;
+pub mod json_pointer;
+pub mod record;
+pub mod redact;
+pub mod run;
+pub mod source;
+pub mod store;
+pub mod sync;
+pub mod telemetry;
+
+/// An error and its causes on one line, `outer: inner: innermost`: the form
+/// in which errors are logged, printed and stored.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some errors repeat their source's text in their own; say it once.
+        if !text.ends_with(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

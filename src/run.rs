@@ -1,0 +1,69 @@
+//! What a run is and what it counted: shared by `sync`, the store and the CLI.
+
+use std::ops::AddAssign;
+
+/// `apisync.runs.id`.
+pub type RunId = i64;
+
+/// The status column of `apisync.runs`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Interrupted,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// Per-run counts. Every fetched record has exactly one outcome, so
+/// `fetched = inserted + updated + unchanged + duplicate + rejected`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Records found in the responses.
+    pub fetched: u64,
+    /// New keys.
+    pub inserted: u64,
+    /// Known keys whose content hash changed.
+    pub updated: u64,
+    /// Known keys with the same content: not written.
+    pub unchanged: u64,
+    /// Keys already seen earlier in the same run (within a page or across pages).
+    pub duplicate: u64,
+    /// Records that could not be stored; kept in the rejects table.
+    pub rejected: u64,
+    /// Responses received.
+    pub pages: u64,
+}
+
+impl Counts {
+    /// The share of fetched records that did not need a write.
+    pub fn duplicate_ratio(&self) -> f64 {
+        if self.fetched == 0 {
+            0.0
+        } else {
+            (self.unchanged + self.duplicate) as f64 / self.fetched as f64
+        }
+    }
+}
+
+impl AddAssign for Counts {
+    fn add_assign(&mut self, other: Self) {
+        self.fetched += other.fetched;
+        self.inserted += other.inserted;
+        self.updated += other.updated;
+        self.unchanged += other.unchanged;
+        self.duplicate += other.duplicate;
+        self.rejected += other.rejected;
+        self.pages += other.pages;
+    }
+}

@@ -1,0 +1,311 @@
+//! One HTTP request, start to finish: send, check the status, read the body
+//! under a size cap, parse it as JSON. Failures become a [`FetchError`] that
+//! knows whether a retry could help.
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, LINK, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+
+use crate::config::{Method, RequestSettings};
+
+/// Longest body excerpt kept in an error: enough to recognise an HTML error
+/// page or an API's error message, short enough for a log line.
+const EXCERPT_CHARS: usize = 200;
+
+/// The HTTP client shared by every job (one connection pool per process).
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    /// # Errors
+    /// When the TLS backend cannot be initialised.
+    pub fn new() -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("apisync/", env!("CARGO_PKG_VERSION")))
+            .gzip(true)
+            .build()?;
+        Ok(Self { http })
+    }
+}
+
+/// The fixed part of a job's requests.
+#[derive(Debug, Clone)]
+pub struct RequestSpec {
+    method: Method,
+    /// Marked sensitive, so they never show in `Debug` output.
+    headers: HeaderMap,
+    body: Option<Value>,
+    timeout: Duration,
+    max_body_bytes: u64,
+}
+
+impl RequestSpec {
+    /// # Errors
+    /// A header that is not valid; `apisync check` reports these first.
+    pub fn new(settings: &RequestSettings, max_body_bytes: u64) -> Result<Self, String> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &settings.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| format!("`{name}` is not a valid header name"))?;
+            let mut value = HeaderValue::from_str(value.expose_secret())
+                .map_err(|_| format!("the value of header `{name}` is not valid"))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        Ok(Self {
+            method: settings.method,
+            headers,
+            body: settings.body.clone(),
+            timeout: settings.timeout,
+            max_body_bytes,
+        })
+    }
+}
+
+/// A successful response, parsed.
+#[derive(Debug)]
+pub struct JsonResponse {
+    /// Every `Link` header, joined with `,`.
+    pub link: Option<String>,
+    pub body: Value,
+}
+
+/// Why one request failed. None of the variants carries the URL or the
+/// headers: those may hold credentials.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("no response within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("the request failed")]
+    Transport(#[source] reqwest::Error),
+    #[error("the API answered {status}{}", excerpt_suffix(excerpt))]
+    Status {
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        excerpt: String,
+    },
+    #[error("the response body is larger than max_body_bytes ({limit} bytes)")]
+    TooLarge { limit: u64 },
+    #[error("the response body is not valid JSON{}", excerpt_suffix(excerpt))]
+    Decode {
+        #[source]
+        source: serde_json::Error,
+        excerpt: String,
+    },
+}
+
+fn excerpt_suffix(excerpt: &str) -> String {
+    if excerpt.is_empty() {
+        String::new()
+    } else {
+        format!(" (body: {excerpt})")
+    }
+}
+
+impl FetchError {
+    /// Transient failures worth another attempt: connection errors, timeouts,
+    /// 408, 429, 5xx except 501 (Not Implemented will not change), and a body
+    /// cut short or not JSON on a success status (an overloaded proxy's page).
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            FetchError::Timeout(_) | FetchError::Transport(_) | FetchError::Decode { .. } => true,
+            FetchError::Status { status, .. } => {
+                *status == StatusCode::REQUEST_TIMEOUT
+                    || *status == StatusCode::TOO_MANY_REQUESTS
+                    || (status.is_server_error() && *status != StatusCode::NOT_IMPLEMENTED)
+            }
+            FetchError::TooLarge { .. } => false,
+        }
+    }
+
+    /// The server's `Retry-After`, when it sent one.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            FetchError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// A bounded label for logs and metrics: `timeout`, `transport`, the
+    /// status code, `too_large` or `decode`.
+    pub fn kind(&self) -> String {
+        match self {
+            FetchError::Timeout(_) => "timeout".to_owned(),
+            FetchError::Transport(_) => "transport".to_owned(),
+            FetchError::Status { status, .. } => status.as_u16().to_string(),
+            FetchError::TooLarge { .. } => "too_large".to_owned(),
+            FetchError::Decode { .. } => "decode".to_owned(),
+        }
+    }
+}
+
+/// Sends one request and returns the parsed JSON body.
+///
+/// # Errors
+/// See [`FetchError`].
+pub async fn fetch_json(
+    client: &ApiClient,
+    spec: &RequestSpec,
+    url: &Url,
+) -> Result<JsonResponse, FetchError> {
+    let method = match spec.method {
+        Method::Get => reqwest::Method::GET,
+        Method::Post => reqwest::Method::POST,
+    };
+    let mut request = client
+        .http
+        .request(method, url.clone())
+        .headers(spec.headers.clone())
+        .timeout(spec.timeout);
+    if let Some(body) = &spec.body {
+        request = request.json(body);
+    }
+    let transport = |e: reqwest::Error| {
+        if e.is_timeout() {
+            FetchError::Timeout(spec.timeout)
+        } else {
+            FetchError::Transport(e.without_url())
+        }
+    };
+    let mut response = request.send().await.map_err(transport)?;
+
+    let status = response.status();
+    let link = join_headers(response.headers(), LINK);
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+
+    if let Some(length) = response.content_length()
+        && length > spec.max_body_bytes
+        && status.is_success()
+    {
+        return Err(FetchError::TooLarge {
+            limit: spec.max_body_bytes,
+        });
+    }
+    // Read chunk by chunk so the cap applies to the decompressed size even
+    // when Content-Length is absent or describes the compressed body.
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        if (body.len() + chunk.len()) as u64 > spec.max_body_bytes {
+            if !status.is_success() {
+                break;
+            }
+            return Err(FetchError::TooLarge {
+                limit: spec.max_body_bytes,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+
+    if !status.is_success() {
+        return Err(FetchError::Status {
+            status,
+            retry_after,
+            excerpt: excerpt(&body),
+        });
+    }
+    match serde_json::from_slice(&body) {
+        Ok(body) => Ok(JsonResponse { link, body }),
+        Err(source) => Err(FetchError::Decode {
+            source,
+            excerpt: excerpt(&body),
+        }),
+    }
+}
+
+fn join_headers(headers: &HeaderMap, name: HeaderName) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+/// `Retry-After` as seconds (`120`) or an HTTP date.
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let wait = date.signed_duration_since(chrono::Utc::now());
+    Some(wait.to_std().unwrap_or(Duration::ZERO))
+}
+
+/// The start of a body, on one line, for error messages.
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(EXCERPT_CHARS * 4)]);
+    let mut out: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(EXCERPT_CHARS)
+        .collect();
+    if text.chars().count() > EXCERPT_CHARS {
+        out.push('…');
+    }
+    out.trim().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retriable_statuses() {
+        let cases = [
+            (408, true),
+            (429, true),
+            (500, true),
+            (502, true),
+            (503, true),
+            (504, true),
+            (501, false),
+            (400, false),
+            (401, false),
+            (404, false),
+        ];
+        for (code, retriable) in cases {
+            let error = FetchError::Status {
+                status: StatusCode::from_u16(code).unwrap(),
+                retry_after: None,
+                excerpt: String::new(),
+            };
+            assert_eq!(error.is_retriable(), retriable, "status {code}");
+        }
+        assert!(!FetchError::TooLarge { limit: 1 }.is_retriable());
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_http_date() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO),
+            "a date in the past means now"
+        );
+        let soon = (chrono::Utc::now() + chrono::Duration::seconds(90)).to_rfc2822();
+        let wait = parse_retry_after(&soon).unwrap();
+        assert!(wait <= Duration::from_secs(90) && wait >= Duration::from_secs(80));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn excerpts_are_short_single_lines() {
+        assert_eq!(
+            excerpt(b"<html>\n<body>oops</body>"),
+            "<html> <body>oops</body>"
+        );
+        assert_eq!(excerpt(&[0xff, 0xfe, b'a']), "\u{fffd}\u{fffd}a");
+        let long = "x".repeat(500);
+        assert_eq!(excerpt(long.as_bytes()).chars().count(), EXCERPT_CHARS + 1);
+    }
+}

@@ -1,0 +1,109 @@
+//! SQL identifiers that come from the configuration (table and key column
+//! names). They are validated here and always quoted where SQL is built, so no
+//! configuration can inject SQL.
+
+use std::fmt;
+
+/// PostgreSQL truncates longer identifiers silently; we refuse them instead.
+const MAX_LEN: usize = 63;
+
+/// Columns every target table has; a key column may not take these names.
+pub const RESERVED_COLUMNS: [&str; 5] = [
+    "record",
+    "content_hash",
+    "first_seen_at",
+    "changed_at",
+    "run_id",
+];
+
+/// A validated identifier: ASCII letters, digits and `_`, not starting with a
+/// digit, at most 63 bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Ident(String);
+
+impl Ident {
+    /// A table name: lowercase only, so that it can be used unquoted in psql.
+    pub fn table(name: &str) -> Result<Self, String> {
+        let lowercase = name.chars().all(|c| !c.is_ascii_uppercase());
+        if lowercase && is_identifier(name) {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(format!(
+                "`{name}` is not a valid table name: use lowercase letters, digits and _, \
+                 starting with a letter or _, at most {MAX_LEN} characters"
+            ))
+        }
+    }
+
+    /// A column name; mixed case is kept (and must be quoted in queries).
+    pub fn column(name: &str) -> Result<Self, String> {
+        if !is_identifier(name) {
+            return Err(format!(
+                "`{name}` is not a valid column name: use letters, digits and _, \
+                 starting with a letter or _, at most {MAX_LEN} characters"
+            ));
+        }
+        if RESERVED_COLUMNS.contains(&name) {
+            return Err(format!(
+                "`{name}` cannot be a key column: apisync uses that column itself"
+            ));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The identifier in double quotes, ready to splice into SQL.
+    pub fn quoted(&self) -> String {
+        // Validation admits no `"`, so there is nothing to escape.
+        format!("\"{}\"", self.0)
+    }
+}
+
+impl fmt::Display for Ident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    first_ok && name.len() <= MAX_LEN && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_are_validated() {
+        for ok in ["products", "_x", "t1", "a_b_c"] {
+            assert!(Ident::table(ok).is_ok(), "{ok:?} should be accepted");
+        }
+        let too_long = "a".repeat(64);
+        for bad in [
+            "",
+            "x; drop table y",
+            "1abc",
+            "Products",
+            "a-b",
+            "a.b",
+            "\"x\"",
+            too_long.as_str(),
+        ] {
+            assert!(Ident::table(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn column_names_keep_case_and_refuse_reserved_names() {
+        assert_eq!(Ident::column("userId").unwrap().quoted(), "\"userId\"");
+        assert!(Ident::column("record").is_err());
+        assert!(Ident::column("id\"; --").is_err());
+    }
+}

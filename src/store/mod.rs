@@ -1,0 +1,267 @@
+//! The database seam: the internal tables (runs, job state, rejects), the
+//! job's target table, and the page write that keeps both consistent.
+//!
+//! [`Store`] is an enum over the backends so callers never branch on the
+//! database; PostgreSQL is the only one today, SQLite will be the second.
+//!
+//! **Boundary:** this module never makes HTTP calls.
+//! **Invariant:** a page's rows, its rejects and its run counts commit in one
+//! transaction, and rows whose content hash did not change are not written.
+
+pub mod ident;
+mod postgres;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+pub use self::ident::Ident;
+pub use self::postgres::PgStore;
+use crate::config::DatabaseSettings;
+use crate::record::{ContentHash, KeyField, Record, Rejected};
+use crate::run::{Counts, RunId, RunStatus};
+
+/// A job's target table: its name and key columns.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub name: Ident,
+    pub key_columns: Vec<Ident>,
+}
+
+impl TableSpec {
+    pub fn new(name: Ident, key: &[KeyField]) -> Self {
+        Self {
+            name,
+            key_columns: key.iter().map(|field| field.column.clone()).collect(),
+        }
+    }
+}
+
+/// What one page contributes: its records (one per key, in-page duplicates
+/// already collapsed) and its rejects.
+#[derive(Debug, Default)]
+pub struct PageBatch {
+    pub rows: Vec<BatchRow>,
+    pub rejects: Vec<Rejected>,
+    /// Records in the response, rejects and collapsed copies included.
+    pub fetched: u64,
+    /// Copies of a key dropped inside this page (the later copy was kept).
+    pub collapsed: u64,
+}
+
+#[derive(Debug)]
+pub struct BatchRow {
+    pub record: Record,
+    /// The key was already seen on an earlier page of this run: the row is
+    /// still written if its content differs (the later copy wins), but it is
+    /// counted as `duplicate`, not as inserted, updated or unchanged.
+    pub repeat: bool,
+}
+
+/// What a stored row is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Inserted,
+    Updated,
+    Unchanged,
+}
+
+fn classify(existing: Option<&ContentHash>, new: &ContentHash) -> Outcome {
+    match existing {
+        None => Outcome::Inserted,
+        Some(old) if old == new => Outcome::Unchanged,
+        Some(_) => Outcome::Updated,
+    }
+}
+
+/// Counts a page and picks the rows to write, given each row's stored hash.
+/// Shared by every backend so they count alike.
+fn plan_page(batch: &PageBatch, existing: &[Option<ContentHash>]) -> (Counts, Vec<usize>) {
+    let mut counts = Counts {
+        fetched: batch.fetched,
+        duplicate: batch.collapsed,
+        rejected: batch.rejects.len() as u64,
+        pages: 1,
+        ..Counts::default()
+    };
+    let mut to_write = Vec::new();
+    for (index, (row, stored)) in batch.rows.iter().zip(existing).enumerate() {
+        let outcome = classify(stored.as_ref(), &row.record.content_hash);
+        if outcome != Outcome::Unchanged {
+            to_write.push(index);
+        }
+        match (row.repeat, outcome) {
+            (true, _) => counts.duplicate += 1,
+            (false, Outcome::Inserted) => counts.inserted += 1,
+            (false, Outcome::Updated) => counts.updated += 1,
+            (false, Outcome::Unchanged) => counts.unchanged += 1,
+        }
+    }
+    (counts, to_write)
+}
+
+/// One row of `apisync.runs`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunRecord {
+    pub id: RunId,
+    pub job: String,
+    pub status: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub fetched: i64,
+    pub inserted: i64,
+    pub updated: i64,
+    pub unchanged: i64,
+    pub duplicate: i64,
+    pub rejected: i64,
+    pub pages: i64,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the database request failed")]
+    Database(#[from] sqlx::Error),
+    #[error("applying the internal schema migrations failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The target table exists but cannot hold the job's rows safely.
+    #[error("table {table} exists but does not fit this job: {problems}")]
+    TableShape { table: String, problems: String },
+}
+
+/// The database, whichever it is.
+#[derive(Debug, Clone)]
+pub enum Store {
+    Postgres(PgStore),
+}
+
+impl Store {
+    /// Opens a pool as `settings` say (no query is sent yet).
+    ///
+    /// # Errors
+    /// When the URL cannot be used.
+    pub fn connect_lazy(settings: &DatabaseSettings) -> Result<Self, StoreError> {
+        Ok(Store::Postgres(PgStore::connect_lazy(settings)?))
+    }
+
+    /// Answers one trivial query: the database is reachable.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(pg) => pg.ping(timeout).await,
+        }
+    }
+
+    /// Applies the internal schema migrations (idempotent, safe to run from
+    /// several processes at once: sqlx takes an advisory lock).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(pg) => pg.migrate().await,
+        }
+    }
+
+    /// Creates the job's table when missing; refuses one whose primary key or
+    /// columns do not match, since the key constraint is what guarantees one
+    /// row per key.
+    pub async fn prepare_table(&self, table: &TableSpec) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(pg) => pg.prepare_table(table).await,
+        }
+    }
+
+    pub async fn start_run(&self, job: &str) -> Result<RunId, StoreError> {
+        match self {
+            Store::Postgres(pg) => pg.start_run(job).await,
+        }
+    }
+
+    /// Writes one page in one transaction: changed and new rows, rejects, and
+    /// the run's running counts. Returns the page's counts.
+    pub async fn write_page(
+        &self,
+        job: &str,
+        table: &TableSpec,
+        run: RunId,
+        batch: &PageBatch,
+    ) -> Result<Counts, StoreError> {
+        match self {
+            Store::Postgres(pg) => pg.write_page(job, table, run, batch).await,
+        }
+    }
+
+    /// Records the end of a run with its final counts.
+    pub async fn finish_run(
+        &self,
+        run: RunId,
+        status: RunStatus,
+        counts: &Counts,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(pg) => pg.finish_run(run, status, counts, error).await,
+        }
+    }
+
+    /// The latest runs, newest first.
+    pub async fn recent_runs(
+        &self,
+        job: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        match self {
+            Store::Postgres(pg) => pg.recent_runs(job, limit).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::RecordShape;
+    use serde_json::json;
+
+    fn row(shape: &RecordShape, value: serde_json::Value, repeat: bool) -> BatchRow {
+        BatchRow {
+            record: shape.read(value).unwrap(),
+            repeat,
+        }
+    }
+
+    #[test]
+    fn plan_counts_every_record_once_and_writes_only_changes() {
+        let shape = RecordShape::new(&["id".into()], &[]).unwrap();
+        let same = shape.read(json!({"id": 2, "v": 1})).unwrap().content_hash;
+        let batch = PageBatch {
+            rows: vec![
+                row(&shape, json!({"id": 1, "v": 1}), false),
+                row(&shape, json!({"id": 2, "v": 1}), false),
+                row(&shape, json!({"id": 3, "v": 2}), false),
+                row(&shape, json!({"id": 4, "v": 2}), true),
+                row(&shape, json!({"id": 5, "v": 2}), true),
+            ],
+            rejects: vec![shape.read(json!({"v": 1})).unwrap_err()],
+            fetched: 7,
+            collapsed: 1,
+        };
+        let stored = [None, Some(same), Some([0; 16]), Some([0; 16]), None];
+        let stored5 = shape.read(json!({"id": 5, "v": 2})).unwrap().content_hash;
+        let stored = [stored[0], stored[1], stored[2], stored[3], Some(stored5)];
+        let (counts, to_write) = plan_page(&batch, &stored);
+        assert_eq!(
+            counts,
+            Counts {
+                fetched: 7,
+                inserted: 1,
+                updated: 1,
+                unchanged: 1,
+                duplicate: 3,
+                rejected: 1,
+                pages: 1,
+            }
+        );
+        assert_eq!(
+            to_write,
+            vec![0, 2, 3],
+            "new, changed, and a changed repeat"
+        );
+    }
+}

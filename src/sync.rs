@@ -1,0 +1,267 @@
+//! One run of one job: pages → records → de-duplication → page writes, with
+//! the run recorded in `apisync.runs` from start to finish.
+//!
+//! **Boundary:** the only module that knows both the API side (`source`) and
+//! the database side (`store`).
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::config::JobSettings;
+use crate::record::RecordShape;
+use crate::redact::Redactor;
+use crate::run::{Counts, RunId, RunStatus};
+use crate::source::{ApiClient, Page, SourceError, SourceSpec};
+use crate::store::{BatchRow, Ident, PageBatch, Store, StoreError, TableSpec};
+
+/// A job, checked and ready to run any number of times.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    pub table: TableSpec,
+    shape: RecordShape,
+    source: SourceSpec,
+}
+
+impl Job {
+    /// # Errors
+    /// What is wrong with the job; configuration validation catches all of
+    /// these first, so this only fails for settings built by hand.
+    pub fn from_settings(settings: &JobSettings) -> Result<Self, String> {
+        let shape = RecordShape::new(&settings.key, &settings.hash_exclude)
+            .map_err(|(key, message)| format!("{key}: {message}"))?;
+        let table = TableSpec::new(Ident::table(&settings.table)?, shape.key_fields());
+        Ok(Self {
+            name: settings.name.clone(),
+            table,
+            shape,
+            source: SourceSpec::new(settings)?,
+        })
+    }
+}
+
+/// What a run needs besides the job; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SyncContext {
+    pub store: Store,
+    pub client: ApiClient,
+    pub redactor: Redactor,
+}
+
+/// The outcome of one run, as recorded in `apisync.runs`.
+#[derive(Debug, Clone)]
+pub struct RunReport {
+    pub job: String,
+    pub run_id: RunId,
+    pub status: RunStatus,
+    pub counts: Counts,
+    pub elapsed: Duration,
+    /// The error chain, secrets redacted, when the run failed.
+    pub error: Option<String>,
+}
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(
+        "page {page} holds exactly the records of page {previous}: the API seems to ignore \
+         the pagination parameters; stopping instead of looping"
+    )]
+    RepeatedPage { page: u64, previous: u64 },
+}
+
+/// Runs `job` once, start to finish.
+///
+/// A failure while fetching or writing ends the run as `failed` with its error
+/// recorded; the pages committed before stay. The returned report says which.
+///
+/// # Errors
+/// Only when the run cannot be recorded at all (the database is unreachable
+/// when the run starts or ends).
+#[tracing::instrument(skip_all, fields(job = %job.name, run_id))]
+pub async fn run_once(job: &Job, ctx: &SyncContext) -> Result<RunReport, StoreError> {
+    let started = Instant::now();
+    let run_id = ctx.store.start_run(&job.name).await?;
+    tracing::Span::current().record("run_id", run_id);
+
+    let mut counts = Counts::default();
+    let result = copy_pages(job, ctx, run_id, &mut counts).await;
+    let (status, error) = match &result {
+        Ok(()) => (RunStatus::Succeeded, None),
+        Err(e) => (
+            RunStatus::Failed,
+            Some(ctx.redactor.redact(&crate::error_chain(e))),
+        ),
+    };
+    ctx.store
+        .finish_run(run_id, status, &counts, error.as_deref())
+        .await?;
+
+    let report = RunReport {
+        job: job.name.clone(),
+        run_id,
+        status,
+        counts,
+        elapsed: started.elapsed(),
+        error,
+    };
+    log_finished(&report);
+    Ok(report)
+}
+
+async fn copy_pages(
+    job: &Job,
+    ctx: &SyncContext,
+    run_id: RunId,
+    counts: &mut Counts,
+) -> Result<(), SyncError> {
+    ctx.store.prepare_table(&job.table).await?;
+    let mut pages = job.source.pages(&ctx.client);
+    let mut seen = HashSet::new();
+    let mut previous_page: Option<(u64, u128)> = None;
+    while let Some(page) = pages.next_page().await? {
+        let number = page.number;
+        let batch = build_batch(&job.shape, page, &mut seen);
+        let fingerprint = page_fingerprint(&batch);
+        if let (Some((previous, last)), Some(current)) = (previous_page, fingerprint)
+            && last == current
+        {
+            return Err(SyncError::RepeatedPage {
+                page: number,
+                previous,
+            });
+        }
+        previous_page = fingerprint.map(|f| (number, f));
+
+        *counts += ctx
+            .store
+            .write_page(&job.name, &job.table, run_id, &batch)
+            .await?;
+        tracing::debug!(page = number, fetched = batch.fetched, "Page written.");
+    }
+    Ok(())
+}
+
+/// Reads a page's records into a batch: rejects apart, one row per key (the
+/// later copy wins inside a page), and keys seen on earlier pages flagged.
+fn build_batch(shape: &RecordShape, page: Page, seen: &mut HashSet<u128>) -> PageBatch {
+    let mut batch = PageBatch {
+        fetched: page.records.len() as u64,
+        ..PageBatch::default()
+    };
+    let mut slot_of_key: HashMap<u128, usize> = HashMap::new();
+    for value in page.records {
+        let record = match shape.read(value) {
+            Ok(record) => record,
+            Err(rejected) => {
+                batch.rejects.push(rejected);
+                continue;
+            }
+        };
+        let fingerprint = record.key_fingerprint;
+        if let Some(&slot) = slot_of_key.get(&fingerprint) {
+            batch.rows[slot].record = record;
+            batch.collapsed += 1;
+            continue;
+        }
+        slot_of_key.insert(fingerprint, batch.rows.len());
+        batch.rows.push(BatchRow {
+            record,
+            repeat: !seen.insert(fingerprint),
+        });
+    }
+    batch
+}
+
+/// The page's keys in order, hashed; `None` for a page without rows.
+fn page_fingerprint(batch: &PageBatch) -> Option<u128> {
+    if batch.rows.is_empty() {
+        return None;
+    }
+    let mut hasher = Xxh3::new();
+    for row in &batch.rows {
+        hasher.update(&row.record.key_fingerprint.to_le_bytes());
+    }
+    Some(hasher.digest128())
+}
+
+fn log_finished(report: &RunReport) {
+    let c = &report.counts;
+    let seconds = report.elapsed.as_secs_f64();
+    match &report.error {
+        None => tracing::info!(
+            status = report.status.as_str(),
+            fetched = c.fetched,
+            inserted = c.inserted,
+            updated = c.updated,
+            unchanged = c.unchanged,
+            duplicate = c.duplicate,
+            rejected = c.rejected,
+            pages = c.pages,
+            seconds,
+            "Run finished."
+        ),
+        Some(error) => tracing::error!(
+            status = report.status.as_str(),
+            fetched = c.fetched,
+            inserted = c.inserted,
+            updated = c.updated,
+            unchanged = c.unchanged,
+            duplicate = c.duplicate,
+            rejected = c.rejected,
+            pages = c.pages,
+            seconds,
+            error = %error,
+            "Run failed."
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn batches_collapse_repeats_and_flag_keys_seen_before() {
+        let shape = RecordShape::new(&["id".into()], &[]).unwrap();
+        let mut seen = HashSet::new();
+        let first = Page {
+            number: 1,
+            records: vec![json!({"id": 1}), json!({"id": 2})],
+        };
+        build_batch(&shape, first, &mut seen);
+        let second = Page {
+            number: 2,
+            records: vec![
+                json!({"id": 2, "v": "old"}),
+                json!({"id": 3}),
+                json!({"id": 2, "v": "new"}),
+                json!({"no_id": true}),
+            ],
+        };
+        let batch = build_batch(&shape, second, &mut seen);
+        assert_eq!(batch.fetched, 4);
+        assert_eq!(batch.collapsed, 1);
+        assert_eq!(batch.rejects.len(), 1);
+        let rows: Vec<_> = batch
+            .rows
+            .iter()
+            .map(|r| (r.record.json.clone(), r.repeat))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (json!({"id": 2, "v": "new"}), true),
+                (json!({"id": 3}), false)
+            ],
+            "the later copy wins and keeps its place"
+        );
+    }
+}
