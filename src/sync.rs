@@ -14,7 +14,7 @@ use crate::record::RecordShape;
 use crate::redact::Redactor;
 use crate::run::{Counts, RunId, RunStatus};
 use crate::source::{ApiClient, Page, SourceError, SourceSpec};
-use crate::store::{BatchRow, Ident, PageBatch, Store, StoreError, TableSpec};
+use crate::store::{Ident, PageBatch, Store, StoreError, TableSpec};
 
 /// A job, checked and ready to run any number of times.
 #[derive(Debug, Clone)]
@@ -127,8 +127,7 @@ async fn copy_pages(
     let mut previous_page: Option<(u64, u128)> = None;
     while let Some(page) = pages.next_page().await? {
         let number = page.number;
-        let batch = build_batch(&job.shape, page, &mut seen);
-        let fingerprint = page_fingerprint(&batch);
+        let (batch, fingerprint) = build_batch(&job.shape, page, &mut seen);
         if let (Some((previous, last)), Some(current)) = (previous_page, fingerprint)
             && last == current
         {
@@ -148,14 +147,25 @@ async fn copy_pages(
     Ok(())
 }
 
-/// Reads a page's records into a batch: rejects apart, one row per key (the
-/// later copy wins inside a page), and keys seen on earlier pages flagged.
-fn build_batch(shape: &RecordShape, page: Page, seen: &mut HashSet<u128>) -> PageBatch {
+/// Reads a page's records into a batch: rejects apart, one row per key. Inside
+/// a page the later copy of a key wins (it replaces the earlier one in place);
+/// a key already seen on an earlier page of this run is dropped, since its
+/// first copy is committed (a change between the two is picked up next run).
+///
+/// Also returns a fingerprint of the page's keys in order (`None` when it has
+/// none), to notice an API that serves the same page again and again.
+fn build_batch(
+    shape: &RecordShape,
+    page: Page,
+    seen: &mut HashSet<u128>,
+) -> (PageBatch, Option<u128>) {
     let mut batch = PageBatch {
         fetched: page.records.len() as u64,
         ..PageBatch::default()
     };
     let mut slot_of_key: HashMap<u128, usize> = HashMap::new();
+    let mut keys = Xxh3::new();
+    let mut any_key = false;
     for value in page.records {
         let record = match shape.read(value) {
             Ok(record) => record,
@@ -165,30 +175,19 @@ fn build_batch(shape: &RecordShape, page: Page, seen: &mut HashSet<u128>) -> Pag
             }
         };
         let fingerprint = record.key_fingerprint;
+        keys.update(&fingerprint.to_le_bytes());
+        any_key = true;
         if let Some(&slot) = slot_of_key.get(&fingerprint) {
-            batch.rows[slot].record = record;
-            batch.collapsed += 1;
-            continue;
+            batch.rows[slot] = record;
+            batch.duplicates += 1;
+        } else if !seen.insert(fingerprint) {
+            batch.duplicates += 1;
+        } else {
+            slot_of_key.insert(fingerprint, batch.rows.len());
+            batch.rows.push(record);
         }
-        slot_of_key.insert(fingerprint, batch.rows.len());
-        batch.rows.push(BatchRow {
-            record,
-            repeat: !seen.insert(fingerprint),
-        });
     }
-    batch
-}
-
-/// The page's keys in order, hashed; `None` for a page without rows.
-fn page_fingerprint(batch: &PageBatch) -> Option<u128> {
-    if batch.rows.is_empty() {
-        return None;
-    }
-    let mut hasher = Xxh3::new();
-    for row in &batch.rows {
-        hasher.update(&row.record.key_fingerprint.to_le_bytes());
-    }
-    Some(hasher.digest128())
+    (batch, any_key.then(|| keys.digest128()))
 }
 
 fn log_finished(report: &RunReport) {
@@ -229,14 +228,14 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn batches_collapse_repeats_and_flag_keys_seen_before() {
+    fn batches_keep_one_copy_per_key() {
         let shape = RecordShape::new(&["id".into()], &[]).unwrap();
         let mut seen = HashSet::new();
         let first = Page {
             number: 1,
             records: vec![json!({"id": 1}), json!({"id": 2})],
         };
-        build_batch(&shape, first, &mut seen);
+        let (_, first_fingerprint) = build_batch(&shape, first, &mut seen);
         let second = Page {
             number: 2,
             records: vec![
@@ -246,22 +245,32 @@ mod tests {
                 json!({"no_id": true}),
             ],
         };
-        let batch = build_batch(&shape, second, &mut seen);
+        let (batch, second_fingerprint) = build_batch(&shape, second, &mut seen);
+        assert_ne!(first_fingerprint, second_fingerprint);
         assert_eq!(batch.fetched, 4);
-        assert_eq!(batch.collapsed, 1);
+        assert_eq!(
+            batch.duplicates, 2,
+            "id 2 was on page 1, and twice on page 2"
+        );
         assert_eq!(batch.rejects.len(), 1);
-        let rows: Vec<_> = batch
-            .rows
-            .iter()
-            .map(|r| (r.record.json.clone(), r.repeat))
-            .collect();
+        let rows: Vec<_> = batch.rows.iter().map(|r| r.json.clone()).collect();
+        assert_eq!(rows, vec![json!({"id": 3})]);
+
+        let third = Page {
+            number: 3,
+            records: vec![
+                json!({"id": 4, "v": "old"}),
+                json!({"id": 5}),
+                json!({"id": 4, "v": "new"}),
+            ],
+        };
+        let (batch, _) = build_batch(&shape, third, &mut seen);
+        let rows: Vec<_> = batch.rows.iter().map(|r| r.json.clone()).collect();
         assert_eq!(
             rows,
-            vec![
-                (json!({"id": 2, "v": "new"}), true),
-                (json!({"id": 3}), false)
-            ],
-            "the later copy wins and keeps its place"
+            vec![json!({"id": 4, "v": "new"}), json!({"id": 5})],
+            "inside a page the later copy wins and keeps the first one's place"
         );
+        assert_eq!(batch.duplicates, 1);
     }
 }

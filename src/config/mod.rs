@@ -365,12 +365,12 @@ fn default_max_backoff() -> Duration {
 }
 
 /// `[jobs.pagination]`: how the next page is requested; `kind` picks the style.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Pagination {
-    /// One request, one page.
-    #[default]
-    None,
+    /// One request, one page. A struct variant, not a unit one, so that
+    /// `deny_unknown_fields` refuses knobs of other kinds here too.
+    None {},
     /// `?page=1&per_page=100`, then 2, 3, …; stops on an empty page or at
     /// the total page count found at `total_pages_path`.
     Page {
@@ -415,6 +415,12 @@ pub enum Pagination {
         #[serde(default = "default_next_path")]
         next_path: String,
     },
+}
+
+impl Default for Pagination {
+    fn default() -> Self {
+        Pagination::None {}
+    }
 }
 
 fn default_page_param() -> String {

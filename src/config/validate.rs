@@ -207,7 +207,7 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
     }
 
     match &job.pagination {
-        Pagination::None | Pagination::LinkHeader {} => {}
+        Pagination::None {} | Pagination::LinkHeader {} => {}
         Pagination::Page {
             page_param,
             size_param,

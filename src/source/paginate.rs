@@ -96,7 +96,7 @@ impl Paginator {
                 }
                 with_params(&self.base, &params)
             }
-            Pagination::None
+            Pagination::None {}
             | Pagination::Cursor { .. }
             | Pagination::LinkHeader {}
             | Pagination::NextUrl { .. } => self.base.clone(),
@@ -106,7 +106,7 @@ impl Paginator {
     /// The URL of the page after `response`, or `None` when it was the last.
     pub fn next(&mut self, response: &Response) -> Result<Option<Url>, PaginationError> {
         let next = match &self.kind {
-            Pagination::None => None,
+            Pagination::None {} => None,
             Pagination::Page {
                 page_param,
                 size_param,

@@ -37,25 +37,18 @@ impl TableSpec {
     }
 }
 
-/// What one page contributes: its records (one per key, in-page duplicates
-/// already collapsed) and its rejects.
+/// What one page contributes: its records, one per key, and its rejects.
 #[derive(Debug, Default)]
 pub struct PageBatch {
-    pub rows: Vec<BatchRow>,
+    /// Keys new to this run; copies of a key already seen were dropped.
+    pub rows: Vec<Record>,
     pub rejects: Vec<Rejected>,
-    /// Records in the response, rejects and collapsed copies included.
+    /// Records in the response, rejects and dropped copies included.
     pub fetched: u64,
-    /// Copies of a key dropped inside this page (the later copy was kept).
-    pub collapsed: u64,
-}
-
-#[derive(Debug)]
-pub struct BatchRow {
-    pub record: Record,
-    /// The key was already seen on an earlier page of this run: the row is
-    /// still written if its content differs (the later copy wins), but it is
-    /// counted as `duplicate`, not as inserted, updated or unchanged.
-    pub repeat: bool,
+    /// Copies dropped: a key repeated inside the page (the later copy was
+    /// kept) or already seen on an earlier page of the run (the committed
+    /// copy stays).
+    pub duplicates: u64,
 }
 
 /// What a stored row is compared with.
@@ -79,23 +72,22 @@ fn classify(existing: Option<&ContentHash>, new: &ContentHash) -> Outcome {
 fn plan_page(batch: &PageBatch, existing: &[Option<ContentHash>]) -> (Counts, Vec<usize>) {
     let mut counts = Counts {
         fetched: batch.fetched,
-        duplicate: batch.collapsed,
+        duplicate: batch.duplicates,
         rejected: batch.rejects.len() as u64,
         pages: 1,
         ..Counts::default()
     };
     let mut to_write = Vec::new();
-    for (index, (row, stored)) in batch.rows.iter().zip(existing).enumerate() {
-        let outcome = classify(stored.as_ref(), &row.record.content_hash);
-        if outcome != Outcome::Unchanged {
-            to_write.push(index);
+    for (index, (record, stored)) in batch.rows.iter().zip(existing).enumerate() {
+        match classify(stored.as_ref(), &record.content_hash) {
+            Outcome::Inserted => counts.inserted += 1,
+            Outcome::Updated => counts.updated += 1,
+            Outcome::Unchanged => {
+                counts.unchanged += 1;
+                continue;
+            }
         }
-        match (row.repeat, outcome) {
-            (true, _) => counts.duplicate += 1,
-            (false, Outcome::Inserted) => counts.inserted += 1,
-            (false, Outcome::Updated) => counts.updated += 1,
-            (false, Outcome::Unchanged) => counts.unchanged += 1,
-        }
+        to_write.push(index);
     }
     (counts, to_write)
 }
@@ -219,49 +211,34 @@ mod tests {
     use crate::record::RecordShape;
     use serde_json::json;
 
-    fn row(shape: &RecordShape, value: serde_json::Value, repeat: bool) -> BatchRow {
-        BatchRow {
-            record: shape.read(value).unwrap(),
-            repeat,
-        }
-    }
-
     #[test]
     fn plan_counts_every_record_once_and_writes_only_changes() {
         let shape = RecordShape::new(&["id".into()], &[]).unwrap();
-        let same = shape.read(json!({"id": 2, "v": 1})).unwrap().content_hash;
+        let read = |value| shape.read(value).unwrap();
         let batch = PageBatch {
             rows: vec![
-                row(&shape, json!({"id": 1, "v": 1}), false),
-                row(&shape, json!({"id": 2, "v": 1}), false),
-                row(&shape, json!({"id": 3, "v": 2}), false),
-                row(&shape, json!({"id": 4, "v": 2}), true),
-                row(&shape, json!({"id": 5, "v": 2}), true),
+                read(json!({"id": 1, "v": 1})),
+                read(json!({"id": 2, "v": 1})),
+                read(json!({"id": 3, "v": 2})),
             ],
             rejects: vec![shape.read(json!({"v": 1})).unwrap_err()],
-            fetched: 7,
-            collapsed: 1,
+            fetched: 6,
+            duplicates: 2,
         };
-        let stored = [None, Some(same), Some([0; 16]), Some([0; 16]), None];
-        let stored5 = shape.read(json!({"id": 5, "v": 2})).unwrap().content_hash;
-        let stored = [stored[0], stored[1], stored[2], stored[3], Some(stored5)];
+        let stored = [None, Some(batch.rows[1].content_hash), Some([0; 16])];
         let (counts, to_write) = plan_page(&batch, &stored);
         assert_eq!(
             counts,
             Counts {
-                fetched: 7,
+                fetched: 6,
                 inserted: 1,
                 updated: 1,
                 unchanged: 1,
-                duplicate: 3,
+                duplicate: 2,
                 rejected: 1,
                 pages: 1,
             }
         );
-        assert_eq!(
-            to_write,
-            vec![0, 2, 3],
-            "new, changed, and a changed repeat"
-        );
+        assert_eq!(to_write, vec![0, 2], "the new row and the changed row");
     }
 }

@@ -299,7 +299,7 @@ fn key_arrays<'a>(
     (0..table.key_columns.len())
         .map(|k| {
             rows.clone()
-                .map(|i| batch.rows[i].record.key[k].as_str())
+                .map(|i| batch.rows[i].key[k].as_str())
                 .collect()
         })
         .collect()
@@ -384,13 +384,10 @@ async fn upsert(
     for column in key_arrays(table, batch, to_write.iter().copied()) {
         query = query.bind(column);
     }
-    let records: Vec<&serde_json::Value> = to_write
-        .iter()
-        .map(|&i| &batch.rows[i].record.json)
-        .collect();
+    let records: Vec<&serde_json::Value> = to_write.iter().map(|&i| &batch.rows[i].json).collect();
     let hashes: Vec<&[u8]> = to_write
         .iter()
-        .map(|&i| batch.rows[i].record.content_hash.as_slice())
+        .map(|&i| batch.rows[i].content_hash.as_slice())
         .collect();
     query
         .bind(records)

@@ -1,1 +1,8 @@
+//! The one integration test binary (one link step for all suites).
 
+mod cli;
+mod config;
+mod fake_api;
+mod helpers;
+mod pagination;
+mod sync;

@@ -1,0 +1,231 @@
+//! The real binary: exit codes, the `sync` summary, `check`, `migrate` and
+//! `runs`, with the configuration found the ways users find it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sqlx::PgPool;
+
+use crate::helpers::{TestEnv, job_config, products};
+
+/// Runs `apisync ARGS` in `dir` with a clean environment plus `envs`, off the
+/// test's async runtime (the fake API must keep serving meanwhile).
+async fn apisync(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_apisync"));
+    command.current_dir(dir).args(args).env_clear();
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    tokio::task::spawn_blocking(move || command.output().expect("the binary runs"))
+        .await
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// A scratch directory for one test's files.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("apisync-it-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The URL of the test's own database, for the binary.
+fn database_url(pool: &PgPool) -> String {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");
+    let mut url = reqwest::Url::parse(&base).unwrap();
+    url.set_path(
+        pool.connect_options()
+            .get_database()
+            .expect("a database name"),
+    );
+    url.to_string()
+}
+
+#[sqlx::test(migrations = false)]
+async fn sync_prints_a_summary_per_job_and_exits_by_outcome(pool: PgPool) {
+    // Arrange: a good job and one whose API answers 500 every time.
+    let env = TestEnv::start(pool, products(250)).await;
+    let dir = scratch("sync");
+    let config = job_config(&format!(
+        "records = \"/data\"\n[jobs.request]\nurl = \"{}\"\n[jobs.pagination]\nkind = \"page\"\nsize = 100\n",
+        env.api.url("/page")
+    ))
+    .replace("postgres://unused@127.0.0.1/unused", &database_url(&env.pool))
+        + &format!(
+            "\n[[jobs]]\nname = \"broken\"\nschedule = \"* * * * *\"\ntable = \"broken\"\nkey = [\"id\"]\n\
+             [jobs.request]\nurl = \"{}\"\n[jobs.retry]\nmax_attempts = 2\ninitial_backoff = \"10ms\"\n",
+            env.api.url("/status/500")
+        );
+    std::fs::write(dir.join("apisync.toml"), &config).unwrap();
+
+    // Act: ./apisync.toml is found without --config.
+    let first = apisync(&dir, &["sync", "products"], &[]).await;
+    let second = apisync(&dir, &["sync", "products"], &[]).await;
+    let failed = apisync(&dir, &["sync", "--all"], &[]).await;
+    let unknown = apisync(&dir, &["sync", "nope"], &[]).await;
+
+    // Assert
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert!(
+        stdout(&first).starts_with(
+            "products succeeded fetched=250 inserted=250 updated=0 unchanged=0 duplicate=0 \
+             rejected=0 pages=4 seconds="
+        ),
+        "{}",
+        stdout(&first)
+    );
+    assert!(
+        stdout(&second).contains("inserted=0 updated=0 unchanged=250"),
+        "{}",
+        stdout(&second)
+    );
+    assert_eq!(failed.status.code(), Some(1));
+    let lines: Vec<String> = stdout(&failed).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 2, "one line per job: {lines:?}");
+    assert!(lines[1].starts_with("broken failed fetched=0"), "{lines:?}");
+    assert!(
+        lines[1].contains(
+            "fetching failed after 2 attempt(s): the API answered 500 Internal Server Error"
+        ),
+        "{lines:?}"
+    );
+    assert_eq!(unknown.status.code(), Some(2));
+    assert!(stderr(&unknown).contains("no job named nope; configured jobs: products, broken"));
+
+    // `runs` shows the four runs, newest first, as a table and as JSON.
+    let runs = apisync(&dir, &["runs"], &[]).await;
+    assert_eq!(runs.status.code(), Some(0), "{}", stderr(&runs));
+    let table = stdout(&runs);
+    assert!(table.starts_with("ID"), "{table}");
+    assert_eq!(table.lines().count(), 5, "{table}");
+    assert!(table.lines().nth(1).unwrap().contains("broken"), "{table}");
+    let json = apisync(&dir, &["runs", "products", "--json", "--limit", "1"], &[]).await;
+    let run: serde_json::Value = serde_json::from_str(stdout(&json).trim()).unwrap();
+    assert_eq!(run["status"], "succeeded");
+    assert_eq!(run["unchanged"], 250);
+}
+
+#[sqlx::test(migrations = false)]
+async fn migrate_creates_the_internal_schema(pool: PgPool) {
+    // Arrange
+    let dir = scratch("migrate");
+    let config = job_config("[jobs.request]\nurl = \"http://127.0.0.1:9/x\"\n").replace(
+        "postgres://unused@127.0.0.1/unused",
+        "postgres://ignored@127.0.0.1/ignored",
+    );
+    std::fs::write(dir.join("conf.toml"), config).unwrap();
+
+    // Act: the config comes from APISYNC_CONFIG, the URL from DATABASE_URL.
+    let output = apisync(
+        &dir,
+        &["migrate"],
+        &[
+            ("APISYNC_CONFIG", "conf.toml"),
+            ("DATABASE_URL", &database_url(&pool)),
+        ],
+    )
+    .await;
+
+    // Assert
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = 'apisync' ORDER BY 1",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, ["_sqlx_migrations", "job_state", "rejects", "runs"]);
+}
+
+#[tokio::test]
+async fn check_accepts_the_example_configuration() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+    let output = apisync(
+        &scratch("example"),
+        &["check", "--config", example.to_str().unwrap()],
+        &[("EXAMPLE_TOKEN", "x")],
+    )
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stdout(&output).contains("2 job(s): products, tickets"));
+}
+
+#[tokio::test]
+async fn check_rejects_bad_configurations_naming_job_and_key() {
+    let good = job_config("[jobs.request]\nurl = \"https://api.example.com/p\"\n");
+    let cases = [
+        (
+            "unknown key",
+            good.replace("key = [\"id\"]", "key = [\"id\"]\ncolour = \"red\""),
+            "job \"products\", key \"colour\": unknown field `colour`",
+        ),
+        (
+            "injected table name",
+            good.replace("table = \"products\"", "table = \"x; drop table y\""),
+            "job \"products\", key \"table\": `x; drop table y` is not a valid table name",
+        ),
+        (
+            "duplicate job names",
+            format!(
+                "{good}\n[[jobs]]{}",
+                good.split("[[jobs]]")
+                    .nth(1)
+                    .unwrap()
+                    .replace("table = \"products\"", "table = \"other\"")
+            ),
+            "job \"products\", key \"name\": the name is used by more than one job",
+        ),
+        (
+            "invalid JSON pointer",
+            good.replace("key = [\"id\"]", "key = [\"id\"]\nrecords = \"data/items\""),
+            "job \"products\", key \"records\": `data/items` is not a JSON pointer",
+        ),
+        (
+            "unknown pagination kind",
+            format!("{good}[jobs.pagination]\nkind = \"pages\"\n"),
+            "job \"products\", key \"pagination.kind\": unknown variant `pages`",
+        ),
+        (
+            "malformed cron line",
+            good.replace("schedule = \"*/15 * * * *\"", "schedule = \"*/15 * * *\""),
+            "job \"products\", key \"schedule\": `*/15 * * *` is not a cron line",
+        ),
+    ];
+    let dir = scratch("check");
+    for (case, config, expected) in cases {
+        std::fs::write(dir.join("bad.toml"), &config).unwrap();
+        // --config after the subcommand, as users write it.
+        let output = apisync(&dir, &["check", "--config", "bad.toml"], &[]).await;
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "case {case}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains(expected),
+            "case {case}: expected {expected:?} in\n{}",
+            stderr(&output)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_missing_configuration_file_is_a_configuration_error() {
+    let output = apisync(&scratch("missing"), &["check"], &[]).await;
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("apisync.toml")
+            && stderr(&output).contains("cannot read the file"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -1,0 +1,246 @@
+//! The configuration file: the shipped example parses, and layering works
+//! end to end through `load`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use secrecy::ExposeSecret;
+
+use apisync::config;
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn the_example_configuration_parses_and_validates() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+    let settings = config::load(&path, &env(&[("EXAMPLE_TOKEN", "t0ken-value")]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(!settings.jobs.is_empty());
+    let products = settings
+        .job("products")
+        .expect("the example has a products job");
+    assert_eq!(
+        products.request.headers["Authorization"].expose_secret(),
+        "Bearer t0ken-value"
+    );
+    assert_eq!(settings.redactor.redact("t0ken-value"), "[redacted]");
+}
+
+#[test]
+fn the_example_needs_its_variables() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+    let error = config::load(&path, &env(&[])).unwrap_err();
+    assert!(
+        error
+            .problems
+            .iter()
+            .any(|p| p.contains("environment variable EXAMPLE_TOKEN is not set")),
+        "{error}"
+    );
+}
+
+const MINIMAL: &str = r#"
+[database]
+url = "postgres://file@127.0.0.1/file"
+
+[[jobs]]
+name = "orders"
+schedule = "0 * * * *"
+table = "orders"
+key = ["id"]
+[jobs.request]
+url = "https://api.example.com/orders"
+query = { pageSize = 100, status = "all" }
+"#;
+
+#[test]
+fn environment_overrides_beat_the_file() {
+    let settings = config::load_str(
+        MINIMAL,
+        Path::new("t.toml"),
+        &env(&[
+            ("DATABASE_URL", "postgres://generic@127.0.0.1/db"),
+            (
+                "APISYNC__DATABASE__URL",
+                "postgres://apisync:pw-secret@127.0.0.1/db",
+            ),
+            ("APISYNC__DATABASE__MAX_CONNECTIONS", "12"),
+            ("APISYNC__LOG__FORMAT", "json"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        settings.database.url.as_ref().unwrap().expose_secret(),
+        "postgres://apisync:pw-secret@127.0.0.1/db"
+    );
+    assert_eq!(settings.database.max_connections, 12);
+    assert_eq!(settings.log.format, config::LogFormat::Json);
+    assert_eq!(
+        settings.redactor.redact("password pw-secret"),
+        "password [redacted]",
+        "the database password is a secret"
+    );
+}
+
+#[test]
+fn query_keys_keep_their_case() {
+    let settings = config::load_str(MINIMAL, Path::new("t.toml"), &env(&[])).unwrap();
+    let query = &settings.jobs[0].request.query;
+    assert_eq!(query["pageSize"].0, "100");
+    assert_eq!(query["status"].0, "all");
+}
+
+/// `(description, configuration, expected fragments of one problem)`.
+fn invalid_cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
+    let with = |extra: &str| MINIMAL.replace("key = [\"id\"]", &format!("key = [\"id\"]\n{extra}"));
+    vec![
+        (
+            "unknown job key",
+            with("colour = \"red\""),
+            vec!["job \"orders\"", "unknown field `colour`"],
+        ),
+        (
+            "unknown request key",
+            MINIMAL.replace("[jobs.request]", "[jobs.request]\nverb = \"GET\""),
+            vec!["job \"orders\", key \"request", "unknown field `verb`"],
+        ),
+        (
+            "unknown top-level key",
+            format!("colour = 1\n{MINIMAL}"),
+            vec!["unknown field `colour`"],
+        ),
+        (
+            "injected table name",
+            MINIMAL.replace("table = \"orders\"", "table = \"x; drop table y\""),
+            vec![
+                "job \"orders\", key \"table\"",
+                "`x; drop table y` is not a valid table name",
+            ],
+        ),
+        (
+            "duplicate job names",
+            format!(
+                "{MINIMAL}\n{}",
+                MINIMAL
+                    .split("[[jobs]]")
+                    .nth(1)
+                    .map(|job| format!(
+                        "[[jobs]]{}",
+                        job.replace("table = \"orders\"", "table = \"orders2\"")
+                    ))
+                    .unwrap()
+            ),
+            vec!["job \"orders\", key \"name\"", "used by more than one job"],
+        ),
+        (
+            "invalid records pointer",
+            with("records = \"data\""),
+            vec![
+                "job \"orders\", key \"records\"",
+                "`data` is not a JSON pointer",
+            ],
+        ),
+        (
+            "invalid hash_exclude pointer",
+            with("hash_exclude = [\"/a~2\"]"),
+            vec![
+                "job \"orders\", key \"hash_exclude\"",
+                "`~` must be followed by 0 or 1",
+            ],
+        ),
+        (
+            "unknown pagination kind",
+            format!("{MINIMAL}[jobs.pagination]\nkind = \"pages\"\n"),
+            vec![
+                "job \"orders\", key \"pagination.kind\"",
+                "unknown variant `pages`",
+            ],
+        ),
+        (
+            "knob of another pagination kind",
+            format!("{MINIMAL}[jobs.pagination]\nkind = \"cursor\"\nsize = 10\n"),
+            vec!["job \"orders\", key \"pagination\"", "unknown field `size`"],
+        ),
+        (
+            "knob without a pagination kind",
+            format!("{MINIMAL}[jobs.pagination]\nkind = \"none\"\nsize = 10\n"),
+            vec!["job \"orders\", key \"pagination\"", "unknown field `size`"],
+        ),
+        (
+            "malformed cron line",
+            MINIMAL.replace("schedule = \"0 * * * *\"", "schedule = \"every hour\""),
+            vec![
+                "job \"orders\", key \"schedule\"",
+                "`every hour` is not a cron line",
+            ],
+        ),
+        (
+            "out-of-range cron field",
+            MINIMAL.replace("schedule = \"0 * * * *\"", "schedule = \"61 * * * *\""),
+            vec!["job \"orders\", key \"schedule\"", "not a valid cron line"],
+        ),
+        (
+            "reserved key column",
+            MINIMAL.replace("key = [\"id\"]", "key = [\"record\"]"),
+            vec![
+                "job \"orders\", key \"key\"",
+                "apisync uses that column itself",
+            ],
+        ),
+        (
+            "URL without scheme",
+            MINIMAL.replace("https://api.example.com/orders", "api.example.com/orders"),
+            vec!["job \"orders\", key \"request.url\"", "not a valid URL"],
+        ),
+        (
+            "wrong type",
+            MINIMAL.replace("key = [\"id\"]", "key = \"id\""),
+            vec!["job \"orders\", key \"key\"", "invalid type"],
+        ),
+        (
+            "bad duration",
+            MINIMAL.replace("[jobs.request]", "[jobs.request]\ntimeout = \"soon\""),
+            vec!["job \"orders\", key \"request.timeout\""],
+        ),
+        (
+            "missing variable",
+            MINIMAL.replace(
+                "https://api.example.com/orders",
+                "https://${API_HOST}/orders",
+            ),
+            vec![
+                "job \"orders\", key \"request.url\"",
+                "environment variable API_HOST is not set",
+            ],
+        ),
+        (
+            "no database URL",
+            MINIMAL.replace("url = \"postgres://file@127.0.0.1/file\"", ""),
+            vec!["key \"database.url\": not set"],
+        ),
+    ]
+}
+
+#[test]
+fn invalid_configurations_name_the_job_and_key() {
+    for (case, text, fragments) in invalid_cases() {
+        let error = match config::load_str(&text, Path::new("t.toml"), &env(&[])) {
+            Ok(_) => panic!("case {case:?} should be refused"),
+            Err(error) => error,
+        };
+        let found = error
+            .problems
+            .iter()
+            .any(|problem| fragments.iter().all(|f| problem.contains(f)));
+        assert!(
+            found,
+            "case {case:?}: expected {fragments:?} in {:?}",
+            error.problems
+        );
+    }
+}

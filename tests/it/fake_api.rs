@@ -1,0 +1,335 @@
+//! A fake paginated JSON API on loopback, serving one data set in every
+//! pagination style apisync supports, plus a few broken ones.
+//!
+//! | path            | style                                                            |
+//! |-----------------|------------------------------------------------------------------|
+//! | `/none`         | one page: `{"data": [...]}`                                      |
+//! | `/page`         | `?page=N&per_page=S` → `{"data": [...], "total_pages": T}`       |
+//! | `/offset`       | `?offset=O&limit=L` → `{"items": [...], "total": T}`             |
+//! | `/cursor`       | `?cursor=C` → `{"data": [...], "next_cursor": C2 \| null}`       |
+//! | `/link`         | `?page=N` → bare array, `Link: <…>; rel="next"` (relative)       |
+//! | `/next`         | `?after=K` → `{"results": [...], "next": absolute URL \| null}`  |
+//! | `/loop/cursor`  | always the same `next_cursor`                                    |
+//! | `/loop/next`    | always the same `next` URL                                       |
+//! | `/endless`      | `?page=N`: fresh records on every page, forever                  |
+//! | `/same`         | ignores `?page`: the same records on every page                  |
+//! | `/status/{code}`| answers `code` with a body that echoes the request's credentials |
+//! | `/search` (POST)| `{"data": [...]}` when the JSON body and `X-Api-Key` header are right |
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+/// Page size of the styles where the server picks it; it does not divide the
+/// test data sets, so the last page is short.
+pub const SERVER_PAGE_SIZE: usize = 97;
+
+#[derive(Default)]
+struct ApiState {
+    records: Vec<Value>,
+    /// Every request's path and query, in order.
+    requests: Vec<String>,
+    /// Stamp every served record with a fresh `/meta/request_id`.
+    volatile_field: bool,
+    /// Serve object keys in reverse order, pretty-printed.
+    reorder_and_indent: bool,
+    /// Extra records appended to the page at the same index (by `/page`), to
+    /// plant duplicates.
+    extra_on_page: HashMap<usize, Vec<Value>>,
+}
+
+#[derive(Clone)]
+pub struct FakeApi {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<ApiState>>,
+}
+
+impl FakeApi {
+    pub async fn start(records: Vec<Value>) -> FakeApi {
+        let state = Arc::new(Mutex::new(ApiState {
+            records,
+            ..ApiState::default()
+        }));
+        let app = Router::new()
+            .route("/none", get(none))
+            .route("/page", get(page))
+            .route("/offset", get(offset))
+            .route("/cursor", get(cursor))
+            .route("/link", get(link))
+            .route("/next", get(next))
+            .route("/loop/cursor", get(loop_cursor))
+            .route("/loop/next", get(loop_next))
+            .route("/endless", get(endless))
+            .route("/same", get(same))
+            .route("/status/{code}", get(status))
+            .route("/search", post(search))
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the fake API");
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .await
+                .expect("serve the fake API");
+        });
+        FakeApi { addr, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn records(&self) -> Vec<Value> {
+        self.state.lock().unwrap().records.clone()
+    }
+
+    pub fn set_records(&self, records: Vec<Value>) {
+        self.state.lock().unwrap().records = records;
+    }
+
+    pub fn requests(&self) -> Vec<String> {
+        self.state.lock().unwrap().requests.clone()
+    }
+
+    pub fn set_volatile_field(&self, on: bool) {
+        self.state.lock().unwrap().volatile_field = on;
+    }
+
+    pub fn set_reorder_and_indent(&self, on: bool) {
+        self.state.lock().unwrap().reorder_and_indent = on;
+    }
+
+    /// `/page` serves `extra` after the regular records of page `page` (1-based).
+    pub fn add_to_page(&self, page: usize, extra: Vec<Value>) {
+        self.state
+            .lock()
+            .unwrap()
+            .extra_on_page
+            .entry(page)
+            .or_default()
+            .extend(extra);
+    }
+}
+
+type Shared = State<Arc<Mutex<ApiState>>>;
+type Params = Query<HashMap<String, String>>;
+
+fn param(params: &HashMap<String, String>, name: &str, default: usize) -> usize {
+    params
+        .get(name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Records `start..start+len` as the API shows them right now.
+fn slice(state: &mut ApiState, uri: &Uri, start: usize, len: usize) -> Vec<Value> {
+    state.requests.push(uri.to_string());
+    let request_number = state.requests.len();
+    let end = (start + len).min(state.records.len());
+    let start = start.min(end);
+    state.records[start..end]
+        .iter()
+        .map(|record| {
+            let mut record = record.clone();
+            if state.volatile_field {
+                record["meta"] = json!({"request_id": format!("req-{request_number}")});
+            }
+            record
+        })
+        .collect()
+}
+
+fn json_response(state: &ApiState, body: Value) -> Response {
+    let text = if state.reorder_and_indent {
+        reversed_keys_pretty(&body, 0)
+    } else {
+        body.to_string()
+    };
+    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+}
+
+/// JSON with every object's keys in reverse order and generous whitespace:
+/// the same content, spelled differently.
+fn reversed_keys_pretty(value: &Value, depth: usize) -> String {
+    let pad = "  ".repeat(depth + 1);
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| b.0.cmp(a.0));
+            let inner: Vec<String> = entries
+                .iter()
+                .map(|(k, v)| {
+                    format!(
+                        "{pad}{} :  {}",
+                        json!(k),
+                        reversed_keys_pretty(v, depth + 1)
+                    )
+                })
+                .collect();
+            format!("{{\n{}\n{}}}", inner.join(",\n"), "  ".repeat(depth))
+        }
+        Value::Array(items) => {
+            let inner: Vec<String> = items
+                .iter()
+                .map(|v| format!("{pad}{}", reversed_keys_pretty(v, depth + 1)))
+                .collect();
+            format!("[\n{}\n{}]", inner.join(",\n"), "  ".repeat(depth))
+        }
+        other => other.to_string(),
+    }
+}
+
+async fn none(State(state): Shared, uri: Uri) -> Response {
+    let mut s = state.lock().unwrap();
+    let len = s.records.len();
+    let data = slice(&mut s, &uri, 0, len);
+    json_response(&s, json!({ "data": data }))
+}
+
+async fn page(State(state): Shared, Query(params): Params, uri: Uri) -> Response {
+    let mut s = state.lock().unwrap();
+    let page = param(&params, "page", 1).max(1);
+    let size = param(&params, "per_page", 30).max(1);
+    let mut data = slice(&mut s, &uri, (page - 1) * size, size);
+    if let Some(extra) = s.extra_on_page.get(&page) {
+        data.extend(extra.iter().cloned());
+    }
+    let total_pages = s.records.len().div_ceil(size);
+    json_response(&s, json!({ "data": data, "total_pages": total_pages }))
+}
+
+async fn offset(State(state): Shared, Query(params): Params, uri: Uri) -> Response {
+    let mut s = state.lock().unwrap();
+    let offset = param(&params, "offset", 0);
+    let limit = param(&params, "limit", 50).max(1);
+    let items = slice(&mut s, &uri, offset, limit);
+    let total = s.records.len();
+    json_response(&s, json!({ "items": items, "total": total }))
+}
+
+async fn cursor(State(state): Shared, Query(params): Params, uri: Uri) -> Response {
+    let mut s = state.lock().unwrap();
+    // An opaque-looking cursor that encodes the next index.
+    let start = params
+        .get("cursor")
+        .and_then(|c| c.strip_prefix("after-"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let data = slice(&mut s, &uri, start, SERVER_PAGE_SIZE);
+    let next = start + SERVER_PAGE_SIZE;
+    let next_cursor = (next < s.records.len()).then(|| format!("after-{next}"));
+    json_response(&s, json!({ "data": data, "next_cursor": next_cursor }))
+}
+
+async fn link(State(state): Shared, Query(params): Params, uri: Uri) -> Response {
+    let mut s = state.lock().unwrap();
+    let page = param(&params, "page", 1).max(1);
+    let data = slice(
+        &mut s,
+        &uri,
+        (page - 1) * SERVER_PAGE_SIZE,
+        SERVER_PAGE_SIZE,
+    );
+    let last = s.records.len().div_ceil(SERVER_PAGE_SIZE);
+    let mut links = vec![format!("</link?page={last}>; rel=\"last\"")];
+    if page < last {
+        links.insert(0, format!("</link?page={}>; rel=\"next\"", page + 1));
+    }
+    let mut response = json_response(&s, Value::Array(data));
+    response.headers_mut().insert(
+        header::LINK,
+        HeaderValue::from_str(&links.join(", ")).unwrap(),
+    );
+    response
+}
+
+async fn next(
+    State(state): Shared,
+    Query(params): Params,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let mut s = state.lock().unwrap();
+    let after = param(&params, "after", 0);
+    let results = slice(&mut s, &uri, after, SERVER_PAGE_SIZE);
+    let next_index = after + SERVER_PAGE_SIZE;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let next =
+        (next_index < s.records.len()).then(|| format!("http://{host}/next?after={next_index}"));
+    json_response(&s, json!({ "results": results, "next": next }))
+}
+
+async fn loop_cursor(State(state): Shared, Query(params): Params, uri: Uri) -> Response {
+    let mut s = state.lock().unwrap();
+    let start = if params.contains_key("cursor") { 10 } else { 0 };
+    let data = slice(&mut s, &uri, start, 10);
+    json_response(&s, json!({ "data": data, "next_cursor": "stuck" }))
+}
+
+async fn loop_next(State(state): Shared, Query(params): Params, uri: Uri) -> Response {
+    let mut s = state.lock().unwrap();
+    let start = if params.contains_key("after") { 10 } else { 0 };
+    let data = slice(&mut s, &uri, start, 10);
+    json_response(
+        &s,
+        json!({ "results": data, "next": "/loop/next?after=10" }),
+    )
+}
+
+async fn endless(State(state): Shared, Query(params): Params, uri: Uri) -> Response {
+    let mut s = state.lock().unwrap();
+    s.requests.push(uri.to_string());
+    let page = param(&params, "page", 1);
+    let data: Vec<Value> = (0..10)
+        .map(|i| json!({"id": page * 10 + i, "name": "generated"}))
+        .collect();
+    json_response(&s, json!({ "data": data }))
+}
+
+async fn same(State(state): Shared, uri: Uri) -> Response {
+    let mut s = state.lock().unwrap();
+    let data = slice(&mut s, &uri, 0, 10);
+    json_response(&s, json!({ "data": data }))
+}
+
+/// Answers with `code` and a body that repeats what it was sent, as careless
+/// APIs do: a test that the echo never reaches logs or the runs table.
+async fn status(Path(code): Path<u16>, uri: Uri, headers: HeaderMap) -> Response {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let body = format!("{{\"error\": \"denied\", \"you_sent\": \"{auth}\", \"uri\": \"{uri}\"}}");
+    (StatusCode::from_u16(code).unwrap(), body).into_response()
+}
+
+/// A POST search endpoint: wants `{"status": "all"}` and `X-Api-Key: k-123`.
+async fn search(
+    State(state): Shared,
+    uri: Uri,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> Response {
+    if headers.get("x-api-key").and_then(|v| v.to_str().ok()) != Some("k-123") {
+        return (StatusCode::UNAUTHORIZED, "missing X-Api-Key").into_response();
+    }
+    if body != json!({"status": "all"}) {
+        return (StatusCode::BAD_REQUEST, format!("unexpected body {body}")).into_response();
+    }
+    let mut s = state.lock().unwrap();
+    let len = s.records.len();
+    let data = slice(&mut s, &uri, 0, len);
+    json_response(&s, json!({ "data": data }))
+}

@@ -1,0 +1,344 @@
+//! One job's runs against a real PostgreSQL: idempotence, change tracking,
+//! duplicates, volatile fields, rejects, and the table's safety net.
+
+use std::collections::HashMap;
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+use apisync::store::{PgStore, Store};
+
+use crate::helpers::{TestEnv, expected_rows, product, products};
+
+const N: usize = 1_000;
+
+const PAGED_JOB: &str = r#"
+records = "/data"
+[jobs.request]
+url = "{api}/page"
+[jobs.pagination]
+kind = "page"
+size = 99
+"#;
+
+/// Row counters of `table` as PostgreSQL's statistics see them, after the
+/// pool's only connection has flushed its pending statistics.
+async fn tuples_written(pool: &PgPool, table: &str) -> (i64, i64, i64) {
+    // Statistics are flushed when a backend goes idle, at most once a second
+    // unless forced; forcing on the connection that did the writing makes the
+    // numbers exact instead of eventually right.
+    sqlx::query("SELECT pg_stat_force_next_flush()")
+        .execute(pool)
+        .await
+        .unwrap();
+    sqlx::query_as(
+        "SELECT n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables WHERE relname = $1",
+    )
+    .bind(table)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_second_run_over_unchanged_data_writes_nothing(pool: PgPool) {
+    // Arrange: the store gets a single-connection pool so that the statistics
+    // read below come from the connection that wrote.
+    let single = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with((*pool.connect_options()).clone())
+        .await
+        .unwrap();
+    let mut env = TestEnv::start(pool, products(N)).await;
+    env.ctx.store = Store::Postgres(PgStore::from_pool(single.clone()));
+    let job = env.job(PAGED_JOB);
+    let first = env.run(&job).await;
+    assert_eq!(first.counts.inserted, N as u64);
+    let versions_before = env.row_versions("products").await;
+    let tuples_before = tuples_written(&single, "products").await;
+    assert_eq!(
+        tuples_before.0, N as i64,
+        "the statistics see the first load"
+    );
+
+    // Act
+    let second = env.run(&job).await;
+
+    // Assert
+    assert_eq!(second.error, None);
+    assert_eq!(
+        (
+            second.counts.inserted,
+            second.counts.updated,
+            second.counts.unchanged
+        ),
+        (0, 0, N as u64)
+    );
+    assert_eq!(
+        env.row_versions("products").await,
+        versions_before,
+        "no row version moved"
+    );
+    assert_eq!(tuples_written(&single, "products").await, tuples_before);
+}
+
+#[sqlx::test(migrations = false)]
+async fn changed_and_new_records_are_counted_and_only_they_move(pool: PgPool) {
+    // Arrange
+    let env = TestEnv::start(pool, products(N)).await;
+    let job = env.job(PAGED_JOB);
+    env.run(&job).await;
+    let before = env.row_versions("products").await;
+    let changed_ids = [1, 2, 150, 333, 499, 777, 1000];
+    let mut records = env.api.records();
+    for id in changed_ids {
+        records[id - 1]["price"]["amount"] = json!(99_999);
+    }
+    let added: Vec<Value> = (N + 1..=N + 5).map(product).collect();
+    records.extend(added.iter().cloned());
+    env.api.set_records(records.clone());
+
+    // Act
+    let report = env.run(&job).await;
+
+    // Assert
+    assert_eq!(report.error, None);
+    assert_eq!(report.counts.updated, changed_ids.len() as u64);
+    assert_eq!(report.counts.inserted, added.len() as u64);
+    assert_eq!(report.counts.unchanged, (N - changed_ids.len()) as u64);
+    assert_eq!(env.rows("products").await, expected_rows(&records));
+    let after = env.row_versions("products").await;
+    let mut moved: Vec<String> = after
+        .iter()
+        .filter(|(id, version)| before.get(*id) != Some(version))
+        .map(|(id, _)| id.clone())
+        .collect();
+    moved.sort_by_key(|id| id.parse::<usize>().unwrap());
+    let expected_moved: Vec<String> = changed_ids
+        .iter()
+        .chain(&[1001, 1002, 1003, 1004, 1005])
+        .map(|id| id.to_string())
+        .collect();
+    assert_eq!(
+        moved, expected_moved,
+        "changed_at, run_id and xmin move for those rows only"
+    );
+    for id in changed_ids {
+        let (_, changed_at, run_id) = &after[&id.to_string()];
+        assert_ne!(
+            changed_at,
+            &before[&id.to_string()].1,
+            "changed_at of {id} moved"
+        );
+        assert_eq!(*run_id, report.run_id);
+    }
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_record_repeated_in_a_page_and_on_the_next_is_stored_once(pool: PgPool) {
+    // Arrange: record 5 appears twice on page 1 and again on page 2.
+    let env = TestEnv::start(pool, products(250)).await;
+    env.api.add_to_page(1, vec![product(5)]);
+    env.api.add_to_page(2, vec![product(5)]);
+    let job = env.job(PAGED_JOB);
+
+    // Act
+    let report = env.run(&job).await;
+
+    // Assert
+    assert_eq!(report.error, None);
+    assert_eq!(report.counts.fetched, 252);
+    assert_eq!(report.counts.duplicate, 2);
+    assert_eq!(report.counts.inserted, 250);
+    assert_eq!(
+        env.rows("products").await,
+        expected_rows(&env.api.records())
+    );
+    let c = report.counts;
+    assert_eq!(
+        c.fetched,
+        c.inserted + c.updated + c.unchanged + c.duplicate + c.rejected,
+        "every fetched record has one outcome"
+    );
+
+    // A re-run counts the same duplicates and still writes nothing.
+    let versions = env.row_versions("products").await;
+    let again = env.run(&job).await;
+    assert_eq!((again.counts.duplicate, again.counts.unchanged), (2, 250));
+    assert_eq!(env.row_versions("products").await, versions);
+}
+
+#[sqlx::test(migrations = false)]
+async fn volatile_fields_key_order_and_whitespace_cause_no_update(pool: PgPool) {
+    // Arrange
+    let env = TestEnv::start(pool, products(300)).await;
+    env.api.set_volatile_field(true);
+    let job = env.job(&format!(
+        "hash_exclude = [\"/meta/request_id\"]\n{PAGED_JOB}"
+    ));
+    env.run(&job).await;
+    let versions = env.row_versions("products").await;
+
+    // Act: new request ids on every response, then the same content spelled
+    // with reversed keys and indentation.
+    let volatile = env.run(&job).await;
+    env.api.set_reorder_and_indent(true);
+    let reordered = env.run(&job).await;
+
+    // Assert
+    for report in [&volatile, &reordered] {
+        assert_eq!(report.error, None);
+        assert_eq!((report.counts.updated, report.counts.unchanged), (0, 300));
+    }
+    assert_eq!(env.row_versions("products").await, versions);
+
+    // The control: without the exclusion, the volatile field is a change.
+    let strict = env.job(PAGED_JOB);
+    let report = env.run(&strict).await;
+    assert_eq!(report.counts.updated, 300);
+}
+
+#[sqlx::test(migrations = false)]
+async fn records_without_a_usable_key_are_rejected_and_the_rest_is_stored(pool: PgPool) {
+    // Arrange
+    let mut records = products(120);
+    let bad = vec![
+        json!({"name": "no id"}),
+        json!({"id": null, "name": "null id"}),
+        json!({"id": {"nested": 1}, "name": "object id"}),
+        json!({"id": "", "name": "empty id"}),
+    ];
+    records.splice(50..50, bad.clone());
+    let env = TestEnv::start(pool, records).await;
+    let job = env.job(PAGED_JOB);
+
+    // Act
+    let report = env.run(&job).await;
+
+    // Assert
+    assert_eq!(report.error, None);
+    assert_eq!((report.counts.rejected, report.counts.inserted), (4, 120));
+    assert_eq!(env.rows("products").await, expected_rows(&products(120)));
+    let rejects: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT record, reason, run_id FROM apisync.rejects WHERE job = 'products' ORDER BY id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let found: Vec<(Value, &str)> = rejects
+        .iter()
+        .map(|(record, reason, run_id)| {
+            assert_eq!(*run_id, report.run_id);
+            (serde_json::from_str(record).unwrap(), reason.as_str())
+        })
+        .collect();
+    assert_eq!(
+        found,
+        vec![
+            (bad[0].clone(), "key field `id` is missing"),
+            (bad[1].clone(), "key field `id` is null"),
+            (
+                bad[2].clone(),
+                "key field `id` is an object, not a string, number or boolean"
+            ),
+            (bad[3].clone(), "key field `id` is an empty string"),
+        ]
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_composite_key_from_pointers_gets_one_column_per_field(pool: PgPool) {
+    // Arrange: the same id in two regions is two records.
+    let records: Vec<Value> = (1..=30)
+        .flat_map(|id| ["eu", "us"].map(|region| json!({"id": id, "meta": {"region": region}})))
+        .collect();
+    let env = TestEnv::start(pool, records).await;
+    let text = crate::helpers::job_config(&format!(
+        "records = \"/data\"\n[jobs.request]\nurl = \"{}\"\n[jobs.pagination]\nkind = \"page\"\nsize = 7\n",
+        env.api.url("/page")
+    ))
+    .replace("key = [\"id\"]", "key = [\"id\", \"/meta/region\"]");
+    let settings =
+        apisync::config::load_str(&text, std::path::Path::new("t.toml"), &HashMap::new()).unwrap();
+    let job = apisync::sync::Job::from_settings(&settings.jobs[0]).unwrap();
+
+    // Act
+    let report = env.run(&job).await;
+
+    // Assert
+    assert_eq!(report.error, None);
+    assert_eq!(report.counts.inserted, 60);
+    let keys: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, meta_region FROM products ORDER BY id::int, meta_region")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(keys.len(), 60);
+    assert_eq!(keys[0], ("1".to_owned(), "eu".to_owned()));
+    assert_eq!(keys[1], ("1".to_owned(), "us".to_owned()));
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_existing_table_without_the_primary_key_is_refused(pool: PgPool) {
+    // Arrange: a table with the right columns but no key constraint.
+    let env = TestEnv::start(pool, products(10)).await;
+    sqlx::query(
+        "CREATE TABLE products (id text NOT NULL, record jsonb NOT NULL, \
+         content_hash bytea NOT NULL, first_seen_at timestamptz NOT NULL, \
+         changed_at timestamptz NOT NULL, run_id bigint NOT NULL)",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let job = env.job(PAGED_JOB);
+
+    // Act
+    let report = env.run(&job).await;
+
+    // Assert
+    let error = report.error.expect("the run is refused");
+    assert!(
+        error.contains("table products exists but does not fit this job: there is no primary key, expected PRIMARY KEY (id)"),
+        "{error}"
+    );
+    assert_eq!(env.rows("products").await.len(), 0, "nothing written");
+}
+
+#[sqlx::test(migrations = false)]
+async fn secrets_from_variables_stay_out_of_errors_and_the_runs_table(pool: PgPool) {
+    // Arrange: the API answers 401 and echoes the token and the query string.
+    let env = TestEnv::start(pool, products(10)).await;
+    let vars: HashMap<String, String> = [
+        ("API_TOKEN".to_owned(), "tok-very-secret-1".to_owned()),
+        ("API_KEY".to_owned(), "key-very-secret-2".to_owned()),
+    ]
+    .into();
+    let (job, redactor) = env.job_with_env(
+        r#"
+records = "/data"
+[jobs.request]
+url = "{api}/status/401?api_key=${API_KEY}"
+headers = { Authorization = "Bearer ${API_TOKEN}" }
+"#,
+        &vars,
+    );
+    let mut ctx = env.ctx.clone();
+    ctx.redactor = redactor;
+
+    // Act
+    let report = apisync::sync::run_once(&job, &ctx).await.unwrap();
+
+    // Assert
+    let error = report.error.expect("a 401 fails the run");
+    assert!(
+        error.contains("the API answered 401 Unauthorized"),
+        "{error}"
+    );
+    assert!(error.contains("[redacted]"), "the echo is masked: {error}");
+    let (_, stored) = env.run_row(report.run_id).await;
+    for text in [error.as_str(), stored.as_deref().unwrap()] {
+        assert!(!text.contains("tok-very-secret-1"), "{text}");
+        assert!(!text.contains("key-very-secret-2"), "{text}");
+    }
+}
