@@ -53,7 +53,12 @@ pub struct FakeApi {
 }
 
 impl FakeApi {
+    /// Serves `records` on a free loopback port.
     pub async fn start(records: Vec<Value>) -> FakeApi {
+        Self::start_on("127.0.0.1:0", records).await
+    }
+
+    pub async fn start_on(addr: &str, records: Vec<Value>) -> FakeApi {
         let state = Arc::new(Mutex::new(ApiState {
             records,
             ..ApiState::default()
@@ -72,9 +77,9 @@ impl FakeApi {
             .route("/status/{code}", get(status))
             .route("/search", post(search))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .expect("bind the fake API");
+            .unwrap_or_else(|e| panic!("bind the fake API on {addr}: {e}"));
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             axum::serve(listener, app)

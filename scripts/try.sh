@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# A tour with nothing to configure: starts PostgreSQL when none answers, serves
+# a sample paginated API on loopback, syncs it into the database `apisync_try`
+# twice (the second run finds everything unchanged and writes nothing), and
+# shows the runs table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+server="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+DATABASE_URL="$server" scripts/init_db.sh
+export DATABASE_URL="${server%/*}/apisync_try"
+psql "$server" -qtAc "SELECT 1 FROM pg_database WHERE datname = 'apisync_try'" | grep -q 1 \
+  || psql "$server" -qc "CREATE DATABASE apisync_try"
+
+cargo build --release --quiet --bin apisync --example sample_api
+export SAMPLE_API="127.0.0.1:${SAMPLE_API_PORT:-8089}"
+target/release/examples/sample_api "$SAMPLE_API" >/dev/null &
+api_pid=$!
+trap 'kill $api_pid 2>/dev/null' EXIT
+for _ in $(seq 1 50); do
+  (exec 3<>"/dev/tcp/${SAMPLE_API%:*}/${SAMPLE_API#*:}") 2>/dev/null && break
+  sleep 0.1
+done
+
+echo "# first run: every record is new"
+target/release/apisync sync products --config config/try.toml
+echo "# second run: nothing changed upstream, so nothing is written"
+target/release/apisync sync products --config config/try.toml
+echo "# the audit table (apisync runs)"
+target/release/apisync runs products --limit 5 --config config/try.toml
