@@ -45,17 +45,6 @@ pub struct Counts {
     pub pages: u64,
 }
 
-impl Counts {
-    /// The share of fetched records that did not need a write.
-    pub fn duplicate_ratio(&self) -> f64 {
-        if self.fetched == 0 {
-            0.0
-        } else {
-            (self.unchanged + self.duplicate) as f64 / self.fetched as f64
-        }
-    }
-}
-
 impl AddAssign for Counts {
     fn add_assign(&mut self, other: Self) {
         self.fetched += other.fetched;

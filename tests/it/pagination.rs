@@ -268,3 +268,36 @@ kind = "page"
     )
     .await;
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_body_over_max_body_bytes_fails_the_run(pool: PgPool) {
+    assert_fails_keeping_rows(
+        pool,
+        r#"
+records = "/data"
+max_body_bytes = "1KiB"
+[jobs.request]
+url = "{api}/none"
+"#,
+        "the response body is larger than max_body_bytes (1024 bytes)",
+        0,
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_records_pointer_that_finds_no_array_fails_the_run(pool: PgPool) {
+    assert_fails_keeping_rows(
+        pool,
+        r#"
+records = "/total_pages"
+[jobs.request]
+url = "{api}/page"
+[jobs.pagination]
+kind = "page"
+"#,
+        "records pointer `/total_pages` found a number, expected an array of records",
+        0,
+    )
+    .await;
+}
