@@ -190,35 +190,28 @@ fn build_batch(
     (batch, any_key.then(|| keys.digest128()))
 }
 
+/// One line per finished run with its counts: info, or error with the
+/// error chain (logged here, where the run's failure is handled, and only here).
 fn log_finished(report: &RunReport) {
-    let c = &report.counts;
-    let seconds = report.elapsed.as_secs_f64();
+    macro_rules! finished {
+        ($level:ident, $($extra:tt)*) => {
+            tracing::$level!(
+                status = report.status.as_str(),
+                fetched = report.counts.fetched,
+                inserted = report.counts.inserted,
+                updated = report.counts.updated,
+                unchanged = report.counts.unchanged,
+                duplicate = report.counts.duplicate,
+                rejected = report.counts.rejected,
+                pages = report.counts.pages,
+                seconds = report.elapsed.as_secs_f64(),
+                $($extra)*
+            )
+        };
+    }
     match &report.error {
-        None => tracing::info!(
-            status = report.status.as_str(),
-            fetched = c.fetched,
-            inserted = c.inserted,
-            updated = c.updated,
-            unchanged = c.unchanged,
-            duplicate = c.duplicate,
-            rejected = c.rejected,
-            pages = c.pages,
-            seconds,
-            "Run finished."
-        ),
-        Some(error) => tracing::error!(
-            status = report.status.as_str(),
-            fetched = c.fetched,
-            inserted = c.inserted,
-            updated = c.updated,
-            unchanged = c.unchanged,
-            duplicate = c.duplicate,
-            rejected = c.rejected,
-            pages = c.pages,
-            seconds,
-            error = %error,
-            "Run failed."
-        ),
+        None => finished!(info, "Run finished."),
+        Some(error) => finished!(error, error = %error, "Run failed."),
     }
 }
 

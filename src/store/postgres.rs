@@ -205,21 +205,13 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query(
+        let add_counts = sqlx::query(
             "UPDATE apisync.runs SET fetched = fetched + $2, inserted = inserted + $3, \
              updated = updated + $4, unchanged = unchanged + $5, duplicate = duplicate + $6, \
              rejected = rejected + $7, pages = pages + $8 WHERE id = $1",
         )
-        .bind(run)
-        .bind(counts.fetched as i64)
-        .bind(counts.inserted as i64)
-        .bind(counts.updated as i64)
-        .bind(counts.unchanged as i64)
-        .bind(counts.duplicate as i64)
-        .bind(counts.rejected as i64)
-        .bind(counts.pages as i64)
-        .execute(&mut *tx)
-        .await?;
+        .bind(run);
+        bind_counts(add_counts, &counts).execute(&mut *tx).await?;
 
         tx.commit().await?;
         Ok(counts)
@@ -232,23 +224,15 @@ impl PgStore {
         counts: &Counts,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "UPDATE apisync.runs SET status = $2, finished_at = now(), fetched = $3, \
-             inserted = $4, updated = $5, unchanged = $6, duplicate = $7, rejected = $8, \
-             pages = $9, error = $10 WHERE id = $1",
+        let finish = sqlx::query(
+            "UPDATE apisync.runs SET status = $2, error = $3, finished_at = now(), \
+             fetched = $4, inserted = $5, updated = $6, unchanged = $7, duplicate = $8, \
+             rejected = $9, pages = $10 WHERE id = $1",
         )
         .bind(run)
         .bind(status.as_str())
-        .bind(counts.fetched as i64)
-        .bind(counts.inserted as i64)
-        .bind(counts.updated as i64)
-        .bind(counts.unchanged as i64)
-        .bind(counts.duplicate as i64)
-        .bind(counts.rejected as i64)
-        .bind(counts.pages as i64)
-        .bind(error)
-        .execute(&self.pool)
-        .await?;
+        .bind(error);
+        bind_counts(finish, counts).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -288,6 +272,23 @@ impl PgStore {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Binds the seven counts, in the order of the `apisync.runs` columns.
+fn bind_counts<'q>(query: PgQuery<'q>, counts: &Counts) -> PgQuery<'q> {
+    [
+        counts.fetched,
+        counts.inserted,
+        counts.updated,
+        counts.unchanged,
+        counts.duplicate,
+        counts.rejected,
+        counts.pages,
+    ]
+    .into_iter()
+    .fold(query, |query, count| query.bind(count as i64))
 }
 
 /// Key values column by column, as UNNEST wants them.
