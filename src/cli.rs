@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ConfigError, Settings};
 use crate::error_chain;
@@ -157,14 +158,26 @@ async fn sync(settings: &Settings, names: &[String], all: bool) -> ExitCode {
         Ok(client) => client,
         Err(e) => return fail(settings, "cannot create the HTTP client", &e),
     };
+    // Ctrl-C or SIGTERM lets the run commit its current page and records it
+    // `interrupted`, instead of leaving it `running`.
+    let cancel = CancellationToken::new();
+    if let Err(e) = crate::shutdown::listen(cancel.clone()) {
+        return fail(settings, "cannot install the signal handlers", &e);
+    }
     let ctx = SyncContext {
         store,
         client,
         redactor: settings.redactor.clone(),
+        cancel,
     };
 
     let mut all_succeeded = true;
     for job in &jobs {
+        if ctx.cancel.is_cancelled() {
+            all_succeeded = false;
+            println!("{} skipped: apisync is stopping", job.name);
+            continue;
+        }
         match run_once(job, &ctx).await {
             Ok(report) => {
                 all_succeeded &= report.status == RunStatus::Succeeded;
@@ -250,7 +263,7 @@ async fn check(settings: &Settings, path: &std::path::Path, connect: bool) -> Ex
                 ok = false;
                 format!("job {}: {e}", job.name)
             }
-            Ok(spec) => match spec.pages(&client).next_page().await {
+            Ok(spec) => match spec.pages(&client, &settings.redactor).next_page().await {
                 Ok(Some(page)) => format!(
                     "job {}: API reachable, first page holds {} record(s)",
                     job.name,

@@ -18,9 +18,12 @@
 pub mod cli;
 pub mod config;
 pub mod json_pointer;
+pub mod metrics;
 pub mod record;
 pub mod redact;
 pub mod run;
+pub mod schedule;
+pub mod shutdown;
 pub mod source;
 pub mod store;
 pub mod sync;

@@ -224,6 +224,16 @@ impl ExcludeTree {
     }
 }
 
+/// Whether any string (or object key) in `value` holds a NUL character.
+fn contains_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(contains_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
 /// Streams the canonical form (compact JSON, keys sorted, exclusions left
 /// out) into xxh3 without building it in memory.
 #[derive(Default)]
@@ -257,6 +267,7 @@ impl CanonicalHasher {
                 for (index, item) in items.iter().enumerate() {
                     let sub = exclude.and_then(|tree| tree.child(&index.to_string()));
                     if sub.is_some_and(|tree| tree.excluded) {
+                        self.saw_nul |= contains_nul(item);
                         continue;
                     }
                     if !first {
@@ -278,6 +289,8 @@ impl CanonicalHasher {
                 for (key, item) in entries {
                     let sub = exclude.and_then(|tree| tree.child(key));
                     if sub.is_some_and(|tree| tree.excluded) {
+                        // Left out of the hash, but stored all the same.
+                        self.saw_nul |= key.contains('\0') || contains_nul(item);
                         continue;
                     }
                     if !first {
@@ -377,7 +390,8 @@ mod tests {
 
     #[test]
     fn unusable_keys_are_rejected_with_a_reason() {
-        let s = shape(&["id"], &[]);
+        // The exclusion must not hide a NUL from the check: it is still stored.
+        let s = shape(&["id"], &["/meta/request_id"]);
         let cases = [
             (json!({"name": "x"}), "key field `id` is missing"),
             (json!({"id": null}), "key field `id` is null"),
@@ -396,6 +410,10 @@ mod tests {
             ),
             (
                 json!({"id": 1, "note": "a\u{0}b"}),
+                "the record contains a NUL character (\\u0000), which PostgreSQL cannot store",
+            ),
+            (
+                json!({"id": 1, "meta": {"request_id": "a\u{0}b"}}),
                 "the record contains a NUL character (\\u0000), which PostgreSQL cannot store",
             ),
         ];

@@ -25,9 +25,24 @@ impl Redactor {
             .into_iter()
             .chain(password)
             .filter(|s| s.len() >= MIN_SECRET_LEN)
+            .flat_map(|secret| {
+                // Also as it travels in a query string or a URL path, where an
+                // API may echo it back.
+                let form: String =
+                    url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+                let mut path_url = url::Url::parse("http://h/").expect("a valid base URL");
+                path_url
+                    .path_segments_mut()
+                    .expect("an http URL has path segments")
+                    .push(&secret);
+                let path = path_url.path()[1..].to_owned();
+                [secret, form, path]
+            })
             .collect();
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.sort();
         secrets.dedup();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         Self { secrets }
     }
 
@@ -68,5 +83,17 @@ mod tests {
             "sent [redacted] and [redacted] with [redacted] to ab"
         );
         assert_eq!(format!("{redactor:?}"), "Redactor(3 secrets)");
+    }
+
+    #[test]
+    fn encoded_forms_are_masked_too() {
+        let redactor = Redactor::new(vec!["ab+c/d= e".to_owned()], None);
+        for echoed in ["ab%2Bc%2Fd%3D+e", "ab+c%2Fd=%20e", "ab+c/d= e"] {
+            assert_eq!(
+                redactor.redact(&format!("uri={echoed}")),
+                "uri=[redacted]",
+                "{echoed}"
+            );
+        }
     }
 }

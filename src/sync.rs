@@ -7,9 +7,11 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
+use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::JobSettings;
+use crate::metrics;
 use crate::record::RecordShape;
 use crate::redact::Redactor;
 use crate::run::{Counts, RunId, RunStatus};
@@ -48,6 +50,10 @@ pub struct SyncContext {
     pub store: Store,
     pub client: ApiClient,
     pub redactor: Redactor,
+    /// Cancelled on shutdown. A run checks it between pages and while
+    /// waiting for a response, never while writing: the page being written
+    /// commits, then the run stops as `interrupted`.
+    pub cancel: CancellationToken,
 }
 
 /// The outcome of one run, as recorded in `apisync.runs`.
@@ -74,12 +80,15 @@ pub enum SyncError {
          the pagination parameters; stopping instead of looping"
     )]
     RepeatedPage { page: u64, previous: u64 },
+    #[error("interrupted by shutdown; the pages written so far are committed")]
+    Interrupted,
 }
 
 /// Runs `job` once, start to finish.
 ///
 /// A failure while fetching or writing ends the run as `failed` with its error
-/// recorded; the pages committed before stay. The returned report says which.
+/// recorded; cancellation of `ctx.cancel` ends it as `interrupted`. Either way
+/// the pages committed before stay. The returned report says which.
 ///
 /// # Errors
 /// Only when the run cannot be recorded at all (the database is unreachable
@@ -89,26 +98,32 @@ pub async fn run_once(job: &Job, ctx: &SyncContext) -> Result<RunReport, StoreEr
     let started = Instant::now();
     let run_id = ctx.store.start_run(&job.name).await?;
     tracing::Span::current().record("run_id", run_id);
+    metrics::run_started(&job.name);
 
     let mut counts = Counts::default();
     let result = copy_pages(job, ctx, run_id, &mut counts).await;
-    let (status, error) = match &result {
-        Ok(()) => (RunStatus::Succeeded, None),
-        Err(e) => (
-            RunStatus::Failed,
-            Some(ctx.redactor.redact(&crate::error_chain(e))),
-        ),
+    let status = match &result {
+        Ok(()) => RunStatus::Succeeded,
+        Err(SyncError::Interrupted) => RunStatus::Interrupted,
+        Err(_) => RunStatus::Failed,
     };
-    ctx.store
-        .finish_run(run_id, status, &counts, error.as_deref())
-        .await?;
+    let error = result
+        .err()
+        .map(|e| ctx.redactor.redact(&crate::error_chain(&e)));
+    let recorded = ctx.store.finish_run(run_id, status, error.as_deref()).await;
+    let elapsed = started.elapsed();
+    if let Err(e) = recorded {
+        metrics::run_finished(&job.name, RunStatus::Failed, &counts, elapsed);
+        return Err(e);
+    }
+    metrics::run_finished(&job.name, status, &counts, elapsed);
 
     let report = RunReport {
         job: job.name.clone(),
         run_id,
         status,
         counts,
-        elapsed: started.elapsed(),
+        elapsed,
         error,
     };
     log_finished(&report);
@@ -122,10 +137,20 @@ async fn copy_pages(
     counts: &mut Counts,
 ) -> Result<(), SyncError> {
     ctx.store.prepare_table(&job.table).await?;
-    let mut pages = job.source.pages(&ctx.client);
+    let mut pages = job.source.pages(&ctx.client, &ctx.redactor);
     let mut seen = HashSet::new();
     let mut previous_page: Option<(u64, u128)> = None;
-    while let Some(page) = pages.next_page().await? {
+    loop {
+        // Waiting for a response (retries included) is abandoned on shutdown:
+        // nothing of that page is written yet.
+        let next = tokio::select! {
+            biased;
+            () = ctx.cancel.cancelled() => return Err(SyncError::Interrupted),
+            next = pages.next_page() => next?,
+        };
+        let Some(page) = next else {
+            return Ok(());
+        };
         let number = page.number;
         let (batch, fingerprint) = build_batch(&job.shape, page, &mut seen);
         if let (Some((previous, last)), Some(current)) = (previous_page, fingerprint)
@@ -138,13 +163,15 @@ async fn copy_pages(
         }
         previous_page = fingerprint.map(|f| (number, f));
 
-        *counts += ctx
+        let write_started = Instant::now();
+        let written = ctx
             .store
             .write_page(&job.name, &job.table, run_id, &batch)
             .await?;
+        metrics::page_written(&job.name, &written, write_started.elapsed());
+        *counts += written;
         tracing::debug!(page = number, fetched = batch.fetched, "Page written.");
     }
-    Ok(())
 }
 
 /// Reads a page's records into a batch: rejects apart, one row per key. Inside

@@ -129,8 +129,10 @@ pub(super) fn apply_env_overrides(
     env: &HashMap<String, String>,
 ) -> Vec<String> {
     let mut problems = Vec::new();
-    if let Some(url) = env.get("DATABASE_URL").filter(|url| !url.is_empty()) {
-        set_path(table, &["database", "url"], url.clone()).expect("`database` is a table");
+    if let Some(url) = env.get("DATABASE_URL").filter(|url| !url.is_empty())
+        && let Err(problem) = set_path(table, &["database", "url"], url.clone())
+    {
+        problems.push(format!("environment variable DATABASE_URL: {problem}"));
     }
     // Sorted so that the outcome does not depend on the map's order.
     let mut overrides: Vec<_> = env

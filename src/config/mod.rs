@@ -111,6 +111,18 @@ impl ConfigError {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
+    /// `apisync run` starts at most this many runs at once, across all jobs;
+    /// a due run waits for a free slot.
+    #[serde(
+        default = "default_max_concurrent_jobs",
+        deserialize_with = "number_or_string"
+    )]
+    pub max_concurrent_jobs: usize,
+    /// On SIGTERM or SIGINT, `apisync run` stops scheduling, lets each run in
+    /// flight commit the page it is writing, records it `interrupted`, and
+    /// exits within this time.
+    #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
     #[serde(default)]
     pub database: DatabaseSettings,
     #[serde(default)]
@@ -131,6 +143,14 @@ impl Settings {
     pub fn job(&self, name: &str) -> Option<&JobSettings> {
         self.jobs.iter().find(|job| job.name == name)
     }
+}
+
+fn default_max_concurrent_jobs() -> usize {
+    4
+}
+
+fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// `[database]`
@@ -237,8 +257,15 @@ pub enum LogFormat {
 pub struct JobSettings {
     /// Unique, `[a-z][a-z0-9_]*`.
     pub name: String,
-    /// 5-field cron, or 6 fields with seconds first.
+    /// 5-field cron, or 6 fields with seconds first. A run never overlaps the
+    /// previous run of the same job: a tick that finds it still running is
+    /// counted as skipped, and a long run is not followed by catch-up runs.
     pub schedule: String,
+    /// IANA time zone the schedule is read in (`Europe/Berlin`); default UTC.
+    pub timezone: Option<String>,
+    /// Also run once as soon as `apisync run` starts.
+    #[serde(default)]
+    pub run_on_start: bool,
     /// Target table, created when missing.
     pub table: String,
     /// The natural key: field names (`id`) or JSON pointers (`/meta/id`).

@@ -4,13 +4,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use croner::parser::{CronParser, Seconds};
 use reqwest::header::{HeaderName, HeaderValue};
 use secrecy::ExposeSecret;
 
 use super::{JobSettings, Method, Pagination, Settings};
 use crate::json_pointer;
 use crate::record::RecordShape;
+use crate::schedule::{parse_cron, parse_timezone};
 use crate::store::ident::Ident;
 
 pub(super) fn validate(settings: &Settings) -> Vec<String> {
@@ -59,6 +59,12 @@ pub(super) fn validate(settings: &Settings) -> Vec<String> {
             "log.level",
             format!("`{}` is not a log filter: {e}", settings.log.level),
         );
+    }
+    if settings.max_concurrent_jobs == 0 {
+        global("max_concurrent_jobs", "must be at least 1".into());
+    }
+    if settings.shutdown_timeout.is_zero() {
+        global("shutdown_timeout", "must be longer than 0s".into());
     }
     if settings.jobs.is_empty() {
         problems.push("no [[jobs]] configured".to_owned());
@@ -139,8 +145,13 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
             ),
         );
     }
-    if let Err(e) = parse_schedule(&job.schedule) {
+    if let Err(e) = parse_cron(&job.schedule) {
         report.bad("schedule", e);
+    }
+    if let Some(zone) = &job.timezone
+        && let Err(e) = parse_timezone(zone)
+    {
+        report.bad("timezone", e);
     }
     if let Err(e) = Ident::table(&job.table) {
         report.bad("table", e);
@@ -263,41 +274,5 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
             }
         }
         Pagination::NextUrl { next_path } => report.pointer("pagination.next_path", next_path),
-    }
-}
-
-/// Standard 5-field cron, or 6 fields with seconds first.
-pub fn parse_schedule(line: &str) -> Result<croner::Cron, String> {
-    let fields = line.split_whitespace().count();
-    if !(fields == 5 || fields == 6) {
-        return Err(format!(
-            "`{line}` is not a cron line: expected 5 fields (minute hour day month weekday) \
-             or 6 (with seconds first), found {fields}"
-        ));
-    }
-    CronParser::builder()
-        .seconds(Seconds::Optional)
-        .build()
-        .parse(line)
-        .map_err(|e| format!("`{line}` is not a valid cron line: {e}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cron_lines_with_five_or_six_fields_parse() {
-        for ok in [
-            "*/15 * * * *",
-            "0 0 * * FRI",
-            "*/5 * * * * *",
-            "0 30 2 * * *",
-        ] {
-            assert!(parse_schedule(ok).is_ok(), "{ok:?} should parse");
-        }
-        for bad in ["* * * *", "61 * * * *", "every minute", "* * * * * * *", ""] {
-            assert!(parse_schedule(bad).is_err(), "{bad:?} should be refused");
-        }
     }
 }

@@ -28,14 +28,40 @@ impl ApiClient {
         let http = reqwest::Client::builder()
             .user_agent(concat!("apisync/", env!("CARGO_PKG_VERSION")))
             .gzip(true)
+            .redirect(same_origin_redirects())
             .build()?;
         Ok(Self { http })
     }
 }
 
+/// Follows at most 10 redirects, and only within the origin of the first
+/// request: reqwest drops `Authorization` on a cross-host redirect but would
+/// forward any other header, and a job's headers often carry credentials.
+fn same_origin_redirects() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same_origin = attempt
+            .previous()
+            .first()
+            .is_none_or(|first| first.origin() == attempt.url().origin());
+        if attempt.previous().len() > 10 {
+            attempt.error("more than 10 redirects")
+        } else if !same_origin {
+            let target = attempt.url().origin().ascii_serialization();
+            attempt.error(format!(
+                "refused a redirect to {target}: the job's headers are only sent to the host of \
+                 request.url"
+            ))
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
 /// The fixed part of a job's requests.
 #[derive(Debug, Clone)]
 pub struct RequestSpec {
+    /// For metric labels.
+    job: String,
     method: Method,
     /// Marked sensitive, so they never show in `Debug` output.
     headers: HeaderMap,
@@ -47,7 +73,7 @@ pub struct RequestSpec {
 impl RequestSpec {
     /// # Errors
     /// A header that is not valid; `apisync check` reports these first.
-    pub fn new(settings: &RequestSettings, max_body_bytes: u64) -> Result<Self, String> {
+    pub fn new(job: &str, settings: &RequestSettings, max_body_bytes: u64) -> Result<Self, String> {
         let mut headers = HeaderMap::new();
         for (name, value) in &settings.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
@@ -58,6 +84,7 @@ impl RequestSpec {
             headers.insert(name, value);
         }
         Ok(Self {
+            job: job.to_owned(),
             method: settings.method,
             headers,
             body: settings.body.clone(),
@@ -83,6 +110,8 @@ pub enum FetchError {
     Timeout(Duration),
     #[error("the request failed")]
     Transport(#[source] reqwest::Error),
+    #[error("the redirect was not followed")]
+    Redirect(#[source] reqwest::Error),
     #[error("the API answered {status}{}", excerpt_suffix(excerpt))]
     Status {
         status: StatusCode,
@@ -119,7 +148,7 @@ impl FetchError {
                     || *status == StatusCode::TOO_MANY_REQUESTS
                     || (status.is_server_error() && *status != StatusCode::NOT_IMPLEMENTED)
             }
-            FetchError::TooLarge { .. } => false,
+            FetchError::TooLarge { .. } | FetchError::Redirect(_) => false,
         }
     }
 
@@ -137,6 +166,7 @@ impl FetchError {
         match self {
             FetchError::Timeout(_) => "timeout".to_owned(),
             FetchError::Transport(_) => "transport".to_owned(),
+            FetchError::Redirect(_) => "redirect".to_owned(),
             FetchError::Status { status, .. } => status.as_u16().to_string(),
             FetchError::TooLarge { .. } => "too_large".to_owned(),
             FetchError::Decode { .. } => "decode".to_owned(),
@@ -144,7 +174,7 @@ impl FetchError {
     }
 }
 
-/// Sends one request and returns the parsed JSON body.
+/// Sends one request and returns the parsed JSON body; counts the attempt.
 ///
 /// # Errors
 /// See [`FetchError`].
@@ -152,6 +182,20 @@ pub async fn fetch_json(
     client: &ApiClient,
     spec: &RequestSpec,
     url: &Url,
+) -> Result<JsonResponse, FetchError> {
+    let started = std::time::Instant::now();
+    let mut status = None;
+    let result = attempt(client, spec, url, &mut status).await;
+    crate::metrics::http_attempt(&spec.job, status, started.elapsed());
+    result
+}
+
+/// One attempt; `status` is set as soon as a response arrives.
+async fn attempt(
+    client: &ApiClient,
+    spec: &RequestSpec,
+    url: &Url,
+    status_seen: &mut Option<u16>,
 ) -> Result<JsonResponse, FetchError> {
     let method = match spec.method {
         Method::Get => reqwest::Method::GET,
@@ -168,6 +212,8 @@ pub async fn fetch_json(
     let transport = |e: reqwest::Error| {
         if e.is_timeout() {
             FetchError::Timeout(spec.timeout)
+        } else if e.is_redirect() {
+            FetchError::Redirect(e.without_url())
         } else {
             FetchError::Transport(e.without_url())
         }
@@ -175,6 +221,7 @@ pub async fn fetch_json(
     let mut response = request.send().await.map_err(transport)?;
 
     let status = response.status();
+    *status_seen = Some(status.as_u16());
     let link = join_headers(response.headers(), LINK);
     let retry_after = response
         .headers()

@@ -17,12 +17,15 @@ use xxhash_rust::xxh3::xxh3_128;
 
 use crate::config::{JobSettings, Pagination, RetrySettings};
 use crate::record::kind_of;
+use crate::redact::Redactor;
 pub use http::{ApiClient, FetchError, RequestSpec};
 use paginate::{PaginationError, Paginator, strip_query};
 
 /// Everything about a job's API that does not change between runs.
 #[derive(Debug, Clone)]
 pub struct SourceSpec {
+    /// For metric labels.
+    job: String,
     request: RequestSpec,
     /// The configured URL with the configured query parameters.
     base_url: Url,
@@ -44,7 +47,8 @@ impl SourceSpec {
                 .extend_pairs(job.request.query.iter().map(|(k, v)| (k, &v.0)));
         }
         Ok(Self {
-            request: RequestSpec::new(&job.request, job.max_body_bytes)?,
+            request: RequestSpec::new(&job.name, &job.request, job.max_body_bytes)?,
+            job: job.name.clone(),
             base_url,
             pagination: job.pagination.clone(),
             records_pointer: job.records.clone(),
@@ -53,13 +57,15 @@ impl SourceSpec {
         })
     }
 
-    /// Starts walking the pages from the first.
-    pub fn pages<'a>(&'a self, client: &'a ApiClient) -> Pages<'a> {
+    /// Starts walking the pages from the first; `redactor` cleans the errors
+    /// logged on retries.
+    pub fn pages<'a>(&'a self, client: &'a ApiClient, redactor: &'a Redactor) -> Pages<'a> {
         let paginator = Paginator::new(self.pagination.clone(), self.base_url.clone());
         Pages {
             next: Some(paginator.first()),
             spec: self,
             client,
+            redactor,
             paginator,
             visited: HashMap::new(),
             fetched: 0,
@@ -117,6 +123,7 @@ pub enum SourceErrorKind {
 pub struct Pages<'a> {
     spec: &'a SourceSpec,
     client: &'a ApiClient,
+    redactor: &'a Redactor,
     paginator: Paginator,
     /// The URL of the next request, `None` after the last page.
     next: Option<Url>,
@@ -176,6 +183,17 @@ impl Pages<'_> {
             .paginator
             .next(&view)
             .map_err(|e| error(SourceErrorKind::Pagination(e)))?;
+        if self.next.is_none()
+            && number == 1
+            && records > 0
+            && let Some(pointer) = self.paginator.pointer_missing(&body)
+        {
+            tracing::warn!(
+                pointer,
+                "The first page has records but no next cursor or URL at the configured \
+                 pointer; treating it as the only page. Check the pointer if the API has more."
+            );
+        }
 
         let records = match body.pointer_mut(&self.spec.records_pointer) {
             Some(Value::Array(items)) => std::mem::take(items),
@@ -207,10 +225,11 @@ impl Pages<'_> {
         .when(FetchError::is_retriable)
         .adjust(|error, delay| delay.map(|d| retry_delay(error, d, retry.max_backoff)))
         .notify(|error, delay| {
+            crate::metrics::http_retry(&self.spec.job, &error.kind());
             tracing::warn!(
                 reason = %error.kind(),
                 delay_ms = delay.as_millis() as u64,
-                error = %crate::error_chain(error),
+                error = %self.redactor.redact(&crate::error_chain(error)),
                 "Retrying a failed request."
             );
         })

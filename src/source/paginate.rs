@@ -184,6 +184,19 @@ impl Paginator {
         Ok(next)
     }
 
+    /// The pointer that ended the pagination by finding nothing at all in
+    /// `body`, for `cursor` and `next_url`. Some APIs drop the field on the
+    /// last page, so it is not an error; but on the first page it more often
+    /// means a wrong pointer, which callers should warn about.
+    pub fn pointer_missing<'a>(&'a self, body: &Value) -> Option<&'a str> {
+        let path = match &self.kind {
+            Pagination::Cursor { cursor_path, .. } => cursor_path,
+            Pagination::NextUrl { next_path } => next_path,
+            _ => return None,
+        };
+        body.pointer(path).is_none().then_some(path.as_str())
+    }
+
     /// Resolves a next link given by the API and refuses other hosts: the
     /// job's headers often carry credentials.
     fn resolve(&self, current: &Url, link: &str) -> Result<Url, PaginationError> {
@@ -216,13 +229,18 @@ fn next_page(
 }
 
 /// `offset` pagination: the offset advances by what was received (not by
-/// `limit`, in case the API caps the page size lower); it stops on an empty
-/// or short page, or at the total.
+/// `limit`, in case the API caps the page size lower). It stops on an empty
+/// page or at the total; without a total, also on a page shorter than `limit`.
+/// With a total, a short page does not stop it: the API may cap the page size
+/// below `limit`, and stopping there would silently lose the rest.
 fn next_offset(offset: u64, records: usize, limit: Option<u64>, total: Option<u64>) -> Option<u64> {
     let records = records as u64;
     let next = offset + records;
-    let short = limit.is_some_and(|limit| records < limit);
-    if records == 0 || short || total.is_some_and(|total| next >= total) {
+    let done = match total {
+        Some(total) => next >= total,
+        None => limit.is_some_and(|limit| records < limit),
+    };
+    if records == 0 || done {
         None
     } else {
         Some(next)
@@ -235,15 +253,16 @@ fn next_cursor(
     cursor_path: &str,
     has_more_path: Option<&str>,
 ) -> Result<Option<String>, PaginationError> {
+    // A flag the API always sends: finding nothing is a wrong pointer, not
+    // the end (treating it as the end would silently stop after page 1).
     let has_more = match has_more_path {
         None => None,
         Some(path) => match body.pointer(path) {
             Some(Value::Bool(b)) => Some(*b),
-            None | Some(Value::Null) => Some(false),
-            Some(other) => {
+            other => {
                 return Err(PaginationError::BadValue {
                     what: format!("has_more_path {path}"),
-                    found: kind_of(other),
+                    found: other.map_or("nothing", kind_of),
                     expected: "a boolean",
                 });
             }
@@ -459,6 +478,11 @@ mod tests {
         assert_eq!(next_offset(100, 0, None, None), None, "empty page");
         assert_eq!(next_offset(0, 50, None, None), Some(50), "no limit");
         assert_eq!(next_offset(200, 100, Some(100), Some(300)), None, "total");
+        assert_eq!(
+            next_offset(0, 50, Some(100), Some(300)),
+            Some(50),
+            "a short page is not the end while the total says more"
+        );
     }
 
     #[test]
@@ -492,6 +516,18 @@ mod tests {
             );
         }
         assert!(next_cursor(&json!({"more": true}), "/next_cursor", Some("/more")).is_err());
+        assert!(
+            next_cursor(&json!({"next_cursor": "x"}), "/next_cursor", Some("/more")).is_err(),
+            "a has_more pointer that finds nothing is an error, not the end"
+        );
+        assert!(
+            next_cursor(
+                &json!({"next_cursor": "x", "more": null}),
+                "/next_cursor",
+                Some("/more")
+            )
+            .is_err()
+        );
         assert!(next_cursor(&json!({"next_cursor": [1]}), "/next_cursor", None).is_err());
     }
 

@@ -180,16 +180,15 @@ impl Store {
         }
     }
 
-    /// Records the end of a run with its final counts.
+    /// Records the end of a run. Its counts are already stored, page by page.
     pub async fn finish_run(
         &self,
         run: RunId,
         status: RunStatus,
-        counts: &Counts,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
         match self {
-            Store::Postgres(pg) => pg.finish_run(run, status, counts, error).await,
+            Store::Postgres(pg) => pg.finish_run(run, status, error).await,
         }
     }
 

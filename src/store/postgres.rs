@@ -210,8 +210,15 @@ impl PgStore {
              updated = updated + $4, unchanged = unchanged + $5, duplicate = duplicate + $6, \
              rejected = rejected + $7, pages = pages + $8 WHERE id = $1",
         )
-        .bind(run);
-        bind_counts(add_counts, &counts).execute(&mut *tx).await?;
+        .bind(run)
+        .bind(counts.fetched as i64)
+        .bind(counts.inserted as i64)
+        .bind(counts.updated as i64)
+        .bind(counts.unchanged as i64)
+        .bind(counts.duplicate as i64)
+        .bind(counts.rejected as i64)
+        .bind(counts.pages as i64);
+        add_counts.execute(&mut *tx).await?;
 
         tx.commit().await?;
         Ok(counts)
@@ -221,18 +228,19 @@ impl PgStore {
         &self,
         run: RunId,
         status: RunStatus,
-        counts: &Counts,
         error: Option<&str>,
     ) -> Result<(), StoreError> {
-        let finish = sqlx::query(
-            "UPDATE apisync.runs SET status = $2, error = $3, finished_at = now(), \
-             fetched = $4, inserted = $5, updated = $6, unchanged = $7, duplicate = $8, \
-             rejected = $9, pages = $10 WHERE id = $1",
+        // The counts are not written here: each page added its own in the
+        // transaction that committed it, so the row cannot claim more (or less)
+        // than what is in the table, even if a commit's outcome was unclear.
+        sqlx::query(
+            "UPDATE apisync.runs SET status = $2, error = $3, finished_at = now() WHERE id = $1",
         )
         .bind(run)
         .bind(status.as_str())
-        .bind(error);
-        bind_counts(finish, counts).execute(&self.pool).await?;
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -272,23 +280,6 @@ impl PgStore {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
-}
-
-type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
-
-/// Binds the seven counts, in the order of the `apisync.runs` columns.
-fn bind_counts<'q>(query: PgQuery<'q>, counts: &Counts) -> PgQuery<'q> {
-    [
-        counts.fetched,
-        counts.inserted,
-        counts.updated,
-        counts.unchanged,
-        counts.duplicate,
-        counts.rejected,
-        counts.pages,
-    ]
-    .into_iter()
-    .fold(query, |query, count| query.bind(count as i64))
 }
 
 /// Key values column by column, as UNNEST wants them.

@@ -60,16 +60,21 @@ async fn sync_prints_a_summary_per_job_and_exits_by_outcome(pool: PgPool) {
     .replace("postgres://unused@127.0.0.1/unused", &database_url(&env.pool))
         + &format!(
             "\n[[jobs]]\nname = \"broken\"\nschedule = \"* * * * *\"\ntable = \"broken\"\nkey = [\"id\"]\n\
-             [jobs.request]\nurl = \"{}\"\n[jobs.retry]\nmax_attempts = 2\ninitial_backoff = \"10ms\"\n",
+             [jobs.request]\nurl = \"{}\"\nheaders = {{ Authorization = \"Bearer ${{BROKEN_TOKEN}}\" }}\n\
+             [jobs.retry]\nmax_attempts = 2\ninitial_backoff = \"10ms\"\n",
             env.api.url("/status/500")
         );
     std::fs::write(dir.join("apisync.toml"), &config).unwrap();
 
-    // Act: ./apisync.toml is found without --config.
-    let first = apisync(&dir, &["sync", "products"], &[]).await;
-    let second = apisync(&dir, &["sync", "products"], &[]).await;
-    let failed = apisync(&dir, &["sync", "--all"], &[]).await;
-    let unknown = apisync(&dir, &["sync", "nope"], &[]).await;
+    // Act: ./apisync.toml is found without --config. The broken API echoes
+    // the token in its 500 body, which is logged on the retry and stored as
+    // the run's error: both must be masked.
+    let token = "tok-7f3a9c-never-print";
+    let vars = [("BROKEN_TOKEN", token)];
+    let first = apisync(&dir, &["sync", "products"], &vars).await;
+    let second = apisync(&dir, &["sync", "products"], &vars).await;
+    let failed = apisync(&dir, &["sync", "--all"], &vars).await;
+    let unknown = apisync(&dir, &["sync", "nope"], &vars).await;
 
     // Assert
     assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
@@ -96,17 +101,26 @@ async fn sync_prints_a_summary_per_job_and_exits_by_outcome(pool: PgPool) {
         ),
         "{lines:?}"
     );
+    assert!(
+        stderr(&failed).contains("Retrying a failed request") && stderr(&failed).contains("[redacted]"),
+        "the retry was logged with the echo masked: {}",
+        stderr(&failed)
+    );
+    for text in [stdout(&failed), stderr(&failed)] {
+        assert!(!text.contains(token), "{text}");
+    }
     assert_eq!(unknown.status.code(), Some(2));
     assert!(stderr(&unknown).contains("no job named nope; configured jobs: products, broken"));
 
     // `runs` shows the four runs, newest first, as a table and as JSON.
-    let runs = apisync(&dir, &["runs"], &[]).await;
+    let runs = apisync(&dir, &["runs"], &vars).await;
     assert_eq!(runs.status.code(), Some(0), "{}", stderr(&runs));
     let table = stdout(&runs);
     assert!(table.starts_with("ID"), "{table}");
     assert_eq!(table.lines().count(), 5, "{table}");
     assert!(table.lines().nth(1).unwrap().contains("broken"), "{table}");
-    let json = apisync(&dir, &["runs", "products", "--json", "--limit", "1"], &[]).await;
+    let json = apisync(&dir, &["runs", "products", "--json", "--limit", "1"], &vars).await;
+    assert!(!stdout(&runs).contains(token));
     let run: serde_json::Value = serde_json::from_str(stdout(&json).trim()).unwrap();
     assert_eq!(run["status"], "succeeded");
     assert_eq!(run["unchanged"], 250);

@@ -5,7 +5,7 @@
 //! |-----------------|------------------------------------------------------------------|
 //! | `/none`         | one page: `{"data": [...]}`                                      |
 //! | `/page`         | `?page=N&per_page=S` → `{"data": [...], "total_pages": T}`       |
-//! | `/offset`       | `?offset=O&limit=L` → `{"items": [...], "total": T}`             |
+//! | `/offset`       | `?offset=O&limit=L` → `{"items": [...], "total": T}`; L capped at 100 |
 //! | `/cursor`       | `?cursor=C` → `{"data": [...], "next_cursor": C2 \| null}`       |
 //! | `/link`         | `?page=N` → bare array, `Link: <…>; rel="next"` (relative)       |
 //! | `/next`         | `?after=K` → `{"results": [...], "next": absolute URL \| null}`  |
@@ -14,6 +14,8 @@
 //! | `/endless`      | `?page=N`: fresh records on every page, forever                  |
 //! | `/same`         | ignores `?page`: the same records on every page                  |
 //! | `/status/{code}`| answers `code` with a body that echoes the request's credentials |
+//! | `/redirect`     | 302 to the same API under another origin (`localhost`)           |
+//! | `/gzip`         | all records, gzip-compressed, without `Content-Length`           |
 //! | `/search` (POST)| `{"data": [...]}` when the JSON body and `X-Api-Key` header are right |
 
 use std::collections::HashMap;
@@ -76,6 +78,8 @@ impl FakeApi {
             .route("/same", get(same))
             .route("/status/{code}", get(status))
             .route("/search", post(search))
+            .route("/redirect", get(redirect))
+            .route("/gzip", get(gzip))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -215,7 +219,8 @@ async fn page(State(state): Shared, Query(params): Params, uri: Uri) -> Response
 async fn offset(State(state): Shared, Query(params): Params, uri: Uri) -> Response {
     let mut s = state.lock().unwrap();
     let offset = param(&params, "offset", 0);
-    let limit = param(&params, "limit", 50).max(1);
+    // Like many APIs, a larger limit is quietly capped.
+    let limit = param(&params, "limit", 50).clamp(1, 100);
     let items = slice(&mut s, &uri, offset, limit);
     let total = s.records.len();
     json_response(&s, json!({ "items": items, "total": total }))
@@ -337,4 +342,62 @@ async fn search(
     let len = s.records.len();
     let data = slice(&mut s, &uri, 0, len);
     json_response(&s, json!({ "data": data }))
+}
+
+async fn redirect(headers: HeaderMap) -> Response {
+    let port = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.rsplit(':').next())
+        .unwrap_or("80")
+        .to_owned();
+    (
+        StatusCode::FOUND,
+        [(header::LOCATION, format!("http://localhost:{port}/none"))],
+    )
+        .into_response()
+}
+
+/// The whole data set gzip-compressed and streamed: no `Content-Length`, so
+/// only the decompressed byte count can enforce `max_body_bytes`.
+async fn gzip(State(state): Shared, uri: Uri) -> Response {
+    use std::io::Write;
+    let body = {
+        let mut s = state.lock().unwrap();
+        let len = s.records.len();
+        json!({ "data": slice(&mut s, &uri, 0, len) }).to_string()
+    };
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(body.as_bytes()).unwrap();
+    let compressed = encoder.finish().unwrap();
+    let chunks = compressed
+        .chunks(512)
+        .map(|c| Ok::<_, std::io::Error>(axum::body::Bytes::copy_from_slice(c)))
+        .collect::<Vec<_>>();
+    let stream = futures_util_stream(chunks);
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CONTENT_ENCODING, "gzip"),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// A stream over ready chunks, without pulling in a stream crate.
+fn futures_util_stream(
+    chunks: Vec<Result<axum::body::Bytes, std::io::Error>>,
+) -> impl futures_core::Stream<Item = Result<axum::body::Bytes, std::io::Error>> {
+    struct Ready(std::vec::IntoIter<Result<axum::body::Bytes, std::io::Error>>);
+    impl futures_core::Stream for Ready {
+        type Item = Result<axum::body::Bytes, std::io::Error>;
+        fn poll_next(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            std::task::Poll::Ready(self.0.next())
+        }
+    }
+    Ready(chunks.into_iter())
 }

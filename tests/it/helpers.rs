@@ -13,6 +13,7 @@ use apisync::store::{PgStore, Store};
 use apisync::sync::{Job, RunReport, SyncContext, run_once};
 use serde_json::{Value, json};
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::fake_api::FakeApi;
 
@@ -58,6 +59,7 @@ impl TestEnv {
             store,
             client: ApiClient::new().expect("HTTP client"),
             redactor: Redactor::default(),
+            cancel: CancellationToken::new(),
         };
         TestEnv { pool, api, ctx }
     }

@@ -91,11 +91,11 @@ records = "/items"
 url = "{api}/offset"
 [jobs.pagination]
 kind = "offset"
-limit = 120
+limit = 90
 "#,
     )
     .await;
-    assert_eq!(pages, 21, "the short 21st page ends it");
+    assert_eq!(pages, 28, "the short 28th page ends it");
 }
 
 #[sqlx::test(migrations = false)]
@@ -298,6 +298,71 @@ kind = "page"
 "#,
         "records pointer `/total_pages` found a number, expected an array of records",
         0,
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn max_body_bytes_counts_the_decompressed_body(pool: PgPool) {
+    // 100 records are about 17 kB of JSON, well under 4 KiB compressed.
+    assert_fails_keeping_rows(
+        pool,
+        r#"
+records = "/data"
+max_body_bytes = "4KiB"
+[jobs.request]
+url = "{api}/gzip"
+"#,
+        "the response body is larger than max_body_bytes (4096 bytes)",
+        0,
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_gzip_body_under_the_cap_is_read(pool: PgPool) {
+    assert_syncs_exactly(
+        pool,
+        r#"
+records = "/data"
+[jobs.request]
+url = "{api}/gzip"
+"#,
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_redirect_to_another_origin_is_refused(pool: PgPool) {
+    assert_fails_keeping_rows(
+        pool,
+        r#"
+records = "/data"
+[jobs.request]
+url = "{api}/redirect"
+headers = { X-Api-Key = "k-123" }
+"#,
+        "refused a redirect to http://localhost:",
+        0,
+    )
+    .await;
+}
+
+#[sqlx::test(migrations = false)]
+async fn offset_pagination_with_a_total_survives_a_capped_page_size(pool: PgPool) {
+    // The API caps `limit` at 100: every page is "short", but the total says
+    // there is more.
+    assert_syncs_exactly(
+        pool,
+        r#"
+records = "/items"
+[jobs.request]
+url = "{api}/offset"
+[jobs.pagination]
+kind = "offset"
+limit = 150
+total_path = "/total"
+"#,
     )
     .await;
 }

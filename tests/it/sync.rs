@@ -342,3 +342,37 @@ headers = { Authorization = "Bearer ${API_TOKEN}" }
         assert!(!text.contains("key-very-secret-2"), "{text}");
     }
 }
+
+#[sqlx::test(migrations = false)]
+async fn big_numbers_are_kept_exactly_and_keep_keys_apart(pool: PgPool) {
+    // Arrange: ids beyond u64 and a decimal beyond f64, as some APIs send.
+    let records: Vec<Value> = serde_json::from_str(
+        r#"[
+            {"id": 18446744073709551617, "price": 0.1234567890123456789012},
+            {"id": 18446744073709551618, "price": 1e400}
+        ]"#,
+    )
+    .unwrap();
+    let env = TestEnv::start(pool, records).await;
+    let job = env.job("records = \"/data\"\n[jobs.request]\nurl = \"{api}/none\"\n");
+
+    // Act
+    let report = env.run(&job).await;
+
+    // Assert
+    assert_eq!(report.error, None);
+    assert_eq!((report.counts.inserted, report.counts.duplicate), (2, 0));
+    let stored: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, record->>'price' FROM products ORDER BY id")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        stored[0],
+        (
+            "18446744073709551617".to_owned(),
+            "0.1234567890123456789012".to_owned()
+        )
+    );
+    assert_eq!(stored[1].0, "18446744073709551618");
+}
