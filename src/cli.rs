@@ -36,6 +36,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: schedule every job, serve /metrics, /healthz and /readyz, stop gracefully on SIGTERM or SIGINT
+    Run,
     /// Run jobs once now and exit (0: all succeeded, 1: a run failed, 2: bad configuration)
     Sync {
         /// Jobs to run, by name
@@ -82,6 +84,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     telemetry::init(&settings.log);
 
     match cli.command {
+        Command::Run => daemon(settings).await,
         Command::Sync { jobs, all } => sync(&settings, &jobs, all).await,
         Command::Check { connect } => check(&settings, &path, connect).await,
         Command::Migrate => migrate(&settings).await,
@@ -117,6 +120,28 @@ async fn open_store(settings: &Settings) -> Result<Store, ExitCode> {
         .await
         .map_err(|e| fail(settings, "cannot prepare the database", &e))?;
     Ok(store)
+}
+
+async fn daemon(settings: Settings) -> ExitCode {
+    let shutdown = CancellationToken::new();
+    if let Err(e) = crate::shutdown::listen(shutdown.clone()) {
+        return fail(&settings, "cannot install the signal handlers", &e);
+    }
+    let redactor = settings.redactor.clone();
+    let app = match crate::app::App::build(settings).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("apisync: {}", redactor.redact(&format!("{e:#}")));
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    match app.run_until_stopped(shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("apisync: {}", redactor.redact(&format!("{e:#}")));
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
 }
 
 async fn sync(settings: &Settings, names: &[String], all: bool) -> ExitCode {

@@ -4,7 +4,11 @@
 //!
 //! # Layout
 //!
-//! - `cli`: the command line (`sync`, `check`, `migrate`, `runs`) and exit codes.
+//! - `cli`: the command line (`run`, `sync`, `check`, `migrate`, `runs`) and exit codes.
+//! - `app`: the daemon: endpoints, migrations, one scheduled task per job, drain on shutdown.
+//! - `scheduler`: the per-job loop (no overlap, skipped ticks counted); `schedule`: cron + zone.
+//! - `server`: `/metrics`, `/healthz`, `/readyz`; `metrics`: every metric name and event.
+//! - `shutdown`: signals to a cancellation token; `notify`: systemd READY/WATCHDOG/STOPPING.
 //! - `config`: the `Settings` tree: TOML file, `${VAR}` and environment layers, validation.
 //! - `telemetry`: the tracing subscriber (text or JSON logs on stderr).
 //! - `sync`: one run of one job, `run_once`: pages → records → page writes.
@@ -15,14 +19,18 @@
 //! - `redact`: keeps secrets out of errors, logs and the runs table.
 //! - `json_pointer`: RFC 6901 pointer syntax as used in the configuration.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod json_pointer;
 pub mod metrics;
+pub mod notify;
 pub mod record;
 pub mod redact;
 pub mod run;
 pub mod schedule;
+pub mod scheduler;
+pub mod server;
 pub mod shutdown;
 pub mod source;
 pub mod store;

@@ -143,6 +143,14 @@ impl Store {
         }
     }
 
+    /// Ready to serve: the database answers within `timeout` and every
+    /// migration this build knows is applied. The error says why not.
+    pub async fn readiness(&self, timeout: Duration) -> Result<(), String> {
+        match self {
+            Store::Postgres(pg) => pg.readiness(timeout).await,
+        }
+    }
+
     /// Applies the internal schema migrations (idempotent, safe to run from
     /// several processes at once: sqlx takes an advisory lock).
     pub async fn migrate(&self) -> Result<(), StoreError> {

@@ -66,6 +66,29 @@ impl PgStore {
         }
     }
 
+    pub(super) async fn readiness(&self, timeout: Duration) -> Result<(), String> {
+        let wanted = migrator().iter().map(|m| m.version).max().unwrap_or(0);
+        let query = sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT max(version) FROM apisync._sqlx_migrations WHERE success",
+        )
+        .fetch_one(&self.pool);
+        match tokio::time::timeout(timeout, query).await {
+            Err(_) => Err(format!(
+                "the database did not answer within {}",
+                humantime::format_duration(timeout)
+            )),
+            Ok(Err(sqlx::Error::Database(e))) if e.code().as_deref() == Some("42P01") => {
+                Err("migrations not applied yet".to_owned())
+            }
+            Ok(Err(e)) => Err(format!(
+                "the database is unreachable: {}",
+                crate::error_chain(&e)
+            )),
+            Ok(Ok(applied)) if applied.unwrap_or(0) >= wanted => Ok(()),
+            Ok(Ok(_)) => Err("migrations not applied yet".to_owned()),
+        }
+    }
+
     pub(super) async fn migrate(&self) -> Result<(), StoreError> {
         migrator().run(&self.pool).await?;
         Ok(())

@@ -1,0 +1,40 @@
+//! The systemd notification protocol (`Type=notify`): READY=1, WATCHDOG=1,
+//! STOPPING=1. Without `NOTIFY_SOCKET` (not under systemd) every call does
+//! nothing. The sd-notify crate reads `NOTIFY_SOCKET`, `WATCHDOG_USEC` and
+//! `WATCHDOG_PID` itself: the one exception to "only `config` reads the
+//! environment", since these belong to the service manager, not to the user.
+
+use sd_notify::NotifyState;
+use tokio_util::sync::CancellationToken;
+
+/// Migrations are applied and the HTTP server listens.
+pub fn ready() {
+    send(NotifyState::Ready);
+}
+
+/// Shutdown has begun.
+pub fn stopping() {
+    send(NotifyState::Stopping);
+}
+
+/// Pings the watchdog at half the interval systemd asked for, until `cancel`.
+/// The pings come from the runtime itself, so a wedged runtime stops them and
+/// systemd restarts the service.
+pub async fn watchdog(cancel: CancellationToken) {
+    let Some(interval) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(interval / 2);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = ticks.tick() => send(NotifyState::Watchdog),
+        }
+    }
+}
+
+fn send(state: NotifyState) {
+    if let Err(e) = sd_notify::notify(&[state]) {
+        tracing::warn!(error = %e, "Could not notify systemd.");
+    }
+}
