@@ -46,6 +46,8 @@ struct ApiState {
     /// Extra records appended to the page at the same index (by `/page`), to
     /// plant duplicates.
     extra_on_page: HashMap<usize, Vec<Value>>,
+    /// Every request waits this long before it is answered.
+    delay: std::time::Duration,
 }
 
 #[derive(Clone)]
@@ -65,6 +67,7 @@ impl FakeApi {
             records,
             ..ApiState::default()
         }));
+        let slow_down = state.clone();
         let app = Router::new()
             .route("/none", get(none))
             .route("/page", get(page))
@@ -80,6 +83,13 @@ impl FakeApi {
             .route("/search", post(search))
             .route("/redirect", get(redirect))
             .route("/gzip", get(gzip))
+            .layer(axum::middleware::from_fn(move |request, next: axum::middleware::Next| {
+                let delay = slow_down.lock().unwrap().delay;
+                async move {
+                    tokio::time::sleep(delay).await;
+                    next.run(request).await
+                }
+            }))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -111,6 +121,11 @@ impl FakeApi {
 
     pub fn set_volatile_field(&self, on: bool) {
         self.state.lock().unwrap().volatile_field = on;
+    }
+
+    /// Every later request waits `delay` before it is answered.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.state.lock().unwrap().delay = delay;
     }
 
     pub fn set_reorder_and_indent(&self, on: bool) {
