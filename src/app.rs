@@ -192,7 +192,11 @@ impl App {
 /// Keeps trying to reach the database and apply the migrations, so the
 /// daemon comes up (and answers `/healthz`) while the database is still down.
 /// `false` when shutdown came first.
-async fn migrate_until_done(store: &Store, redactor: &Redactor, shutdown: &CancellationToken) -> bool {
+async fn migrate_until_done(
+    store: &Store,
+    redactor: &Redactor,
+    shutdown: &CancellationToken,
+) -> bool {
     loop {
         match store.migrate().await {
             Ok(()) => return true,
@@ -217,25 +221,32 @@ async fn schedule_job(scheduled: ScheduledJob, ctx: SyncContext, slots: Arc<Sema
         run_on_start,
     } = scheduled;
     let cancel = ctx.cancel.clone();
-    run_schedule(&job.name, &schedule, run_on_start, &SystemClock, &cancel, || {
-        let (job, ctx, slots) = (job.clone(), ctx.clone(), slots.clone());
-        async move {
-            let _slot = tokio::select! {
-                () = ctx.cancel.cancelled() => return,
-                slot = slots.acquire() => match slot {
-                    Ok(slot) => slot,
-                    // Only a closed semaphore fails, and nothing closes it.
-                    Err(_) => return,
-                },
-            };
-            if let Err(e) = run_once(&job, &ctx).await {
-                tracing::error!(
-                    job = %job.name,
-                    error = %ctx.redactor.redact(&crate::error_chain(&e)),
-                    "A run could not be recorded."
-                );
+    run_schedule(
+        &job.name,
+        &schedule,
+        run_on_start,
+        &SystemClock,
+        &cancel,
+        || {
+            let (job, ctx, slots) = (job.clone(), ctx.clone(), slots.clone());
+            async move {
+                let _slot = tokio::select! {
+                    () = ctx.cancel.cancelled() => return,
+                    slot = slots.acquire() => match slot {
+                        Ok(slot) => slot,
+                        // Only a closed semaphore fails, and nothing closes it.
+                        Err(_) => return,
+                    },
+                };
+                if let Err(e) = run_once(&job, &ctx).await {
+                    tracing::error!(
+                        job = %job.name,
+                        error = %ctx.redactor.redact(&crate::error_chain(&e)),
+                        "A run could not be recorded."
+                    );
+                }
             }
-        }
-    })
+        },
+    )
     .await;
 }

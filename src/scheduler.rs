@@ -74,7 +74,10 @@ pub async fn run_schedule<F, Fut>(
     }
     loop {
         let Some(due) = schedule.next_after(after) else {
-            tracing::warn!(job, "The schedule never comes due again; the job will not run.");
+            tracing::warn!(
+                job,
+                "The schedule never comes due again; the job will not run."
+            );
             return;
         };
         let wait = (due - clock.now()).to_std().unwrap_or_default();
@@ -102,7 +105,11 @@ fn count_skipped(
     let skipped = schedule.count_between(since, now, MAX_COUNTED_SKIPS);
     if skipped > 0 {
         metrics::runs_skipped(job, skipped);
-        tracing::info!(job, skipped, "Ticks came due while the job was running; skipped them.");
+        tracing::info!(
+            job,
+            skipped,
+            "Ticks came due while the job was running; skipped them."
+        );
     }
     since.max(now)
 }

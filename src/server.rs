@@ -53,7 +53,10 @@ async fn readyz(State(state): State<ServerState>) -> (StatusCode, String) {
 
 async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
 }

@@ -102,7 +102,8 @@ async fn sync_prints_a_summary_per_job_and_exits_by_outcome(pool: PgPool) {
         "{lines:?}"
     );
     assert!(
-        stderr(&failed).contains("Retrying a failed request") && stderr(&failed).contains("[redacted]"),
+        stderr(&failed).contains("Retrying a failed request")
+            && stderr(&failed).contains("[redacted]"),
         "the retry was logged with the echo masked: {}",
         stderr(&failed)
     );
@@ -206,6 +207,19 @@ async fn check_rejects_bad_configurations_naming_job_and_key() {
             "unknown pagination kind",
             format!("{good}[jobs.pagination]\nkind = \"pages\"\n"),
             "job \"products\", key \"pagination.kind\": unknown variant `pages`",
+        ),
+        (
+            "unknown time zone",
+            good.replace(
+                "key = [\"id\"]",
+                "key = [\"id\"]\ntimezone = \"Mars/Olympus\"",
+            ),
+            "job \"products\", key \"timezone\": `Mars/Olympus` is not an IANA time zone",
+        ),
+        (
+            "out-of-range cron field",
+            good.replace("schedule = \"*/15 * * * *\"", "schedule = \"0 25 * * *\""),
+            "job \"products\", key \"schedule\": `0 25 * * *` is not a valid cron line",
         ),
         (
             "malformed cron line",

@@ -83,13 +83,15 @@ impl FakeApi {
             .route("/search", post(search))
             .route("/redirect", get(redirect))
             .route("/gzip", get(gzip))
-            .layer(axum::middleware::from_fn(move |request, next: axum::middleware::Next| {
-                let delay = slow_down.lock().unwrap().delay;
-                async move {
-                    tokio::time::sleep(delay).await;
-                    next.run(request).await
-                }
-            }))
+            .layer(axum::middleware::from_fn(
+                move |request, next: axum::middleware::Next| {
+                    let delay = slow_down.lock().unwrap().delay;
+                    async move {
+                        tokio::time::sleep(delay).await;
+                        next.run(request).await
+                    }
+                },
+            ))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -142,3 +142,59 @@ key = ["id"]
 "#
     )
 }
+
+/// Polls `check` every 100 ms until it holds; fails the test after 30 s.
+pub async fn wait_until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A TCP forwarder that can be switched off: while down it refuses new
+/// connections and cuts the ones it carries, like a database that went away.
+pub struct TcpToggle {
+    port: u16,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl TcpToggle {
+    /// Forwards to `host:port`; starts down.
+    pub async fn start(host: &str, port: u16) -> TcpToggle {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let local = listener.local_addr().unwrap().port();
+        let (up, watch) = tokio::sync::watch::channel(false);
+        let target = format!("{host}:{port}");
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut watch = watch.clone();
+                if !*watch.borrow() {
+                    continue;
+                }
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watch.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        TcpToggle { port: local, up }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}

@@ -2,7 +2,10 @@
 
 mod cli;
 mod config;
+mod daemon;
+mod deploy;
 mod fake_api;
 mod helpers;
 mod pagination;
+mod process;
 mod sync;

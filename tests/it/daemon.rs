@@ -1,0 +1,368 @@
+//! `apisync run` in process: scheduling without overlap, the metric
+//! catalogue against the runs table, readiness while the database is down.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use apisync::app::App;
+use apisync::store::{PgStore, Store};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::helpers::{TcpToggle, TestEnv, products, wait_until};
+
+struct Daemon {
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    handle: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Daemon {
+    /// Builds and starts the daemon from `config` (`{api}` is the fake API).
+    async fn start(env: &TestEnv, store: Store, config: &str) -> Daemon {
+        let text = config.replace("{api}", &env.api.url(""));
+        let settings =
+            apisync::config::load_str(&text, Path::new("daemon.toml"), &Default::default())
+                .unwrap_or_else(|e| panic!("{e}"));
+        let app = App::build_with_store(settings, store)
+            .await
+            .expect("the daemon builds");
+        let addr = app.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        Daemon {
+            addr,
+            shutdown,
+            handle,
+        }
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let response = reqwest::get(format!("http://{}{path}", self.addr))
+            .await
+            .expect("the daemon answers");
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle
+            .await
+            .unwrap()
+            .expect("the daemon stops cleanly");
+    }
+}
+
+/// The value of the series of `metric` whose labels include all of `labels`.
+fn sample(scrape: &str, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .lines()
+        .filter(|line| {
+            line.starts_with(&format!("{metric}{{")) || line.starts_with(&format!("{metric} "))
+        })
+        .find(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+const DAEMON_HEAD: &str = r#"
+shutdown_timeout = "5s"
+[database]
+url = "postgres://unused@127.0.0.1/unused"
+[server]
+listen = "127.0.0.1:0"
+"#;
+
+#[sqlx::test(migrations = false)]
+async fn a_job_due_every_second_never_overlaps_itself(pool: PgPool) {
+    // Arrange: each run reads 4 pages at 750 ms each, about 3 s, while the
+    // job is due every second.
+    let env = TestEnv::start(pool, products(250)).await;
+    env.api.set_delay(Duration::from_millis(750));
+    let config = format!(
+        r#"{DAEMON_HEAD}
+[[jobs]]
+name = "overlap_probe"
+schedule = "* * * * * *"
+table = "overlap_probe"
+key = ["id"]
+records = "/data"
+[jobs.request]
+url = "{{api}}/page"
+[jobs.pagination]
+kind = "page"
+size = 100
+"#
+    );
+
+    // Act: let it run for 10 s.
+    let daemon = Daemon::start(&env, env.ctx.store.clone(), &config).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let (_, scrape) = daemon.get("/metrics").await;
+    daemon.stop().await;
+
+    // Assert
+    let runs: Vec<(
+        chrono::DateTime<chrono::Utc>,
+        chrono::DateTime<chrono::Utc>,
+        String,
+    )> = sqlx::query_as(
+        "SELECT started_at, finished_at, status FROM apisync.runs \
+             WHERE job = 'overlap_probe' ORDER BY started_at",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert!(runs.len() >= 2, "{runs:?}");
+    for pair in runs.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "runs overlap: {pair:?}");
+    }
+    assert!(
+        runs.iter().all(|(_, _, status)| status != "running"),
+        "{runs:?}"
+    );
+    let skipped = sample(
+        &scrape,
+        "apisync_runs_total",
+        &[("job_name", "overlap_probe"), ("status", "skipped")],
+    )
+    .expect("the skipped series exists");
+    assert!(
+        skipped >= 2.0,
+        "ticks during runs are counted as skipped: {skipped}"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn metrics_cover_the_catalogue_and_agree_with_the_runs_table(pool: PgPool) {
+    // Arrange: three jobs that run once at start: one clean, one with
+    // duplicates and rejects, one against an API that keeps failing.
+    let mut records = products(150);
+    records.push(serde_json::json!({"name": "no key"}));
+    let env = TestEnv::start(pool, records).await;
+    env.api.add_to_page(1, vec![crate::helpers::product(3)]);
+    let job = |name: &str, url: &str, extra: &str| {
+        format!(
+            "[[jobs]]\nname = \"{name}\"\nschedule = \"0 0 1 1 *\"\nrun_on_start = true\n\
+             table = \"{name}\"\nkey = [\"id\"]\nrecords = \"/data\"\n[jobs.request]\nurl = \"{{api}}{url}\"\n{extra}\n"
+        )
+    };
+    let config = format!(
+        "{DAEMON_HEAD}\n{}{}{}",
+        job(
+            "m_clean",
+            "/cursor",
+            "[jobs.pagination]\nkind = \"cursor\"\n"
+        ),
+        job(
+            "m_messy",
+            "/page",
+            "[jobs.pagination]\nkind = \"page\"\nsize = 50\n"
+        ),
+        job(
+            "m_failing",
+            "/status/503",
+            "[jobs.retry]\nmax_attempts = 3\ninitial_backoff = \"10ms\"\n"
+        ),
+    );
+    let jobs = ["m_clean", "m_messy", "m_failing"];
+
+    // Act
+    let daemon = Daemon::start(&env, env.ctx.store.clone(), &config).await;
+    let mut scrape = String::new();
+    wait_until("all three runs are finished and counted", async || {
+        let (_, text) = daemon.get("/metrics").await;
+        let finished: f64 = jobs
+            .iter()
+            .flat_map(|job| {
+                ["succeeded", "failed"].map(|status| {
+                    sample(
+                        &text,
+                        "apisync_runs_total",
+                        &[("job_name", job), ("status", status)],
+                    )
+                    .unwrap_or(0.0)
+                })
+            })
+            .sum();
+        scrape = text;
+        finished == 3.0
+    })
+    .await;
+    daemon.stop().await;
+
+    // Assert: every metric of the catalogue is there…
+    for metric in apisync::metrics::CATALOGUE {
+        assert!(
+            scrape.contains(&format!("\n{metric}"))
+                || scrape.contains(&format!("# TYPE {metric} ")),
+            "{metric} is missing from\n{scrape}"
+        );
+    }
+    // …the record counters equal the sums in apisync.runs…
+    for job in jobs {
+        let sums: (i64, i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT sum(inserted)::bigint, sum(updated)::bigint, sum(unchanged)::bigint, \
+             sum(duplicate)::bigint, sum(rejected)::bigint FROM apisync.runs WHERE job = $1",
+        )
+        .bind(job)
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+        let outcomes = [
+            ("inserted", sums.0),
+            ("updated", sums.1),
+            ("unchanged", sums.2),
+            ("duplicate", sums.3),
+            ("rejected", sums.4),
+        ];
+        for (outcome, sum) in outcomes {
+            let counted = sample(
+                &scrape,
+                "apisync_records_total",
+                &[("job_name", job), ("outcome", outcome)],
+            );
+            assert_eq!(counted, Some(sum as f64), "{job} {outcome}");
+        }
+        let statuses: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, count(*) FROM apisync.runs WHERE job = $1 GROUP BY status",
+        )
+        .bind(job)
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+        for (status, count) in statuses {
+            let counted = sample(
+                &scrape,
+                "apisync_runs_total",
+                &[("job_name", job), ("status", &status)],
+            );
+            assert_eq!(counted, Some(count as f64), "{job} {status}");
+        }
+    }
+    let messy_duplicates = sample(
+        &scrape,
+        "apisync_records_total",
+        &[("job_name", "m_messy"), ("outcome", "duplicate")],
+    );
+    assert_eq!(
+        messy_duplicates,
+        Some(1.0),
+        "the planted duplicate is counted"
+    );
+    // …every attempt and retry of the failing job is counted…
+    let attempts = sample(
+        &scrape,
+        "apisync_http_requests_total",
+        &[("job_name", "m_failing"), ("status", "503")],
+    );
+    let retries = sample(
+        &scrape,
+        "apisync_http_retries_total",
+        &[("job_name", "m_failing"), ("reason", "503")],
+    );
+    assert_eq!((attempts, retries), (Some(3.0), Some(2.0)));
+    assert!(
+        sample(
+            &scrape,
+            "apisync_last_success_timestamp_seconds",
+            &[("job_name", "m_clean")]
+        )
+        .is_some()
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "apisync_last_success_timestamp_seconds",
+            &[("job_name", "m_failing")]
+        ),
+        None,
+        "a failed run is not a success"
+    );
+    // …and promtool finds nothing to complain about.
+    let lint = promtool_check_metrics(&scrape).await;
+    assert!(lint.is_empty(), "promtool check metrics: {lint}");
+}
+
+/// What `promtool check metrics` says about `scrape` (empty when clean).
+async fn promtool_check_metrics(scrape: &str) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let scrape = scrape.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("promtool is installed (Debian package prometheus)");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(scrape.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if output.status.success() {
+            text.trim().to_owned()
+        } else {
+            format!("exit {}: {text}", output.status)
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn readyz_follows_the_database_and_healthz_does_not(pool: PgPool) {
+    // Arrange: the daemon reaches the test database through a connection
+    // we can cut.
+    let env = TestEnv::start(pool, products(10)).await;
+    let options: PgConnectOptions = (*env.pool.connect_options()).clone();
+    let toggle = TcpToggle::start(options.get_host(), options.get_port()).await;
+    let through_toggle = PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(1))
+        .connect_lazy_with(options.host("127.0.0.1").port(toggle.port()));
+    let store = Store::Postgres(PgStore::from_pool(through_toggle));
+    let config = format!(
+        "{DAEMON_HEAD}\n[[jobs]]\nname = \"ready_probe\"\nschedule = \"0 0 1 1 *\"\ntable = \"ready_probe\"\n\
+         key = [\"id\"]\nrecords = \"/data\"\n[jobs.request]\nurl = \"{{api}}/none\"\n"
+    );
+
+    // Act + Assert: down…
+    let daemon = Daemon::start(&env, store, &config).await;
+    assert_eq!(daemon.get("/healthz").await.0, 200);
+    let (status, body) = daemon.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.starts_with("not ready: "), "{body}");
+
+    // …then up.
+    toggle.set_up(true);
+    wait_until("/readyz answers 200", async || {
+        daemon.get("/readyz").await.0 == 200
+    })
+    .await;
+    assert_eq!(daemon.get("/healthz").await.0, 200);
+
+    // …and down again.
+    toggle.set_up(false);
+    wait_until("/readyz answers 503", async || {
+        daemon.get("/readyz").await.0 == 503
+    })
+    .await;
+    daemon.stop().await;
+}
