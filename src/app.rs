@@ -19,11 +19,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::redact::Redactor;
+use crate::run::RunStatus;
 use crate::schedule::Schedule;
 use crate::scheduler::{SystemClock, run_schedule};
 use crate::source::ApiClient;
 use crate::store::Store;
-use crate::sync::{Job, SyncContext, run_once};
+use crate::sync::{Job, RunsInFlight, SyncContext, run_once};
 use crate::{metrics, notify, server};
 
 /// How often the metrics exporter trims histogram windows; without it their
@@ -33,9 +34,12 @@ const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// Waits between attempts to reach the database and migrate at start.
 const MIGRATE_RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
-/// Time kept back from `shutdown_timeout` for what follows the drain
-/// (closing the pool, flushing logs), so the process exits within it.
+/// Time kept back from `shutdown_timeout` for what follows the drain (marking
+/// runs that did not finish as `interrupted`), so the process exits within it.
 const EXIT_MARGIN: Duration = Duration::from_millis(500);
+
+/// How much longer systemd is asked to wait each time the database is retried.
+const START_EXTENSION: Duration = Duration::from_secs(30);
 
 struct ScheduledJob {
     job: Arc<Job>,
@@ -157,16 +161,18 @@ impl App {
             }
         });
 
+        let in_flight = RunsInFlight::default();
         if migrate_until_done(&store, &redactor, &shutdown).await {
             notify::ready();
             tracing::info!(jobs = jobs.len(), "Ready; scheduling jobs.");
             tasks.spawn(notify::watchdog(shutdown.clone()));
             let slots = Arc::new(Semaphore::new(max_concurrent_jobs));
             let ctx = SyncContext {
-                store,
+                store: store.clone(),
                 client,
                 redactor,
                 cancel: shutdown.clone(),
+                in_flight: in_flight.clone(),
             };
             for scheduled in jobs {
                 tasks.spawn(schedule_job(scheduled, ctx.clone(), slots.clone()));
@@ -178,12 +184,21 @@ impl App {
         notify::stopping();
         tracing::info!("Shutting down: waiting for runs in flight to commit their page.");
         let drain = shutdown_timeout.saturating_sub(EXIT_MARGIN);
-        if tokio::time::timeout(drain, tasks.wait()).await.is_err() {
-            tracing::warn!(
-                "Runs were still in flight when shutdown_timeout ran out; exiting anyway."
-            );
-        } else {
+        if tokio::time::timeout(drain, tasks.wait()).await.is_ok() {
             tracing::info!("Stopped.");
+            return Ok(());
+        }
+        let unfinished = in_flight.ids();
+        tracing::warn!(
+            runs = ?unfinished,
+            "Runs were still in flight when shutdown_timeout ran out; marking them interrupted and exiting."
+        );
+        let error =
+            "interrupted by shutdown: shutdown_timeout ran out while the run was still writing";
+        let marked =
+            tokio::time::timeout(EXIT_MARGIN, store.mark_interrupted(&unfinished, error)).await;
+        if !matches!(marked, Ok(Ok(()))) {
+            tracing::warn!("Could not mark them; the next run of each job closes them.");
         }
         Ok(())
     }
@@ -198,12 +213,22 @@ async fn migrate_until_done(
     shutdown: &CancellationToken,
 ) -> bool {
     loop {
-        match store.migrate().await {
+        // Raced with shutdown: with the database down, one attempt can take
+        // `acquire_timeout`, and a stop must not wait for it.
+        let attempt = tokio::select! {
+            () = shutdown.cancelled() => return false,
+            attempt = store.migrate() => attempt,
+        };
+        match attempt {
             Ok(()) => return true,
-            Err(e) => tracing::warn!(
-                error = %redactor.redact(&crate::error_chain(&e)),
-                "Cannot prepare the database yet; retrying."
-            ),
+            Err(e) => {
+                let error = redactor.redact(&crate::error_chain(&e));
+                tracing::warn!(error = %error, "Cannot prepare the database yet; retrying.");
+                notify::still_starting(
+                    &format!("waiting for the database: {error}"),
+                    START_EXTENSION,
+                );
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return false,
@@ -221,32 +246,36 @@ async fn schedule_job(scheduled: ScheduledJob, ctx: SyncContext, slots: Arc<Sema
         run_on_start,
     } = scheduled;
     let cancel = ctx.cancel.clone();
-    run_schedule(
-        &job.name,
-        &schedule,
-        run_on_start,
-        &SystemClock,
-        &cancel,
-        || {
-            let (job, ctx, slots) = (job.clone(), ctx.clone(), slots.clone());
-            async move {
-                let _slot = tokio::select! {
-                    () = ctx.cancel.cancelled() => return,
-                    slot = slots.acquire() => match slot {
-                        Ok(slot) => slot,
-                        // Only a closed semaphore fails, and nothing closes it.
-                        Err(_) => return,
-                    },
-                };
-                if let Err(e) = run_once(&job, &ctx).await {
-                    tracing::error!(
-                        job = %job.name,
-                        error = %ctx.redactor.redact(&crate::error_chain(&e)),
-                        "A run could not be recorded."
-                    );
+    run_schedule(&job.name, &schedule, run_on_start, &SystemClock, &cancel, || {
+        let (job, ctx, slots) = (job.clone(), ctx.clone(), slots.clone());
+        async move {
+            let _slot = tokio::select! {
+                biased;
+                () = ctx.cancel.cancelled() => return,
+                slot = slots.acquire() => match slot {
+                    Ok(slot) => slot,
+                    // Only a closed semaphore fails, and nothing closes it.
+                    Err(_) => return,
+                },
+            };
+            // A task of its own, so that a panic in a run (a bug) is logged
+            // and the job stays scheduled instead of silently ending.
+            let name = job.name.clone();
+            let redactor = ctx.redactor.clone();
+            let run = tokio::spawn(async move { run_once(&job, &ctx).await });
+            match run.await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(
+                    job = %name,
+                    error = %redactor.redact(&crate::error_chain(&e)),
+                    "A run could not be recorded."
+                ),
+                Err(e) => {
+                    metrics::run_finished(&name, RunStatus::Failed, &Default::default(), Duration::ZERO);
+                    tracing::error!(job = %name, error = %e, "A run panicked; the job stays scheduled.");
                 }
             }
-        },
-    )
+        }
+    })
     .await;
 }

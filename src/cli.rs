@@ -135,13 +135,17 @@ async fn daemon(settings: Settings) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    match app.run_until_stopped(shutdown).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match app.run_until_stopped(shutdown).await {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("apisync: {}", redactor.redact(&format!("{e:#}")));
-            ExitCode::from(EXIT_FAILED)
+            i32::from(EXIT_FAILED)
         }
-    }
+    };
+    // Exit here rather than by returning: dropping the runtime would wait
+    // without limit for blocking tasks (a DNS lookup, say), and the drain has
+    // already had its `shutdown_timeout`.
+    std::process::exit(code)
 }
 
 async fn sync(settings: &Settings, names: &[String], all: bool) -> ExitCode {
@@ -194,6 +198,7 @@ async fn sync(settings: &Settings, names: &[String], all: bool) -> ExitCode {
         client,
         redactor: settings.redactor.clone(),
         cancel,
+        in_flight: Default::default(),
     };
 
     let mut all_succeeded = true;

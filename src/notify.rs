@@ -12,6 +12,19 @@ pub fn ready() {
     send(NotifyState::Ready);
 }
 
+/// Still starting: tells systemd why and asks it to wait `extend` longer,
+/// so a database that is slow to come up does not get the service killed by
+/// `TimeoutStartSec=` (systemd keeps waiting as long as this repeats).
+pub fn still_starting(status: &str, extend: std::time::Duration) {
+    let micros = u32::try_from(extend.as_micros()).unwrap_or(u32::MAX);
+    if let Err(e) = sd_notify::notify(&[
+        NotifyState::Status(status),
+        NotifyState::ExtendTimeoutUsec(micros),
+    ]) {
+        tracing::warn!(error = %e, "Could not notify systemd.");
+    }
+}
+
 /// Shutdown has begun.
 pub fn stopping() {
     send(NotifyState::Stopping);

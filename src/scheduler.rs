@@ -68,7 +68,7 @@ pub async fn run_schedule<F, Fut>(
     Fut: Future<Output = ()>,
 {
     let mut after = clock.now();
-    if run_on_start {
+    if run_on_start && !cancel.is_cancelled() {
         run().await;
         after = count_skipped(job, schedule, after, clock.now());
     }

@@ -5,6 +5,7 @@
 //! the database side (`store`).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
@@ -44,6 +45,34 @@ impl Job {
     }
 }
 
+/// The runs of this process that have started and not yet finished, so a
+/// shutdown that runs out of time can still mark them `interrupted`.
+#[derive(Debug, Clone, Default)]
+pub struct RunsInFlight(Arc<Mutex<HashSet<RunId>>>);
+
+impl RunsInFlight {
+    fn insert(&self, run: RunId) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).insert(run);
+    }
+
+    fn remove(&self, run: RunId) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&run);
+    }
+
+    /// The ids of the runs still in flight.
+    pub fn ids(&self) -> Vec<RunId> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .copied()
+            .collect()
+    }
+}
+
 /// What a run needs besides the job; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct SyncContext {
@@ -54,6 +83,7 @@ pub struct SyncContext {
     /// waiting for a response, never while writing: the page being written
     /// commits, then the run stops as `interrupted`.
     pub cancel: CancellationToken,
+    pub in_flight: RunsInFlight,
 }
 
 /// The outcome of one run, as recorded in `apisync.runs`.
@@ -97,6 +127,7 @@ pub enum SyncError {
 pub async fn run_once(job: &Job, ctx: &SyncContext) -> Result<RunReport, StoreError> {
     let started = Instant::now();
     let run_id = ctx.store.start_run(&job.name).await?;
+    ctx.in_flight.insert(run_id);
     tracing::Span::current().record("run_id", run_id);
     metrics::run_started(&job.name);
 
@@ -112,6 +143,7 @@ pub async fn run_once(job: &Job, ctx: &SyncContext) -> Result<RunReport, StoreEr
         .map(|e| ctx.redactor.redact(&crate::error_chain(&e)));
     let recorded = ctx.store.finish_run(run_id, status, error.as_deref()).await;
     let elapsed = started.elapsed();
+    ctx.in_flight.remove(run_id);
     if let Err(e) = recorded {
         metrics::run_finished(&job.name, RunStatus::Failed, &counts, elapsed);
         return Err(e);

@@ -10,7 +10,7 @@ use secrecy::ExposeSecret;
 use super::{JobSettings, Method, Pagination, Settings};
 use crate::json_pointer;
 use crate::record::RecordShape;
-use crate::schedule::{parse_cron, parse_timezone};
+use crate::schedule::Schedule;
 use crate::store::ident::Ident;
 
 pub(super) fn validate(settings: &Settings) -> Vec<String> {
@@ -63,8 +63,8 @@ pub(super) fn validate(settings: &Settings) -> Vec<String> {
     if settings.max_concurrent_jobs == 0 {
         global("max_concurrent_jobs", "must be at least 1".into());
     }
-    if settings.shutdown_timeout.is_zero() {
-        global("shutdown_timeout", "must be longer than 0s".into());
+    if settings.shutdown_timeout < Duration::from_secs(1) {
+        global("shutdown_timeout", "must be at least 1s".into());
     }
     if settings.jobs.is_empty() {
         problems.push("no [[jobs]] configured".to_owned());
@@ -145,13 +145,16 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
             ),
         );
     }
-    if let Err(e) = parse_cron(&job.schedule) {
-        report.bad("schedule", e);
-    }
-    if let Some(zone) = &job.timezone
-        && let Err(e) = parse_timezone(zone)
-    {
-        report.bad("timezone", e);
+    match Schedule::new(&job.schedule, job.timezone.as_deref()) {
+        Err((key, e)) => report.bad(key, e),
+        Ok(schedule) if schedule.next_after(chrono::Utc::now()).is_none() => report.bad(
+            "schedule",
+            format!(
+                "`{}` never comes due (a date that does not exist?)",
+                job.schedule
+            ),
+        ),
+        Ok(_) => {}
     }
     if let Err(e) = Ident::table(&job.table) {
         report.bad("table", e);

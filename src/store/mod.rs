@@ -200,6 +200,13 @@ impl Store {
         }
     }
 
+    /// Marks runs that could not finish in time as `interrupted`.
+    pub async fn mark_interrupted(&self, runs: &[RunId], error: &str) -> Result<(), StoreError> {
+        match self {
+            Store::Postgres(pg) => pg.mark_interrupted(runs, error).await,
+        }
+    }
+
     /// The latest runs, newest first.
     pub async fn recent_runs(
         &self,

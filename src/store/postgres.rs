@@ -267,6 +267,22 @@ impl PgStore {
         Ok(())
     }
 
+    pub(super) async fn mark_interrupted(
+        &self,
+        runs: &[RunId],
+        error: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE apisync.runs SET status = 'interrupted', error = $2, finished_at = now() \
+             WHERE id = ANY($1) AND status = 'running'",
+        )
+        .bind(runs)
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     pub(super) async fn recent_runs(
         &self,
         job: Option<&str>,

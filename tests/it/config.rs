@@ -180,6 +180,16 @@ fn invalid_cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             ],
         ),
         (
+            "schedule that never comes due",
+            MINIMAL.replace("schedule = \"0 * * * *\"", "schedule = \"0 0 30 2 *\""),
+            vec!["job \"orders\", key \"schedule\"", "never comes due"],
+        ),
+        (
+            "shutdown_timeout too short",
+            format!("shutdown_timeout = \"100ms\"\n{MINIMAL}"),
+            vec!["key \"shutdown_timeout\": must be at least 1s"],
+        ),
+        (
             "out-of-range cron field",
             MINIMAL.replace("schedule = \"0 * * * *\"", "schedule = \"61 * * * *\""),
             vec!["job \"orders\", key \"schedule\"", "not a valid cron line"],

@@ -198,14 +198,32 @@ async fn metrics_cover_the_catalogue_and_agree_with_the_runs_table(pool: PgPool)
     .await;
     daemon.stop().await;
 
-    // Assert: every metric of the catalogue is there…
-    for metric in apisync::metrics::CATALOGUE {
+    // Assert: every metric of the catalogue is there, with its type…
+    let types = [
+        ("apisync_records_total", "counter"),
+        ("apisync_duplicate_ratio", "gauge"),
+        ("apisync_runs_total", "counter"),
+        ("apisync_run_duration_seconds", "histogram"),
+        ("apisync_last_success_timestamp_seconds", "gauge"),
+        ("apisync_job_running", "gauge"),
+        ("apisync_http_requests_total", "counter"),
+        ("apisync_http_retries_total", "counter"),
+        ("apisync_http_request_duration_seconds", "histogram"),
+        ("apisync_db_write_duration_seconds", "histogram"),
+        ("apisync_build_info", "gauge"),
+    ];
+    assert_eq!(types.len(), apisync::metrics::CATALOGUE.len());
+    for (metric, kind) in types {
+        assert!(apisync::metrics::CATALOGUE.contains(&metric), "{metric}");
         assert!(
-            scrape.contains(&format!("\n{metric}"))
-                || scrape.contains(&format!("# TYPE {metric} ")),
-            "{metric} is missing from\n{scrape}"
+            scrape.contains(&format!("# TYPE {metric} {kind}\n")),
+            "{metric} ({kind}) is missing from\n{scrape}"
         );
     }
+    assert!(
+        scrape.contains("apisync_run_duration_seconds_bucket{"),
+        "histograms have buckets"
+    );
     // …the record counters equal the sums in apisync.runs…
     for job in jobs {
         let sums: (i64, i64, i64, i64, i64) = sqlx::query_as(

@@ -60,6 +60,7 @@ impl TestEnv {
             client: ApiClient::new().expect("HTTP client"),
             redactor: Redactor::default(),
             cancel: CancellationToken::new(),
+            in_flight: Default::default(),
         };
         TestEnv { pool, api, ctx }
     }
