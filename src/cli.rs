@@ -210,7 +210,9 @@ async fn sync(settings: &Settings, names: &[String], all: bool) -> ExitCode {
         }
         match run_once(job, &ctx).await {
             Ok(report) => {
-                all_succeeded &= report.status == RunStatus::Succeeded;
+                // A run skipped because another process holds the job is not
+                // a failure: the job is being run.
+                all_succeeded &= matches!(report.status, RunStatus::Succeeded | RunStatus::Skipped);
                 println!("{}", summary_line(&report));
             }
             Err(e) => {
@@ -232,6 +234,12 @@ async fn sync(settings: &Settings, names: &[String], all: bool) -> ExitCode {
 
 /// `products succeeded fetched=… inserted=… … pages=… seconds=…[ error: …]`
 pub fn summary_line(report: &RunReport) -> String {
+    if report.status == RunStatus::Skipped {
+        return format!(
+            "{} skipped: another process is running this job",
+            report.job
+        );
+    }
     let c = &report.counts;
     let mut line = format!(
         "{} {} fetched={} inserted={} updated={} unchanged={} duplicate={} rejected={} \
@@ -293,7 +301,11 @@ async fn check(settings: &Settings, path: &std::path::Path, connect: bool) -> Ex
                 ok = false;
                 format!("job {}: {e}", job.name)
             }
-            Ok(spec) => match spec.pages(&client, &settings.redactor).next_page().await {
+            Ok(spec) => match spec
+                .pages(&client, &settings.redactor, &[])
+                .next_page()
+                .await
+            {
                 Ok(Some(page)) => format!(
                     "job {}: API reachable, first page holds {} record(s)",
                     job.name,

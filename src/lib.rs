@@ -12,6 +12,7 @@
 //! - `config`: the `Settings` tree: TOML file, `${VAR}` and environment layers, validation.
 //! - `telemetry`: the tracing subscriber (text or JSON logs on stderr).
 //! - `sync`: one run of one job, `run_once`: pages → records → page writes.
+//! - `incremental`: the watermark and the `since` parameter of incremental jobs.
 //! - `record`: natural keys, canonical content hashes, rejects.
 //! - `source`: the pages of a run: HTTP requests, retries, pagination.
 //! - `store`: the database seam: migrations, target tables, page writes, runs.
@@ -22,6 +23,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod incremental;
 pub mod json_pointer;
 pub mod metrics;
 pub mod notify;

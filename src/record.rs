@@ -29,19 +29,28 @@ pub struct KeyField {
 }
 
 impl KeyField {
+    /// The JSON pointer a field is read from: `id` means `/id`; an entry
+    /// starting with `/` is a pointer already.
+    pub fn parse_pointer(entry: &str) -> Result<String, String> {
+        if entry.is_empty() {
+            return Err("an empty field name".to_owned());
+        }
+        if entry.starts_with('/') {
+            json_pointer::validate(entry)?;
+            Ok(entry.to_owned())
+        } else {
+            Ok(format!("/{}", entry.replace('~', "~0").replace('/', "~1")))
+        }
+    }
+
     /// `id` is the top-level field `id`, in column `id`; `/meta/id` is a JSON
     /// pointer, in column `meta_id` (segments joined with `_`).
     pub fn parse(entry: &str) -> Result<Self, String> {
-        if entry.is_empty() {
-            return Err("an empty key field name".to_owned());
-        }
-        let (pointer, column) = if entry.starts_with('/') {
-            json_pointer::validate(entry)?;
-            let column = json_pointer::segments(entry).join("_");
-            (entry.to_owned(), column)
+        let pointer = Self::parse_pointer(entry)?;
+        let column = if entry.starts_with('/') {
+            json_pointer::segments(entry).join("_")
         } else {
-            let escaped = entry.replace('~', "~0").replace('/', "~1");
-            (format!("/{escaped}"), entry.to_owned())
+            entry.to_owned()
         };
         let column = Ident::column(&column)?;
         Ok(Self {

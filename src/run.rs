@@ -12,6 +12,8 @@ pub enum RunStatus {
     Succeeded,
     Failed,
     Interrupted,
+    /// Not run: another process held the job's lock. Counted, not stored.
+    Skipped,
 }
 
 impl RunStatus {
@@ -21,6 +23,7 @@ impl RunStatus {
             RunStatus::Succeeded => "succeeded",
             RunStatus::Failed => "failed",
             RunStatus::Interrupted => "interrupted",
+            RunStatus::Skipped => "skipped",
         }
     }
 }

@@ -12,12 +12,13 @@ use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::JobSettings;
+use crate::incremental::Incremental;
 use crate::metrics;
 use crate::record::RecordShape;
 use crate::redact::Redactor;
 use crate::run::{Counts, RunId, RunStatus};
 use crate::source::{ApiClient, Page, SourceError, SourceSpec};
-use crate::store::{Ident, PageBatch, Store, StoreError, TableSpec};
+use crate::store::{Ident, JobLock, PageBatch, Store, StoreError, TableSpec};
 
 /// A job, checked and ready to run any number of times.
 #[derive(Debug, Clone)]
@@ -26,6 +27,7 @@ pub struct Job {
     pub table: TableSpec,
     shape: RecordShape,
     source: SourceSpec,
+    incremental: Option<Incremental>,
 }
 
 impl Job {
@@ -36,11 +38,18 @@ impl Job {
         let shape = RecordShape::new(&settings.key, &settings.hash_exclude)
             .map_err(|(key, message)| format!("{key}: {message}"))?;
         let table = TableSpec::new(Ident::table(&settings.table)?, shape.key_fields());
+        let incremental = settings
+            .incremental
+            .as_ref()
+            .map(Incremental::new)
+            .transpose()
+            .map_err(|(key, message)| format!("{key}: {message}"))?;
         Ok(Self {
             name: settings.name.clone(),
             table,
             shape,
             source: SourceSpec::new(settings)?,
+            incremental,
         })
     }
 }
@@ -90,7 +99,8 @@ pub struct SyncContext {
 #[derive(Debug, Clone)]
 pub struct RunReport {
     pub job: String,
-    pub run_id: RunId,
+    /// `None` when the run was skipped (another process held the job).
+    pub run_id: Option<RunId>,
     pub status: RunStatus,
     pub counts: Counts,
     pub elapsed: Duration,
@@ -126,13 +136,46 @@ pub enum SyncError {
 #[tracing::instrument(skip_all, fields(job = %job.name, run_id))]
 pub async fn run_once(job: &Job, ctx: &SyncContext) -> Result<RunReport, StoreError> {
     let started = Instant::now();
+    let Some(mut lock) = ctx.store.try_lock_job(&job.name).await? else {
+        metrics::runs_skipped(&job.name, 1);
+        tracing::info!("Another process is running this job; skipped.");
+        return Ok(RunReport {
+            job: job.name.clone(),
+            run_id: None,
+            status: RunStatus::Skipped,
+            counts: Counts::default(),
+            elapsed: started.elapsed(),
+            error: None,
+        });
+    };
+    let result = run_locked(job, ctx, &mut lock, started).await;
+    lock.release().await;
+    result
+}
+
+/// The run proper, with the job's lock held.
+async fn run_locked(
+    job: &Job,
+    ctx: &SyncContext,
+    lock: &mut JobLock,
+    started: Instant,
+) -> Result<RunReport, StoreError> {
+    // Holding the lock, no live process runs this job: a `running` row is
+    // what a process that died left behind.
+    let abandoned = ctx.store.close_abandoned_runs(&job.name).await?;
+    if abandoned > 0 {
+        tracing::warn!(
+            runs = abandoned,
+            "Closed runs left running by a process that exited."
+        );
+    }
     let run_id = ctx.store.start_run(&job.name).await?;
     ctx.in_flight.insert(run_id);
     tracing::Span::current().record("run_id", run_id);
     metrics::run_started(&job.name);
 
     let mut counts = Counts::default();
-    let result = copy_pages(job, ctx, run_id, &mut counts).await;
+    let result = copy_pages(job, ctx, lock, run_id, &mut counts).await;
     let status = match &result {
         Ok(()) => RunStatus::Succeeded,
         Err(SyncError::Interrupted) => RunStatus::Interrupted,
@@ -152,7 +195,7 @@ pub async fn run_once(job: &Job, ctx: &SyncContext) -> Result<RunReport, StoreEr
 
     let report = RunReport {
         job: job.name.clone(),
-        run_id,
+        run_id: Some(run_id),
         status,
         counts,
         elapsed,
@@ -165,11 +208,28 @@ pub async fn run_once(job: &Job, ctx: &SyncContext) -> Result<RunReport, StoreEr
 async fn copy_pages(
     job: &Job,
     ctx: &SyncContext,
+    lock: &mut JobLock,
     run_id: RunId,
     counts: &mut Counts,
 ) -> Result<(), SyncError> {
     ctx.store.prepare_table(&job.table).await?;
-    let mut pages = job.source.pages(&ctx.client, &ctx.redactor);
+    let mut watermark = match &job.incremental {
+        Some(incremental) => Some(incremental.tracker(ctx.store.watermark(&job.name).await?)),
+        None => None,
+    };
+    let since: Vec<(String, String)> = match (&job.incremental, &watermark) {
+        (Some(incremental), Some(tracker)) => tracker
+            .watermark()
+            .and_then(|w| incremental.since(w))
+            .into_iter()
+            .collect(),
+        _ => Vec::new(),
+    };
+    if let Some((param, value)) = since.first() {
+        tracing::info!(param = %param, since = %value, "Fetching changes since the watermark.");
+    }
+    let params: Vec<(&str, String)> = since.iter().map(|(p, v)| (p.as_str(), v.clone())).collect();
+    let mut pages = job.source.pages(&ctx.client, &ctx.redactor, &params);
     let mut seen = HashSet::new();
     let mut previous_page: Option<(u64, u128)> = None;
     loop {
@@ -181,9 +241,12 @@ async fn copy_pages(
             next = pages.next_page() => next?,
         };
         let Some(page) = next else {
+            if let Some(tracker) = &watermark {
+                tracker.warn_if_unreadable();
+            }
             return Ok(());
         };
-        let number = page.number;
+        let (number, is_last) = (page.number, page.is_last);
         let (batch, fingerprint) = build_batch(&job.shape, page, &mut seen);
         if let (Some((previous, last)), Some(current)) = (previous_page, fingerprint)
             && last == current
@@ -195,10 +258,23 @@ async fn copy_pages(
         }
         previous_page = fingerprint.map(|f| (number, f));
 
+        // The watermark moves only with the last page: see `incremental`.
+        if let Some(tracker) = &mut watermark {
+            for record in &batch.rows {
+                tracker.observe(&record.json);
+            }
+        }
+        let new_watermark = watermark
+            .as_ref()
+            .filter(|_| is_last)
+            .and_then(|tracker| tracker.watermark());
+
+        // Writing after losing the lock could race another process.
+        lock.still_held().await?;
         let write_started = Instant::now();
         let written = ctx
             .store
-            .write_page(&job.name, &job.table, run_id, &batch)
+            .write_page(&job.name, &job.table, run_id, &batch, new_watermark)
             .await?;
         metrics::page_written(&job.name, &written, write_started.elapsed());
         *counts += written;
@@ -286,6 +362,7 @@ mod tests {
         let first = Page {
             number: 1,
             records: vec![json!({"id": 1}), json!({"id": 2})],
+            is_last: false,
         };
         let (_, first_fingerprint) = build_batch(&shape, first, &mut seen);
         let second = Page {
@@ -296,6 +373,7 @@ mod tests {
                 json!({"id": 2, "v": "new"}),
                 json!({"no_id": true}),
             ],
+            is_last: false,
         };
         let (batch, second_fingerprint) = build_batch(&shape, second, &mut seen);
         assert_ne!(first_fingerprint, second_fingerprint);
@@ -315,6 +393,7 @@ mod tests {
                 json!({"id": 5}),
                 json!({"id": 4, "v": "new"}),
             ],
+            is_last: true,
         };
         let (batch, _) = build_batch(&shape, third, &mut seen);
         let rows: Vec<_> = batch.rows.iter().map(|r| r.json.clone()).collect();

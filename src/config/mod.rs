@@ -282,11 +282,91 @@ pub struct JobSettings {
     /// Largest response body accepted, counted after decompression.
     #[serde(default = "default_max_body_bytes", deserialize_with = "byte_size")]
     pub max_body_bytes: u64,
+    /// At most this many requests, e.g. `"10/s"`, `"600/m"`, `"1/5s"`;
+    /// requests are spaced evenly. Default: no limit.
+    pub rate_limit: Option<RateLimit>,
+    /// `"job"` (default): the limit is this job's own. `"host"`: one limit
+    /// shared by every job with `rate_limit_scope = "host"` on the same
+    /// scheme, host and port (their `rate_limit` must agree).
+    #[serde(default)]
+    pub rate_limit_scope: RateLimitScope,
     pub request: RequestSettings,
     #[serde(default)]
     pub retry: RetrySettings,
     #[serde(default)]
     pub pagination: Pagination,
+    /// Fetch only what changed since the last successful run.
+    pub incremental: Option<IncrementalSettings>,
+}
+
+/// `rate_limit = "10/s"`: `count` requests per `period`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub count: u32,
+    pub period: Duration,
+}
+
+impl RateLimit {
+    /// The time between two requests.
+    pub fn interval(&self) -> Duration {
+        self.period / self.count.max(1)
+    }
+}
+
+impl std::str::FromStr for RateLimit {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("`{text}` is not a rate such as \"10/s\", \"600/m\", \"1/5s\" or \"5000/h\"")
+        };
+        let (count, per) = text.split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let per = per.trim();
+        let period = match per {
+            "s" => Duration::from_secs(1),
+            "m" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            other => humantime::parse_duration(other).map_err(|_| bad())?,
+        };
+        if count == 0 || period.is_zero() {
+            return Err(format!("`{text}` allows no request at all"));
+        }
+        Ok(RateLimit { count, period })
+    }
+}
+
+impl<'de> Deserialize<'de> for RateLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RateLimitScope {
+    #[default]
+    Job,
+    Host,
+}
+
+/// `[jobs.incremental]`: ask the API only for records changed since the
+/// watermark, the highest `field` among the records of the last run that
+/// read to the end, minus `lookback`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncrementalSettings {
+    /// JSON pointer (or top-level field name) to the record's change time:
+    /// an RFC 3339 timestamp or a number (epoch seconds).
+    pub field: String,
+    /// Query parameter that carries `watermark - lookback`.
+    pub param: String,
+    /// Re-read this much before the watermark, for records the API makes
+    /// visible late. Re-read records are unchanged and cost no writes.
+    #[serde(default, with = "humantime_serde")]
+    pub lookback: Duration,
 }
 
 fn default_max_pages() -> u64 {
@@ -354,19 +434,27 @@ impl<'de> Deserialize<'de> for ScalarString {
     }
 }
 
-/// `[jobs.retry]`: how transient failures (connect errors, timeouts, 408,
-/// 429, 5xx but 501, a truncated or undecodable body) are retried.
+/// `[jobs.retry]`: how transient failures are retried.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySettings {
     /// Attempts per request, the first included; 1 disables retries.
+    /// Retried: connection errors, timeouts, 408, 429, 500, 502, 503, 504,
+    /// and a body cut short or not JSON. Any other status fails the run.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
     #[serde(default = "default_initial_backoff", with = "humantime_serde")]
     pub initial_backoff: Duration,
-    /// Cap on one wait, also on a server's `Retry-After`.
+    /// Cap on one computed wait.
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
     pub max_backoff: Duration,
+    /// A server's `Retry-After` (or rate-limit reset) is honoured up to
+    /// this; asked to wait longer, the run fails instead of retrying early.
+    #[serde(default = "default_max_retry_after", with = "humantime_serde")]
+    pub max_retry_after: Duration,
+    /// Total time one request may spend waiting between its attempts.
+    #[serde(default = "default_max_elapsed", with = "humantime_serde")]
+    pub max_elapsed: Duration,
 }
 
 impl Default for RetrySettings {
@@ -375,6 +463,8 @@ impl Default for RetrySettings {
             max_attempts: default_max_attempts(),
             initial_backoff: default_initial_backoff(),
             max_backoff: default_max_backoff(),
+            max_retry_after: default_max_retry_after(),
+            max_elapsed: default_max_elapsed(),
         }
     }
 }
@@ -389,6 +479,14 @@ fn default_initial_backoff() -> Duration {
 
 fn default_max_backoff() -> Duration {
     Duration::from_secs(30)
+}
+
+fn default_max_retry_after() -> Duration {
+    Duration::from_secs(120)
+}
+
+fn default_max_elapsed() -> Duration {
+    Duration::from_secs(300)
 }
 
 /// `[jobs.pagination]`: how the next page is requested; `kind` picks the style.
@@ -553,6 +651,29 @@ mod tests {
         for (text, expected) in cases {
             assert_eq!(parse_byte_size(text).ok(), expected, "case {text:?}");
         }
+    }
+
+    #[test]
+    fn rate_limits_parse() {
+        let cases = [
+            ("10/s", Some((10, 1))),
+            ("600/m", Some((600, 60))),
+            ("1/5s", Some((1, 5))),
+            ("5000/h", Some((5000, 3600))),
+            ("0/s", None),
+            ("ten/s", None),
+            ("10", None),
+            ("10/fortnight", None),
+        ];
+        for (text, expected) in cases {
+            let parsed = text
+                .parse::<RateLimit>()
+                .ok()
+                .map(|r| (r.count, r.period.as_secs()));
+            assert_eq!(parsed, expected, "case {text:?}");
+        }
+        let limit: RateLimit = "4/s".parse().unwrap();
+        assert_eq!(limit.interval(), Duration::from_millis(250));
     }
 
     #[test]

@@ -70,6 +70,31 @@ pub(super) fn validate(settings: &Settings) -> Vec<String> {
         problems.push("no [[jobs]] configured".to_owned());
     }
 
+    // Jobs sharing a host's rate limit must agree on it.
+    let mut shared_limits: HashMap<String, (&str, crate::config::RateLimit)> = HashMap::new();
+    for job in &settings.jobs {
+        let (Some(limit), crate::config::RateLimitScope::Host) =
+            (job.rate_limit, job.rate_limit_scope)
+        else {
+            continue;
+        };
+        let Ok(url) = reqwest::Url::parse(&job.request.url) else {
+            continue;
+        };
+        let origin = url.origin().ascii_serialization();
+        match shared_limits.get(&origin) {
+            Some((other, other_limit)) if *other_limit != limit => problems.push(format!(
+                "job \"{}\", key \"rate_limit\": differs from job \"{other}\", which shares \
+                 the limit of {origin} (rate_limit_scope = \"host\")",
+                job.name
+            )),
+            Some(_) => {}
+            None => {
+                shared_limits.insert(origin, (&job.name, limit));
+            }
+        }
+    }
+
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut tables: HashMap<&str, &str> = HashMap::new();
     for job in &settings.jobs {
@@ -170,6 +195,18 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
         report.bad("max_body_bytes", "must be at least 1KiB".into());
     }
 
+    if job.rate_limit_scope == crate::config::RateLimitScope::Host && job.rate_limit.is_none() {
+        report.bad(
+            "rate_limit_scope",
+            "\"host\" shares a rate_limit, but this job sets none".into(),
+        );
+    }
+    if let Some(incremental) = &job.incremental
+        && let Err((key, message)) = crate::incremental::Incremental::new(incremental)
+    {
+        report.bad(key, message);
+    }
+
     let request = &job.request;
     match reqwest::Url::parse(&request.url) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => {}
@@ -213,6 +250,7 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
         report.bad("retry.max_attempts", "must be at least 1".into());
     }
     report.positive("retry.initial_backoff", retry.initial_backoff);
+    report.positive("retry.max_elapsed", retry.max_elapsed);
     if retry.max_backoff < retry.initial_backoff {
         report.bad(
             "retry.max_backoff",

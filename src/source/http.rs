@@ -100,6 +100,8 @@ pub struct JsonResponse {
     /// Every `Link` header, joined with `,`.
     pub link: Option<String>,
     pub body: Value,
+    /// The API says its quota is spent and resets after this long.
+    pub quota_reset: Option<std::time::Duration>,
 }
 
 /// Why one request failed. None of the variants carries the URL or the
@@ -138,15 +140,14 @@ fn excerpt_suffix(excerpt: &str) -> String {
 
 impl FetchError {
     /// Transient failures worth another attempt: connection errors, timeouts,
-    /// 408, 429, 5xx except 501 (Not Implemented will not change), and a body
-    /// cut short or not JSON on a success status (an overloaded proxy's page).
+    /// 408, 429, 500, 502, 503, 504, and a body cut short or not JSON on a
+    /// success status (an overloaded proxy's page). Any other status (a 4xx,
+    /// 501 Not Implemented, 505 …) will not change by asking again.
     pub fn is_retriable(&self) -> bool {
         match self {
             FetchError::Timeout(_) | FetchError::Transport(_) | FetchError::Decode { .. } => true,
             FetchError::Status { status, .. } => {
-                *status == StatusCode::REQUEST_TIMEOUT
-                    || *status == StatusCode::TOO_MANY_REQUESTS
-                    || (status.is_server_error() && *status != StatusCode::NOT_IMPLEMENTED)
+                matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
             }
             FetchError::TooLarge { .. } | FetchError::Redirect(_) => false,
         }
@@ -223,11 +224,13 @@ async fn attempt(
     let status = response.status();
     *status_seen = Some(status.as_u16());
     let link = join_headers(response.headers(), LINK);
+    let quota_reset = super::throttle::quota_reset(response.headers());
     let retry_after = response
         .headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(parse_retry_after);
+        .and_then(parse_retry_after)
+        .or(quota_reset);
 
     if let Some(length) = response.content_length()
         && length > spec.max_body_bytes
@@ -260,7 +263,11 @@ async fn attempt(
         });
     }
     match serde_json::from_slice(&body) {
-        Ok(body) => Ok(JsonResponse { link, body }),
+        Ok(body) => Ok(JsonResponse {
+            link,
+            body,
+            quota_reset,
+        }),
         Err(source) => Err(FetchError::Decode {
             source,
             excerpt: excerpt(&body),
@@ -316,6 +323,7 @@ mod tests {
             (503, true),
             (504, true),
             (501, false),
+            (505, false),
             (400, false),
             (401, false),
             (404, false),

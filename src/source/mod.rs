@@ -6,6 +6,7 @@
 
 pub mod http;
 pub mod paginate;
+pub mod throttle;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,11 +16,12 @@ use reqwest::Url;
 use serde_json::Value;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::config::{JobSettings, Pagination, RetrySettings};
+use crate::config::{JobSettings, Pagination, RateLimitScope, RetrySettings};
 use crate::record::kind_of;
 use crate::redact::Redactor;
 pub use http::{ApiClient, FetchError, RequestSpec};
 use paginate::{PaginationError, Paginator, strip_query};
+use throttle::Throttle;
 
 /// Everything about a job's API that does not change between runs.
 #[derive(Debug, Clone)]
@@ -33,6 +35,7 @@ pub struct SourceSpec {
     records_pointer: String,
     max_pages: u64,
     retry: RetrySettings,
+    throttle: Throttle,
 }
 
 impl SourceSpec {
@@ -46,6 +49,12 @@ impl SourceSpec {
                 .query_pairs_mut()
                 .extend_pairs(job.request.query.iter().map(|(k, v)| (k, &v.0)));
         }
+        let throttle = match (job.rate_limit, job.rate_limit_scope) {
+            (Some(limit), RateLimitScope::Host) => {
+                Throttle::shared(&base_url.origin().ascii_serialization(), limit)
+            }
+            (limit, _) => Throttle::new(limit),
+        };
         Ok(Self {
             request: RequestSpec::new(&job.name, &job.request, job.max_body_bytes)?,
             job: job.name.clone(),
@@ -54,13 +63,21 @@ impl SourceSpec {
             records_pointer: job.records.clone(),
             max_pages: job.max_pages,
             retry: job.retry.clone(),
+            throttle,
         })
     }
 
     /// Starts walking the pages from the first; `redactor` cleans the errors
-    /// logged on retries.
-    pub fn pages<'a>(&'a self, client: &'a ApiClient, redactor: &'a Redactor) -> Pages<'a> {
-        let paginator = Paginator::new(self.pagination.clone(), self.base_url.clone());
+    /// logged on retries; `params` are added to the first request's query
+    /// (the incremental sync's `since`).
+    pub fn pages<'a>(
+        &'a self,
+        client: &'a ApiClient,
+        redactor: &'a Redactor,
+        params: &[(&str, String)],
+    ) -> Pages<'a> {
+        let base = paginate::with_params(&self.base_url, params);
+        let paginator = Paginator::new(self.pagination.clone(), base);
         Pages {
             next: Some(paginator.first()),
             spec: self,
@@ -79,6 +96,8 @@ pub struct Page {
     /// 1 for the first page of the run.
     pub number: u64,
     pub records: Vec<Value>,
+    /// No page follows: the run has read everything once this one is written.
+    pub is_last: bool,
 }
 
 /// Why the run could not get its next page.
@@ -94,9 +113,11 @@ pub struct SourceError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceErrorKind {
-    #[error("fetching failed after {attempts} attempt(s)")]
+    #[error("fetching failed after {attempts} attempt(s){gave_up}")]
     Fetch {
         attempts: u32,
+        /// Why retrying stopped early, as ` (reason)`, or empty.
+        gave_up: String,
         #[source]
         source: FetchError,
     },
@@ -199,15 +220,23 @@ impl Pages<'_> {
             Some(Value::Array(items)) => std::mem::take(items),
             _ => unreachable!("checked above that the pointer finds an array"),
         };
-        Ok(Some(Page { number, records }))
+        Ok(Some(Page {
+            number,
+            records,
+            is_last: self.next.is_none(),
+        }))
     }
 
-    /// One request, retried while the failure is transient.
+    /// One request, paced by the job's throttle and retried while the
+    /// failure is transient.
     ///
-    /// Policy: at most `retry.max_attempts` attempts; before attempt n+1 wait a
-    /// random time between zero and `initial_backoff × 2^(n-1)`, capped at
-    /// `max_backoff` ("full jitter", so many clients do not retry in step); a
-    /// server's `Retry-After` replaces that wait, also capped at `max_backoff`.
+    /// Policy: at most `retry.max_attempts` attempts. Before attempt n+1 wait
+    /// a random time between zero and `initial_backoff × 2^(n-1)`, capped at
+    /// `max_backoff` ("full jitter", so many clients do not retry in step).
+    /// A server's `Retry-After` replaces that wait when it is at most
+    /// `max_retry_after`; a longer one ends the retries, since retrying early
+    /// would only be refused again. Retries also end when the waits would
+    /// add up to more than `max_elapsed`.
     async fn fetch_with_retries(&self, url: &Url) -> Result<http::JsonResponse, SourceErrorKind> {
         let retry = &self.spec.retry;
         let backoff = ExponentialBuilder::default()
@@ -216,14 +245,36 @@ impl Pages<'_> {
             .with_factor(2.0)
             .with_max_times(retry.max_attempts.saturating_sub(1) as usize);
         let mut attempts = 0;
+        let mut waited = Duration::ZERO;
+        let mut gave_up = None;
         let result = (|| {
             attempts += 1;
-            http::fetch_json(self.client, &self.spec.request, url)
+            async {
+                self.spec.throttle.ready().await;
+                http::fetch_json(self.client, &self.spec.request, url).await
+            }
         })
         .retry(backoff)
         .sleep(tokio::time::sleep)
         .when(FetchError::is_retriable)
-        .adjust(|error, delay| delay.map(|d| retry_delay(error, d, retry.max_backoff)))
+        .adjust(|error, delay| {
+            let wait = match retry_delay(error, delay?, retry) {
+                Ok(wait) => wait,
+                Err(reason) => {
+                    gave_up = Some(reason);
+                    return None;
+                }
+            };
+            if waited + wait > retry.max_elapsed {
+                gave_up = Some(format!(
+                    "the retry budget retry.max_elapsed = {} is spent",
+                    humantime::format_duration(retry.max_elapsed)
+                ));
+                return None;
+            }
+            waited += wait;
+            Some(wait)
+        })
         .notify(|error, delay| {
             crate::metrics::http_retry(&self.spec.job, &error.kind());
             tracing::warn!(
@@ -234,16 +285,46 @@ impl Pages<'_> {
             );
         })
         .await;
-        result.map_err(|source| SourceErrorKind::Fetch { attempts, source })
+        match result {
+            Ok(response) => {
+                if let Some(reset) = response.quota_reset {
+                    tracing::info!(
+                        wait_ms = reset.as_millis() as u64,
+                        "The API's quota is spent; pausing until it resets."
+                    );
+                    self.spec
+                        .throttle
+                        .pause_for(reset.min(retry.max_retry_after));
+                }
+                Ok(response)
+            }
+            Err(source) => Err(SourceErrorKind::Fetch {
+                attempts,
+                gave_up: gave_up
+                    .map(|reason| format!(" ({reason})"))
+                    .unwrap_or_default(),
+                source,
+            }),
+        }
     }
 }
 
 /// The wait before the next attempt: the server's `Retry-After` if it sent
-/// one, else a random share of the exponential delay; never over `cap`.
-fn retry_delay(error: &FetchError, exponential: Duration, cap: Duration) -> Duration {
+/// one (refused when over `max_retry_after`), else a random share of the
+/// exponential delay, capped at `max_backoff`.
+fn retry_delay(
+    error: &FetchError,
+    exponential: Duration,
+    retry: &RetrySettings,
+) -> Result<Duration, String> {
     match error.retry_after() {
-        Some(wait) => wait.min(cap),
-        None => exponential.mul_f64(fastrand::f64()).min(cap),
+        Some(wait) if wait > retry.max_retry_after => Err(format!(
+            "the API asked to wait {}, more than retry.max_retry_after = {}",
+            humantime::format_duration(wait),
+            humantime::format_duration(retry.max_retry_after)
+        )),
+        Some(wait) => Ok(wait),
+        None => Ok(exponential.mul_f64(fastrand::f64()).min(retry.max_backoff)),
     }
 }
 
@@ -252,27 +333,38 @@ mod tests {
     use super::*;
 
     #[test]
-    fn retry_after_wins_but_is_capped() {
-        let limited = FetchError::Status {
+    fn retry_after_wins_up_to_its_ceiling() {
+        let retry = RetrySettings {
+            max_backoff: Duration::from_secs(1),
+            max_retry_after: Duration::from_secs(10),
+            ..RetrySettings::default()
+        };
+        let asked = |seconds| FetchError::Status {
             status: reqwest::StatusCode::TOO_MANY_REQUESTS,
-            retry_after: Some(Duration::from_secs(3)),
+            retry_after: Some(Duration::from_secs(seconds)),
             excerpt: String::new(),
         };
-        let cap = Duration::from_secs(10);
+        let exponential = Duration::from_millis(200);
         assert_eq!(
-            retry_delay(&limited, Duration::from_millis(200), cap),
-            Duration::from_secs(3)
+            retry_delay(&asked(3), exponential, &retry),
+            Ok(Duration::from_secs(3))
         );
         assert_eq!(
-            retry_delay(&limited, Duration::from_millis(200), Duration::from_secs(1)),
-            Duration::from_secs(1)
+            retry_delay(&asked(3), exponential, &retry).unwrap(),
+            Duration::from_secs(3),
+            "Retry-After is not cut to max_backoff"
+        );
+        let refused = retry_delay(&asked(60), exponential, &retry).unwrap_err();
+        assert!(
+            refused.contains("more than retry.max_retry_after = 10s"),
+            "{refused}"
         );
         let timeout = FetchError::Timeout(Duration::from_secs(1));
         for _ in 0..100 {
-            assert!(
-                retry_delay(&timeout, Duration::from_millis(400), cap)
-                    <= Duration::from_millis(400)
-            );
+            let wait = retry_delay(&timeout, Duration::from_millis(400), &retry).unwrap();
+            assert!(wait <= Duration::from_millis(400));
         }
+        let capped = retry_delay(&timeout, Duration::from_secs(60), &retry).unwrap();
+        assert!(capped <= Duration::from_secs(1));
     }
 }

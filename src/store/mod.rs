@@ -16,7 +16,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub use self::ident::Ident;
-pub use self::postgres::PgStore;
+pub use self::postgres::{PgJobLock, PgStore};
 use crate::config::DatabaseSettings;
 use crate::record::{ContentHash, KeyField, Record, Rejected};
 use crate::run::{Counts, RunId, RunStatus};
@@ -116,9 +116,38 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
     #[error("applying the internal schema migrations failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The connection holding the job's lock failed; another process may
+    /// take the job now, so this run must stop writing.
+    #[error(
+        "lost the connection that holds the job's lock; stopping so that two processes \
+         never write one job at once"
+    )]
+    LockLost(#[source] sqlx::Error),
     /// The target table exists but cannot hold the job's rows safely.
     #[error("table {table} exists but does not fit this job: {problems}")]
     TableShape { table: String, problems: String },
+}
+
+/// Exclusive right to run one job, across processes.
+#[derive(Debug)]
+pub enum JobLock {
+    Postgres(PgJobLock),
+}
+
+impl JobLock {
+    /// Checks that the lock is still held (its connection is alive).
+    pub async fn still_held(&mut self) -> Result<(), StoreError> {
+        match self {
+            JobLock::Postgres(lock) => lock.still_held().await,
+        }
+    }
+
+    /// Frees the lock now, rather than when the connection times out.
+    pub async fn release(self) {
+        match self {
+            JobLock::Postgres(lock) => lock.release().await,
+        }
+    }
 }
 
 /// The database, whichever it is.
@@ -168,23 +197,49 @@ impl Store {
         }
     }
 
+    /// Takes the job's lock, held until [`JobLock::release`] or until the
+    /// process dies; `None` when another process holds it. PostgreSQL is the
+    /// coordinator: replicas need nothing else to never run one job twice.
+    pub async fn try_lock_job(&self, job: &str) -> Result<Option<JobLock>, StoreError> {
+        match self {
+            Store::Postgres(pg) => Ok(pg.try_lock_job(job).await?.map(JobLock::Postgres)),
+        }
+    }
+
+    /// Closes runs of `job` left `running` by a process that died. Call it
+    /// only while holding the job's lock: then no live process runs the job.
+    pub async fn close_abandoned_runs(&self, job: &str) -> Result<u64, StoreError> {
+        match self {
+            Store::Postgres(pg) => pg.close_abandoned_runs(job).await,
+        }
+    }
+
     pub async fn start_run(&self, job: &str) -> Result<RunId, StoreError> {
         match self {
             Store::Postgres(pg) => pg.start_run(job).await,
         }
     }
 
-    /// Writes one page in one transaction: changed and new rows, rejects, and
-    /// the run's running counts. Returns the page's counts.
+    /// Writes one page in one transaction: changed and new rows, rejects,
+    /// the run's running counts, and, when given, the job's new watermark.
+    /// Returns the page's counts.
     pub async fn write_page(
         &self,
         job: &str,
         table: &TableSpec,
         run: RunId,
         batch: &PageBatch,
+        watermark: Option<&serde_json::Value>,
     ) -> Result<Counts, StoreError> {
         match self {
-            Store::Postgres(pg) => pg.write_page(job, table, run, batch).await,
+            Store::Postgres(pg) => pg.write_page(job, table, run, batch, watermark).await,
+        }
+    }
+
+    /// The job's committed watermark, if it has one.
+    pub async fn watermark(&self, job: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        match self {
+            Store::Postgres(pg) => pg.watermark(job).await,
         }
     }
 

@@ -13,7 +13,8 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
+use xxhash_rust::xxh3::xxh3_64;
 
 use super::{PageBatch, RunRecord, StoreError, TableSpec, plan_page};
 use crate::config::DatabaseSettings;
@@ -189,6 +190,40 @@ impl PgStore {
         }
     }
 
+    /// Takes the job's advisory lock on a connection of its own (outside the
+    /// pool, so a long run never starves page writes of connections). `None`
+    /// when another session holds it.
+    pub(super) async fn try_lock_job(&self, job: &str) -> Result<Option<PgJobLock>, StoreError> {
+        let options = self.pool.connect_options();
+        let timeout = self.pool.options().get_acquire_timeout();
+        let mut conn = tokio::time::timeout(timeout, PgConnection::connect_with(&options))
+            .await
+            .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))??;
+        let key = lock_key(job);
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(key)
+            .fetch_one(&mut conn)
+            .await?;
+        if locked {
+            Ok(Some(PgJobLock { conn, key }))
+        } else {
+            let _ = conn.close().await;
+            Ok(None)
+        }
+    }
+
+    pub(super) async fn close_abandoned_runs(&self, job: &str) -> Result<u64, StoreError> {
+        let closed = sqlx::query(
+            "UPDATE apisync.runs SET status = 'failed', finished_at = now(), \
+             error = 'process exited before the run finished' \
+             WHERE job = $1 AND status = 'running'",
+        )
+        .bind(job)
+        .execute(&self.pool)
+        .await?;
+        Ok(closed.rows_affected())
+    }
+
     pub(super) async fn start_run(&self, job: &str) -> Result<RunId, StoreError> {
         let id = sqlx::query_scalar(
             "INSERT INTO apisync.runs (job, status) VALUES ($1, 'running') RETURNING id",
@@ -205,6 +240,7 @@ impl PgStore {
         table: &TableSpec,
         run: RunId,
         batch: &PageBatch,
+        watermark: Option<&serde_json::Value>,
     ) -> Result<Counts, StoreError> {
         let mut tx = self.pool.begin().await?;
 
@@ -242,9 +278,34 @@ impl PgStore {
         .bind(counts.rejected as i64)
         .bind(counts.pages as i64);
         add_counts.execute(&mut *tx).await?;
+        if let Some(watermark) = watermark {
+            sqlx::query(
+                "INSERT INTO apisync.job_state (job, state, run_id) \
+                 VALUES ($1, jsonb_build_object('watermark', $2::jsonb), $3) \
+                 ON CONFLICT (job) DO UPDATE SET state = apisync.job_state.state || excluded.state, \
+                   run_id = excluded.run_id, updated_at = now()",
+            )
+            .bind(job)
+            .bind(watermark)
+            .bind(run)
+            .execute(&mut *tx)
+            .await?;
+        }
 
         tx.commit().await?;
         Ok(counts)
+    }
+
+    pub(super) async fn watermark(
+        &self,
+        job: &str,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let watermark =
+            sqlx::query_scalar("SELECT state->'watermark' FROM apisync.job_state WHERE job = $1")
+                .bind(job)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(watermark.flatten())
     }
 
     pub(super) async fn finish_run(
@@ -318,6 +379,40 @@ impl PgStore {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
+    }
+}
+
+/// The advisory lock key of a job: one 64-bit number per job name, in a
+/// namespace of apisync's own so other users of advisory locks do not collide.
+fn lock_key(job: &str) -> i64 {
+    xxh3_64(format!("apisync.job:{job}").as_bytes()) as i64
+}
+
+/// A job's session-level advisory lock and the connection that holds it.
+/// If the process dies, the connection closes and PostgreSQL frees the lock.
+/// Session locks do not survive PgBouncer's transaction pooling: point
+/// apisync at PostgreSQL directly or at a session-mode pool.
+#[derive(Debug)]
+pub struct PgJobLock {
+    conn: PgConnection,
+    key: i64,
+}
+
+impl PgJobLock {
+    pub(super) async fn still_held(&mut self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&mut self.conn)
+            .await
+            .map(|_| ())
+            .map_err(StoreError::LockLost)
+    }
+
+    pub(super) async fn release(mut self) {
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(self.key)
+            .execute(&mut self.conn)
+            .await;
+        let _ = self.conn.close().await;
     }
 }
 

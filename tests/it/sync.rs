@@ -131,7 +131,7 @@ async fn changed_and_new_records_are_counted_and_only_they_move(pool: PgPool) {
             &before[&id.to_string()].1,
             "changed_at of {id} moved"
         );
-        assert_eq!(*run_id, report.run_id);
+        assert_eq!(Some(*run_id), report.run_id);
     }
 }
 
@@ -229,7 +229,7 @@ async fn records_without_a_usable_key_are_rejected_and_the_rest_is_stored(pool: 
     let found: Vec<(Value, &str)> = rejects
         .iter()
         .map(|(record, reason, run_id)| {
-            assert_eq!(*run_id, report.run_id);
+            assert_eq!(Some(*run_id), report.run_id);
             (serde_json::from_str(record).unwrap(), reason.as_str())
         })
         .collect();

@@ -1,0 +1,222 @@
+//! Incremental sync: ask the API only for what changed since the watermark.
+//!
+//! The watermark is the highest value of `field` among the records of the
+//! last run that read every page; it comes from the data, never from our
+//! clock. It is promoted in the same transaction as that run's last page, not
+//! page by page: an API that does not return records in `field` order would
+//! otherwise let a run killed half-way move the watermark past records it
+//! never read, and the next run would skip them for good.
+//!
+//! Values are RFC 3339 timestamps or numbers (epoch seconds, or epoch
+//! milliseconds when larger than 10^11, which as seconds would be past the
+//! year 5000).
+
+use std::cmp::Ordering;
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
+use serde_json::Value;
+
+use crate::config::IncrementalSettings;
+use crate::record::KeyField;
+
+/// Numbers above this are epoch milliseconds.
+const MILLIS_THRESHOLD: f64 = 1e11;
+
+/// A job's incremental settings, checked.
+#[derive(Debug, Clone)]
+pub struct Incremental {
+    pointer: String,
+    /// The configured spelling of `field`, for messages.
+    field: String,
+    param: String,
+    lookback: Duration,
+}
+
+/// A comparable reading of a record's `field`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mark {
+    Time(DateTime<FixedOffset>),
+    Number(f64),
+}
+
+impl Mark {
+    fn of(value: &Value) -> Option<Mark> {
+        match value {
+            Value::String(s) => DateTime::parse_from_rfc3339(s).ok().map(Mark::Time),
+            Value::Number(n) => n.as_f64().filter(|f| f.is_finite()).map(Mark::Number),
+            _ => None,
+        }
+    }
+
+    fn cmp(&self, other: &Mark) -> Option<Ordering> {
+        match (self, other) {
+            (Mark::Time(a), Mark::Time(b)) => Some(a.cmp(b)),
+            (Mark::Number(a), Mark::Number(b)) => a.partial_cmp(b),
+            _ => None,
+        }
+    }
+}
+
+impl Incremental {
+    /// # Errors
+    /// When `field` is not a field name or JSON pointer, or `param` is empty.
+    pub fn new(settings: &IncrementalSettings) -> Result<Self, (&'static str, String)> {
+        // The same spelling rules as key fields: `updated_at` or `/meta/updated`.
+        let field =
+            KeyField::parse_pointer(&settings.field).map_err(|e| ("incremental.field", e))?;
+        if settings.param.trim().is_empty() {
+            return Err(("incremental.param", "must not be empty".to_owned()));
+        }
+        Ok(Self {
+            pointer: field,
+            field: settings.field.clone(),
+            param: settings.param.clone(),
+            lookback: settings.lookback,
+        })
+    }
+
+    /// The query parameter for a run that starts from `watermark`:
+    /// `(param, watermark - lookback)`, in the watermark's own format.
+    pub fn since(&self, watermark: &Value) -> Option<(String, String)> {
+        let value = match Mark::of(watermark)? {
+            Mark::Time(_) if self.lookback.is_zero() => watermark.as_str()?.to_owned(),
+            Mark::Time(t) => {
+                let lookback = chrono::Duration::from_std(self.lookback).ok()?;
+                (t.with_timezone(&Utc) - lookback).to_rfc3339_opts(SecondsFormat::AutoSi, true)
+            }
+            Mark::Number(n) => {
+                let unit = if n > MILLIS_THRESHOLD { 1000.0 } else { 1.0 };
+                let since = n - self.lookback.as_secs_f64() * unit;
+                if since.fract() == 0.0 && since.abs() < 9e15 {
+                    format!("{}", since as i64)
+                } else {
+                    format!("{since}")
+                }
+            }
+        };
+        Some((self.param.clone(), value))
+    }
+
+    /// Starts tracking a run's highest `field` from the stored watermark.
+    pub fn tracker(&self, watermark: Option<Value>) -> WatermarkTracker {
+        let best = watermark.and_then(|v| Mark::of(&v).map(|m| (m, v)));
+        WatermarkTracker {
+            pointer: self.pointer.clone(),
+            field: self.field.clone(),
+            best,
+            unreadable: 0,
+        }
+    }
+}
+
+/// The highest `field` seen so far in a run (or stored before it).
+#[derive(Debug)]
+pub struct WatermarkTracker {
+    pointer: String,
+    field: String,
+    best: Option<(Mark, Value)>,
+    /// Records whose `field` was missing or not a timestamp or number.
+    unreadable: u64,
+}
+
+impl WatermarkTracker {
+    pub fn observe(&mut self, record: &Value) {
+        let Some(value) = record.pointer(&self.pointer) else {
+            self.unreadable += 1;
+            return;
+        };
+        let Some(mark) = Mark::of(value) else {
+            self.unreadable += 1;
+            return;
+        };
+        let higher = match &self.best {
+            None => true,
+            Some((best, _)) => mark.cmp(best) == Some(Ordering::Greater),
+        };
+        if higher {
+            self.best = Some((mark, value.clone()));
+        }
+    }
+
+    /// The watermark to store: the highest value seen, as the API wrote it.
+    pub fn watermark(&self) -> Option<&Value> {
+        self.best.as_ref().map(|(_, value)| value)
+    }
+
+    /// Logs once per run when records could not move the watermark.
+    pub fn warn_if_unreadable(&self) {
+        if self.unreadable > 0 {
+            tracing::warn!(
+                field = %self.field,
+                records = self.unreadable,
+                "Records without a readable incremental field (an RFC 3339 timestamp or a \
+                 number) were stored but do not move the watermark."
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn incremental(lookback: u64) -> Incremental {
+        Incremental::new(&IncrementalSettings {
+            field: "updated_at".into(),
+            param: "updated_since".into(),
+            lookback: Duration::from_secs(lookback),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn since_subtracts_the_lookback_in_the_watermarks_format() {
+        let cases = [
+            (
+                0,
+                json!("2026-03-01T10:00:00+01:00"),
+                "2026-03-01T10:00:00+01:00",
+            ),
+            (
+                60,
+                json!("2026-03-01T10:00:00+01:00"),
+                "2026-03-01T08:59:00Z",
+            ),
+            (300, json!("2026-03-01T10:00:00Z"), "2026-03-01T09:55:00Z"),
+            (
+                300,
+                json!("2026-03-01T10:00:00.250Z"),
+                "2026-03-01T09:55:00.250Z",
+            ),
+            (60, json!(1_700_000_000), "1699999940"),
+            (60, json!(1_700_000_000_000u64), "1699999940000"),
+        ];
+        for (lookback, watermark, expected) in cases {
+            let (param, value) = incremental(lookback).since(&watermark).unwrap();
+            assert_eq!(param, "updated_since");
+            assert_eq!(value, expected, "watermark {watermark} lookback {lookback}");
+        }
+        assert_eq!(incremental(0).since(&json!("yesterday")), None);
+    }
+
+    #[test]
+    fn the_tracker_keeps_the_highest_value_and_never_goes_back() {
+        let inc = incremental(0);
+        let mut tracker = inc.tracker(Some(json!("2026-03-01T10:00:00Z")));
+        tracker.observe(&json!({"updated_at": "2026-02-01T00:00:00Z"}));
+        assert_eq!(tracker.watermark(), Some(&json!("2026-03-01T10:00:00Z")));
+        tracker.observe(&json!({"updated_at": "2026-03-01T10:30:00+01:00"}));
+        assert_eq!(
+            tracker.watermark(),
+            Some(&json!("2026-03-01T10:00:00Z")),
+            "09:30Z is earlier"
+        );
+        tracker.observe(&json!({"updated_at": "2026-03-02T00:00:00Z"}));
+        tracker.observe(&json!({"updated_at": "not a time"}));
+        tracker.observe(&json!({"no_field": 1}));
+        assert_eq!(tracker.watermark(), Some(&json!("2026-03-02T00:00:00Z")));
+        assert_eq!(tracker.unreadable, 2);
+    }
+}

@@ -1,0 +1,194 @@
+//! Pacing requests: a job's `rate_limit`, and the pauses an API asks for
+//! with `X-RateLimit-Remaining: 0` and a reset time.
+//!
+//! A `Throttle` spaces requests evenly (`10/s` is one request every 100 ms,
+//! never a burst of ten) and may be shared: jobs with `rate_limit_scope =
+//! "host"` on the same origin get the same one from a process-wide registry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use tokio::time::Instant;
+
+use crate::config::RateLimit;
+
+#[derive(Debug, Default)]
+struct State {
+    /// The earliest time the next request may be sent.
+    next_slot: Option<Instant>,
+    /// Set when the API said its quota is spent: no request before this.
+    paused_until: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Throttle {
+    /// `None` without a `rate_limit`: only API-requested pauses apply.
+    interval: Option<Duration>,
+    state: Arc<Mutex<State>>,
+}
+
+/// Shared throttles by origin and rate, for `rate_limit_scope = "host"`.
+static SHARED: OnceLock<Mutex<HashMap<(String, Duration), Throttle>>> = OnceLock::new();
+
+impl Throttle {
+    /// A throttle of one job's own.
+    pub fn new(limit: Option<RateLimit>) -> Self {
+        Self {
+            interval: limit.map(|l| l.interval()),
+            state: Arc::default(),
+        }
+    }
+
+    /// The throttle shared by every job calling `origin` at this rate.
+    pub fn shared(origin: &str, limit: RateLimit) -> Self {
+        let registry = SHARED.get_or_init(Mutex::default);
+        let mut registry = registry.lock().unwrap_or_else(|e| e.into_inner());
+        registry
+            .entry((origin.to_owned(), limit.interval()))
+            .or_insert_with(|| Self::new(Some(limit)))
+            .clone()
+    }
+
+    /// Waits until the next request may go out, and books its slot.
+    pub async fn ready(&self) {
+        let at = {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let mut at = now;
+            if let Some(paused) = state.paused_until {
+                at = at.max(paused);
+            }
+            if let Some(interval) = self.interval {
+                if let Some(slot) = state.next_slot {
+                    at = at.max(slot);
+                }
+                state.next_slot = Some(at + interval);
+            }
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+
+    /// No request before `now + wait`.
+    pub fn pause_for(&self, wait: Duration) {
+        let until = Instant::now() + wait;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.paused_until = Some(state.paused_until.map_or(until, |p| p.max(until)));
+    }
+}
+
+/// How long the API asks us to wait before its quota resets, when it says
+/// the quota is spent: `X-RateLimit-Remaining: 0` (or `RateLimit-Remaining`)
+/// with `X-RateLimit-Reset` as epoch seconds (GitHub) or seconds from now.
+pub fn quota_reset(headers: &HeaderMap) -> Option<Duration> {
+    let get = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|name| headers.get(*name))
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    let remaining = get(&["x-ratelimit-remaining", "ratelimit-remaining"])?;
+    if remaining > 0.0 {
+        return None;
+    }
+    let reset = get(&["x-ratelimit-reset", "ratelimit-reset"])?;
+    if !reset.is_finite() || reset < 0.0 {
+        return None;
+    }
+    // Values this large are Unix times; smaller ones are seconds from now.
+    let seconds = if reset > 1_000_000_000.0 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        (reset - now).max(0.0)
+    } else {
+        reset
+    };
+    Some(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, HeaderValue::from_str(value).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn quota_resets_in_seconds_or_unix_time() {
+        assert_eq!(
+            quota_reset(&headers(&[
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", "3")
+            ])),
+            Some(Duration::from_secs(3))
+        );
+        let soon = (std::time::SystemTime::now() + Duration::from_secs(30))
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let wait = quota_reset(&headers(&[
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", &soon.to_string()),
+        ]))
+        .unwrap();
+        assert!(
+            wait <= Duration::from_secs(30) && wait >= Duration::from_secs(28),
+            "{wait:?}"
+        );
+        assert_eq!(
+            quota_reset(&headers(&[
+                ("x-ratelimit-remaining", "4"),
+                ("x-ratelimit-reset", "3")
+            ])),
+            None,
+            "quota left"
+        );
+        assert_eq!(
+            quota_reset(&headers(&[("x-ratelimit-remaining", "0")])),
+            None,
+            "no reset time"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_are_spaced_evenly() {
+        let throttle = Throttle::new(Some("4/s".parse().unwrap()));
+        let start = Instant::now();
+        let mut sent = Vec::new();
+        for _ in 0..5 {
+            throttle.ready().await;
+            sent.push((Instant::now() - start).as_millis());
+        }
+        assert_eq!(sent, vec![0, 250, 500, 750, 1000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_holds_back_the_next_request() {
+        let throttle = Throttle::new(None);
+        let start = Instant::now();
+        throttle.pause_for(Duration::from_secs(2));
+        throttle.ready().await;
+        assert_eq!((Instant::now() - start).as_secs(), 2);
+    }
+
+    #[test]
+    fn host_scope_shares_one_throttle_per_origin_and_rate() {
+        let limit: RateLimit = "2/s".parse().unwrap();
+        let a = Throttle::shared("https://api.test", limit);
+        let b = Throttle::shared("https://api.test", limit);
+        let c = Throttle::shared("https://other.test", limit);
+        assert!(Arc::ptr_eq(&a.state, &b.state));
+        assert!(!Arc::ptr_eq(&a.state, &c.state));
+    }
+}
