@@ -3,7 +3,7 @@
 //!
 //!     cargo run --example sample_api -- 127.0.0.1:8089
 
-#[path = "../tests/it/fake_api.rs"]
+#[path = "../tests/it/fake_api/mod.rs"]
 #[allow(dead_code)]
 mod fake_api;
 

@@ -1,52 +1,13 @@
 //! The real binary: exit codes, the `sync` summary, `check`, `migrate` and
 //! `runs`, with the configuration found the ways users find it.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use sqlx::PgPool;
 
+use crate::binary::{database_url, run as apisync, scratch, stderr, stdout};
+
 use crate::helpers::{TestEnv, job_config, products};
-
-/// Runs `apisync ARGS` in `dir` with a clean environment plus `envs`, off the
-/// test's async runtime (the fake API must keep serving meanwhile).
-async fn apisync(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_apisync"));
-    command.current_dir(dir).args(args).env_clear();
-    for (key, value) in envs {
-        command.env(key, value);
-    }
-    tokio::task::spawn_blocking(move || command.output().expect("the binary runs"))
-        .await
-        .unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-/// A scratch directory for one test's files.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("apisync-it-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// The URL of the test's own database, for the binary.
-fn database_url(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");
-    let mut url = reqwest::Url::parse(&base).unwrap();
-    url.set_path(
-        pool.connect_options()
-            .get_database()
-            .expect("a database name"),
-    );
-    url.to_string()
-}
 
 #[sqlx::test(migrations = false)]
 async fn sync_prints_a_summary_per_job_and_exits_by_outcome(pool: PgPool) {

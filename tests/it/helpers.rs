@@ -72,6 +72,17 @@ impl TestEnv {
         self.job_with_env(body, &HashMap::new()).0
     }
 
+    /// Like [`TestEnv::job`] for a job called `name` (still into table
+    /// `products`): metrics are process-wide, so a test that reads them
+    /// needs a job name of its own.
+    pub fn named_job(&self, name: &str, body: &str) -> Job {
+        let text = job_config(&body.replace("{api}", &self.api.url("")))
+            .replace("name = \"products\"", &format!("name = \"{name}\""));
+        let settings = config::load_str(&text, Path::new("test.toml"), &HashMap::new())
+            .unwrap_or_else(|e| panic!("test configuration is valid: {e}\n{text}"));
+        Job::from_settings(&settings.jobs[0]).expect("job builds")
+    }
+
     /// Like [`TestEnv::job`], with variables for `${VAR}` references; also
     /// returns the loaded settings' redactor.
     pub fn job_with_env(&self, body: &str, env: &HashMap<String, String>) -> (Job, Redactor) {

@@ -1,5 +1,6 @@
 //! The one integration test binary (one link step for all suites).
 
+mod binary;
 mod cli;
 mod config;
 mod daemon;
@@ -8,4 +9,5 @@ mod fake_api;
 mod helpers;
 mod pagination;
 mod process;
+mod resilience;
 mod sync;

@@ -1,79 +1,17 @@
 //! `apisync run` as a real process: SIGTERM drains a long run, and systemd's
 //! notification protocol is spoken on `NOTIFY_SOCKET`.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::time::Duration;
 
 use sqlx::PgPool;
 
+use crate::binary::{database_url, free_port, scratch, spawn, wait_exit};
 use crate::helpers::{TcpToggle, TestEnv, expected_rows, products, wait_until};
 
-/// A scratch directory for one test's files.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("apisync-proc-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// The URL of the test's own database, for the binary.
-fn database_url(pool: &PgPool) -> String {
-    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");
-    let mut url = reqwest::Url::parse(&base).unwrap();
-    url.set_path(
-        pool.connect_options()
-            .get_database()
-            .expect("a database name"),
-    );
-    url.to_string()
-}
-
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts `apisync ARGS` in `dir` with a clean environment plus `envs`;
-/// its output goes to `dir/stdout` and `dir/stderr`.
-fn spawn(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Child {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_apisync"));
-    command
-        .current_dir(dir)
-        .args(args)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
-        .stderr(std::fs::File::create(dir.join("stderr")).unwrap());
-    for (key, value) in envs {
-        command.env(key, value);
-    }
-    command.spawn().expect("the binary starts")
-}
-
 fn send_sigterm(child: &Child) {
-    let pid = libc::pid_t::try_from(child.id()).unwrap();
-    // SAFETY: kill(2) with a pid we own and a valid signal number.
-    let result = unsafe { libc::kill(pid, libc::SIGTERM) };
-    assert_eq!(result, 0, "SIGTERM was delivered");
-}
-
-/// Waits for the process to exit, at most `limit`; `None` if it did not.
-async fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::binary::signal(child, libc::SIGTERM);
 }
 
 fn config(pool: &PgPool, api: &str, port: u16, job: &str) -> String {

@@ -17,6 +17,11 @@
 //! | `/redirect`     | 302 to the same API under another origin (`localhost`)           |
 //! | `/gzip`         | all records, gzip-compressed, without `Content-Length`           |
 //! | `/search` (POST)| `{"data": [...]}` when the JSON body and `X-Api-Key` header are right |
+//!
+//! `/page` also filters on `?updated_since=T` (records whose `updated_at` is
+//! at least T), and every route can be slowed down or hit by `faults`.
+
+pub mod faults;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -48,6 +53,9 @@ struct ApiState {
     extra_on_page: HashMap<usize, Vec<Value>>,
     /// Every request waits this long before it is answered.
     delay: std::time::Duration,
+    faults: faults::FaultPlan,
+    /// When each request arrived, and its path and query.
+    arrivals: Vec<(std::time::Instant, String)>,
 }
 
 #[derive(Clone)]
@@ -67,7 +75,7 @@ impl FakeApi {
             records,
             ..ApiState::default()
         }));
-        let slow_down = state.clone();
+        let middleware_state = state.clone();
         let app = Router::new()
             .route("/none", get(none))
             .route("/page", get(page))
@@ -84,11 +92,19 @@ impl FakeApi {
             .route("/redirect", get(redirect))
             .route("/gzip", get(gzip))
             .layer(axum::middleware::from_fn(
-                move |request, next: axum::middleware::Next| {
-                    let delay = slow_down.lock().unwrap().delay;
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    let (delay, fault) = {
+                        let mut s = middleware_state.lock().unwrap();
+                        s.arrivals
+                            .push((std::time::Instant::now(), request.uri().to_string()));
+                        (s.delay, s.faults.next())
+                    };
                     async move {
                         tokio::time::sleep(delay).await;
-                        next.run(request).await
+                        match fault {
+                            None => next.run(request).await,
+                            Some(fault) => faults::apply(fault, request, next).await,
+                        }
                     }
                 },
             ))
@@ -119,6 +135,32 @@ impl FakeApi {
 
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().unwrap().requests.clone()
+    }
+
+    /// When each request arrived, and its path and query.
+    pub fn arrivals(&self) -> Vec<(std::time::Instant, String)> {
+        self.state.lock().unwrap().arrivals.clone()
+    }
+
+    /// Injects `fault` into every later request (`None` to stop).
+    pub fn set_fault(&self, fault: Option<faults::Fault>) {
+        self.state.lock().unwrap().faults.always = fault;
+    }
+
+    /// Injects these faults into the next requests, one each.
+    pub fn queue_faults(&self, faults: impl IntoIterator<Item = faults::Fault>) {
+        self.state.lock().unwrap().faults.queue.extend(faults);
+    }
+
+    /// Hits `share` of the later requests with a fault of `faults::STORM_MIX`,
+    /// chosen by a generator seeded with `seed`.
+    pub fn start_storm(&self, share: f64, seed: u64) {
+        self.state.lock().unwrap().faults.storm = Some((share, fastrand::Rng::with_seed(seed)));
+    }
+
+    /// How many faults were injected so far.
+    pub fn faults_injected(&self) -> u64 {
+        self.state.lock().unwrap().faults.injected
     }
 
     pub fn set_volatile_field(&self, on: bool) {
@@ -225,6 +267,25 @@ async fn page(State(state): Shared, Query(params): Params, uri: Uri) -> Response
     let mut s = state.lock().unwrap();
     let page = param(&params, "page", 1).max(1);
     let size = param(&params, "per_page", 30).max(1);
+    if let Some(since) = params.get("updated_since") {
+        // Incremental: serve only what changed since `since`, from a view
+        // that does not disturb the data set.
+        let changed: Vec<Value> = s
+            .records
+            .iter()
+            .filter(|r| {
+                r["updated_at"]
+                    .as_str()
+                    .is_some_and(|t| t >= since.as_str())
+            })
+            .cloned()
+            .collect();
+        let total_pages = changed.len().div_ceil(size);
+        let all = std::mem::replace(&mut s.records, changed);
+        let data = slice(&mut s, &uri, (page - 1) * size, size);
+        s.records = all;
+        return json_response(&s, json!({ "data": data, "total_pages": total_pages }));
+    }
     let mut data = slice(&mut s, &uri, (page - 1) * size, size);
     if let Some(extra) = s.extra_on_page.get(&page) {
         data.extend(extra.iter().cloned());
@@ -391,7 +452,7 @@ async fn gzip(State(state): Shared, uri: Uri) -> Response {
         .chunks(512)
         .map(|c| Ok::<_, std::io::Error>(axum::body::Bytes::copy_from_slice(c)))
         .collect::<Vec<_>>();
-    let stream = futures_util_stream(chunks);
+    let stream = ReadyStream::new(chunks);
     (
         [
             (header::CONTENT_TYPE, "application/json"),
@@ -402,19 +463,22 @@ async fn gzip(State(state): Shared, uri: Uri) -> Response {
         .into_response()
 }
 
-/// A stream over ready chunks, without pulling in a stream crate.
-fn futures_util_stream(
-    chunks: Vec<Result<axum::body::Bytes, std::io::Error>>,
-) -> impl futures_core::Stream<Item = Result<axum::body::Bytes, std::io::Error>> {
-    struct Ready(std::vec::IntoIter<Result<axum::body::Bytes, std::io::Error>>);
-    impl futures_core::Stream for Ready {
-        type Item = Result<axum::body::Bytes, std::io::Error>;
-        fn poll_next(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Option<Self::Item>> {
-            std::task::Poll::Ready(self.0.next())
-        }
+/// A stream over chunks that are ready (or errors), without a stream crate.
+pub struct ReadyStream(std::vec::IntoIter<Result<axum::body::Bytes, std::io::Error>>);
+
+impl ReadyStream {
+    pub fn new(chunks: Vec<Result<axum::body::Bytes, std::io::Error>>) -> Self {
+        Self(chunks.into_iter())
     }
-    Ready(chunks.into_iter())
+}
+
+impl futures_core::Stream for ReadyStream {
+    type Item = Result<axum::body::Bytes, std::io::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        std::task::Poll::Ready(self.0.next())
+    }
 }
