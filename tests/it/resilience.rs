@@ -609,3 +609,30 @@ async fn kill_9_at_random_moments_never_loses_or_doubles_a_record(pool: PgPool) 
         "killed runs are closed as failed: {statuses:?}"
     );
 }
+
+#[sqlx::test(migrations = false)]
+async fn the_retry_budget_ends_retries_of_a_request(pool: PgPool) {
+    let env = TestEnv::start(pool, products(10)).await;
+    env.api.set_fault(Some(Fault::Status(503)));
+    let job = env.job(
+        "records = \"/data\"\n[jobs.request]\nurl = \"{api}/none\"\n[jobs.retry]\nmax_attempts = 1000\n\
+         initial_backoff = \"100ms\"\nmax_backoff = \"100ms\"\nmax_elapsed = \"1s\"\n",
+    );
+
+    let report = env.run(&job).await;
+
+    let error = report.error.expect("the run fails");
+    assert!(
+        error.contains("(the retry budget retry.max_elapsed = 1s is spent)"),
+        "{error}"
+    );
+    assert!(
+        error.contains("the API answered 503 Service Unavailable"),
+        "{error}"
+    );
+    let attempts = env.api.arrivals().len();
+    assert!(
+        attempts < 1000,
+        "stopped by the budget, not by max_attempts: {attempts}"
+    );
+}
