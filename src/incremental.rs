@@ -7,9 +7,14 @@
 //! otherwise let a run killed half-way move the watermark past records it
 //! never read, and the next run would skip them for good.
 //!
-//! Values are RFC 3339 timestamps or numbers (epoch seconds, or epoch
-//! milliseconds when larger than 10^11, which as seconds would be past the
-//! year 5000).
+//! Values are RFC 3339 timestamps or numbers: epoch seconds, or, told apart
+//! by size, milliseconds (above 10^11, which as seconds would be past the
+//! year 5000), microseconds (above 10^14) and nanoseconds (above 10^17).
+//! Integers are computed with integers, so no precision is lost.
+//!
+//! The API must filter with "at or after" (`>=`) and `lookback` should cover
+//! the records it makes visible late (and, for page or offset pagination,
+//! how long a run takes): what is re-read is unchanged and costs no write.
 
 use std::cmp::Ordering;
 use std::time::Duration;
@@ -20,8 +25,15 @@ use serde_json::Value;
 use crate::config::IncrementalSettings;
 use crate::record::KeyField;
 
-/// Numbers above this are epoch milliseconds.
-const MILLIS_THRESHOLD: f64 = 1e11;
+/// Ticks per second of an epoch number, told apart by its size.
+fn ticks_per_second(magnitude: f64) -> i128 {
+    match magnitude {
+        m if m > 1e17 => 1_000_000_000,
+        m if m > 1e14 => 1_000_000,
+        m if m > 1e11 => 1_000,
+        _ => 1,
+    }
+}
 
 /// A job's incremental settings, checked.
 #[derive(Debug, Clone)]
@@ -37,14 +49,24 @@ pub struct Incremental {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Mark {
     Time(DateTime<FixedOffset>),
-    Number(f64),
+    /// Integers stay exact (epoch nanoseconds exceed f64's 2^53).
+    Integer(i128),
+    Float(f64),
 }
 
 impl Mark {
     fn of(value: &Value) -> Option<Mark> {
         match value {
             Value::String(s) => DateTime::parse_from_rfc3339(s).ok().map(Mark::Time),
-            Value::Number(n) => n.as_f64().filter(|f| f.is_finite()).map(Mark::Number),
+            Value::Number(n) => {
+                // With arbitrary precision the text is exact: parse it.
+                let text = n.to_string();
+                if let Ok(i) = text.parse::<i128>() {
+                    Some(Mark::Integer(i))
+                } else {
+                    n.as_f64().filter(|f| f.is_finite()).map(Mark::Float)
+                }
+            }
             _ => None,
         }
     }
@@ -52,7 +74,10 @@ impl Mark {
     fn cmp(&self, other: &Mark) -> Option<Ordering> {
         match (self, other) {
             (Mark::Time(a), Mark::Time(b)) => Some(a.cmp(b)),
-            (Mark::Number(a), Mark::Number(b)) => a.partial_cmp(b),
+            (Mark::Integer(a), Mark::Integer(b)) => Some(a.cmp(b)),
+            (Mark::Integer(a), Mark::Float(b)) => (*a as f64).partial_cmp(b),
+            (Mark::Float(a), Mark::Integer(b)) => a.partial_cmp(&(*b as f64)),
+            (Mark::Float(a), Mark::Float(b)) => a.partial_cmp(b),
             _ => None,
         }
     }
@@ -79,19 +104,27 @@ impl Incremental {
     /// The query parameter for a run that starts from `watermark`:
     /// `(param, watermark - lookback)`, in the watermark's own format.
     pub fn since(&self, watermark: &Value) -> Option<(String, String)> {
-        let value = match Mark::of(watermark)? {
-            Mark::Time(_) if self.lookback.is_zero() => watermark.as_str()?.to_owned(),
-            Mark::Time(t) => {
-                let lookback = chrono::Duration::from_std(self.lookback).ok()?;
-                (t.with_timezone(&Utc) - lookback).to_rfc3339_opts(SecondsFormat::AutoSi, true)
+        let mark = Mark::of(watermark)?;
+        let value = if self.lookback.is_zero() {
+            // Exactly as the API wrote it.
+            match watermark {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
             }
-            Mark::Number(n) => {
-                let unit = if n > MILLIS_THRESHOLD { 1000.0 } else { 1.0 };
-                let since = n - self.lookback.as_secs_f64() * unit;
-                if since.fract() == 0.0 && since.abs() < 9e15 {
-                    format!("{}", since as i64)
-                } else {
-                    format!("{since}")
+        } else {
+            match mark {
+                Mark::Time(t) => {
+                    let lookback = chrono::Duration::from_std(self.lookback).ok()?;
+                    (t.with_timezone(&Utc) - lookback).to_rfc3339_opts(SecondsFormat::AutoSi, true)
+                }
+                Mark::Integer(n) => {
+                    let ticks = ticks_per_second(n.unsigned_abs() as f64);
+                    let back = self.lookback.as_nanos() as i128 * ticks / 1_000_000_000;
+                    (n - back).to_string()
+                }
+                Mark::Float(f) => {
+                    let ticks = ticks_per_second(f.abs()) as f64;
+                    format!("{}", f - self.lookback.as_secs_f64() * ticks)
                 }
             }
         };
@@ -192,6 +225,22 @@ mod tests {
             ),
             (60, json!(1_700_000_000), "1699999940"),
             (60, json!(1_700_000_000_000u64), "1699999940000"),
+            (60, json!(1_700_000_000_000_000u64), "1699999940000000"),
+            (
+                1,
+                json!(1_700_000_000_123_456_789u64),
+                "1699999999123456789",
+            ),
+            (
+                0,
+                serde_json::from_str::<Value>("1700000000.50").unwrap(),
+                "1700000000.50",
+            ),
+            (
+                30,
+                serde_json::from_str::<Value>("1700000000.5").unwrap(),
+                "1699999970.5",
+            ),
         ];
         for (lookback, watermark, expected) in cases {
             let (param, value) = incremental(lookback).since(&watermark).unwrap();

@@ -18,7 +18,7 @@ use crate::record::RecordShape;
 use crate::redact::Redactor;
 use crate::run::{Counts, RunId, RunStatus};
 use crate::source::{ApiClient, Page, SourceError, SourceSpec};
-use crate::store::{Ident, JobLock, PageBatch, Store, StoreError, TableSpec};
+use crate::store::{BatchRow, Ident, JobLock, PageBatch, Store, StoreError, TableSpec};
 
 /// A job, checked and ready to run any number of times.
 #[derive(Debug, Clone)]
@@ -186,11 +186,12 @@ async fn run_locked(
         .map(|e| ctx.redactor.redact(&crate::error_chain(&e)));
     let recorded = ctx.store.finish_run(run_id, status, error.as_deref()).await;
     let elapsed = started.elapsed();
-    ctx.in_flight.remove(run_id);
     if let Err(e) = recorded {
+        // Left in `in_flight`: a shutdown still tries to mark it.
         metrics::run_finished(&job.name, RunStatus::Failed, &counts, elapsed);
         return Err(e);
     }
+    ctx.in_flight.remove(run_id);
     metrics::run_finished(&job.name, status, &counts, elapsed);
 
     let report = RunReport {
@@ -260,8 +261,8 @@ async fn copy_pages(
 
         // The watermark moves only with the last page: see `incremental`.
         if let Some(tracker) = &mut watermark {
-            for record in &batch.rows {
-                tracker.observe(&record.json);
+            for row in &batch.rows {
+                tracker.observe(&row.record.json);
             }
         }
         let new_watermark = watermark
@@ -284,8 +285,8 @@ async fn copy_pages(
 
 /// Reads a page's records into a batch: rejects apart, one row per key. Inside
 /// a page the later copy of a key wins (it replaces the earlier one in place);
-/// a key already seen on an earlier page of this run is dropped, since its
-/// first copy is committed (a change between the two is picked up next run).
+/// a key already seen on an earlier page is flagged as a repeat: written only
+/// if it changed, and counted as a duplicate.
 ///
 /// Also returns a fingerprint of the page's keys in order (`None` when it has
 /// none), to notice an API that serves the same page again and again.
@@ -313,13 +314,14 @@ fn build_batch(
         keys.update(&fingerprint.to_le_bytes());
         any_key = true;
         if let Some(&slot) = slot_of_key.get(&fingerprint) {
-            batch.rows[slot] = record;
-            batch.duplicates += 1;
-        } else if !seen.insert(fingerprint) {
-            batch.duplicates += 1;
+            batch.rows[slot].record = record;
+            batch.collapsed += 1;
         } else {
             slot_of_key.insert(fingerprint, batch.rows.len());
-            batch.rows.push(record);
+            batch.rows.push(BatchRow {
+                record,
+                repeat: !seen.insert(fingerprint),
+            });
         }
     }
     (batch, any_key.then(|| keys.digest128()))
@@ -378,13 +380,21 @@ mod tests {
         let (batch, second_fingerprint) = build_batch(&shape, second, &mut seen);
         assert_ne!(first_fingerprint, second_fingerprint);
         assert_eq!(batch.fetched, 4);
-        assert_eq!(
-            batch.duplicates, 2,
-            "id 2 was on page 1, and twice on page 2"
-        );
+        assert_eq!(batch.collapsed, 1, "id 2 twice on page 2");
         assert_eq!(batch.rejects.len(), 1);
-        let rows: Vec<_> = batch.rows.iter().map(|r| r.json.clone()).collect();
-        assert_eq!(rows, vec![json!({"id": 3})]);
+        let rows: Vec<_> = batch
+            .rows
+            .iter()
+            .map(|r| (r.record.json.clone(), r.repeat))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (json!({"id": 2, "v": "new"}), true),
+                (json!({"id": 3}), false)
+            ],
+            "the later copy wins; id 2 was on page 1"
+        );
 
         let third = Page {
             number: 3,
@@ -396,12 +406,12 @@ mod tests {
             is_last: true,
         };
         let (batch, _) = build_batch(&shape, third, &mut seen);
-        let rows: Vec<_> = batch.rows.iter().map(|r| r.json.clone()).collect();
+        let rows: Vec<_> = batch.rows.iter().map(|r| r.record.json.clone()).collect();
         assert_eq!(
             rows,
             vec![json!({"id": 4, "v": "new"}), json!({"id": 5})],
             "inside a page the later copy wins and keeps the first one's place"
         );
-        assert_eq!(batch.duplicates, 1);
+        assert_eq!(batch.collapsed, 1);
     }
 }

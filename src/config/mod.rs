@@ -365,7 +365,7 @@ pub struct IncrementalSettings {
     pub param: String,
     /// Re-read this much before the watermark, for records the API makes
     /// visible late. Re-read records are unchanged and cost no writes.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default = "default_lookback", with = "humantime_serde")]
     pub lookback: Duration,
 }
 
@@ -546,6 +546,11 @@ impl Default for Pagination {
     fn default() -> Self {
         Pagination::None {}
     }
+}
+
+/// Non-zero by default: re-reading is cheap (no writes), missing a record is not.
+fn default_lookback() -> Duration {
+    Duration::from_secs(300)
 }
 
 fn default_page_param() -> String {

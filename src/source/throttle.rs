@@ -108,7 +108,8 @@ pub fn quota_reset(headers: &HeaderMap) -> Option<Duration> {
     } else {
         reset
     };
-    Some(Duration::from_secs_f64(seconds))
+    // A reset absurdly far away (or garbage) must not panic; a day is the cap.
+    Duration::try_from_secs_f64(seconds.min(86_400.0)).ok()
 }
 
 #[cfg(test)]

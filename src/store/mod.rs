@@ -40,15 +40,23 @@ impl TableSpec {
 /// What one page contributes: its records, one per key, and its rejects.
 #[derive(Debug, Default)]
 pub struct PageBatch {
-    /// Keys new to this run; copies of a key already seen were dropped.
-    pub rows: Vec<Record>,
+    pub rows: Vec<BatchRow>,
     pub rejects: Vec<Rejected>,
-    /// Records in the response, rejects and dropped copies included.
+    /// Records in the response, rejects and collapsed copies included.
     pub fetched: u64,
-    /// Copies dropped: a key repeated inside the page (the later copy was
-    /// kept) or already seen on an earlier page of the run (the committed
-    /// copy stays).
-    pub duplicates: u64,
+    /// Copies of a key collapsed inside this page (the later copy was kept).
+    pub collapsed: u64,
+}
+
+#[derive(Debug)]
+pub struct BatchRow {
+    pub record: Record,
+    /// The key was already seen on an earlier page of this run. The row is
+    /// still written when its content differs (the later copy wins, as it
+    /// does inside a page: it is the fresher one when pages shift during a
+    /// run, and an incremental watermark may already be past the first),
+    /// but it is counted as `duplicate`, not inserted, updated or unchanged.
+    pub repeat: bool,
 }
 
 /// What a stored row is compared with.
@@ -72,22 +80,23 @@ fn classify(existing: Option<&ContentHash>, new: &ContentHash) -> Outcome {
 fn plan_page(batch: &PageBatch, existing: &[Option<ContentHash>]) -> (Counts, Vec<usize>) {
     let mut counts = Counts {
         fetched: batch.fetched,
-        duplicate: batch.duplicates,
+        duplicate: batch.collapsed,
         rejected: batch.rejects.len() as u64,
         pages: 1,
         ..Counts::default()
     };
     let mut to_write = Vec::new();
-    for (index, (record, stored)) in batch.rows.iter().zip(existing).enumerate() {
-        match classify(stored.as_ref(), &record.content_hash) {
-            Outcome::Inserted => counts.inserted += 1,
-            Outcome::Updated => counts.updated += 1,
-            Outcome::Unchanged => {
-                counts.unchanged += 1;
-                continue;
-            }
+    for (index, (row, stored)) in batch.rows.iter().zip(existing).enumerate() {
+        let outcome = classify(stored.as_ref(), &row.record.content_hash);
+        if outcome != Outcome::Unchanged {
+            to_write.push(index);
         }
-        to_write.push(index);
+        match (row.repeat, outcome) {
+            (true, _) => counts.duplicate += 1,
+            (false, Outcome::Inserted) => counts.inserted += 1,
+            (false, Outcome::Updated) => counts.updated += 1,
+            (false, Outcome::Unchanged) => counts.unchanged += 1,
+        }
     }
     (counts, to_write)
 }
@@ -123,6 +132,10 @@ pub enum StoreError {
          never write one job at once"
     )]
     LockLost(#[source] sqlx::Error),
+    /// The run's row is no longer `running`: another process took the job
+    /// over and closed it, so this run must not write.
+    #[error("another process took over the job and closed this run; stopping without writing")]
+    RunClosed,
     /// The target table exists but cannot hold the job's rows safely.
     #[error("table {table} exists but does not fit this job: {problems}")]
     TableShape { table: String, problems: String },
@@ -283,31 +296,41 @@ mod tests {
     #[test]
     fn plan_counts_every_record_once_and_writes_only_changes() {
         let shape = RecordShape::new(&["id".into()], &[]).unwrap();
-        let read = |value| shape.read(value).unwrap();
+        let row = |value, repeat| BatchRow {
+            record: shape.read(value).unwrap(),
+            repeat,
+        };
         let batch = PageBatch {
             rows: vec![
-                read(json!({"id": 1, "v": 1})),
-                read(json!({"id": 2, "v": 1})),
-                read(json!({"id": 3, "v": 2})),
+                row(json!({"id": 1, "v": 1}), false),
+                row(json!({"id": 2, "v": 1}), false),
+                row(json!({"id": 3, "v": 2}), false),
+                row(json!({"id": 4, "v": 2}), true),
+                row(json!({"id": 5, "v": 2}), true),
             ],
             rejects: vec![shape.read(json!({"v": 1})).unwrap_err()],
-            fetched: 6,
-            duplicates: 2,
+            fetched: 7,
+            collapsed: 1,
         };
-        let stored = [None, Some(batch.rows[1].content_hash), Some([0; 16])];
+        let same = |i: usize| Some(batch.rows[i].record.content_hash);
+        let stored = [None, same(1), Some([0; 16]), Some([0; 16]), same(4)];
         let (counts, to_write) = plan_page(&batch, &stored);
         assert_eq!(
             counts,
             Counts {
-                fetched: 6,
+                fetched: 7,
                 inserted: 1,
                 updated: 1,
                 unchanged: 1,
-                duplicate: 2,
+                duplicate: 3,
                 rejected: 1,
                 pages: 1,
             }
         );
-        assert_eq!(to_write, vec![0, 2], "the new row and the changed row");
+        assert_eq!(
+            to_write,
+            vec![0, 2, 3],
+            "new, changed, and a changed repeat"
+        );
     }
 }

@@ -205,7 +205,7 @@ impl PgStore {
             .fetch_one(&mut conn)
             .await?;
         if locked {
-            Ok(Some(PgJobLock { conn, key }))
+            Ok(Some(PgJobLock { conn, key, timeout }))
         } else {
             let _ = conn.close().await;
             Ok(None)
@@ -243,6 +243,19 @@ impl PgStore {
         watermark: Option<&serde_json::Value>,
     ) -> Result<Counts, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The guard that makes "one job, one writer" hold inside the write
+        // itself: if another process took the job (our lock connection died)
+        // it first closed this run, and then this row is no longer
+        // `running`. Locking the row also makes its closing wait for us.
+        let ours: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM apisync.runs WHERE id = $1 AND status = 'running' FOR UPDATE",
+        )
+        .bind(run)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if ours.is_none() {
+            return Err(StoreError::RunClosed);
+        }
 
         let existing = stored_hashes(&mut tx, table, batch).await?;
         let (counts, to_write) = plan_page(batch, &existing);
@@ -317,8 +330,11 @@ impl PgStore {
         // The counts are not written here: each page added its own in the
         // transaction that committed it, so the row cannot claim more (or less)
         // than what is in the table, even if a commit's outcome was unclear.
+        // Only a run still `running`: one closed by another process that took
+        // over the job keeps what that process recorded.
         sqlx::query(
-            "UPDATE apisync.runs SET status = $2, error = $3, finished_at = now() WHERE id = $1",
+            "UPDATE apisync.runs SET status = $2, error = $3, finished_at = now() \
+             WHERE id = $1 AND status = 'running'",
         )
         .bind(run)
         .bind(status.as_str())
@@ -396,23 +412,43 @@ fn lock_key(job: &str) -> i64 {
 pub struct PgJobLock {
     conn: PgConnection,
     key: i64,
+    /// How long a check may take before the lock counts as lost.
+    timeout: Duration,
 }
 
 impl PgJobLock {
+    /// The lock is still ours: its session is alive and PostgreSQL lists the
+    /// lock under it. The second half also catches a transaction-pooling
+    /// proxy, where the "same" connection may reach another backend.
     pub(super) async fn still_held(&mut self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
-            .execute(&mut self.conn)
-            .await
-            .map(|_| ())
-            .map_err(StoreError::LockLost)
+        let hi = ((self.key as u64) >> 32) as i64;
+        let lo = ((self.key as u64) & 0xffff_ffff) as i64;
+        let check = sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+             AND pid = pg_backend_pid() AND granted AND objsubid = 1 \
+             AND classid = $1::bigint::oid AND objid = $2::bigint::oid)",
+        )
+        .bind(hi)
+        .bind(lo)
+        .fetch_one(&mut self.conn);
+        match tokio::time::timeout(self.timeout, check).await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) => Err(StoreError::LockLost(sqlx::Error::Protocol(
+                "the session no longer holds the job's advisory lock (a transaction-pooling \
+                 proxy between apisync and PostgreSQL?)"
+                    .into(),
+            ))),
+            Ok(Err(e)) => Err(StoreError::LockLost(e)),
+            Err(_) => Err(StoreError::LockLost(sqlx::Error::PoolTimedOut)),
+        }
     }
 
     pub(super) async fn release(mut self) {
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        let unlock = sqlx::query("SELECT pg_advisory_unlock($1)")
             .bind(self.key)
-            .execute(&mut self.conn)
-            .await;
-        let _ = self.conn.close().await;
+            .execute(&mut self.conn);
+        let _ = tokio::time::timeout(self.timeout, unlock).await;
+        let _ = tokio::time::timeout(self.timeout, self.conn.close()).await;
     }
 }
 
@@ -425,7 +461,7 @@ fn key_arrays<'a>(
     (0..table.key_columns.len())
         .map(|k| {
             rows.clone()
-                .map(|i| batch.rows[i].key[k].as_str())
+                .map(|i| batch.rows[i].record.key[k].as_str())
                 .collect()
         })
         .collect()
@@ -510,10 +546,13 @@ async fn upsert(
     for column in key_arrays(table, batch, to_write.iter().copied()) {
         query = query.bind(column);
     }
-    let records: Vec<&serde_json::Value> = to_write.iter().map(|&i| &batch.rows[i].json).collect();
+    let records: Vec<&serde_json::Value> = to_write
+        .iter()
+        .map(|&i| &batch.rows[i].record.json)
+        .collect();
     let hashes: Vec<&[u8]> = to_write
         .iter()
-        .map(|&i| batch.rows[i].content_hash.as_slice())
+        .map(|&i| batch.rows[i].record.content_hash.as_slice())
         .collect();
     query
         .bind(records)

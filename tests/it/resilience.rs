@@ -30,7 +30,7 @@ async fn a_storm_of_transient_faults_loses_and_doubles_nothing(pool: PgPool) {
     let metrics = apisync::metrics::install();
     let env = TestEnv::start(pool, products(5_000)).await;
     env.api.start_storm(0.3, 20261127);
-    let body = paged_job(100, "").replace("[jobs.request]", "[jobs.request]\ntimeout = \"500ms\"")
+    let body = paged_job(100, "").replace("[jobs.request]", "[jobs.request]\ntimeout = \"2s\"")
         + "[jobs.retry]\nmax_attempts = 10\ninitial_backoff = \"10ms\"\nmax_backoff = \"100ms\"\n";
     let job = env.named_job("storm", &body);
 
@@ -57,9 +57,11 @@ async fn a_storm_of_transient_faults_loses_and_doubles_nothing(pool: PgPool) {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    assert_eq!(
-        retries, injected as f64,
-        "every injected fault was retried once and counted"
+    // At least one retry per fault; a page slowed by the loaded machine
+    // itself may add one.
+    assert!(
+        retries >= injected as f64,
+        "every injected fault was retried and counted: {retries} retries, {injected} faults"
     );
 }
 
@@ -300,19 +302,22 @@ async fn a_rate_limit_is_never_exceeded(pool: PgPool) {
     let report = env.run(&job).await;
 
     // Assert: any 6 consecutive requests span at least a second, so no
-    // one-second window holds more than 5. Arrival times carry the loopback's
-    // own jitter (the first request also opens the connection), hence 25 ms.
+    // one-second window holds more than 5, and 21 requests take 4 s. Arrival
+    // times carry the loopback's own jitter (the first request also opens
+    // the connection), hence 100 ms of slack.
     assert_eq!(report.error, None);
     let arrivals: Vec<Instant> = env.api.arrivals().into_iter().map(|(t, _)| t).collect();
     assert_eq!(arrivals.len(), 21);
+    let slack = Duration::from_millis(100);
     for (i, window) in arrivals.windows(6).enumerate() {
         let span = window[5] - window[0];
         assert!(
-            span >= Duration::from_millis(975),
-            "requests {i}..={} came within {span:?}",
+            span + slack >= Duration::from_secs(1),
+            "requests {i}..={} within {span:?}",
             i + 5
         );
     }
+    assert!(arrivals[20] - arrivals[0] + slack >= Duration::from_secs(4));
 }
 
 /// Products with an `updated_at` one minute apart, from 2026-01-01T00:00:00Z.
@@ -540,13 +545,19 @@ async fn two_processes_never_run_one_job_at_once(pool: PgPool) {
         outputs.contains("products skipped: another process is running this job"),
         "{outputs}"
     );
-    let runs: Vec<(chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> =
-        sqlx::query_as("SELECT started_at, finished_at FROM apisync.runs ORDER BY started_at")
-            .fetch_all(&env.pool)
-            .await
-            .unwrap();
-    for pair in runs.windows(2) {
-        assert!(pair[1].0 >= pair[0].1, "runs overlap: {pair:?}");
+    // The API saw one walk through the pages at a time: page numbers only
+    // ever go up by one, or start again at 1.
+    let pages: Vec<usize> = env
+        .api
+        .requests()
+        .iter()
+        .filter_map(|r| r.split("page=").nth(1)?.split('&').next()?.parse().ok())
+        .collect();
+    for pair in pages.windows(2) {
+        assert!(
+            pair[1] == pair[0] + 1 || pair[1] == 1,
+            "interleaved walks: {pages:?}"
+        );
     }
     assert_eq!(
         env.rows("products").await,
@@ -556,37 +567,59 @@ async fn two_processes_never_run_one_job_at_once(pool: PgPool) {
 
 #[sqlx::test(migrations = false)]
 async fn kill_9_at_random_moments_never_loses_or_doubles_a_record(pool: PgPool) {
-    // Arrange: runs of about 1 s against a source that keeps changing.
-    let env = TestEnv::start(pool, products(1_000)).await;
-    env.api.set_delay(Duration::from_millis(15));
+    // Arrange: an incremental job, runs of about 1.5 s (40 pages), and a
+    // source that keeps changing between kills.
+    let env = TestEnv::start(pool, timed_products(1_000)).await;
+    env.api.set_delay(Duration::from_millis(30));
     let dir = scratch("kill9");
-    std::fs::write(dir.join("apisync.toml"), process_config(&env, 25)).unwrap();
+    let config = process_config(&env, 25)
+        + "[jobs.incremental]\nfield = \"updated_at\"\nparam = \"updated_since\"\nlookback = \"0s\"\n";
+    std::fs::write(dir.join("apisync.toml"), config).unwrap();
     let mut rng = fastrand::Rng::with_seed(9);
     let mut next_id = 1_001;
+    let mut clock = 10_000_000;
 
     // Act: 20 runs, each killed with SIGKILL after a random time.
-    for round in 0..20 {
+    for _ in 0..20 {
         let mut child = binary::spawn(&dir, &["sync", "products"], &[]);
-        tokio::time::sleep(Duration::from_millis(rng.u64(50..1_200))).await;
+        tokio::time::sleep(Duration::from_millis(rng.u64(100..1_600))).await;
         binary::signal(&child, libc::SIGKILL);
         child.wait().unwrap();
         // The source moves on: some records change, some are new.
         let mut records = env.api.records();
         for _ in 0..5 {
             let i = rng.usize(..records.len());
-            records[i]["price"]["amount"] = json!(round * 1_000 + i);
+            clock += 1;
+            records[i]["price"]["amount"] = json!(clock);
+            records[i]["updated_at"] = json!(timestamp(clock as i64));
         }
         for _ in 0..3 {
-            records.push(product(next_id));
+            clock += 1;
+            let mut record = product(next_id);
+            record["updated_at"] = json!(timestamp(clock as i64));
+            records.push(record);
             next_id += 1;
         }
         env.api.set_records(records);
     }
     env.api.set_delay(Duration::ZERO);
-    let last = binary::run(&dir, &["sync", "products"], &[]).await;
+    // A killed process's session may hold the job's lock for a moment more.
+    let mut last = binary::run(&dir, &["sync", "products"], &[]).await;
+    for _ in 0..50 {
+        if !stdout(&last).contains("skipped") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        last = binary::run(&dir, &["sync", "products"], &[]).await;
+    }
 
     // Assert
     assert_eq!(last.status.code(), Some(0), "{}", stderr(&last));
+    assert!(
+        stdout(&last).starts_with("products succeeded"),
+        "{}",
+        stdout(&last)
+    );
     let stored = env.rows("products").await;
     assert_eq!(stored, expected_rows(&env.api.records()));
     let (rows, keys): (i64, i64) =
@@ -604,9 +637,68 @@ async fn kill_9_at_random_moments_never_loses_or_doubles_a_record(pool: PgPool) 
     .into_iter()
     .collect();
     assert_eq!(statuses.get("running"), None, "{statuses:?}");
+    let killed_mid_run: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM apisync.runs WHERE status = 'failed' AND pages > 0",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
     assert!(
-        statuses.get("failed").copied().unwrap_or(0) >= 1,
-        "killed runs are closed as failed: {statuses:?}"
+        killed_mid_run >= 5,
+        "kills landed mid-run: {statuses:?}, {killed_mid_run} with pages"
+    );
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_run_that_loses_its_lock_stops_writing(pool: PgPool) {
+    // Arrange: a slow run.
+    let env = TestEnv::start(pool, products(300)).await;
+    env.api.set_delay(Duration::from_millis(200));
+    let job = env.job(&paged_job(20, ""));
+    let run = tokio::spawn({
+        let (job, ctx) = (job.clone(), env.ctx.clone());
+        async move { apisync::sync::run_once(&job, &ctx).await }
+    });
+    wait_until("two pages are committed", async || {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM products")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap_or(0)
+            >= 40
+    })
+    .await;
+
+    // Act: the session holding the job's lock goes away.
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' \
+         AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let report = run.await.unwrap().expect("the run is recorded");
+
+    // Assert: the run stopped at its next write, and wrote nothing after.
+    assert_eq!(terminated, vec![true]);
+    let error = report.error.expect("the run fails");
+    assert!(
+        error.contains("lost the connection that holds the job's lock"),
+        "{error}"
+    );
+    let rows_then = env.rows("products").await.len();
+    assert_eq!(rows_then % 20, 0, "whole pages only");
+    assert!(rows_then < 300);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        env.rows("products").await.len(),
+        rows_then,
+        "nothing written afterwards"
+    );
+    let next = env.run(&job).await;
+    assert_eq!(next.error, None);
+    assert_eq!(
+        env.rows("products").await,
+        expected_rows(&env.api.records())
     );
 }
 

@@ -44,7 +44,7 @@ pub const STORM_MIX: [Fault; 6] = [
     Fault::TooManyRequests {
         retry_after_secs: 1,
     },
-    Fault::Slow(Duration::from_millis(1500)),
+    Fault::Slow(Duration::from_secs(3)),
     Fault::Truncated,
     Fault::Reset,
 ];
