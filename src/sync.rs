@@ -236,11 +236,13 @@ async fn copy_pages(
     loop {
         // Waiting for a response (retries included) is abandoned on shutdown:
         // nothing of that page is written yet.
+        let fetch_started = Instant::now();
         let next = tokio::select! {
             biased;
             () = ctx.cancel.cancelled() => return Err(SyncError::Interrupted),
             next = pages.next_page() => next?,
         };
+        let fetch_elapsed = fetch_started.elapsed();
         let Some(page) = next else {
             if let Some(tracker) = &watermark {
                 tracker.warn_if_unreadable();
@@ -279,7 +281,13 @@ async fn copy_pages(
             .await?;
         metrics::page_written(&job.name, &written, write_started.elapsed());
         *counts += written;
-        tracing::debug!(page = number, fetched = batch.fetched, "Page written.");
+        tracing::debug!(
+            page = number,
+            fetched = batch.fetched,
+            fetch_ms = fetch_elapsed.as_secs_f64() * 1e3,
+            write_ms = write_started.elapsed().as_secs_f64() * 1e3,
+            "Page written."
+        );
     }
 }
 

@@ -1,0 +1,367 @@
+//! The throughput benchmark: N product records (about 400 bytes each) served
+//! by the fake API on loopback in pages of 1,000, synced into a fresh
+//! PostgreSQL database by the release binary, compared with `COPY` of the
+//! same rows into a table of the same shape.
+//!
+//!     cargo bench --bench sync                         # N = 200,000, 3 rounds
+//!     BENCH_RECORDS=1000000 BENCH_ROUNDS=1 cargo bench --bench sync
+//!
+//! `DATABASE_URL` names the server (default: local, user postgres); the
+//! benchmark creates and drops the database `apisync_bench` on it.
+//! Figures are medians over the rounds.
+
+#[path = "../tests/it/fake_api/mod.rs"]
+#[allow(dead_code)]
+mod fake_api;
+
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+
+const PAGE_SIZE: usize = 1_000;
+const TABLE: &str = "bench";
+
+fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
+}
+
+/// A product of about 400 bytes of JSON.
+fn product(id: usize, version: usize) -> Value {
+    json!({
+        "id": id,
+        "sku": format!("SKU-{id:08}"),
+        "name": format!("Product {id}, deluxe edition"),
+        "description": format!(
+            "A sturdy, well-made product number {id} for everyday use. Ships in recyclable \
+             packaging; assembly takes about ten minutes. Version {version}."
+        ),
+        "price": { "amount": (id * 37) % 100_000, "currency": "EUR" },
+        "stock": id % 250,
+        "tags": ["archive", format!("group-{}", id % 17), "benchmark"],
+        "active": id % 3 != 0,
+        "updated_at": "2026-11-27T12:00:00Z",
+    })
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    seconds: f64,
+    peak_rss_mib: f64,
+    rows_inserted: i64,
+    rows_updated: i64,
+    wal_bytes: i64,
+}
+
+struct Bench {
+    admin: PgPool,
+    db_url: String,
+    pool: PgPool,
+    dir: std::path::PathBuf,
+}
+
+impl Bench {
+    async fn new(server_url: &str) -> Bench {
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(server_url)
+            .await
+            .expect("the PostgreSQL server in DATABASE_URL answers");
+        sqlx::query("DROP DATABASE IF EXISTS apisync_bench WITH (FORCE)")
+            .execute(&admin)
+            .await
+            .unwrap();
+        sqlx::query("CREATE DATABASE apisync_bench")
+            .execute(&admin)
+            .await
+            .unwrap();
+        let mut url = reqwest::Url::parse(server_url).unwrap();
+        url.set_path("apisync_bench");
+        let db_url = url.to_string();
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&db_url)
+            .await
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("apisync-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Bench {
+            admin,
+            db_url,
+            pool,
+            dir,
+        }
+    }
+
+    async fn wal_lsn(&self) -> String {
+        sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&self.admin)
+            .await
+            .unwrap()
+    }
+
+    async fn wal_since(&self, lsn: &str) -> i64 {
+        sqlx::query_scalar("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::bigint")
+            .bind(lsn)
+            .fetch_one(&self.admin)
+            .await
+            .unwrap()
+    }
+
+    /// `(n_tup_ins, n_tup_upd)` of `table`, after the writers' statistics
+    /// reached the shared counters (a backend flushes them when it exits).
+    async fn tuples(&self, table: &str) -> (i64, i64) {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut conn = self.pool.acquire().await.unwrap();
+        sqlx::query("SELECT pg_stat_clear_snapshot()")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        sqlx::query_as(
+            "SELECT coalesce(sum(n_tup_ins), 0)::bigint, coalesce(sum(n_tup_upd), 0)::bigint \
+             FROM pg_stat_user_tables WHERE relname = $1",
+        )
+        .bind(table)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap()
+    }
+
+    /// Runs `apisync sync bench` once with the release binary.
+    async fn sync(&self, api_url: &str) -> (Figures, String) {
+        let config = format!(
+            r#"
+[database]
+url = "{db}"
+[log]
+level = "warn"
+[[jobs]]
+name = "bench"
+schedule = "0 0 1 1 *"
+table = "{TABLE}"
+key = ["id"]
+records = "/data"
+max_pages = 100000
+[jobs.request]
+url = "{api_url}/page"
+timeout = "60s"
+[jobs.pagination]
+kind = "page"
+size = {PAGE_SIZE}
+total_pages_path = "/total_pages"
+"#,
+            db = self.db_url
+        );
+        let path = self.dir.join("bench.toml");
+        std::fs::write(&path, config).unwrap();
+        let lsn = self.wal_lsn().await;
+        let before = self.tuples(TABLE).await;
+        let started = Instant::now();
+        let path_arg = path.clone();
+        let (output, peak_kib) = tokio::task::spawn_blocking(move || run_measured(&path_arg))
+            .await
+            .unwrap();
+        let seconds = started.elapsed().as_secs_f64();
+        let wal_bytes = self.wal_since(&lsn).await;
+        let after = self.tuples(TABLE).await;
+        (
+            Figures {
+                seconds,
+                peak_rss_mib: peak_kib as f64 / 1024.0,
+                rows_inserted: after.0 - before.0,
+                rows_updated: after.1 - before.1,
+                wal_bytes,
+            },
+            output,
+        )
+    }
+
+    /// COPY of the same rows into a table of the same shape, timed from the
+    /// start of the COPY to its commit.
+    async fn copy(&self, records: &[Value]) -> Figures {
+        sqlx::query("DROP TABLE IF EXISTS copy_target")
+            .execute(&self.pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "CREATE TABLE copy_target (id text NOT NULL PRIMARY KEY, record jsonb NOT NULL, \
+             content_hash bytea NOT NULL, first_seen_at timestamptz NOT NULL, \
+             changed_at timestamptz NOT NULL, run_id bigint NOT NULL)",
+        )
+        .execute(&self.pool)
+        .await
+        .unwrap();
+        let shape = apisync::record::RecordShape::new(&["id".to_owned()], &[]).unwrap();
+        let mut data = String::with_capacity(records.len() * 520);
+        for value in records {
+            let record = shape.read(value.clone()).unwrap();
+            let json = record.json.to_string().replace('\\', "\\\\");
+            let hash: String = record
+                .content_hash
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let _ = writeln!(
+                data,
+                "{}\t{json}\t\\\\x{hash}\t2026-11-27 12:00:00+00\t2026-11-27 12:00:00+00\t0",
+                record.key[0]
+            );
+        }
+        let options: PgConnectOptions = self.db_url.parse().unwrap();
+        let mut conn = PgConnection::connect_with(&options).await.unwrap();
+        let lsn = self.wal_lsn().await;
+        let started = Instant::now();
+        let mut copy = conn
+            .copy_in_raw("COPY copy_target FROM STDIN")
+            .await
+            .unwrap();
+        for chunk in data.as_bytes().chunks(1 << 20) {
+            copy.send(chunk).await.unwrap();
+        }
+        copy.finish().await.unwrap();
+        let seconds = started.elapsed().as_secs_f64();
+        let wal_bytes = self.wal_since(&lsn).await;
+        conn.close().await.unwrap();
+        Figures {
+            seconds,
+            rows_inserted: records.len() as i64,
+            wal_bytes,
+            ..Figures::default()
+        }
+    }
+}
+
+/// Runs the binary to completion; returns its stdout and peak RSS in KiB.
+///
+/// The peak is the process's own `VmHWM`, sampled until it exits: `wait4`'s
+/// `ru_maxrss` would count the forked copy of this (large) benchmark process.
+fn run_measured(config: &std::path::Path) -> (String, i64) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_apisync"))
+        .args(["sync", "bench", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the release binary starts");
+    let status_file = format!("/proc/{}/status", child.id());
+    let stdout = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        let mut output = String::new();
+        std::io::Read::read_to_string(&mut { stdout }, &mut output).unwrap();
+        output
+    });
+    let mut peak_kib = 0;
+    loop {
+        if let Ok(status) = std::fs::read_to_string(&status_file)
+            && let Some(kib) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+        {
+            peak_kib = peak_kib.max(kib);
+        }
+        if let Some(exit) = child.try_wait().unwrap() {
+            let output = reader.join().unwrap();
+            assert!(exit.success(), "apisync failed: {output}");
+            return (output, peak_kib);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let n = env_number("BENCH_RECORDS", 200_000);
+    let rounds = env_number("BENCH_ROUNDS", 3).max(1);
+    let server = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    println!(
+        "apisync benchmark: N = {n} records of ~400 B, pages of {PAGE_SIZE}, {rounds} round(s)"
+    );
+    println!(
+        "machine: {} cores; PostgreSQL: {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        server_version(&server).await
+    );
+
+    let records: Vec<Value> = (1..=n).map(|id| product(id, 0)).collect();
+    let api = fake_api::FakeApi::start(records.clone()).await;
+    let scenarios = [
+        "first load",
+        "unchanged re-sync",
+        "1% changed",
+        "COPY (yardstick)",
+    ];
+    let mut results: Vec<Vec<Figures>> = vec![Vec::new(); scenarios.len()];
+    for round in 1..=rounds {
+        let bench = Bench::new(&server).await;
+        api.set_records(records.clone());
+        let (first, out1) = bench.sync(&api.url("")).await;
+        let (unchanged, out2) = bench.sync(&api.url("")).await;
+        let mut changed = records.clone();
+        for id in (1..=n).step_by(100) {
+            changed[id - 1] = product(id, round);
+        }
+        api.set_records(changed);
+        let (one_percent, out3) = bench.sync(&api.url("")).await;
+        let copy = bench.copy(&records).await;
+        eprintln!(
+            "round {round}:\n  {}  {}  {}",
+            out1.trim(),
+            out2.trim(),
+            out3.trim()
+        );
+        for (i, figures) in [first, unchanged, one_percent, copy]
+            .into_iter()
+            .enumerate()
+        {
+            results[i].push(figures);
+        }
+    }
+
+    let copy_seconds = median(&mut results[3].iter().map(|f| f.seconds).collect::<Vec<_>>());
+    println!(
+        "\n{:<20} {:>9} {:>11} {:>8} {:>9} {:>10} {:>10} {:>9}",
+        "scenario", "seconds", "records/s", "× COPY", "RSS MiB", "rows ins", "rows upd", "WAL MB"
+    );
+    for (name, runs) in scenarios.iter().zip(&results) {
+        let pick = |f: fn(&Figures) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
+        let seconds = pick(|f| f.seconds);
+        let rss = pick(|f| f.peak_rss_mib);
+        println!(
+            "{:<20} {:>9.2} {:>11.0} {:>8.2} {:>9} {:>10.0} {:>10.0} {:>9.1}",
+            name,
+            seconds,
+            n as f64 / seconds,
+            seconds / copy_seconds,
+            if rss > 0.0 {
+                format!("{rss:.1}")
+            } else {
+                "-".to_owned()
+            },
+            pick(|f| f.rows_inserted as f64),
+            pick(|f| f.rows_updated as f64),
+            pick(|f| f.wal_bytes as f64) / 1e6,
+        );
+    }
+}
+
+async fn server_version(url: &str) -> String {
+    match PgConnection::connect(url).await {
+        Ok(mut conn) => sqlx::query_scalar::<_, String>("SHOW server_version")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap_or_default(),
+        Err(e) => format!("unreachable ({e})"),
+    }
+}
