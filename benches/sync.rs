@@ -45,7 +45,7 @@ fn product(id: usize, version: usize) -> Value {
         "price": { "amount": (id * 37) % 100_000, "currency": "EUR" },
         "stock": id % 250,
         "tags": ["archive", format!("group-{}", id % 17), "benchmark"],
-        "active": id % 3 != 0,
+        "active": !id.is_multiple_of(3),
         "updated_at": "2026-11-27T12:00:00Z",
     })
 }
