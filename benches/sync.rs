@@ -281,6 +281,12 @@ fn median(values: &mut [f64]) -> f64 {
 
 #[tokio::main]
 async fn main() {
+    // `cargo test --all-targets` runs bench targets too, without `--bench`:
+    // the benchmark only runs under `cargo bench`.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        println!("the throughput benchmark runs with `cargo bench --bench sync`");
+        return;
+    }
     let n = env_number("BENCH_RECORDS", 200_000);
     let rounds = env_number("BENCH_ROUNDS", 3).max(1);
     let server = std::env::var("DATABASE_URL")
