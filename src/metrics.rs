@@ -132,7 +132,7 @@ fn describe() {
     describe_histogram!(
         DB_WRITE_DURATION_SECONDS,
         metrics::Unit::Seconds,
-        "Duration of page writes (one transaction each)."
+        "Duration of page writes that needed a transaction, the hash comparison included."
     );
     describe_gauge!(
         BUILD_INFO,
@@ -160,8 +160,15 @@ pub fn run_started(job: &str) {
     gauge!(JOB_RUNNING, JOB => job.to_owned()).set(1.0);
 }
 
-/// A page was committed with these counts.
+/// A page was committed, with these counts (its own and those of earlier
+/// pages that needed no transaction).
 pub fn page_written(job: &str, counts: &Counts, elapsed: Duration) {
+    records_counted(job, counts);
+    histogram!(DB_WRITE_DURATION_SECONDS, JOB => job.to_owned()).record(elapsed.as_secs_f64());
+}
+
+/// Records reached the runs table with these outcomes.
+pub fn records_counted(job: &str, counts: &Counts) {
     let by_outcome = [
         ("inserted", counts.inserted),
         ("updated", counts.updated),
@@ -174,7 +181,6 @@ pub fn page_written(job: &str, counts: &Counts, elapsed: Duration) {
             counter!(RECORDS_TOTAL, JOB => job.to_owned(), "outcome" => outcome).increment(n);
         }
     }
-    histogram!(DB_WRITE_DURATION_SECONDS, JOB => job.to_owned()).record(elapsed.as_secs_f64());
 }
 
 /// A run finished with `status` after `elapsed`.

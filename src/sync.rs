@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::JobSettings;
-use crate::incremental::Incremental;
+use crate::incremental::{Incremental, WatermarkTracker};
 use crate::metrics;
 use crate::record::RecordShape;
 use crate::redact::Redactor;
@@ -122,6 +122,8 @@ pub enum SyncError {
     RepeatedPage { page: u64, previous: u64 },
     #[error("interrupted by shutdown; the pages written so far are committed")]
     Interrupted,
+    #[error("reading the pages failed unexpectedly: {0}")]
+    Reader(String),
 }
 
 /// Runs `job` once, start to finish.
@@ -174,8 +176,8 @@ async fn run_locked(
     tracing::Span::current().record("run_id", run_id);
     metrics::run_started(&job.name);
 
-    let mut counts = Counts::default();
-    let result = copy_pages(job, ctx, lock, run_id, &mut counts).await;
+    let mut tally = Tally::default();
+    let result = copy_pages(job, ctx, lock, run_id, &mut tally).await;
     let status = match &result {
         Ok(()) => RunStatus::Succeeded,
         Err(SyncError::Interrupted) => RunStatus::Interrupted,
@@ -184,14 +186,19 @@ async fn run_locked(
     let error = result
         .err()
         .map(|e| ctx.redactor.redact(&crate::error_chain(&e)));
-    let recorded = ctx.store.finish_run(run_id, status, error.as_deref()).await;
+    let recorded = ctx
+        .store
+        .finish_run(run_id, status, error.as_deref(), &tally.unsaved)
+        .await;
     let elapsed = started.elapsed();
+    let counts = tally.all;
     if let Err(e) = recorded {
         // Left in `in_flight`: a shutdown still tries to mark it.
         metrics::run_finished(&job.name, RunStatus::Failed, &counts, elapsed);
         return Err(e);
     }
     ctx.in_flight.remove(run_id);
+    metrics::records_counted(&job.name, &tally.unsaved);
     metrics::run_finished(&job.name, status, &counts, elapsed);
 
     let report = RunReport {
@@ -206,31 +213,99 @@ async fn run_locked(
     Ok(report)
 }
 
+/// A run's counts: all of them, and those not yet added to its runs row
+/// (pages that needed no transaction; `finish_run` adds them).
+#[derive(Debug, Default)]
+struct Tally {
+    all: Counts,
+    unsaved: Counts,
+}
+
+/// A page read, checked and ready to write.
+struct Prepared {
+    number: u64,
+    batch: PageBatch,
+    /// Set on the last page of an incremental run: the watermark to commit.
+    watermark: Option<serde_json::Value>,
+}
+
+/// Reads and writes the pages, overlapped: while one page is being written,
+/// the next is fetched, parsed and hashed (a queue of one page between them
+/// keeps memory bounded).
 async fn copy_pages(
     job: &Job,
     ctx: &SyncContext,
     lock: &mut JobLock,
     run_id: RunId,
-    counts: &mut Counts,
+    tally: &mut Tally,
 ) -> Result<(), SyncError> {
     ctx.store.prepare_table(&job.table).await?;
-    let mut watermark = match &job.incremental {
+    let empty_at_start = ctx.store.table_is_empty(&job.table).await?;
+    let tracker = match &job.incremental {
         Some(incremental) => Some(incremental.tracker(ctx.store.watermark(&job.name).await?)),
         None => None,
     };
-    let since: Vec<(String, String)> = match (&job.incremental, &watermark) {
-        (Some(incremental), Some(tracker)) => tracker
-            .watermark()
-            .and_then(|w| incremental.since(w))
-            .into_iter()
-            .collect(),
-        _ => Vec::new(),
+    let since = match (&job.incremental, &tracker) {
+        (Some(incremental), Some(tracker)) => {
+            tracker.watermark().and_then(|w| incremental.since(w))
+        }
+        _ => None,
     };
-    if let Some((param, value)) = since.first() {
+    if let Some((param, value)) = &since {
         tracing::info!(param = %param, since = %value, "Fetching changes since the watermark.");
     }
-    let params: Vec<(&str, String)> = since.iter().map(|(p, v)| (p.as_str(), v.clone())).collect();
-    let mut pages = job.source.pages(&ctx.client, &ctx.redactor, &params);
+    let since: Vec<(String, String)> = since
+        .into_iter()
+        .map(|(param, value)| (param.to_owned(), value))
+        .collect();
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    // The reader gets a task of its own so that parsing and hashing the next
+    // page runs on another core while this one writes; it ends with the run
+    // (the guard aborts it if the run is dropped half-way).
+    let reader = ReaderTask(tokio::spawn({
+        let (job, ctx) = (job.clone(), ctx.clone());
+        async move {
+            let since: Vec<(&str, String)> =
+                since.iter().map(|(p, v)| (p.as_str(), v.clone())).collect();
+            read_pages(&job, &ctx, &since, tracker, sender).await
+        }
+    }));
+    let written = write_pages(job, ctx, lock, run_id, empty_at_start, tally, receiver).await;
+    let read = reader.finish().await;
+    // A write error comes first: the reader only stopped because of it.
+    written?;
+    read
+}
+
+/// The reader's task, aborted if the run is dropped before it ends.
+struct ReaderTask(tokio::task::JoinHandle<Result<(), SyncError>>);
+
+impl ReaderTask {
+    async fn finish(mut self) -> Result<(), SyncError> {
+        let result = (&mut self.0).await;
+        match result {
+            Ok(read) => read,
+            // A panic in the reader is a bug; it ends the run, not the process.
+            Err(e) => Err(SyncError::Reader(e.to_string())),
+        }
+    }
+}
+
+impl Drop for ReaderTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Fetches, reads and checks the pages, handing each to the writer.
+async fn read_pages(
+    job: &Job,
+    ctx: &SyncContext,
+    since: &[(&str, String)],
+    mut tracker: Option<WatermarkTracker>,
+    writer: tokio::sync::mpsc::Sender<Prepared>,
+) -> Result<(), SyncError> {
+    let mut pages = job.source.pages(&ctx.client, &ctx.redactor, since);
     let mut seen = HashSet::new();
     let mut previous_page: Option<(u64, u128)> = None;
     loop {
@@ -242,9 +317,8 @@ async fn copy_pages(
             () = ctx.cancel.cancelled() => return Err(SyncError::Interrupted),
             next = pages.next_page() => next?,
         };
-        let fetch_elapsed = fetch_started.elapsed();
         let Some(page) = next else {
-            if let Some(tracker) = &watermark {
+            if let Some(tracker) = &tracker {
                 tracker.warn_if_unreadable();
             }
             return Ok(());
@@ -260,32 +334,89 @@ async fn copy_pages(
             });
         }
         previous_page = fingerprint.map(|f| (number, f));
-
         // The watermark moves only with the last page: see `incremental`.
-        if let Some(tracker) = &mut watermark {
+        if let Some(tracker) = &mut tracker {
             for row in &batch.rows {
                 tracker.observe(&row.record.json);
             }
         }
-        let new_watermark = watermark
+        let watermark = tracker
             .as_ref()
             .filter(|_| is_last)
-            .and_then(|tracker| tracker.watermark());
+            .and_then(|tracker| tracker.watermark().cloned());
+        tracing::debug!(
+            page = number,
+            fetch_ms = fetch_started.elapsed().as_secs_f64() * 1e3,
+            "Page read."
+        );
+        let prepared = Prepared {
+            number,
+            batch,
+            watermark,
+        };
+        if writer.send(prepared).await.is_err() {
+            // The writer stopped; its error says why.
+            return Ok(());
+        }
+    }
+}
 
-        // Writing after losing the lock could race another process.
-        lock.still_held().await?;
-        let write_started = Instant::now();
-        let written = ctx
+/// Plans and commits the pages the reader hands over, in order.
+async fn write_pages(
+    job: &Job,
+    ctx: &SyncContext,
+    lock: &mut JobLock,
+    run_id: RunId,
+    empty_at_start: bool,
+    tally: &mut Tally,
+    mut pages: tokio::sync::mpsc::Receiver<Prepared>,
+) -> Result<(), SyncError> {
+    loop {
+        // Between pages, shutdown wins; a page once taken is written whole.
+        let prepared = tokio::select! {
+            biased;
+            () = ctx.cancel.cancelled() => return Err(SyncError::Interrupted),
+            prepared = pages.recv() => prepared,
+        };
+        let Some(Prepared {
+            number,
+            batch,
+            watermark,
+        }) = prepared
+        else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        let plan = ctx
             .store
-            .write_page(&job.name, &job.table, run_id, &batch, new_watermark)
+            .plan_page(&job.table, &batch, empty_at_start)
             .await?;
-        metrics::page_written(&job.name, &written, write_started.elapsed());
-        *counts += written;
+        let mut pending = tally.unsaved;
+        pending += plan.counts;
+        if plan.needs_commit(&batch, watermark.is_some()) {
+            // Writing after losing the lock could race another process.
+            lock.still_held().await?;
+            ctx.store
+                .commit_page(
+                    &job.name,
+                    &job.table,
+                    run_id,
+                    &batch,
+                    &plan,
+                    &pending,
+                    watermark.as_ref(),
+                )
+                .await?;
+            metrics::page_written(&job.name, &pending, started.elapsed());
+            tally.unsaved = Counts::default();
+        } else {
+            tally.unsaved = pending;
+        }
+        tally.all += plan.counts;
         tracing::debug!(
             page = number,
             fetched = batch.fetched,
-            fetch_ms = fetch_elapsed.as_secs_f64() * 1e3,
-            write_ms = write_started.elapsed().as_secs_f64() * 1e3,
+            write_ms = started.elapsed().as_secs_f64() * 1e3,
             "Page written."
         );
     }

@@ -6,7 +6,8 @@
 //!
 //! **Boundary:** this module never makes HTTP calls.
 //! **Invariant:** a page's rows, its rejects and its run counts commit in one
-//! transaction, and rows whose content hash did not change are not written.
+//! transaction, and rows whose content hash did not change are not written;
+//! a page with nothing to write opens no transaction.
 
 pub mod ident;
 mod postgres;
@@ -16,7 +17,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 pub use self::ident::Ident;
-pub use self::postgres::{PgJobLock, PgStore};
+pub use self::postgres::{PgJobLock, PgStore, WritePath};
 use crate::config::DatabaseSettings;
 use crate::record::{ContentHash, KeyField, Record, Rejected};
 use crate::run::{Counts, RunId, RunStatus};
@@ -75,30 +76,55 @@ fn classify(existing: Option<&ContentHash>, new: &ContentHash) -> Outcome {
     }
 }
 
+/// What a page needs, once compared with what is stored: its counts, and
+/// which rows (indexes into `PageBatch::rows`) are new or changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PagePlan {
+    pub counts: Counts,
+    pub inserts: Vec<usize>,
+    pub updates: Vec<usize>,
+}
+
+impl PagePlan {
+    /// Whether the page needs a transaction: rows or rejects to write, or a
+    /// watermark to move. A page of unchanged rows needs none.
+    pub fn needs_commit(&self, batch: &PageBatch, moves_watermark: bool) -> bool {
+        !self.inserts.is_empty()
+            || !self.updates.is_empty()
+            || !batch.rejects.is_empty()
+            || moves_watermark
+    }
+}
+
 /// Counts a page and picks the rows to write, given each row's stored hash.
 /// Shared by every backend so they count alike.
-fn plan_page(batch: &PageBatch, existing: &[Option<ContentHash>]) -> (Counts, Vec<usize>) {
-    let mut counts = Counts {
-        fetched: batch.fetched,
-        duplicate: batch.collapsed,
-        rejected: batch.rejects.len() as u64,
-        pages: 1,
-        ..Counts::default()
+fn plan_page(batch: &PageBatch, existing: &[Option<ContentHash>]) -> PagePlan {
+    let mut plan = PagePlan {
+        counts: Counts {
+            fetched: batch.fetched,
+            duplicate: batch.collapsed,
+            rejected: batch.rejects.len() as u64,
+            pages: 1,
+            ..Counts::default()
+        },
+        ..PagePlan::default()
     };
-    let mut to_write = Vec::new();
     for (index, (row, stored)) in batch.rows.iter().zip(existing).enumerate() {
         let outcome = classify(stored.as_ref(), &row.record.content_hash);
-        if outcome != Outcome::Unchanged {
-            to_write.push(index);
+        match outcome {
+            Outcome::Inserted => plan.inserts.push(index),
+            Outcome::Updated => plan.updates.push(index),
+            Outcome::Unchanged => {}
         }
-        match (row.repeat, outcome) {
-            (true, _) => counts.duplicate += 1,
-            (false, Outcome::Inserted) => counts.inserted += 1,
-            (false, Outcome::Updated) => counts.updated += 1,
-            (false, Outcome::Unchanged) => counts.unchanged += 1,
-        }
+        let counter = match (row.repeat, outcome) {
+            (true, _) => &mut plan.counts.duplicate,
+            (false, Outcome::Inserted) => &mut plan.counts.inserted,
+            (false, Outcome::Updated) => &mut plan.counts.updated,
+            (false, Outcome::Unchanged) => &mut plan.counts.unchanged,
+        };
+        *counter += 1;
     }
-    (counts, to_write)
+    plan
 }
 
 /// One row of `apisync.runs`.
@@ -233,19 +259,47 @@ impl Store {
         }
     }
 
-    /// Writes one page in one transaction: changed and new rows, rejects,
-    /// the run's running counts, and, when given, the job's new watermark.
-    /// Returns the page's counts.
-    pub async fn write_page(
+    /// Compares a page with what is stored (no transaction, no write).
+    /// `empty_at_start`: the table held no row when the run began, so only
+    /// keys repeated within the run need looking up (a first load skips the
+    /// lookups). Sound because no one else writes the job's table meanwhile.
+    pub async fn plan_page(
+        &self,
+        table: &TableSpec,
+        batch: &PageBatch,
+        empty_at_start: bool,
+    ) -> Result<PagePlan, StoreError> {
+        match self {
+            Store::Postgres(pg) => pg.plan_page(table, batch, empty_at_start).await,
+        }
+    }
+
+    /// Whether the job's table holds no row.
+    pub async fn table_is_empty(&self, table: &TableSpec) -> Result<bool, StoreError> {
+        match self {
+            Store::Postgres(pg) => pg.table_is_empty(table).await,
+        }
+    }
+
+    /// Writes one planned page in one transaction: its new and changed rows,
+    /// its rejects, `counts` added to the run's row, and, when given, the
+    /// job's new watermark.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn commit_page(
         &self,
         job: &str,
         table: &TableSpec,
         run: RunId,
         batch: &PageBatch,
+        plan: &PagePlan,
+        counts: &Counts,
         watermark: Option<&serde_json::Value>,
-    ) -> Result<Counts, StoreError> {
+    ) -> Result<(), StoreError> {
         match self {
-            Store::Postgres(pg) => pg.write_page(job, table, run, batch, watermark).await,
+            Store::Postgres(pg) => {
+                pg.commit_page(job, table, run, batch, plan, counts, watermark)
+                    .await
+            }
         }
     }
 
@@ -256,15 +310,17 @@ impl Store {
         }
     }
 
-    /// Records the end of a run. Its counts are already stored, page by page.
+    /// Records the end of a run, adding `unsaved`: the counts of its last
+    /// pages that needed no transaction (the others are stored already).
     pub async fn finish_run(
         &self,
         run: RunId,
         status: RunStatus,
         error: Option<&str>,
+        unsaved: &Counts,
     ) -> Result<(), StoreError> {
         match self {
-            Store::Postgres(pg) => pg.finish_run(run, status, error).await,
+            Store::Postgres(pg) => pg.finish_run(run, status, error, unsaved).await,
         }
     }
 
@@ -314,9 +370,9 @@ mod tests {
         };
         let same = |i: usize| Some(batch.rows[i].record.content_hash);
         let stored = [None, same(1), Some([0; 16]), Some([0; 16]), same(4)];
-        let (counts, to_write) = plan_page(&batch, &stored);
+        let plan = plan_page(&batch, &stored);
         assert_eq!(
-            counts,
+            plan.counts,
             Counts {
                 fetched: 7,
                 inserted: 1,
@@ -327,10 +383,18 @@ mod tests {
                 pages: 1,
             }
         );
+        assert_eq!(plan.inserts, vec![0], "the new row");
         assert_eq!(
-            to_write,
-            vec![0, 2, 3],
-            "new, changed, and a changed repeat"
+            plan.updates,
+            vec![2, 3],
+            "the changed row and a changed repeat"
+        );
+        assert!(plan.needs_commit(&batch, false));
+        let quiet = PageBatch::default();
+        assert!(!plan_page(&quiet, &[]).needs_commit(&quiet, false));
+        assert!(
+            plan_page(&quiet, &[]).needs_commit(&quiet, true),
+            "a watermark to move"
         );
     }
 }

@@ -376,3 +376,111 @@ async fn big_numbers_are_kept_exactly_and_keep_keys_apart(pool: PgPool) {
     );
     assert_eq!(stored[1].0, "18446744073709551618");
 }
+
+#[sqlx::test(migrations = false)]
+async fn the_fast_and_the_simple_write_paths_give_identical_tables_and_counts(pool: PgPool) {
+    // Arrange: the same history (first load, changes and additions,
+    // duplicates and rejects) written once by each path, into two databases'
+    // worth of tables: `products` by the fast path, then again by the simple.
+    let mut records = products(700);
+    records.push(json!({"no": "key"}));
+    let env = TestEnv::start(pool, records).await;
+    env.api.add_to_page(2, vec![product(5)]);
+    let job = env.job(PAGED_JOB);
+    let simple_ctx = {
+        let mut ctx = env.ctx.clone();
+        let Store::Postgres(pg) = &ctx.store;
+        ctx.store = Store::Postgres(
+            pg.clone()
+                .with_write_path(apisync::store::WritePath::Simple),
+        );
+        ctx
+    };
+    let history = async |ctx: &apisync::sync::SyncContext| {
+        let mut reports = Vec::new();
+        env.api.set_records({
+            let mut r = products(700);
+            r.push(json!({"no": "key"}));
+            r
+        });
+        reports.push(apisync::sync::run_once(&job, ctx).await.unwrap().counts);
+        let mut changed = env.api.records();
+        for i in (0..700).step_by(50) {
+            changed[i]["price"]["amount"] = json!(-1);
+        }
+        changed.extend((701..=720).map(product));
+        env.api.set_records(changed);
+        reports.push(apisync::sync::run_once(&job, ctx).await.unwrap().counts);
+        reports.push(apisync::sync::run_once(&job, ctx).await.unwrap().counts);
+        reports
+    };
+
+    // Act
+    let fast_counts = history(&env.ctx).await;
+    let fast_rows = env.rows("products").await;
+    sqlx::query("DROP TABLE products")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let simple_counts = history(&simple_ctx).await;
+    let simple_rows = env.rows("products").await;
+
+    // Assert
+    assert_eq!(fast_counts, simple_counts);
+    assert_eq!(fast_rows, simple_rows);
+    assert_eq!(
+        fast_rows,
+        expected_rows(
+            &env.api.records()[..700]
+                .iter()
+                .chain(&env.api.records()[701..])
+                .cloned()
+                .collect::<Vec<_>>()
+        )
+    );
+    assert_eq!((fast_counts[1].updated, fast_counts[1].inserted), (14, 20));
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_key_that_appears_between_plan_and_write_falls_back_to_the_upsert(pool: PgPool) {
+    use apisync::record::RecordShape;
+    use apisync::store::{BatchRow, Ident, PageBatch, TableSpec};
+
+    // Arrange: rows 1..=3 are stored; a page is planned as if the table were
+    // empty (as another writer could make it look), so the fast path COPYs
+    // keys that exist.
+    let env = TestEnv::start(pool, products(3)).await;
+    let job = env.job(PAGED_JOB);
+    env.run(&job).await;
+    let shape = RecordShape::new(&["id".to_owned()], &[]).unwrap();
+    let table = TableSpec::new(Ident::table("products").unwrap(), shape.key_fields());
+    let mut changed = product(2);
+    changed["name"] = json!("renamed");
+    let batch = PageBatch {
+        rows: [changed.clone(), product(4)]
+            .into_iter()
+            .map(|v| BatchRow {
+                record: shape.read(v).unwrap(),
+                repeat: false,
+            })
+            .collect(),
+        fetched: 2,
+        ..PageBatch::default()
+    };
+    let run = env.ctx.store.start_run("products").await.unwrap();
+    let plan = env.ctx.store.plan_page(&table, &batch, true).await.unwrap();
+    assert_eq!(plan.inserts.len(), 2, "both planned as new");
+
+    // Act
+    env.ctx
+        .store
+        .commit_page("products", &table, run, &batch, &plan, &plan.counts, None)
+        .await
+        .expect("the page is written all the same");
+
+    // Assert
+    let rows = env.rows("products").await;
+    assert_eq!(rows.len(), 4);
+    assert_eq!(rows["2"], changed);
+    assert_eq!(rows["4"], product(4));
+}

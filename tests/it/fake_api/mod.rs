@@ -56,6 +56,10 @@ struct ApiState {
     faults: faults::FaultPlan,
     /// When each request arrived, and its path and query.
     arrivals: Vec<(std::time::Instant, String)>,
+    /// Rendered `/page` answers by URI, while nothing that shapes them
+    /// changes: serving is then nearly free, so a benchmark measures
+    /// apisync rather than this fake.
+    page_cache: HashMap<String, String>,
 }
 
 #[derive(Clone)]
@@ -130,7 +134,9 @@ impl FakeApi {
     }
 
     pub fn set_records(&self, records: Vec<Value>) {
-        self.state.lock().unwrap().records = records;
+        let mut state = self.state.lock().unwrap();
+        state.records = records;
+        state.page_cache.clear();
     }
 
     pub fn requests(&self) -> Vec<String> {
@@ -164,7 +170,9 @@ impl FakeApi {
     }
 
     pub fn set_volatile_field(&self, on: bool) {
-        self.state.lock().unwrap().volatile_field = on;
+        let mut state = self.state.lock().unwrap();
+        state.volatile_field = on;
+        state.page_cache.clear();
     }
 
     /// Every later request waits `delay` before it is answered.
@@ -173,18 +181,16 @@ impl FakeApi {
     }
 
     pub fn set_reorder_and_indent(&self, on: bool) {
-        self.state.lock().unwrap().reorder_and_indent = on;
+        let mut state = self.state.lock().unwrap();
+        state.reorder_and_indent = on;
+        state.page_cache.clear();
     }
 
     /// `/page` serves `extra` after the regular records of page `page` (1-based).
     pub fn add_to_page(&self, page: usize, extra: Vec<Value>) {
-        self.state
-            .lock()
-            .unwrap()
-            .extra_on_page
-            .entry(page)
-            .or_default()
-            .extend(extra);
+        let mut state = self.state.lock().unwrap();
+        state.extra_on_page.entry(page).or_default().extend(extra);
+        state.page_cache.clear();
     }
 }
 
@@ -217,12 +223,16 @@ fn slice(state: &mut ApiState, uri: &Uri, start: usize, len: usize) -> Vec<Value
 }
 
 fn json_response(state: &ApiState, body: Value) -> Response {
-    let text = if state.reorder_and_indent {
-        reversed_keys_pretty(&body, 0)
+    let text = render(state, &body);
+    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+}
+
+fn render(state: &ApiState, body: &Value) -> String {
+    if state.reorder_and_indent {
+        reversed_keys_pretty(body, 0)
     } else {
         body.to_string()
-    };
-    ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+    }
 }
 
 /// JSON with every object's keys in reverse order and generous whitespace:
@@ -286,12 +296,22 @@ async fn page(State(state): Shared, Query(params): Params, uri: Uri) -> Response
         s.records = all;
         return json_response(&s, json!({ "data": data, "total_pages": total_pages }));
     }
+    let cacheable = !s.volatile_field && !s.extra_on_page.contains_key(&page);
+    let key = uri.to_string();
+    if cacheable && let Some(body) = s.page_cache.get(&key).cloned() {
+        s.requests.push(key);
+        return ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    }
     let mut data = slice(&mut s, &uri, (page - 1) * size, size);
     if let Some(extra) = s.extra_on_page.get(&page) {
         data.extend(extra.iter().cloned());
     }
     let total_pages = s.records.len().div_ceil(size);
-    json_response(&s, json!({ "data": data, "total_pages": total_pages }))
+    let body = render(&s, &json!({ "data": data, "total_pages": total_pages }));
+    if cacheable {
+        s.page_cache.insert(key, body.clone());
+    }
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
 async fn offset(State(state): Shared, Query(params): Params, uri: Uri) -> Response {

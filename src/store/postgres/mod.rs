@@ -1,11 +1,11 @@
-//! The PostgreSQL store.
-//!
-//! A page is written as: read the stored hashes of the page's keys, then one
-//! batched `INSERT … SELECT FROM UNNEST(…) ON CONFLICT … DO UPDATE … WHERE
-//! content_hash IS DISTINCT FROM excluded.content_hash` for the new and changed
-//! rows only. Reading first means unchanged rows are not even locked (an
-//! upsert that skips them still locks them and writes WAL), and gives exact
-//! per-row counts; the `WHERE` stays as the guard against a concurrent writer.
+//! The PostgreSQL store: pool, migrations, target tables, runs; the job lock
+//! in `lock`, page writes in `page`.
+
+mod lock;
+mod page;
+
+pub use lock::PgJobLock;
+pub use page::WritePath;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,11 +14,9 @@ use secrecy::ExposeSecret;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
-use xxhash_rust::xxh3::xxh3_64;
 
-use super::{PageBatch, RunRecord, StoreError, TableSpec, plan_page};
+use super::{PageBatch, PagePlan, RunRecord, StoreError, TableSpec};
 use crate::config::DatabaseSettings;
-use crate::record::ContentHash;
 use crate::run::{Counts, RunId, RunStatus};
 
 /// The internal schema. The migrations table lives in it too, so apisync
@@ -33,6 +31,7 @@ fn migrator() -> Migrator {
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    path: WritePath,
 }
 
 impl PgStore {
@@ -51,12 +50,25 @@ impl PgStore {
             .idle_timeout(Duration::from_secs(300))
             .max_lifetime(Duration::from_secs(1800))
             .connect_lazy_with(options);
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            path: WritePath::Fast,
+        })
     }
 
     /// Wraps a pool made elsewhere (tests get one per test database).
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            path: WritePath::Fast,
+        }
+    }
+
+    /// The same store writing pages the simple way (one upsert statement),
+    /// for tests that compare it with the fast path.
+    pub fn with_write_path(mut self, path: WritePath) -> Self {
+        self.path = path;
+        self
     }
 
     pub(super) async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
@@ -199,7 +211,7 @@ impl PgStore {
         let mut conn = tokio::time::timeout(timeout, PgConnection::connect_with(&options))
             .await
             .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))??;
-        let key = lock_key(job);
+        let key = lock::lock_key(job);
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(key)
             .fetch_one(&mut conn)
@@ -234,79 +246,60 @@ impl PgStore {
         Ok(id)
     }
 
-    pub(super) async fn write_page(
+    pub(super) async fn plan_page(
+        &self,
+        table: &TableSpec,
+        batch: &PageBatch,
+        empty_at_start: bool,
+    ) -> Result<PagePlan, StoreError> {
+        // In a table that was empty when the run began, only keys this run
+        // already wrote can be stored: ask about the repeats alone.
+        let asked: Vec<usize> = (0..batch.rows.len())
+            .filter(|&i| !empty_at_start || batch.rows[i].repeat)
+            .collect();
+        let existing = page::stored_hashes(&self.pool, table, batch, &asked).await?;
+        Ok(super::plan_page(batch, &existing))
+    }
+
+    pub(super) async fn table_is_empty(&self, table: &TableSpec) -> Result<bool, StoreError> {
+        let sql = format!("SELECT NOT EXISTS (SELECT 1 FROM {})", table.name.quoted());
+        Ok(sqlx::query_scalar(AssertSqlSafe(sql))
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn commit_page(
         &self,
         job: &str,
         table: &TableSpec,
         run: RunId,
         batch: &PageBatch,
+        plan: &PagePlan,
+        counts: &Counts,
         watermark: Option<&serde_json::Value>,
-    ) -> Result<Counts, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // The guard that makes "one job, one writer" hold inside the write
-        // itself: if another process took the job (our lock connection died)
-        // it first closed this run, and then this row is no longer
-        // `running`. Locking the row also makes its closing wait for us.
-        let ours: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM apisync.runs WHERE id = $1 AND status = 'running' FOR UPDATE",
-        )
-        .bind(run)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if ours.is_none() {
-            return Err(StoreError::RunClosed);
+    ) -> Result<(), StoreError> {
+        let write = page::PageWrite {
+            job,
+            table,
+            run,
+            batch,
+            plan,
+            counts,
+            watermark,
+        };
+        match write.commit(&self.pool, self.path).await {
+            // A row inserted since the plan was made (not by apisync: two
+            // processes never write one job): redo the page with the upsert,
+            // which resolves the conflict row by row.
+            Err(StoreError::Database(sqlx::Error::Database(e)))
+                if self.path == WritePath::Fast && e.code().as_deref() == Some("23505") =>
+            {
+                tracing::warn!(error = %e, "A key appeared during the page write; writing the page with the upsert.");
+                write.commit(&self.pool, WritePath::Simple).await
+            }
+            other => other,
         }
-
-        let existing = stored_hashes(&mut tx, table, batch).await?;
-        let (counts, to_write) = plan_page(batch, &existing);
-        if !to_write.is_empty() {
-            upsert(&mut tx, table, run, batch, &to_write).await?;
-        }
-        if !batch.rejects.is_empty() {
-            let records: Vec<String> = batch.rejects.iter().map(|r| r.json.to_string()).collect();
-            let reasons: Vec<&str> = batch.rejects.iter().map(|r| r.reason.as_str()).collect();
-            sqlx::query(
-                "INSERT INTO apisync.rejects (job, run_id, record, reason) \
-                 SELECT $1, $2, r.record, r.reason FROM UNNEST($3::text[], $4::text[]) \
-                 AS r(record, reason)",
-            )
-            .bind(job)
-            .bind(run)
-            .bind(&records)
-            .bind(&reasons)
-            .execute(&mut *tx)
-            .await?;
-        }
-        let add_counts = sqlx::query(
-            "UPDATE apisync.runs SET fetched = fetched + $2, inserted = inserted + $3, \
-             updated = updated + $4, unchanged = unchanged + $5, duplicate = duplicate + $6, \
-             rejected = rejected + $7, pages = pages + $8 WHERE id = $1",
-        )
-        .bind(run)
-        .bind(counts.fetched as i64)
-        .bind(counts.inserted as i64)
-        .bind(counts.updated as i64)
-        .bind(counts.unchanged as i64)
-        .bind(counts.duplicate as i64)
-        .bind(counts.rejected as i64)
-        .bind(counts.pages as i64);
-        add_counts.execute(&mut *tx).await?;
-        if let Some(watermark) = watermark {
-            sqlx::query(
-                "INSERT INTO apisync.job_state (job, state, run_id) \
-                 VALUES ($1, jsonb_build_object('watermark', $2::jsonb), $3) \
-                 ON CONFLICT (job) DO UPDATE SET state = apisync.job_state.state || excluded.state, \
-                   run_id = excluded.run_id, updated_at = now()",
-            )
-            .bind(job)
-            .bind(watermark)
-            .bind(run)
-            .execute(&mut *tx)
-            .await?;
-        }
-
-        tx.commit().await?;
-        Ok(counts)
     }
 
     pub(super) async fn watermark(
@@ -326,21 +319,23 @@ impl PgStore {
         run: RunId,
         status: RunStatus,
         error: Option<&str>,
+        unsaved: &Counts,
     ) -> Result<(), StoreError> {
-        // The counts are not written here: each page added its own in the
-        // transaction that committed it, so the row cannot claim more (or less)
-        // than what is in the table, even if a commit's outcome was unclear.
         // Only a run still `running`: one closed by another process that took
-        // over the job keeps what that process recorded.
-        sqlx::query(
-            "UPDATE apisync.runs SET status = $2, error = $3, finished_at = now() \
-             WHERE id = $1 AND status = 'running'",
+        // over the job keeps what that process recorded. `unsaved` holds the
+        // counts of pages that needed no write (and so no transaction).
+        let finish = sqlx::query(
+            "UPDATE apisync.runs SET status = $2, error = $3, finished_at = now(), \
+             fetched = fetched + $4, inserted = inserted + $5, updated = updated + $6, \
+             unchanged = unchanged + $7, duplicate = duplicate + $8, rejected = rejected + $9, \
+             pages = pages + $10 WHERE id = $1 AND status = 'running'",
         )
         .bind(run)
         .bind(status.as_str())
-        .bind(error)
-        .execute(&self.pool)
-        .await?;
+        .bind(error);
+        page::bind_counts(finish, unsaved)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -396,169 +391,4 @@ impl PgStore {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
-}
-
-/// The advisory lock key of a job: one 64-bit number per job name, in a
-/// namespace of apisync's own so other users of advisory locks do not collide.
-fn lock_key(job: &str) -> i64 {
-    xxh3_64(format!("apisync.job:{job}").as_bytes()) as i64
-}
-
-/// A job's session-level advisory lock and the connection that holds it.
-/// If the process dies, the connection closes and PostgreSQL frees the lock.
-/// Session locks do not survive PgBouncer's transaction pooling: point
-/// apisync at PostgreSQL directly or at a session-mode pool.
-#[derive(Debug)]
-pub struct PgJobLock {
-    conn: PgConnection,
-    key: i64,
-    /// How long a check may take before the lock counts as lost.
-    timeout: Duration,
-}
-
-impl PgJobLock {
-    /// The lock is still ours: its session is alive and PostgreSQL lists the
-    /// lock under it. The second half also catches a transaction-pooling
-    /// proxy, where the "same" connection may reach another backend.
-    pub(super) async fn still_held(&mut self) -> Result<(), StoreError> {
-        let hi = ((self.key as u64) >> 32) as i64;
-        let lo = ((self.key as u64) & 0xffff_ffff) as i64;
-        let check = sqlx::query_scalar::<_, bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
-             AND pid = pg_backend_pid() AND granted AND objsubid = 1 \
-             AND classid = $1::bigint::oid AND objid = $2::bigint::oid)",
-        )
-        .bind(hi)
-        .bind(lo)
-        .fetch_one(&mut self.conn);
-        match tokio::time::timeout(self.timeout, check).await {
-            Ok(Ok(true)) => Ok(()),
-            Ok(Ok(false)) => Err(StoreError::LockLost(sqlx::Error::Protocol(
-                "the session no longer holds the job's advisory lock (a transaction-pooling \
-                 proxy between apisync and PostgreSQL?)"
-                    .into(),
-            ))),
-            Ok(Err(e)) => Err(StoreError::LockLost(e)),
-            Err(_) => Err(StoreError::LockLost(sqlx::Error::PoolTimedOut)),
-        }
-    }
-
-    pub(super) async fn release(mut self) {
-        let unlock = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(self.key)
-            .execute(&mut self.conn);
-        let _ = tokio::time::timeout(self.timeout, unlock).await;
-        let _ = tokio::time::timeout(self.timeout, self.conn.close()).await;
-    }
-}
-
-/// Key values column by column, as UNNEST wants them.
-fn key_arrays<'a>(
-    table: &TableSpec,
-    batch: &'a PageBatch,
-    rows: impl Iterator<Item = usize> + Clone,
-) -> Vec<Vec<&'a str>> {
-    (0..table.key_columns.len())
-        .map(|k| {
-            rows.clone()
-                .map(|i| batch.rows[i].record.key[k].as_str())
-                .collect()
-        })
-        .collect()
-}
-
-/// The stored content hash of each row's key, `None` for keys not stored yet.
-async fn stored_hashes(
-    tx: &mut sqlx::PgConnection,
-    table: &TableSpec,
-    batch: &PageBatch,
-) -> Result<Vec<Option<ContentHash>>, StoreError> {
-    let mut existing = vec![None; batch.rows.len()];
-    if batch.rows.is_empty() {
-        return Ok(existing);
-    }
-    let n = table.key_columns.len();
-    let params: Vec<String> = (1..=n).map(|i| format!("${i}::text[]")).collect();
-    let aliases: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
-    let join: Vec<String> = table
-        .key_columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| format!("t.{} = b.k{i}", c.quoted()))
-        .collect();
-    let sql = format!(
-        "SELECT b.ord, t.content_hash FROM UNNEST({params}) WITH ORDINALITY AS b({aliases}, ord) \
-         JOIN {table} AS t ON {join}",
-        params = params.join(", "),
-        aliases = aliases.join(", "),
-        table = table.name.quoted(),
-        join = join.join(" AND "),
-    );
-    let mut query = sqlx::query(AssertSqlSafe(sql));
-    for column in key_arrays(table, batch, 0..batch.rows.len()) {
-        query = query.bind(column);
-    }
-    for row in query.fetch_all(&mut *tx).await? {
-        let ord: i64 = row.try_get(0)?;
-        let hash: Vec<u8> = row.try_get(1)?;
-        // A hash of another length (written by hand, say) simply never matches.
-        let hash: Option<ContentHash> = hash.try_into().ok();
-        if let Some(slot) = usize::try_from(ord - 1)
-            .ok()
-            .and_then(|i| existing.get_mut(i))
-        {
-            *slot = Some(hash.unwrap_or([0; 16]));
-        }
-    }
-    Ok(existing)
-}
-
-/// Inserts new rows and rewrites changed ones, in one statement.
-async fn upsert(
-    tx: &mut sqlx::PgConnection,
-    table: &TableSpec,
-    run: RunId,
-    batch: &PageBatch,
-    to_write: &[usize],
-) -> Result<(), StoreError> {
-    let n = table.key_columns.len();
-    let columns: Vec<String> = table.key_columns.iter().map(|c| c.quoted()).collect();
-    let params: Vec<String> = (1..=n).map(|i| format!("${i}::text[]")).collect();
-    let aliases: Vec<String> = (0..n).map(|i| format!("k{i}")).collect();
-    let sql = format!(
-        "INSERT INTO {table} AS t ({columns}, record, content_hash, first_seen_at, changed_at, run_id) \
-         SELECT {aliases}, b.record, b.content_hash, now(), now(), ${run_param} \
-         FROM UNNEST({params}, ${record_param}::jsonb[], ${hash_param}::bytea[]) \
-           AS b({aliases}, record, content_hash) \
-         ON CONFLICT ({columns}) DO UPDATE SET record = excluded.record, \
-           content_hash = excluded.content_hash, changed_at = excluded.changed_at, \
-           run_id = excluded.run_id \
-         WHERE t.content_hash IS DISTINCT FROM excluded.content_hash",
-        table = table.name.quoted(),
-        columns = columns.join(", "),
-        aliases = aliases.join(", "),
-        params = params.join(", "),
-        record_param = n + 1,
-        hash_param = n + 2,
-        run_param = n + 3,
-    );
-    let mut query = sqlx::query(AssertSqlSafe(sql));
-    for column in key_arrays(table, batch, to_write.iter().copied()) {
-        query = query.bind(column);
-    }
-    let records: Vec<&serde_json::Value> = to_write
-        .iter()
-        .map(|&i| &batch.rows[i].record.json)
-        .collect();
-    let hashes: Vec<&[u8]> = to_write
-        .iter()
-        .map(|&i| batch.rows[i].record.content_hash.as_slice())
-        .collect();
-    query
-        .bind(records)
-        .bind(hashes)
-        .bind(run)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
 }
