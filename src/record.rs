@@ -268,7 +268,10 @@ impl CanonicalHasher {
             Value::Null => self.state.update(b"null"),
             Value::Bool(true) => self.state.update(b"true"),
             Value::Bool(false) => self.state.update(b"false"),
-            Value::Number(n) => self.state.update(n.to_string().as_bytes()),
+            // Written straight into the hasher: no string per number.
+            Value::Number(n) => {
+                let _ = write!(self, "{n}");
+            }
             Value::String(s) => self.string(s),
             Value::Array(items) => {
                 self.state.update(b"[");

@@ -432,7 +432,7 @@ async fn write_pages(
 fn build_batch(
     shape: &RecordShape,
     page: Page,
-    seen: &mut HashSet<u128>,
+    seen: &mut HashSet<u64>,
 ) -> (PageBatch, Option<u128>) {
     let mut batch = PageBatch {
         fetched: page.records.len() as u64,
@@ -457,9 +457,13 @@ fn build_batch(
             batch.collapsed += 1;
         } else {
             slot_of_key.insert(fingerprint, batch.rows.len());
+            // 64 bits are enough for the run-wide set (8 bytes a key, not 16):
+            // a collision could only mark a record as a repeat, which changes
+            // its count, never whether it is written. The in-page map above
+            // keeps all 128 bits, since it replaces records.
             batch.rows.push(BatchRow {
                 record,
-                repeat: !seen.insert(fingerprint),
+                repeat: !seen.insert(fingerprint as u64),
             });
         }
     }
