@@ -55,6 +55,8 @@ pub enum Command {
     },
     /// Apply the internal schema migrations (also applied automatically by `sync`)
     Migrate,
+    /// Ask the running daemon's /healthz (on server.listen) whether it answers; exit 0 if so (for container health checks)
+    Health,
     /// Show recent runs from the audit table
     Runs {
         /// Only this job's runs
@@ -88,6 +90,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Sync { jobs, all } => sync(&settings, &jobs, all).await,
         Command::Check { connect } => check(&settings, &path, connect).await,
         Command::Migrate => migrate(&settings).await,
+        Command::Health => health(&settings).await,
         Command::Runs { job, limit, json } => runs(&settings, job.as_deref(), limit, json).await,
     }
 }
@@ -328,6 +331,53 @@ async fn check(settings: &Settings, path: &std::path::Path, connect: bool) -> Ex
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_FAILED)
+    }
+}
+
+/// `GET /healthz` of the daemon on `server.listen` (a wildcard address is
+/// asked on loopback), with a short timeout: a container health check with
+/// no curl or wget in the image.
+async fn health(settings: &Settings) -> ExitCode {
+    let Ok(mut address) = settings.server.listen.parse::<std::net::SocketAddr>() else {
+        eprintln!("apisync: server.listen is not an address");
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    if address.ip().is_unspecified() {
+        address.set_ip(if address.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+    {
+        Ok(client) => client,
+        Err(e) => return fail(settings, "cannot create the HTTP client", &e),
+    };
+    match client.get(format!("http://{address}/healthz")).send().await {
+        Ok(response) if response.status().is_success() => {
+            println!(
+                "healthy: http://{address}/healthz answered {}",
+                response.status()
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
+            println!(
+                "unhealthy: http://{address}/healthz answered {}",
+                response.status()
+            );
+            ExitCode::from(EXIT_FAILED)
+        }
+        Err(e) => {
+            println!(
+                "unhealthy: http://{address}/healthz: {}",
+                error_chain(&e.without_url())
+            );
+            ExitCode::from(EXIT_FAILED)
+        }
     }
 }
 

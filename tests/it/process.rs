@@ -161,6 +161,14 @@ async fn systemd_hears_ready_watchdog_and_stopping(pool: PgPool) {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(),
         "the endpoints listen before READY=1 is sent"
     );
+    // The container health check asks /healthz the same way.
+    let health = crate::binary::run(&dir, &["health"], &[]).await;
+    assert_eq!(
+        health.status.code(),
+        Some(0),
+        "{}",
+        crate::binary::stdout(&health)
+    );
     // …then watchdog pings, repeatedly…
     for _ in 0..3 {
         assert_eq!(receive().await, "WATCHDOG=1");
@@ -177,6 +185,8 @@ async fn systemd_hears_ready_watchdog_and_stopping(pool: PgPool) {
     assert!(stopping, "STOPPING=1 arrives after SIGTERM");
     let status = wait_exit(&mut daemon, Duration::from_secs(5)).await;
     assert_eq!(status.and_then(|s| s.code()), Some(0));
+    let health = crate::binary::run(&dir, &["health"], &[]).await;
+    assert_eq!(health.status.code(), Some(1), "no daemon, not healthy");
 }
 
 /// A daemon whose run is stuck writing a page: the test holds an exclusive
