@@ -199,3 +199,13 @@ fn the_dockerfile_build_steps_are_the_ones_ci_runs() {
         );
     }
 }
+
+#[test]
+fn the_compose_file_is_valid() {
+    let (ok, text) = run_tool(
+        "docker-compose",
+        &["-f", "deploy/docker-compose.yml", "config", "-q"],
+        "Debian package docker-compose",
+    );
+    assert!(ok, "docker-compose config: {text}");
+}
