@@ -5,6 +5,11 @@
 //!
 //!     cargo bench --bench sync                         # N = 200,000, 3 rounds
 //!     BENCH_RECORDS=1000000 BENCH_ROUNDS=1 cargo bench --bench sync
+//!     BENCH_STORE=sqlite cargo bench --bench sync      # apisync into SQLite
+//!
+//! With `BENCH_STORE=sqlite` apisync writes a SQLite file; rows written and
+//! WAL are PostgreSQL statistics and show as `-`; COPY still runs on
+//! PostgreSQL, as the yardstick.
 //!
 //! `DATABASE_URL` names the server (default: local, user postgres); the
 //! benchmark creates and drops the database `apisync_bench` on it.
@@ -62,6 +67,9 @@ struct Figures {
 struct Bench {
     admin: PgPool,
     db_url: String,
+    /// Where apisync writes: `db_url`, or a SQLite file.
+    store_url: String,
+    sqlite: bool,
     pool: PgPool,
     dir: std::path::PathBuf,
 }
@@ -91,9 +99,21 @@ impl Bench {
             .unwrap();
         let dir = std::env::temp_dir().join(format!("apisync-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        let sqlite = std::env::var("BENCH_STORE").is_ok_and(|s| s == "sqlite");
+        let store_url = if sqlite {
+            let file = dir.join("bench.db");
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+            }
+            format!("sqlite://{}", file.display())
+        } else {
+            db_url.clone()
+        };
         Bench {
             admin,
             db_url,
+            store_url,
+            sqlite,
             pool,
             dir,
         }
@@ -156,26 +176,34 @@ kind = "page"
 size = {PAGE_SIZE}
 total_pages_path = "/total_pages"
 "#,
-            db = self.db_url
+            db = self.store_url
         );
         let path = self.dir.join("bench.toml");
         std::fs::write(&path, config).unwrap();
         let lsn = self.wal_lsn().await;
-        let before = self.tuples(TABLE).await;
+        let before = if self.sqlite {
+            (0, 0)
+        } else {
+            self.tuples(TABLE).await
+        };
         let started = Instant::now();
         let path_arg = path.clone();
         let (output, peak_kib) = tokio::task::spawn_blocking(move || run_measured(&path_arg))
             .await
             .unwrap();
         let seconds = started.elapsed().as_secs_f64();
-        let wal_bytes = self.wal_since(&lsn).await;
-        let after = self.tuples(TABLE).await;
+        let (wal_bytes, after) = if self.sqlite {
+            (-1, (-1, -1))
+        } else {
+            (self.wal_since(&lsn).await, self.tuples(TABLE).await)
+        };
+        let written = |after: i64, before: i64| if after < 0 { -1 } else { after - before };
         (
             Figures {
                 seconds,
                 peak_rss_mib: peak_kib as f64 / 1024.0,
-                rows_inserted: after.0 - before.0,
-                rows_updated: after.1 - before.1,
+                rows_inserted: written(after.0, before.0),
+                rows_updated: written(after.1, before.1),
                 wal_bytes,
             },
             output,
@@ -346,20 +374,21 @@ async fn main() {
         let pick = |f: fn(&Figures) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
         let seconds = pick(|f| f.seconds);
         let rss = pick(|f| f.peak_rss_mib);
+        // Negative figures mean "not measured" (SQLite has no such statistics).
+        let or_dash = |value: f64, text: String| if value < 0.0 { "-".to_owned() } else { text };
+        let inserted = pick(|f| f.rows_inserted as f64);
+        let updated = pick(|f| f.rows_updated as f64);
+        let wal = pick(|f| f.wal_bytes as f64);
         println!(
-            "{:<20} {:>9.2} {:>11.0} {:>8.2} {:>9} {:>10.0} {:>10.0} {:>9.1}",
+            "{:<20} {:>9.2} {:>11.0} {:>8.2} {:>9} {:>10} {:>10} {:>9}",
             name,
             seconds,
             n as f64 / seconds,
             seconds / copy_seconds,
-            if rss > 0.0 {
-                format!("{rss:.1}")
-            } else {
-                "-".to_owned()
-            },
-            pick(|f| f.rows_inserted as f64),
-            pick(|f| f.rows_updated as f64),
-            pick(|f| f.wal_bytes as f64) / 1e6,
+            or_dash(if rss > 0.0 { rss } else { -1.0 }, format!("{rss:.1}")),
+            or_dash(inserted, format!("{inserted:.0}")),
+            or_dash(updated, format!("{updated:.0}")),
+            or_dash(wal, format!("{:.1}", wal / 1e6)),
         );
     }
 }

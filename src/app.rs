@@ -67,6 +67,7 @@ impl App {
     /// database URL that cannot be used.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         let store = Store::connect_lazy(&settings.database).context("cannot use database.url")?;
+        tracing::info!(store = %store.describe(), "Using the store.");
         Self::build_with_store(settings, store).await
     }
 

@@ -57,6 +57,18 @@ pub enum Command {
     Migrate,
     /// Ask the running daemon's /healthz (on server.listen) whether it answers; exit 0 if so (for container health checks)
     Health,
+    /// A zero-setup tour: a built-in sample API on loopback synced into a local SQLite file, metrics served
+    Demo {
+        /// Exit after this many runs (default: run until Ctrl-C)
+        #[arg(long)]
+        runs: Option<u64>,
+        /// The SQLite file to sync into
+        #[arg(long, default_value = "apisync-demo.db")]
+        db: PathBuf,
+        /// Time between runs
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
     /// Show recent runs from the audit table
     Runs {
         /// Only this job's runs
@@ -75,6 +87,10 @@ pub async fn run(cli: Cli) -> ExitCode {
     let env: HashMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
+    // The demo brings its own configuration.
+    if let Command::Demo { runs, db, interval } = cli.command {
+        return demo(runs, db, interval).await;
+    }
     let path = config::config_path(cli.config.as_deref(), &env);
     let settings = match config::load(&path, &env) {
         Ok(settings) => settings,
@@ -92,6 +108,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Migrate => migrate(&settings).await,
         Command::Health => health(&settings).await,
         Command::Runs { job, limit, json } => runs(&settings, job.as_deref(), limit, json).await,
+        Command::Demo { .. } => unreachable!("handled before the configuration is loaded"),
     }
 }
 
@@ -118,11 +135,33 @@ fn fail(settings: &Settings, what: &str, error: &dyn std::error::Error) -> ExitC
 async fn open_store(settings: &Settings) -> Result<Store, ExitCode> {
     let store = Store::connect_lazy(&settings.database)
         .map_err(|e| fail(settings, "cannot use database.url", &e))?;
+    tracing::info!(store = %store.describe(), "Using the store.");
     store
         .migrate()
         .await
         .map_err(|e| fail(settings, "cannot prepare the database", &e))?;
     Ok(store)
+}
+
+async fn demo(runs: Option<u64>, db: PathBuf, interval: Duration) -> ExitCode {
+    // Quiet logs: the demo explains each run itself.
+    telemetry::init(&config::LogSettings {
+        level: "warn".to_owned(),
+        format: config::LogFormat::Text,
+    });
+    let shutdown = CancellationToken::new();
+    if let Err(e) = crate::shutdown::listen(shutdown.clone()) {
+        eprintln!("apisync: cannot install the signal handlers: {e}");
+        return ExitCode::from(EXIT_FAILED);
+    }
+    let options = crate::demo::DemoOptions { runs, db, interval };
+    match crate::demo::run(options, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("apisync: {e:#}");
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
 }
 
 async fn daemon(settings: Settings) -> ExitCode {

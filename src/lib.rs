@@ -5,6 +5,7 @@
 //! # Layout
 //!
 //! - `cli`: the command line (`run`, `sync`, `check`, `migrate`, `runs`) and exit codes.
+//! - `demo`: `apisync demo`, a sample API synced into SQLite, explained run by run.
 //! - `app`: the daemon: endpoints, migrations, one scheduled task per job, drain on shutdown.
 //! - `scheduler`: the per-job loop (no overlap, skipped ticks counted); `schedule`: cron + zone.
 //! - `server`: `/metrics`, `/healthz`, `/readyz`; `metrics`: every metric name and event.
@@ -23,6 +24,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod incremental;
 pub mod json_pointer;
 pub mod metrics;

@@ -157,7 +157,8 @@ fn default_shutdown_timeout() -> Duration {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
-    /// `postgres://user:password@host:port/database`. Overridden by
+    /// `postgres://user:password@host:port/database`, or `sqlite://FILE`.
+    /// Default: `sqlite://apisync.db` in the working directory. Overridden by
     /// `DATABASE_URL`, which is overridden by `APISYNC__DATABASE__URL`.
     pub url: Option<SecretString>,
     /// Pool size. Each running job holds at most one connection at a time, and
@@ -182,7 +183,18 @@ impl Default for DatabaseSettings {
     }
 }
 
+/// The store used when no `database.url` is configured: a SQLite file in the
+/// working directory, created on first use.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://apisync.db";
+
 impl DatabaseSettings {
+    /// `url`, or the embedded default.
+    pub fn url(&self) -> SecretString {
+        self.url
+            .clone()
+            .unwrap_or_else(|| SecretString::from(DEFAULT_DATABASE_URL))
+    }
+
     /// The password inside `url`, if any, so that it can be redacted.
     fn password(&self) -> Option<String> {
         use secrecy::ExposeSecret;

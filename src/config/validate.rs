@@ -18,20 +18,23 @@ pub(super) fn validate(settings: &Settings) -> Vec<String> {
     let mut global =
         |key: &str, message: String| problems.push(format!("key \"{key}\": {message}"));
 
-    match &settings.database.url {
-        None => global(
-            "database.url",
-            "not set: set it in the file, or with DATABASE_URL or APISYNC__DATABASE__URL".into(),
-        ),
-        Some(url) => {
-            let url = url.expose_secret();
-            // Never echo the URL: it may hold a password.
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                global(
-                    "database.url",
-                    "must be a postgres:// or postgresql:// URL".into(),
-                );
-            }
+    if let Some(url) = &settings.database.url {
+        let url = url.expose_secret();
+        // Never echo the URL: it may hold a password.
+        let known = ["postgres://", "postgresql://", "sqlite:"];
+        if !known.iter().any(|scheme| url.starts_with(scheme)) {
+            global(
+                "database.url",
+                "must be a postgres://, postgresql:// or sqlite:// URL".into(),
+            );
+        } else if url.starts_with("sqlite:")
+            && (url.contains(":memory:") || url.contains("mode=memory"))
+        {
+            global(
+                "database.url",
+                "an in-memory SQLite database keeps nothing; name a file, as sqlite://apisync.db"
+                    .into(),
+            );
         }
     }
     if settings.database.max_connections == 0 {

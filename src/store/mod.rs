@@ -2,7 +2,7 @@
 //! job's target table, and the page write that keeps both consistent.
 //!
 //! [`Store`] is an enum over the backends so callers never branch on the
-//! database; PostgreSQL is the only one today, SQLite will be the second.
+//! database: PostgreSQL, and SQLite as the embedded default.
 //!
 //! **Boundary:** this module never makes HTTP calls.
 //! **Invariant:** a page's rows, its rejects and its run counts commit in one
@@ -11,6 +11,7 @@
 
 pub mod ident;
 mod postgres;
+mod sqlite;
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use chrono::{DateTime, Utc};
 
 pub use self::ident::Ident;
 pub use self::postgres::{PgJobLock, PgStore, WritePath};
+pub use self::sqlite::{SqliteJobLock, SqliteStore};
 use crate::config::DatabaseSettings;
 use crate::record::{ContentHash, KeyField, Record, Rejected};
 use crate::run::{Counts, RunId, RunStatus};
@@ -171,6 +173,7 @@ pub enum StoreError {
 #[derive(Debug)]
 pub enum JobLock {
     Postgres(PgJobLock),
+    Sqlite(SqliteJobLock),
 }
 
 impl JobLock {
@@ -178,6 +181,8 @@ impl JobLock {
     pub async fn still_held(&mut self) -> Result<(), StoreError> {
         match self {
             JobLock::Postgres(lock) => lock.still_held().await,
+            // A file lock cannot be lost while the file is open.
+            JobLock::Sqlite(_) => Ok(()),
         }
     }
 
@@ -185,14 +190,17 @@ impl JobLock {
     pub async fn release(self) {
         match self {
             JobLock::Postgres(lock) => lock.release().await,
+            JobLock::Sqlite(lock) => drop(lock),
         }
     }
 }
 
-/// The database, whichever it is.
+/// The database, whichever it is: PostgreSQL for production and replicas,
+/// SQLite as the embedded default. Callers never branch on it.
 #[derive(Debug, Clone)]
 pub enum Store {
     Postgres(PgStore),
+    Sqlite(SqliteStore),
 }
 
 impl Store {
@@ -201,13 +209,38 @@ impl Store {
     /// # Errors
     /// When the URL cannot be used.
     pub fn connect_lazy(settings: &DatabaseSettings) -> Result<Self, StoreError> {
-        Ok(Store::Postgres(PgStore::connect_lazy(settings)?))
+        use secrecy::ExposeSecret;
+        let url = settings.url();
+        if url.expose_secret().starts_with("sqlite:") {
+            let store = SqliteStore::connect_lazy(url.expose_secret(), settings.acquire_timeout)?;
+            Ok(Store::Sqlite(store))
+        } else {
+            Ok(Store::Postgres(PgStore::connect_lazy(settings)?))
+        }
+    }
+
+    /// Closes the store's connections (on SQLite this also folds the WAL
+    /// back into the database file).
+    pub async fn close(&self) {
+        match self {
+            Store::Postgres(_) => {}
+            Store::Sqlite(db) => db.close().await,
+        }
+    }
+
+    /// Which store this is, for the log line at start.
+    pub fn describe(&self) -> String {
+        match self {
+            Store::Postgres(_) => "PostgreSQL".to_owned(),
+            Store::Sqlite(db) => format!("SQLite ({})", db.path().display()),
+        }
     }
 
     /// Answers one trivial query: the database is reachable.
     pub async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
         match self {
             Store::Postgres(pg) => pg.ping(timeout).await,
+            Store::Sqlite(db) => db.ping(timeout).await,
         }
     }
 
@@ -216,14 +249,17 @@ impl Store {
     pub async fn readiness(&self, timeout: Duration) -> Result<(), String> {
         match self {
             Store::Postgres(pg) => pg.readiness(timeout).await,
+            Store::Sqlite(db) => db.readiness(timeout).await,
         }
     }
 
     /// Applies the internal schema migrations (idempotent, safe to run from
-    /// several processes at once: sqlx takes an advisory lock).
+    /// several processes at once: sqlx takes an advisory lock on PostgreSQL,
+    /// the SQLite store a file lock).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self {
             Store::Postgres(pg) => pg.migrate().await,
+            Store::Sqlite(db) => db.migrate().await,
         }
     }
 
@@ -233,6 +269,7 @@ impl Store {
     pub async fn prepare_table(&self, table: &TableSpec) -> Result<(), StoreError> {
         match self {
             Store::Postgres(pg) => pg.prepare_table(table).await,
+            Store::Sqlite(db) => db.prepare_table(table).await,
         }
     }
 
@@ -242,6 +279,7 @@ impl Store {
     pub async fn try_lock_job(&self, job: &str) -> Result<Option<JobLock>, StoreError> {
         match self {
             Store::Postgres(pg) => Ok(pg.try_lock_job(job).await?.map(JobLock::Postgres)),
+            Store::Sqlite(db) => Ok(db.try_lock_job(job)?.map(JobLock::Sqlite)),
         }
     }
 
@@ -250,12 +288,14 @@ impl Store {
     pub async fn close_abandoned_runs(&self, job: &str) -> Result<u64, StoreError> {
         match self {
             Store::Postgres(pg) => pg.close_abandoned_runs(job).await,
+            Store::Sqlite(db) => db.close_abandoned_runs(job).await,
         }
     }
 
     pub async fn start_run(&self, job: &str) -> Result<RunId, StoreError> {
         match self {
             Store::Postgres(pg) => pg.start_run(job).await,
+            Store::Sqlite(db) => db.start_run(job).await,
         }
     }
 
@@ -271,6 +311,7 @@ impl Store {
     ) -> Result<PagePlan, StoreError> {
         match self {
             Store::Postgres(pg) => pg.plan_page(table, batch, empty_at_start).await,
+            Store::Sqlite(db) => db.plan_page(table, batch, empty_at_start).await,
         }
     }
 
@@ -278,6 +319,7 @@ impl Store {
     pub async fn table_is_empty(&self, table: &TableSpec) -> Result<bool, StoreError> {
         match self {
             Store::Postgres(pg) => pg.table_is_empty(table).await,
+            Store::Sqlite(db) => db.table_is_empty(table).await,
         }
     }
 
@@ -300,6 +342,10 @@ impl Store {
                 pg.commit_page(job, table, run, batch, plan, counts, watermark)
                     .await
             }
+            Store::Sqlite(db) => {
+                db.commit_page(job, table, run, batch, plan, counts, watermark)
+                    .await
+            }
         }
     }
 
@@ -307,6 +353,7 @@ impl Store {
     pub async fn watermark(&self, job: &str) -> Result<Option<serde_json::Value>, StoreError> {
         match self {
             Store::Postgres(pg) => pg.watermark(job).await,
+            Store::Sqlite(db) => db.watermark(job).await,
         }
     }
 
@@ -321,6 +368,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         match self {
             Store::Postgres(pg) => pg.finish_run(run, status, error, unsaved).await,
+            Store::Sqlite(db) => db.finish_run(run, status, error, unsaved).await,
         }
     }
 
@@ -328,6 +376,7 @@ impl Store {
     pub async fn mark_interrupted(&self, runs: &[RunId], error: &str) -> Result<(), StoreError> {
         match self {
             Store::Postgres(pg) => pg.mark_interrupted(runs, error).await,
+            Store::Sqlite(db) => db.mark_interrupted(runs, error).await,
         }
     }
 
@@ -339,6 +388,7 @@ impl Store {
     ) -> Result<Vec<RunRecord>, StoreError> {
         match self {
             Store::Postgres(pg) => pg.recent_runs(job, limit).await,
+            Store::Sqlite(db) => db.recent_runs(job, limit).await,
         }
     }
 }

@@ -218,3 +218,142 @@ async fn a_missing_configuration_file_is_a_configuration_error() {
         stderr(&output)
     );
 }
+
+#[tokio::test]
+async fn the_demo_runs_twice_and_the_second_run_writes_nothing() {
+    // No database server is involved: the environment is empty and the demo
+    // brings its own API and SQLite file.
+    let dir = scratch("demo");
+    let output = apisync(&dir, &["demo", "--runs", "2", "--interval", "100ms"], &[]).await;
+
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let text = stdout(&output);
+    let second = text.split("run 2:").nth(1).expect("a second run");
+    assert!(second.contains("unchanged 240"), "{text}");
+    assert!(second.contains("rows written: 0"), "{text}");
+    assert!(text.contains("inserted 240"), "{text}");
+    assert!(dir.join("apisync-demo.db").exists());
+}
+
+#[tokio::test]
+async fn with_no_database_configured_sync_uses_a_sqlite_file_in_the_working_directory() {
+    // Arrange: a multi-page API and a configuration without [database].
+    let api = crate::fake_api::FakeApi::start(products(230)).await;
+    let dir = scratch("no-database");
+    let config = format!(
+        "[[jobs]]\nname = \"products\"\nschedule = \"*/15 * * * *\"\ntable = \"products\"\n\
+         key = [\"id\"]\nrecords = \"/data\"\n[jobs.request]\nurl = \"{}\"\n\
+         [jobs.pagination]\nkind = \"page\"\nsize = 50\n",
+        api.url("/page")
+    );
+    std::fs::write(dir.join("apisync.toml"), config).unwrap();
+    let open = async || {
+        sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect(&format!("sqlite://{}", dir.join("apisync.db").display()))
+            .await
+            .expect("the SQLite file exists")
+    };
+    let versions = async |db: &sqlx::SqlitePool| -> Vec<(String, String, i64)> {
+        sqlx::query_as("SELECT id, changed_at, run_id FROM products ORDER BY id")
+            .fetch_all(db)
+            .await
+            .unwrap()
+    };
+
+    // Act + Assert: the first run creates the file and copies everything.
+    let first = apisync(&dir, &["sync", "products"], &[]).await;
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    assert!(
+        stderr(&first).contains(&format!(
+            "store=SQLite ({})",
+            dir.join("apisync.db").display()
+        )),
+        "{}",
+        stderr(&first)
+    );
+    let db = open().await;
+    let stored: std::collections::BTreeMap<String, serde_json::Value> =
+        sqlx::query_as::<_, (String, String)>("SELECT id, record FROM products")
+            .fetch_all(&db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(id, record)| (id, serde_json::from_str(&record).unwrap()))
+            .collect();
+    assert_eq!(stored, crate::helpers::expected_rows(&api.records()));
+
+    // A second run changes no row.
+    let before = versions(&db).await;
+    let second = apisync(&dir, &["sync", "products"], &[]).await;
+    assert!(
+        stdout(&second).contains("inserted=0 updated=0 unchanged=230"),
+        "{}",
+        stdout(&second)
+    );
+    assert_eq!(versions(&db).await, before, "no changed_at or run id moved");
+
+    // K changes update exactly K rows.
+    let mut records = api.records();
+    for i in [0, 99, 229] {
+        records[i]["name"] = serde_json::json!("changed");
+    }
+    api.set_records(records);
+    let third = apisync(&dir, &["sync", "products"], &[]).await;
+    assert!(
+        stdout(&third).contains("inserted=0 updated=3 unchanged=227"),
+        "{}",
+        stdout(&third)
+    );
+    let after = versions(&db).await;
+    let moved = before.iter().zip(&after).filter(|(b, a)| b != a).count();
+    assert_eq!(moved, 3);
+}
+
+#[tokio::test]
+async fn processes_share_one_sqlite_file_safely() {
+    // Arrange: two slow jobs in one SQLite file, a new one.
+    let api = crate::fake_api::FakeApi::start(products(200)).await;
+    api.set_delay(std::time::Duration::from_millis(20));
+    let dir = scratch("sqlite-shared");
+    let job = |name: &str| {
+        format!(
+            "[[jobs]]\nname = \"{name}\"\nschedule = \"*/15 * * * *\"\ntable = \"{name}\"\n\
+             key = [\"id\"]\nrecords = \"/data\"\n[jobs.request]\nurl = \"{}\"\n\
+             [jobs.pagination]\nkind = \"page\"\nsize = 10\n",
+            api.url("/page")
+        )
+    };
+    std::fs::write(dir.join("apisync.toml"), job("alpha") + &job("beta")).unwrap();
+
+    // Act: three processes migrate the new file at once, then two write
+    // their jobs into it at the same time.
+    let (m1, m2, m3) = tokio::join!(
+        apisync(&dir, &["migrate"], &[]),
+        apisync(&dir, &["migrate"], &[]),
+        apisync(&dir, &["migrate"], &[])
+    );
+    let (a, b) = tokio::join!(
+        apisync(&dir, &["sync", "alpha"], &[]),
+        apisync(&dir, &["sync", "beta"], &[])
+    );
+
+    // Assert
+    for output in [&m1, &m2, &m3] {
+        assert_eq!(output.status.code(), Some(0), "{}", stderr(output));
+    }
+    for output in [&a, &b] {
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{}{}",
+            stdout(output),
+            stderr(output)
+        );
+        assert!(
+            stdout(output).contains("inserted=200"),
+            "{}",
+            stdout(output)
+        );
+    }
+}

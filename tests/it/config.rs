@@ -88,6 +88,17 @@ fn environment_overrides_beat_the_file() {
 }
 
 #[test]
+fn without_a_database_url_the_store_is_a_local_sqlite_file() {
+    let text = MINIMAL.replace("[database]\nurl = \"postgres://file@127.0.0.1/file\"\n", "");
+    let settings = config::load_str(&text, Path::new("t.toml"), &env(&[])).unwrap();
+    assert!(settings.database.url.is_none());
+    assert_eq!(
+        settings.database.url().expose_secret(),
+        "sqlite://apisync.db"
+    );
+}
+
+#[test]
 fn query_keys_keep_their_case() {
     let settings = config::load_str(MINIMAL, Path::new("t.toml"), &env(&[])).unwrap();
     let query = &settings.jobs[0].request.query;
@@ -229,9 +240,17 @@ fn invalid_cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             ],
         ),
         (
-            "no database URL",
-            MINIMAL.replace("url = \"postgres://file@127.0.0.1/file\"", ""),
-            vec!["key \"database.url\": not set"],
+            "in-memory SQLite",
+            MINIMAL.replace("postgres://file@127.0.0.1/file", "sqlite::memory:"),
+            vec!["key \"database.url\": an in-memory SQLite database keeps nothing"],
+        ),
+        (
+            "database URL of an unknown kind",
+            MINIMAL.replace(
+                "postgres://file@127.0.0.1/file",
+                "mysql://file@127.0.0.1/file",
+            ),
+            vec!["key \"database.url\": must be a postgres://, postgresql:// or sqlite:// URL"],
         ),
     ]
 }

@@ -1,22 +1,25 @@
 //! Every pagination kind copies a multi-page data set exactly, and broken
 //! pagination ends the run as failed without losing what was committed.
 
-use sqlx::PgPool;
-
-use crate::helpers::{TestEnv, expected_rows, products};
+use crate::helpers::{Backend, TestEnv, expected_rows, products, store_tests};
 
 /// Not a multiple of any page size used below, so every last page is short.
 const N: usize = 2_500;
 
-async fn assert_syncs_exactly(pool: PgPool, job_body: &str) -> u64 {
-    assert_syncs_exactly_with_requests(pool, job_body).await.0
+async fn assert_syncs_exactly(backend: Backend, job_body: &str) -> u64 {
+    assert_syncs_exactly_with_requests(backend, job_body)
+        .await
+        .0
 }
 
 /// Syncs `N` records and checks the table; returns the pages read and the
 /// requests the API saw.
-async fn assert_syncs_exactly_with_requests(pool: PgPool, job_body: &str) -> (u64, Vec<String>) {
+async fn assert_syncs_exactly_with_requests(
+    backend: Backend,
+    job_body: &str,
+) -> (u64, Vec<String>) {
     // Arrange
-    let env = TestEnv::start(pool, products(N)).await;
+    let env = TestEnv::start_on(backend, products(N)).await;
     let job = env.job(job_body);
 
     // Act
@@ -34,151 +37,16 @@ async fn assert_syncs_exactly_with_requests(pool: PgPool, job_body: &str) -> (u6
     (report.counts.pages, env.api.requests())
 }
 
-#[sqlx::test(migrations = false)]
-async fn page_pagination_copies_every_record_once(pool: PgPool) {
-    let pages = assert_syncs_exactly(
-        pool,
-        r#"
-records = "/data"
-[jobs.request]
-url = "{api}/page"
-[jobs.pagination]
-kind = "page"
-size = 99
-"#,
-    )
-    .await;
-    assert_eq!(
-        pages, 27,
-        "26 pages of records, then the empty page that ends it"
-    );
-}
-
-#[sqlx::test(migrations = false)]
-async fn page_pagination_stops_at_total_pages(pool: PgPool) {
-    let (pages, requests) = assert_syncs_exactly_with_requests(
-        pool,
-        r#"
-records = "/data"
-[jobs.request]
-url = "{api}/page"
-query = { status = "all" }
-[jobs.pagination]
-kind = "page"
-size = 99
-total_pages_path = "/total_pages"
-"#,
-    )
-    .await;
-    assert_eq!(pages, 26, "no extra request for an empty page");
-    assert_eq!(
-        requests.first().unwrap(),
-        "/page?status=all&page=1&per_page=99"
-    );
-    assert_eq!(
-        requests.last().unwrap(),
-        "/page?status=all&page=26&per_page=99"
-    );
-}
-
-#[sqlx::test(migrations = false)]
-async fn offset_pagination_copies_every_record_once(pool: PgPool) {
-    let pages = assert_syncs_exactly(
-        pool,
-        r#"
-records = "/items"
-[jobs.request]
-url = "{api}/offset"
-[jobs.pagination]
-kind = "offset"
-limit = 90
-"#,
-    )
-    .await;
-    assert_eq!(pages, 28, "the short 28th page ends it");
-}
-
-#[sqlx::test(migrations = false)]
-async fn cursor_pagination_copies_every_record_once(pool: PgPool) {
-    assert_syncs_exactly(
-        pool,
-        r#"
-records = "/data"
-[jobs.request]
-url = "{api}/cursor"
-[jobs.pagination]
-kind = "cursor"
-"#,
-    )
-    .await;
-}
-
-#[sqlx::test(migrations = false)]
-async fn link_header_pagination_copies_every_record_once(pool: PgPool) {
-    assert_syncs_exactly(
-        pool,
-        r#"
-records = ""
-[jobs.request]
-url = "{api}/link"
-[jobs.pagination]
-kind = "link_header"
-"#,
-    )
-    .await;
-}
-
-#[sqlx::test(migrations = false)]
-async fn next_url_pagination_copies_every_record_once(pool: PgPool) {
-    assert_syncs_exactly(
-        pool,
-        r#"
-records = "/results"
-[jobs.request]
-url = "{api}/next"
-[jobs.pagination]
-kind = "next_url"
-"#,
-    )
-    .await;
-}
-
-#[sqlx::test(migrations = false)]
-async fn no_pagination_copies_the_single_page(pool: PgPool) {
-    let pages = assert_syncs_exactly(
-        pool,
-        r#"
-records = "/data"
-[jobs.request]
-url = "{api}/none"
-"#,
-    )
-    .await;
-    assert_eq!(pages, 1);
-}
-
-#[sqlx::test(migrations = false)]
-async fn a_post_request_sends_its_body_and_headers(pool: PgPool) {
-    let pages = assert_syncs_exactly(
-        pool,
-        r#"
-records = "/data"
-[jobs.request]
-url = "{api}/search"
-method = "POST"
-body = { status = "all" }
-headers = { X-Api-Key = "k-123" }
-"#,
-    )
-    .await;
-    assert_eq!(pages, 1);
-}
-
 /// Runs a job against a broken endpoint and checks the run failed with
 /// `expected` in its error while the rows of earlier pages stayed.
-async fn assert_fails_keeping_rows(pool: PgPool, job_body: &str, expected: &str, rows_kept: usize) {
+async fn assert_fails_keeping_rows(
+    backend: Backend,
+    job_body: &str,
+    expected: &str,
+    rows_kept: usize,
+) {
     // Arrange
-    let env = TestEnv::start(pool, products(100)).await;
+    let env = TestEnv::start_on(backend, products(100)).await;
     let job = env.job(job_body);
 
     // Act
@@ -200,169 +68,293 @@ async fn assert_fails_keeping_rows(pool: PgPool, job_body: &str, expected: &str,
     );
 }
 
-#[sqlx::test(migrations = false)]
-async fn a_repeating_cursor_fails_the_run_and_keeps_committed_rows(pool: PgPool) {
-    assert_fails_keeping_rows(
-        pool,
-        r#"
-records = "/data"
-[jobs.request]
-url = "{api}/loop/cursor"
-[jobs.pagination]
-kind = "cursor"
-"#,
-        "the API sent the address of page 2 again",
-        20,
-    )
-    .await;
-}
+store_tests! {
+    async fn page_pagination_copies_every_record_once(backend: Backend) {
+        let pages = assert_syncs_exactly(
+            backend,
+            r#"
+    records = "/data"
+    [jobs.request]
+    url = "{api}/page"
+    [jobs.pagination]
+    kind = "page"
+    size = 99
+    "#,
+        )
+        .await;
+        assert_eq!(
+            pages, 27,
+            "26 pages of records, then the empty page that ends it"
+        );
+    }
 
-#[sqlx::test(migrations = false)]
-async fn a_repeating_next_url_fails_the_run_and_keeps_committed_rows(pool: PgPool) {
-    assert_fails_keeping_rows(
-        pool,
-        r#"
-records = "/results"
-[jobs.request]
-url = "{api}/loop/next"
-[jobs.pagination]
-kind = "next_url"
-"#,
-        "the API sent the address of page 2 again",
-        20,
-    )
-    .await;
-}
+    async fn page_pagination_stops_at_total_pages(backend: Backend) {
+        let (pages, requests) = assert_syncs_exactly_with_requests(
+            backend,
+            r#"
+    records = "/data"
+    [jobs.request]
+    url = "{api}/page"
+    query = { status = "all" }
+    [jobs.pagination]
+    kind = "page"
+    size = 99
+    total_pages_path = "/total_pages"
+    "#,
+        )
+        .await;
+        assert_eq!(pages, 26, "no extra request for an empty page");
+        assert_eq!(
+            requests.first().unwrap(),
+            "/page?status=all&page=1&per_page=99"
+        );
+        assert_eq!(
+            requests.last().unwrap(),
+            "/page?status=all&page=26&per_page=99"
+        );
+    }
 
-#[sqlx::test(migrations = false)]
-async fn an_api_that_never_stops_fails_at_max_pages(pool: PgPool) {
-    assert_fails_keeping_rows(
-        pool,
-        r#"
-records = "/data"
-max_pages = 5
-[jobs.request]
-url = "{api}/endless"
-[jobs.pagination]
-kind = "page"
-"#,
-        "the API has more than max_pages = 5 pages",
-        50,
-    )
-    .await;
-}
+    async fn offset_pagination_copies_every_record_once(backend: Backend) {
+        let pages = assert_syncs_exactly(
+            backend,
+            r#"
+    records = "/items"
+    [jobs.request]
+    url = "{api}/offset"
+    [jobs.pagination]
+    kind = "offset"
+    limit = 90
+    "#,
+        )
+        .await;
+        assert_eq!(pages, 28, "the short 28th page ends it");
+    }
 
-#[sqlx::test(migrations = false)]
-async fn an_api_that_ignores_the_page_parameter_fails_on_the_repeated_page(pool: PgPool) {
-    assert_fails_keeping_rows(
-        pool,
-        r#"
-records = "/data"
-[jobs.request]
-url = "{api}/same"
-[jobs.pagination]
-kind = "page"
-"#,
-        "page 2 holds exactly the records of page 1",
-        10,
-    )
-    .await;
-}
+    async fn cursor_pagination_copies_every_record_once(backend: Backend) {
+        assert_syncs_exactly(
+            backend,
+            r#"
+    records = "/data"
+    [jobs.request]
+    url = "{api}/cursor"
+    [jobs.pagination]
+    kind = "cursor"
+    "#,
+        )
+        .await;
+    }
 
-#[sqlx::test(migrations = false)]
-async fn a_body_over_max_body_bytes_fails_the_run(pool: PgPool) {
-    assert_fails_keeping_rows(
-        pool,
-        r#"
-records = "/data"
-max_body_bytes = "1KiB"
-[jobs.request]
-url = "{api}/none"
-"#,
-        "the response body is larger than max_body_bytes (1024 bytes)",
-        0,
-    )
-    .await;
-}
+    async fn link_header_pagination_copies_every_record_once(backend: Backend) {
+        assert_syncs_exactly(
+            backend,
+            r#"
+    records = ""
+    [jobs.request]
+    url = "{api}/link"
+    [jobs.pagination]
+    kind = "link_header"
+    "#,
+        )
+        .await;
+    }
 
-#[sqlx::test(migrations = false)]
-async fn a_records_pointer_that_finds_no_array_fails_the_run(pool: PgPool) {
-    assert_fails_keeping_rows(
-        pool,
-        r#"
-records = "/total_pages"
-[jobs.request]
-url = "{api}/page"
-[jobs.pagination]
-kind = "page"
-"#,
-        "records pointer `/total_pages` found a number, expected an array of records",
-        0,
-    )
-    .await;
-}
+    async fn next_url_pagination_copies_every_record_once(backend: Backend) {
+        assert_syncs_exactly(
+            backend,
+            r#"
+    records = "/results"
+    [jobs.request]
+    url = "{api}/next"
+    [jobs.pagination]
+    kind = "next_url"
+    "#,
+        )
+        .await;
+    }
 
-#[sqlx::test(migrations = false)]
-async fn max_body_bytes_counts_the_decompressed_body(pool: PgPool) {
-    // 100 records are about 17 kB of JSON, well under 4 KiB compressed.
-    assert_fails_keeping_rows(
-        pool,
-        r#"
-records = "/data"
-max_body_bytes = "4KiB"
-[jobs.request]
-url = "{api}/gzip"
-"#,
-        "the response body is larger than max_body_bytes (4096 bytes)",
-        0,
-    )
-    .await;
-}
+    async fn no_pagination_copies_the_single_page(backend: Backend) {
+        let pages = assert_syncs_exactly(
+            backend,
+            r#"
+    records = "/data"
+    [jobs.request]
+    url = "{api}/none"
+    "#,
+        )
+        .await;
+        assert_eq!(pages, 1);
+    }
 
-#[sqlx::test(migrations = false)]
-async fn a_gzip_body_under_the_cap_is_read(pool: PgPool) {
-    assert_syncs_exactly(
-        pool,
-        r#"
-records = "/data"
-[jobs.request]
-url = "{api}/gzip"
-"#,
-    )
-    .await;
-}
+    async fn a_post_request_sends_its_body_and_headers(backend: Backend) {
+        let pages = assert_syncs_exactly(
+            backend,
+            r#"
+    records = "/data"
+    [jobs.request]
+    url = "{api}/search"
+    method = "POST"
+    body = { status = "all" }
+    headers = { X-Api-Key = "k-123" }
+    "#,
+        )
+        .await;
+        assert_eq!(pages, 1);
+    }
 
-#[sqlx::test(migrations = false)]
-async fn a_redirect_to_another_origin_is_refused(pool: PgPool) {
-    assert_fails_keeping_rows(
-        pool,
-        r#"
-records = "/data"
-[jobs.request]
-url = "{api}/redirect"
-headers = { X-Api-Key = "k-123" }
-"#,
-        "refused a redirect to http://localhost:",
-        0,
-    )
-    .await;
-}
+    async fn a_repeating_cursor_fails_the_run_and_keeps_committed_rows(backend: Backend) {
+        assert_fails_keeping_rows(
+            backend,
+            r#"
+    records = "/data"
+    [jobs.request]
+    url = "{api}/loop/cursor"
+    [jobs.pagination]
+    kind = "cursor"
+    "#,
+            "the API sent the address of page 2 again",
+            20,
+        )
+        .await;
+    }
 
-#[sqlx::test(migrations = false)]
-async fn offset_pagination_with_a_total_survives_a_capped_page_size(pool: PgPool) {
-    // The API caps `limit` at 100: every page is "short", but the total says
-    // there is more.
-    assert_syncs_exactly(
-        pool,
-        r#"
-records = "/items"
-[jobs.request]
-url = "{api}/offset"
-[jobs.pagination]
-kind = "offset"
-limit = 150
-total_path = "/total"
-"#,
-    )
-    .await;
+    async fn a_repeating_next_url_fails_the_run_and_keeps_committed_rows(backend: Backend) {
+        assert_fails_keeping_rows(
+            backend,
+            r#"
+    records = "/results"
+    [jobs.request]
+    url = "{api}/loop/next"
+    [jobs.pagination]
+    kind = "next_url"
+    "#,
+            "the API sent the address of page 2 again",
+            20,
+        )
+        .await;
+    }
+
+    async fn an_api_that_never_stops_fails_at_max_pages(backend: Backend) {
+        assert_fails_keeping_rows(
+            backend,
+            r#"
+    records = "/data"
+    max_pages = 5
+    [jobs.request]
+    url = "{api}/endless"
+    [jobs.pagination]
+    kind = "page"
+    "#,
+            "the API has more than max_pages = 5 pages",
+            50,
+        )
+        .await;
+    }
+
+    async fn an_api_that_ignores_the_page_parameter_fails_on_the_repeated_page(backend: Backend) {
+        assert_fails_keeping_rows(
+            backend,
+            r#"
+    records = "/data"
+    [jobs.request]
+    url = "{api}/same"
+    [jobs.pagination]
+    kind = "page"
+    "#,
+            "page 2 holds exactly the records of page 1",
+            10,
+        )
+        .await;
+    }
+
+    async fn a_body_over_max_body_bytes_fails_the_run(backend: Backend) {
+        assert_fails_keeping_rows(
+            backend,
+            r#"
+    records = "/data"
+    max_body_bytes = "1KiB"
+    [jobs.request]
+    url = "{api}/none"
+    "#,
+            "the response body is larger than max_body_bytes (1024 bytes)",
+            0,
+        )
+        .await;
+    }
+
+    async fn a_records_pointer_that_finds_no_array_fails_the_run(backend: Backend) {
+        assert_fails_keeping_rows(
+            backend,
+            r#"
+    records = "/total_pages"
+    [jobs.request]
+    url = "{api}/page"
+    [jobs.pagination]
+    kind = "page"
+    "#,
+            "records pointer `/total_pages` found a number, expected an array of records",
+            0,
+        )
+        .await;
+    }
+
+    async fn max_body_bytes_counts_the_decompressed_body(backend: Backend) {
+        // 100 records are about 17 kB of JSON, well under 4 KiB compressed.
+        assert_fails_keeping_rows(
+            backend,
+            r#"
+    records = "/data"
+    max_body_bytes = "4KiB"
+    [jobs.request]
+    url = "{api}/gzip"
+    "#,
+            "the response body is larger than max_body_bytes (4096 bytes)",
+            0,
+        )
+        .await;
+    }
+
+    async fn a_gzip_body_under_the_cap_is_read(backend: Backend) {
+        assert_syncs_exactly(
+            backend,
+            r#"
+    records = "/data"
+    [jobs.request]
+    url = "{api}/gzip"
+    "#,
+        )
+        .await;
+    }
+
+    async fn a_redirect_to_another_origin_is_refused(backend: Backend) {
+        assert_fails_keeping_rows(
+            backend,
+            r#"
+    records = "/data"
+    [jobs.request]
+    url = "{api}/redirect"
+    headers = { X-Api-Key = "k-123" }
+    "#,
+            "refused a redirect to http://localhost:",
+            0,
+        )
+        .await;
+    }
+
+    async fn offset_pagination_with_a_total_survives_a_capped_page_size(backend: Backend) {
+        // The API caps `limit` at 100: every page is "short", but the total says
+        // there is more.
+        assert_syncs_exactly(
+            backend,
+            r#"
+    records = "/items"
+    [jobs.request]
+    url = "{api}/offset"
+    [jobs.pagination]
+    kind = "offset"
+    limit = 150
+    total_path = "/total"
+    "#,
+        )
+        .await;
+    }
 }

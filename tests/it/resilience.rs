@@ -12,9 +12,11 @@ use sqlx::postgres::PgPoolOptions;
 
 use apisync::store::{PgStore, Store};
 
-use crate::binary::{self, database_url, scratch, stderr, stdout};
+use crate::binary::{self, scratch, stderr, stdout};
 use crate::fake_api::faults::Fault;
-use crate::helpers::{TcpToggle, TestEnv, expected_rows, product, products, wait_until};
+use crate::helpers::{
+    Backend, TcpToggle, TestEnv, expected_rows, product, products, store_tests, wait_until,
+};
 
 fn paged_job(size: usize, extra: &str) -> String {
     format!(
@@ -22,96 +24,16 @@ fn paged_job(size: usize, extra: &str) -> String {
     )
 }
 
-#[sqlx::test(migrations = false)]
-async fn a_storm_of_transient_faults_loses_and_doubles_nothing(pool: PgPool) {
-    // Arrange: 5,000 records in 51 requests; 30 % of requests fail with a
-    // seeded mix of 500, 503, 429 + Retry-After, timeouts, truncated bodies
-    // and connection resets.
-    let metrics = apisync::metrics::install();
-    let env = TestEnv::start(pool, products(5_000)).await;
-    env.api.start_storm(0.3, 20261127);
-    let body = paged_job(100, "").replace("[jobs.request]", "[jobs.request]\ntimeout = \"2s\"")
-        + "[jobs.retry]\nmax_attempts = 10\ninitial_backoff = \"10ms\"\nmax_backoff = \"100ms\"\n";
-    let job = env.named_job("storm", &body);
-
-    // Act
-    let report = env.run(&job).await;
-
-    // Assert
-    assert_eq!(report.error, None);
-    assert_eq!(
-        env.rows("products").await,
-        expected_rows(&env.api.records())
-    );
-    assert_eq!(report.counts.inserted, 5_000);
-    let injected = env.api.faults_injected();
-    assert!(
-        injected >= 10,
-        "the storm really happened: {injected} faults"
-    );
-    let scrape = metrics.render();
-    let retries: f64 = scrape
-        .lines()
-        .filter(|l| {
-            l.starts_with("apisync_http_retries_total{") && l.contains("job_name=\"storm\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
-    // At least one retry per fault; a page slowed by the loaded machine
-    // itself may add one.
-    assert!(
-        retries >= injected as f64,
-        "every injected fault was retried and counted: {retries} retries, {injected} faults"
-    );
-}
-
-#[sqlx::test(migrations = false)]
-async fn a_permanently_broken_api_fails_the_run_and_keeps_every_row(pool: PgPool) {
-    // Arrange: a first sync succeeds, then every response is truncated.
-    let env = TestEnv::start(pool, products(120)).await;
-    let dir = scratch("broken");
-    let config =
-        crate::helpers::job_config(&paged_job(50, "").replace("{api}", &env.api.url(""))).replace(
-            "postgres://unused@127.0.0.1/unused",
-            &database_url(&env.pool),
-        ) + "[jobs.retry]\nmax_attempts = 3\ninitial_backoff = \"10ms\"\n";
-    std::fs::write(dir.join("apisync.toml"), config).unwrap();
-    let good = binary::run(&dir, &["sync", "products"], &[]).await;
-    assert_eq!(good.status.code(), Some(0), "{}", stderr(&good));
-    let versions = env.row_versions("products").await;
-    env.api.set_fault(Some(Fault::Truncated));
-
-    // Act
-    let broken = binary::run(&dir, &["sync", "products"], &[]).await;
-
-    // Assert
-    assert_eq!(broken.status.code(), Some(1), "{}", stderr(&broken));
-    let line = stdout(&broken);
-    assert!(
-        line.starts_with("products failed")
-            && line.contains("page 1 (")
-            && line.contains(
-                "fetching failed after 3 attempt(s): the response body is not valid JSON"
-            ),
-        "{line}"
-    );
-    assert_eq!(
-        env.row_versions("products").await,
-        versions,
-        "committed rows untouched"
-    );
-}
-
 /// Runs a good sync, then one against `fault`; checks the failure names
 /// `expected` and the committed rows are untouched.
 async fn assert_bad_input_fails_cleanly(
-    pool: PgPool,
+    backend: Backend,
     fault: Fault,
     job_body: &str,
     expected: &str,
 ) {
     // Arrange
-    let env = TestEnv::start(pool, products(60)).await;
+    let env = TestEnv::start_on(backend, products(60)).await;
     let job = env.job(
         &(job_body.to_owned() + "[jobs.retry]\nmax_attempts = 2\ninitial_backoff = \"10ms\"\n"),
     );
@@ -135,191 +57,6 @@ async fn assert_bad_input_fails_cleanly(
     );
 }
 
-#[sqlx::test(migrations = false)]
-async fn malformed_json_fails_the_run_cleanly(pool: PgPool) {
-    assert_bad_input_fails_cleanly(
-        pool,
-        Fault::Malformed,
-        &paged_job(25, ""),
-        "the response body is not valid JSON (body: {\"data\": [{\"id\": 1}, {\"id\":): EOF while parsing",
-    )
-    .await;
-}
-
-#[sqlx::test(migrations = false)]
-async fn non_utf8_bytes_fail_the_run_cleanly(pool: PgPool) {
-    assert_bad_input_fails_cleanly(
-        pool,
-        Fault::NonUtf8,
-        &paged_job(25, ""),
-        "the response body is not valid JSON",
-    )
-    .await;
-}
-
-#[sqlx::test(migrations = false)]
-async fn an_html_page_with_status_200_fails_the_run_cleanly(pool: PgPool) {
-    assert_bad_input_fails_cleanly(
-        pool,
-        Fault::Html,
-        &paged_job(25, ""),
-        "the response body is not valid JSON (body: <!DOCTYPE html><html><body><h1>Service temporarily unavailable",
-    )
-    .await;
-}
-
-#[sqlx::test(migrations = false)]
-async fn json_nested_thousands_deep_fails_the_run_cleanly(pool: PgPool) {
-    assert_bad_input_fails_cleanly(
-        pool,
-        Fault::Deep,
-        &paged_job(25, ""),
-        "recursion limit exceeded",
-    )
-    .await;
-}
-
-#[sqlx::test(migrations = false)]
-async fn a_garbage_link_header_fails_the_run_cleanly(pool: PgPool) {
-    assert_bad_input_fails_cleanly(
-        pool,
-        Fault::GarbageLink,
-        "records = \"\"\n[jobs.request]\nurl = \"{api}/link\"\n[jobs.pagination]\nkind = \"link_header\"\n",
-        "cannot parse the Link header: expected `<` at `garbage; rel=next <https://`",
-    )
-    .await;
-}
-
-#[sqlx::test(migrations = false)]
-async fn a_single_enormous_record_is_stored_whole(pool: PgPool) {
-    // Arrange: one 8 MB record among ordinary ones.
-    let mut records = products(10);
-    records[4]["blob"] = json!("x".repeat(8 * 1024 * 1024));
-    let env = TestEnv::start(pool, records.clone()).await;
-    let job = env.job(&paged_job(4, ""));
-
-    // Act
-    let report = env.run(&job).await;
-
-    // Assert
-    assert_eq!(report.error, None);
-    assert_eq!(env.rows("products").await, expected_rows(&records));
-}
-
-#[sqlx::test(migrations = false)]
-async fn an_enormous_record_over_max_body_bytes_fails_the_run_cleanly(pool: PgPool) {
-    // Arrange
-    let env = TestEnv::start(pool, products(10)).await;
-    let job = env.job(&paged_job(4, "max_body_bytes = \"1MiB\""));
-    assert_eq!(env.run(&job).await.error, None);
-    let versions = env.row_versions("products").await;
-    let mut records = products(10);
-    records[4]["blob"] = json!("x".repeat(2 * 1024 * 1024));
-    env.api.set_records(records);
-
-    // Act
-    let report = env.run(&job).await;
-
-    // Assert
-    let error = report.error.expect("the enormous page fails the run");
-    assert!(error.contains("page 2 ("), "{error}");
-    assert!(
-        error.contains("larger than max_body_bytes (1048576 bytes)"),
-        "{error}"
-    );
-    assert_eq!(env.row_versions("products").await, versions);
-}
-
-#[sqlx::test(migrations = false)]
-async fn retry_after_is_honoured(pool: PgPool) {
-    // Arrange: the first answer is a 429 asking for 2 s.
-    let env = TestEnv::start(pool, products(10)).await;
-    env.api.queue_faults([Fault::TooManyRequests {
-        retry_after_secs: 2,
-    }]);
-    let job = env.job("records = \"/data\"\n[jobs.request]\nurl = \"{api}/none\"\n");
-
-    // Act
-    let report = env.run(&job).await;
-
-    // Assert: the retry came no sooner than asked (a lower bound on
-    // behaviour, not a speed measurement).
-    assert_eq!(report.error, None);
-    let arrivals = env.api.arrivals();
-    assert_eq!(arrivals.len(), 2);
-    let waited = arrivals[1].0 - arrivals[0].0;
-    assert!(waited >= Duration::from_secs(2), "retried after {waited:?}");
-}
-
-#[sqlx::test(migrations = false)]
-async fn a_retry_after_over_the_ceiling_fails_instead_of_retrying_early(pool: PgPool) {
-    let env = TestEnv::start(pool, products(10)).await;
-    env.api.set_fault(Some(Fault::TooManyRequests {
-        retry_after_secs: 3600,
-    }));
-    let job = env.job(
-        "records = \"/data\"\n[jobs.request]\nurl = \"{api}/none\"\n[jobs.retry]\nmax_retry_after = \"1m\"\n",
-    );
-
-    let report = env.run(&job).await;
-
-    let error = report.error.expect("the run fails");
-    assert!(
-        error.contains("fetching failed after 1 attempt(s) (the API asked to wait 1h, more than retry.max_retry_after = 1m)"),
-        "{error}"
-    );
-    assert_eq!(env.api.arrivals().len(), 1, "no early retry");
-}
-
-#[sqlx::test(migrations = false)]
-async fn a_spent_quota_pauses_until_its_reset(pool: PgPool) {
-    // Arrange: the first page says the quota is spent for 2 s.
-    let env = TestEnv::start(pool, products(30)).await;
-    env.api.queue_faults([Fault::QuotaSpent { reset_secs: 2 }]);
-    let job = env.job(&paged_job(20, ""));
-
-    // Act
-    let report = env.run(&job).await;
-
-    // Assert: the second request waited for the reset; no 429 was needed.
-    assert_eq!(report.error, None);
-    let arrivals = env.api.arrivals();
-    assert!(arrivals.len() >= 2);
-    let waited = arrivals[1].0 - arrivals[0].0;
-    assert!(
-        waited >= Duration::from_secs(2),
-        "next request after {waited:?}"
-    );
-}
-
-#[sqlx::test(migrations = false)]
-async fn a_rate_limit_is_never_exceeded(pool: PgPool) {
-    // Arrange: 21 requests at 5 per second.
-    let env = TestEnv::start(pool, products(200)).await;
-    let job = env.job(&paged_job(10, "rate_limit = \"5/s\""));
-
-    // Act
-    let report = env.run(&job).await;
-
-    // Assert: any 6 consecutive requests span at least a second, so no
-    // one-second window holds more than 5, and 21 requests take 4 s. Arrival
-    // times carry the loopback's own jitter (the first request also opens
-    // the connection), hence 100 ms of slack.
-    assert_eq!(report.error, None);
-    let arrivals: Vec<Instant> = env.api.arrivals().into_iter().map(|(t, _)| t).collect();
-    assert_eq!(arrivals.len(), 21);
-    let slack = Duration::from_millis(100);
-    for (i, window) in arrivals.windows(6).enumerate() {
-        let span = window[5] - window[0];
-        assert!(
-            span + slack >= Duration::from_secs(1),
-            "requests {i}..={} within {span:?}",
-            i + 5
-        );
-    }
-    assert!(arrivals[20] - arrivals[0] + slack >= Duration::from_secs(4));
-}
-
 /// Products with an `updated_at` one minute apart, from 2026-01-01T00:00:00Z.
 fn timed_products(n: usize) -> Vec<Value> {
     (1..=n)
@@ -339,118 +76,7 @@ fn timestamp(seconds: i64) -> String {
 }
 
 async fn stored_watermark(env: &TestEnv) -> Option<Value> {
-    sqlx::query_scalar("SELECT state->'watermark' FROM apisync.job_state WHERE job = 'products'")
-        .fetch_optional(&env.pool)
-        .await
-        .unwrap()
-}
-
-#[sqlx::test(migrations = false)]
-async fn an_incremental_run_fetches_and_writes_only_what_changed(pool: PgPool) {
-    // Arrange: a first run reads everything and sets the watermark.
-    let n = 500;
-    let env = TestEnv::start(pool, timed_products(n)).await;
-    let incremental = |lookback: &str| {
-        env.job(
-            &paged_job(
-                50,
-                "[jobs.incremental]\nfield = \"updated_at\"\nparam = \"updated_since\"\n",
-            )
-            .replace(
-                "param = \"updated_since\"\n",
-                &format!("param = \"updated_since\"\nlookback = \"{lookback}\"\n"),
-            ),
-        )
-    };
-    let job = incremental("0s");
-    let first = env.run(&job).await;
-    assert_eq!(first.counts.inserted, n as u64);
-    assert_eq!(
-        stored_watermark(&env).await,
-        Some(json!(timestamp(n as i64 * 60)))
-    );
-    let requests_before = env.api.requests().len();
-
-    // K records change, later than anything before.
-    let changed = [3, 77, 150, 151, 499];
-    let mut records = env.api.records();
-    for (i, id) in changed.iter().enumerate() {
-        records[id - 1]["price"]["amount"] = json!(123_456);
-        records[id - 1]["updated_at"] = json!(timestamp(n as i64 * 60 + 3600 + i as i64));
-    }
-    env.api.set_records(records.clone());
-    let before = env.row_versions("products").await;
-
-    // Act
-    let second = env.run(&job).await;
-
-    // Assert: it asked from the watermark, received the K changes (plus the
-    // record at the watermark itself), and wrote exactly K rows.
-    assert_eq!(second.error, None);
-    let asked = &env.api.requests()[requests_before];
-    assert!(
-        asked.contains(&format!(
-            "updated_since={}",
-            timestamp(n as i64 * 60).replace(':', "%3A")
-        )),
-        "{asked}"
-    );
-    assert_eq!(second.counts.fetched, changed.len() as u64 + 1);
-    assert_eq!(
-        (second.counts.updated, second.counts.inserted),
-        (changed.len() as u64, 0)
-    );
-    assert_eq!(env.rows("products").await, expected_rows(&records));
-    let after = env.row_versions("products").await;
-    let moved = after
-        .iter()
-        .filter(|(id, v)| before.get(*id) != Some(v))
-        .count();
-    assert_eq!(moved, changed.len());
-    let highest = timestamp(n as i64 * 60 + 3600 + changed.len() as i64 - 1);
-    assert_eq!(stored_watermark(&env).await, Some(json!(highest)));
-
-    // A lookback window re-reads the recent changes without writing.
-    let versions = env.row_versions("products").await;
-    let looking_back = env.run(&incremental("2h")).await;
-    assert_eq!(looking_back.error, None);
-    assert!(looking_back.counts.fetched >= changed.len() as u64);
-    assert_eq!(looking_back.counts.unchanged, looking_back.counts.fetched);
-    assert_eq!(
-        env.row_versions("products").await,
-        versions,
-        "re-reading costs no write"
-    );
-}
-
-#[sqlx::test(migrations = false)]
-async fn an_interrupted_incremental_run_does_not_move_the_watermark(pool: PgPool) {
-    // Arrange: a first run sets the watermark; then the API breaks on page 3.
-    let env = TestEnv::start(pool, timed_products(100)).await;
-    let job = env.job(&paged_job(
-        10,
-        "[jobs.incremental]\nfield = \"updated_at\"\nparam = \"updated_since\"\n",
-    ));
-    env.run(&job).await;
-    let watermark = stored_watermark(&env).await;
-    let mut records = env.api.records();
-    for record in &mut records {
-        record["updated_at"] = json!(timestamp(100_000));
-    }
-    env.api.set_records(records);
-    // Two good pages (a zero delay is no fault), then a permanent error.
-    env.api
-        .queue_faults([Fault::Slow(Duration::ZERO), Fault::Slow(Duration::ZERO)]);
-    env.api.set_fault(Some(Fault::Status(404)));
-
-    // Act
-    let report = env.run(&job).await;
-
-    // Assert: the pages read were written, but the watermark stays, so the
-    // next run asks for everything since the old one again.
-    assert!(report.error.is_some());
-    assert_eq!(report.counts.updated, 20);
-    assert_eq!(stored_watermark(&env).await, watermark);
+    env.ctx.store.watermark("products").await.unwrap()
 }
 
 #[sqlx::test(migrations = false)]
@@ -511,142 +137,8 @@ async fn losing_the_database_mid_run_fails_cleanly_and_the_next_run_converges(po
 }
 
 fn process_config(env: &TestEnv, size: usize) -> String {
-    crate::helpers::job_config(&paged_job(size, "").replace("{api}", &env.api.url(""))).replace(
-        "postgres://unused@127.0.0.1/unused",
-        &database_url(&env.pool),
-    )
-}
-
-#[sqlx::test(migrations = false)]
-async fn two_processes_never_run_one_job_at_once(pool: PgPool) {
-    // Arrange: a run takes about 2 s.
-    let env = TestEnv::start(pool, products(200)).await;
-    env.api.set_delay(Duration::from_millis(100));
-    let dir = scratch("two");
-    std::fs::write(dir.join("apisync.toml"), process_config(&env, 10)).unwrap();
-
-    // Act: both start together.
-    let (a, b) = tokio::join!(
-        binary::run(&dir, &["sync", "products"], &[]),
-        binary::run(&dir, &["sync", "products"], &[])
-    );
-
-    // Assert: both exit 0; one ran, the other said it skipped; runs never
-    // overlap; the data is exact.
-    assert_eq!(
-        (a.status.code(), b.status.code()),
-        (Some(0), Some(0)),
-        "{}{}",
-        stderr(&a),
-        stderr(&b)
-    );
-    let outputs = format!("{}{}", stdout(&a), stdout(&b));
-    assert!(
-        outputs.contains("products skipped: another process is running this job"),
-        "{outputs}"
-    );
-    // The API saw one walk through the pages at a time: page numbers only
-    // ever go up by one, or start again at 1.
-    let pages: Vec<usize> = env
-        .api
-        .requests()
-        .iter()
-        .filter_map(|r| r.split("page=").nth(1)?.split('&').next()?.parse().ok())
-        .collect();
-    for pair in pages.windows(2) {
-        assert!(
-            pair[1] == pair[0] + 1 || pair[1] == 1,
-            "interleaved walks: {pages:?}"
-        );
-    }
-    assert_eq!(
-        env.rows("products").await,
-        expected_rows(&env.api.records())
-    );
-}
-
-#[sqlx::test(migrations = false)]
-async fn kill_9_at_random_moments_never_loses_or_doubles_a_record(pool: PgPool) {
-    // Arrange: an incremental job, runs of about 1.5 s (40 pages), and a
-    // source that keeps changing between kills.
-    let env = TestEnv::start(pool, timed_products(1_000)).await;
-    env.api.set_delay(Duration::from_millis(30));
-    let dir = scratch("kill9");
-    let config = process_config(&env, 25)
-        + "[jobs.incremental]\nfield = \"updated_at\"\nparam = \"updated_since\"\nlookback = \"0s\"\n";
-    std::fs::write(dir.join("apisync.toml"), config).unwrap();
-    let mut rng = fastrand::Rng::with_seed(9);
-    let mut next_id = 1_001;
-    let mut clock = 10_000_000;
-
-    // Act: 20 runs, each killed with SIGKILL after a random time.
-    for _ in 0..20 {
-        let mut child = binary::spawn(&dir, &["sync", "products"], &[]);
-        tokio::time::sleep(Duration::from_millis(rng.u64(100..1_600))).await;
-        binary::signal(&child, libc::SIGKILL);
-        child.wait().unwrap();
-        // The source moves on: some records change, some are new.
-        let mut records = env.api.records();
-        for _ in 0..5 {
-            let i = rng.usize(..records.len());
-            clock += 1;
-            records[i]["price"]["amount"] = json!(clock);
-            records[i]["updated_at"] = json!(timestamp(clock as i64));
-        }
-        for _ in 0..3 {
-            clock += 1;
-            let mut record = product(next_id);
-            record["updated_at"] = json!(timestamp(clock as i64));
-            records.push(record);
-            next_id += 1;
-        }
-        env.api.set_records(records);
-    }
-    env.api.set_delay(Duration::ZERO);
-    // A killed process's session may hold the job's lock for a moment more.
-    let mut last = binary::run(&dir, &["sync", "products"], &[]).await;
-    for _ in 0..50 {
-        if !stdout(&last).contains("skipped") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        last = binary::run(&dir, &["sync", "products"], &[]).await;
-    }
-
-    // Assert
-    assert_eq!(last.status.code(), Some(0), "{}", stderr(&last));
-    assert!(
-        stdout(&last).starts_with("products succeeded"),
-        "{}",
-        stdout(&last)
-    );
-    let stored = env.rows("products").await;
-    assert_eq!(stored, expected_rows(&env.api.records()));
-    let (rows, keys): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT id) FROM products")
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
-    assert_eq!(rows, keys, "no duplicate");
-    let statuses: BTreeMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
-        "SELECT status, count(*) FROM apisync.runs GROUP BY status",
-    )
-    .fetch_all(&env.pool)
-    .await
-    .unwrap()
-    .into_iter()
-    .collect();
-    assert_eq!(statuses.get("running"), None, "{statuses:?}");
-    let killed_mid_run: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM apisync.runs WHERE status = 'failed' AND pages > 0",
-    )
-    .fetch_one(&env.pool)
-    .await
-    .unwrap();
-    assert!(
-        killed_mid_run >= 5,
-        "kills landed mid-run: {statuses:?}, {killed_mid_run} with pages"
-    );
+    crate::helpers::job_config(&paged_job(size, "").replace("{api}", &env.api.url("")))
+        .replace("postgres://unused@127.0.0.1/unused", &env.database_url)
 }
 
 #[sqlx::test(migrations = false)]
@@ -702,29 +194,509 @@ async fn a_run_that_loses_its_lock_stops_writing(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrations = false)]
-async fn the_retry_budget_ends_retries_of_a_request(pool: PgPool) {
-    let env = TestEnv::start(pool, products(10)).await;
-    env.api.set_fault(Some(Fault::Status(503)));
-    let job = env.job(
-        "records = \"/data\"\n[jobs.request]\nurl = \"{api}/none\"\n[jobs.retry]\nmax_attempts = 1000\n\
-         initial_backoff = \"100ms\"\nmax_backoff = \"100ms\"\nmax_elapsed = \"1s\"\n",
-    );
+store_tests! {
+    async fn a_storm_of_transient_faults_loses_and_doubles_nothing(backend: Backend) {
+        // Arrange: 5,000 records in 51 requests; 30 % of requests fail with a
+        // seeded mix of 500, 503, 429 + Retry-After, timeouts, truncated bodies
+        // and connection resets.
+        let metrics = apisync::metrics::install();
+        let env = TestEnv::start_on(backend, products(5_000)).await;
+        env.api.start_storm(0.3, 20261127);
+        let body = paged_job(100, "").replace("[jobs.request]", "[jobs.request]\ntimeout = \"2s\"")
+            + "[jobs.retry]\nmax_attempts = 10\ninitial_backoff = \"10ms\"\nmax_backoff = \"100ms\"\n";
+        let job = env.named_job(&format!("storm_{}", env.store_name), &body);
 
-    let report = env.run(&job).await;
+        // Act
+        let report = env.run(&job).await;
 
-    let error = report.error.expect("the run fails");
-    assert!(
-        error.contains("(the retry budget retry.max_elapsed = 1s is spent)"),
-        "{error}"
-    );
-    assert!(
-        error.contains("the API answered 503 Service Unavailable"),
-        "{error}"
-    );
-    let attempts = env.api.arrivals().len();
-    assert!(
-        attempts < 1000,
-        "stopped by the budget, not by max_attempts: {attempts}"
-    );
+        // Assert
+        assert_eq!(report.error, None);
+        assert_eq!(
+            env.rows("products").await,
+            expected_rows(&env.api.records())
+        );
+        assert_eq!(report.counts.inserted, 5_000);
+        let injected = env.api.faults_injected();
+        assert!(
+            injected >= 10,
+            "the storm really happened: {injected} faults"
+        );
+        let scrape = metrics.render();
+        let retries: f64 = scrape
+            .lines()
+            .filter(|l| {
+                l.starts_with("apisync_http_retries_total{") && l.contains(&format!("job_name=\"storm_{}\"", env.store_name))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        // At least one retry per fault; a page slowed by the loaded machine
+        // itself may add one.
+        assert!(
+            retries >= injected as f64,
+            "every injected fault was retried and counted: {retries} retries, {injected} faults"
+        );
+    }
+
+    async fn a_permanently_broken_api_fails_the_run_and_keeps_every_row(backend: Backend) {
+        // Arrange: a first sync succeeds, then every response is truncated.
+        let env = TestEnv::start_on(backend, products(120)).await;
+        let dir = scratch(&format!("broken-{}", env.store_name));
+        let config =
+            crate::helpers::job_config(&paged_job(50, "").replace("{api}", &env.api.url(""))).replace(
+                "postgres://unused@127.0.0.1/unused",
+                &env.database_url,
+            ) + "[jobs.retry]\nmax_attempts = 3\ninitial_backoff = \"10ms\"\n";
+        std::fs::write(dir.join("apisync.toml"), config).unwrap();
+        let good = binary::run(&dir, &["sync", "products"], &[]).await;
+        assert_eq!(good.status.code(), Some(0), "{}", stderr(&good));
+        let versions = env.row_versions("products").await;
+        env.api.set_fault(Some(Fault::Truncated));
+
+        // Act
+        let broken = binary::run(&dir, &["sync", "products"], &[]).await;
+
+        // Assert
+        assert_eq!(broken.status.code(), Some(1), "{}", stderr(&broken));
+        let line = stdout(&broken);
+        assert!(
+            line.starts_with("products failed")
+                && line.contains("page 1 (")
+                && line.contains(
+                    "fetching failed after 3 attempt(s): the response body is not valid JSON"
+                ),
+            "{line}"
+        );
+        assert_eq!(
+            env.row_versions("products").await,
+            versions,
+            "committed rows untouched"
+        );
+    }
+
+    async fn malformed_json_fails_the_run_cleanly(backend: Backend) {
+        assert_bad_input_fails_cleanly(
+            backend,
+            Fault::Malformed,
+            &paged_job(25, ""),
+            "the response body is not valid JSON (body: {\"data\": [{\"id\": 1}, {\"id\":): EOF while parsing",
+        )
+        .await;
+    }
+
+    async fn non_utf8_bytes_fail_the_run_cleanly(backend: Backend) {
+        assert_bad_input_fails_cleanly(
+            backend,
+            Fault::NonUtf8,
+            &paged_job(25, ""),
+            "the response body is not valid JSON",
+        )
+        .await;
+    }
+
+    async fn an_html_page_with_status_200_fails_the_run_cleanly(backend: Backend) {
+        assert_bad_input_fails_cleanly(
+            backend,
+            Fault::Html,
+            &paged_job(25, ""),
+            "the response body is not valid JSON (body: <!DOCTYPE html><html><body><h1>Service temporarily unavailable",
+        )
+        .await;
+    }
+
+    async fn json_nested_thousands_deep_fails_the_run_cleanly(backend: Backend) {
+        assert_bad_input_fails_cleanly(
+            backend,
+            Fault::Deep,
+            &paged_job(25, ""),
+            "recursion limit exceeded",
+        )
+        .await;
+    }
+
+    async fn a_garbage_link_header_fails_the_run_cleanly(backend: Backend) {
+        assert_bad_input_fails_cleanly(
+            backend,
+            Fault::GarbageLink,
+            "records = \"\"\n[jobs.request]\nurl = \"{api}/link\"\n[jobs.pagination]\nkind = \"link_header\"\n",
+            "cannot parse the Link header: expected `<` at `garbage; rel=next <https://`",
+        )
+        .await;
+    }
+
+    async fn a_single_enormous_record_is_stored_whole(backend: Backend) {
+        // Arrange: one 8 MB record among ordinary ones.
+        let mut records = products(10);
+        records[4]["blob"] = json!("x".repeat(8 * 1024 * 1024));
+        let env = TestEnv::start_on(backend, records.clone()).await;
+        let job = env.job(&paged_job(4, ""));
+
+        // Act
+        let report = env.run(&job).await;
+
+        // Assert
+        assert_eq!(report.error, None);
+        assert_eq!(env.rows("products").await, expected_rows(&records));
+    }
+
+    async fn an_enormous_record_over_max_body_bytes_fails_the_run_cleanly(backend: Backend) {
+        // Arrange
+        let env = TestEnv::start_on(backend, products(10)).await;
+        let job = env.job(&paged_job(4, "max_body_bytes = \"1MiB\""));
+        assert_eq!(env.run(&job).await.error, None);
+        let versions = env.row_versions("products").await;
+        let mut records = products(10);
+        records[4]["blob"] = json!("x".repeat(2 * 1024 * 1024));
+        env.api.set_records(records);
+
+        // Act
+        let report = env.run(&job).await;
+
+        // Assert
+        let error = report.error.expect("the enormous page fails the run");
+        assert!(error.contains("page 2 ("), "{error}");
+        assert!(
+            error.contains("larger than max_body_bytes (1048576 bytes)"),
+            "{error}"
+        );
+        assert_eq!(env.row_versions("products").await, versions);
+    }
+
+    async fn retry_after_is_honoured(backend: Backend) {
+        // Arrange: the first answer is a 429 asking for 2 s.
+        let env = TestEnv::start_on(backend, products(10)).await;
+        env.api.queue_faults([Fault::TooManyRequests {
+            retry_after_secs: 2,
+        }]);
+        let job = env.job("records = \"/data\"\n[jobs.request]\nurl = \"{api}/none\"\n");
+
+        // Act
+        let report = env.run(&job).await;
+
+        // Assert: the retry came no sooner than asked (a lower bound on
+        // behaviour, not a speed measurement).
+        assert_eq!(report.error, None);
+        let arrivals = env.api.arrivals();
+        assert_eq!(arrivals.len(), 2);
+        let waited = arrivals[1].0 - arrivals[0].0;
+        assert!(waited >= Duration::from_secs(2), "retried after {waited:?}");
+    }
+
+    async fn a_retry_after_over_the_ceiling_fails_instead_of_retrying_early(backend: Backend) {
+        let env = TestEnv::start_on(backend, products(10)).await;
+        env.api.set_fault(Some(Fault::TooManyRequests {
+            retry_after_secs: 3600,
+        }));
+        let job = env.job(
+            "records = \"/data\"\n[jobs.request]\nurl = \"{api}/none\"\n[jobs.retry]\nmax_retry_after = \"1m\"\n",
+        );
+
+        let report = env.run(&job).await;
+
+        let error = report.error.expect("the run fails");
+        assert!(
+            error.contains("fetching failed after 1 attempt(s) (the API asked to wait 1h, more than retry.max_retry_after = 1m)"),
+            "{error}"
+        );
+        assert_eq!(env.api.arrivals().len(), 1, "no early retry");
+    }
+
+    async fn a_spent_quota_pauses_until_its_reset(backend: Backend) {
+        // Arrange: the first page says the quota is spent for 2 s.
+        let env = TestEnv::start_on(backend, products(30)).await;
+        env.api.queue_faults([Fault::QuotaSpent { reset_secs: 2 }]);
+        let job = env.job(&paged_job(20, ""));
+
+        // Act
+        let report = env.run(&job).await;
+
+        // Assert: the second request waited for the reset; no 429 was needed.
+        assert_eq!(report.error, None);
+        let arrivals = env.api.arrivals();
+        assert!(arrivals.len() >= 2);
+        let waited = arrivals[1].0 - arrivals[0].0;
+        assert!(
+            waited >= Duration::from_secs(2),
+            "next request after {waited:?}"
+        );
+    }
+
+    async fn a_rate_limit_is_never_exceeded(backend: Backend) {
+        // Arrange: 21 requests at 5 per second.
+        let env = TestEnv::start_on(backend, products(200)).await;
+        let job = env.job(&paged_job(10, "rate_limit = \"5/s\""));
+
+        // Act
+        let report = env.run(&job).await;
+
+        // Assert: any 6 consecutive requests span at least a second, so no
+        // one-second window holds more than 5, and 21 requests take 4 s. Arrival
+        // times carry the loopback's own jitter (the first request also opens
+        // the connection), hence 100 ms of slack.
+        assert_eq!(report.error, None);
+        let arrivals: Vec<Instant> = env.api.arrivals().into_iter().map(|(t, _)| t).collect();
+        assert_eq!(arrivals.len(), 21);
+        let slack = Duration::from_millis(100);
+        for (i, window) in arrivals.windows(6).enumerate() {
+            let span = window[5] - window[0];
+            assert!(
+                span + slack >= Duration::from_secs(1),
+                "requests {i}..={} within {span:?}",
+                i + 5
+            );
+        }
+        assert!(arrivals[20] - arrivals[0] + slack >= Duration::from_secs(4));
+    }
+
+    async fn an_incremental_run_fetches_and_writes_only_what_changed(backend: Backend) {
+        // Arrange: a first run reads everything and sets the watermark.
+        let n = 500;
+        let env = TestEnv::start_on(backend, timed_products(n)).await;
+        let incremental = |lookback: &str| {
+            env.job(
+                &paged_job(
+                    50,
+                    "[jobs.incremental]\nfield = \"updated_at\"\nparam = \"updated_since\"\n",
+                )
+                .replace(
+                    "param = \"updated_since\"\n",
+                    &format!("param = \"updated_since\"\nlookback = \"{lookback}\"\n"),
+                ),
+            )
+        };
+        let job = incremental("0s");
+        let first = env.run(&job).await;
+        assert_eq!(first.counts.inserted, n as u64);
+        assert_eq!(
+            stored_watermark(&env).await,
+            Some(json!(timestamp(n as i64 * 60)))
+        );
+        let requests_before = env.api.requests().len();
+
+        // K records change, later than anything before.
+        let changed = [3, 77, 150, 151, 499];
+        let mut records = env.api.records();
+        for (i, id) in changed.iter().enumerate() {
+            records[id - 1]["price"]["amount"] = json!(123_456);
+            records[id - 1]["updated_at"] = json!(timestamp(n as i64 * 60 + 3600 + i as i64));
+        }
+        env.api.set_records(records.clone());
+        let before = env.row_versions("products").await;
+
+        // Act
+        let second = env.run(&job).await;
+
+        // Assert: it asked from the watermark, received the K changes (plus the
+        // record at the watermark itself), and wrote exactly K rows.
+        assert_eq!(second.error, None);
+        let asked = &env.api.requests()[requests_before];
+        assert!(
+            asked.contains(&format!(
+                "updated_since={}",
+                timestamp(n as i64 * 60).replace(':', "%3A")
+            )),
+            "{asked}"
+        );
+        assert_eq!(second.counts.fetched, changed.len() as u64 + 1);
+        assert_eq!(
+            (second.counts.updated, second.counts.inserted),
+            (changed.len() as u64, 0)
+        );
+        assert_eq!(env.rows("products").await, expected_rows(&records));
+        let after = env.row_versions("products").await;
+        let moved = after
+            .iter()
+            .filter(|(id, v)| before.get(*id) != Some(v))
+            .count();
+        assert_eq!(moved, changed.len());
+        let highest = timestamp(n as i64 * 60 + 3600 + changed.len() as i64 - 1);
+        assert_eq!(stored_watermark(&env).await, Some(json!(highest)));
+
+        // A lookback window re-reads the recent changes without writing.
+        let versions = env.row_versions("products").await;
+        let looking_back = env.run(&incremental("2h")).await;
+        assert_eq!(looking_back.error, None);
+        assert!(looking_back.counts.fetched >= changed.len() as u64);
+        assert_eq!(looking_back.counts.unchanged, looking_back.counts.fetched);
+        assert_eq!(
+            env.row_versions("products").await,
+            versions,
+            "re-reading costs no write"
+        );
+    }
+
+    async fn an_interrupted_incremental_run_does_not_move_the_watermark(backend: Backend) {
+        // Arrange: a first run sets the watermark; then the API breaks on page 3.
+        let env = TestEnv::start_on(backend, timed_products(100)).await;
+        let job = env.job(&paged_job(
+            10,
+            "[jobs.incremental]\nfield = \"updated_at\"\nparam = \"updated_since\"\n",
+        ));
+        env.run(&job).await;
+        let watermark = stored_watermark(&env).await;
+        let mut records = env.api.records();
+        for record in &mut records {
+            record["updated_at"] = json!(timestamp(100_000));
+        }
+        env.api.set_records(records);
+        // Two good pages (a zero delay is no fault), then a permanent error.
+        env.api
+            .queue_faults([Fault::Slow(Duration::ZERO), Fault::Slow(Duration::ZERO)]);
+        env.api.set_fault(Some(Fault::Status(404)));
+
+        // Act
+        let report = env.run(&job).await;
+
+        // Assert: the pages read were written, but the watermark stays, so the
+        // next run asks for everything since the old one again.
+        assert!(report.error.is_some());
+        assert_eq!(report.counts.updated, 20);
+        assert_eq!(stored_watermark(&env).await, watermark);
+    }
+
+    async fn two_processes_never_run_one_job_at_once(backend: Backend) {
+        // Arrange: a run takes about 2 s.
+        let env = TestEnv::start_on(backend, products(200)).await;
+        env.api.set_delay(Duration::from_millis(100));
+        let dir = scratch(&format!("two-{}", env.store_name));
+        std::fs::write(dir.join("apisync.toml"), process_config(&env, 10)).unwrap();
+
+        // Act: both start together.
+        let (a, b) = tokio::join!(
+            binary::run(&dir, &["sync", "products"], &[]),
+            binary::run(&dir, &["sync", "products"], &[])
+        );
+
+        // Assert: both exit 0; one ran, the other said it skipped; runs never
+        // overlap; the data is exact.
+        assert_eq!(
+            (a.status.code(), b.status.code()),
+            (Some(0), Some(0)),
+            "{}{}",
+            stderr(&a),
+            stderr(&b)
+        );
+        let outputs = format!("{}{}", stdout(&a), stdout(&b));
+        assert!(
+            outputs.contains("products skipped: another process is running this job"),
+            "{outputs}"
+        );
+        // The API saw one walk through the pages at a time: page numbers only
+        // ever go up by one, or start again at 1.
+        let pages: Vec<usize> = env
+            .api
+            .requests()
+            .iter()
+            .filter_map(|r| r.split("page=").nth(1)?.split('&').next()?.parse().ok())
+            .collect();
+        for pair in pages.windows(2) {
+            assert!(
+                pair[1] == pair[0] + 1 || pair[1] == 1,
+                "interleaved walks: {pages:?}"
+            );
+        }
+        assert_eq!(
+            env.rows("products").await,
+            expected_rows(&env.api.records())
+        );
+    }
+
+    async fn kill_9_at_random_moments_never_loses_or_doubles_a_record(backend: Backend) {
+        // Arrange: an incremental job, runs of about 1.5 s (40 pages), and a
+        // source that keeps changing between kills.
+        let env = TestEnv::start_on(backend, timed_products(1_000)).await;
+        env.api.set_delay(Duration::from_millis(30));
+        let dir = scratch(&format!("kill9-{}", env.store_name));
+        let config = process_config(&env, 25)
+            + "[jobs.incremental]\nfield = \"updated_at\"\nparam = \"updated_since\"\nlookback = \"0s\"\n";
+        std::fs::write(dir.join("apisync.toml"), config).unwrap();
+        let mut rng = fastrand::Rng::with_seed(9);
+        let mut next_id = 1_001;
+        let mut clock = 10_000_000;
+
+        // Act: 20 runs, each killed with SIGKILL after a random time.
+        for _ in 0..20 {
+            let mut child = binary::spawn(&dir, &["sync", "products"], &[]);
+            tokio::time::sleep(Duration::from_millis(rng.u64(100..1_600))).await;
+            binary::signal(&child, libc::SIGKILL);
+            child.wait().unwrap();
+            // The source moves on: some records change, some are new.
+            let mut records = env.api.records();
+            for _ in 0..5 {
+                let i = rng.usize(..records.len());
+                clock += 1;
+                records[i]["price"]["amount"] = json!(clock);
+                records[i]["updated_at"] = json!(timestamp(clock as i64));
+            }
+            for _ in 0..3 {
+                clock += 1;
+                let mut record = product(next_id);
+                record["updated_at"] = json!(timestamp(clock as i64));
+                records.push(record);
+                next_id += 1;
+            }
+            env.api.set_records(records);
+        }
+        env.api.set_delay(Duration::ZERO);
+        // A killed process's session may hold the job's lock for a moment more.
+        let mut last = binary::run(&dir, &["sync", "products"], &[]).await;
+        for _ in 0..50 {
+            if !stdout(&last).contains("skipped") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            last = binary::run(&dir, &["sync", "products"], &[]).await;
+        }
+
+        // Assert
+        assert_eq!(last.status.code(), Some(0), "{}", stderr(&last));
+        assert!(
+            stdout(&last).starts_with("products succeeded"),
+            "{}",
+            stdout(&last)
+        );
+        let stored = env.rows("products").await;
+        assert_eq!(stored, expected_rows(&env.api.records()));
+        let rows = env.query_i64("SELECT count(*) FROM products").await;
+        let keys = env.query_i64("SELECT count(DISTINCT id) FROM products").await;
+        assert_eq!(rows, keys, "no duplicate");
+        let statuses: BTreeMap<String, i64> = env
+            .query_pairs("SELECT status, count(*) FROM apisync.runs GROUP BY status")
+            .await
+            .into_iter()
+            .collect();
+        assert_eq!(statuses.get("running"), None, "{statuses:?}");
+        let killed_mid_run = env
+            .query_i64("SELECT count(*) FROM apisync.runs WHERE status = 'failed' AND pages > 0")
+            .await;
+        assert!(
+            killed_mid_run >= 5,
+            "kills landed mid-run: {statuses:?}, {killed_mid_run} with pages"
+        );
+    }
+
+    async fn the_retry_budget_ends_retries_of_a_request(backend: Backend) {
+        let env = TestEnv::start_on(backend, products(10)).await;
+        env.api.set_fault(Some(Fault::Status(503)));
+        let job = env.job(
+            "records = \"/data\"\n[jobs.request]\nurl = \"{api}/none\"\n[jobs.retry]\nmax_attempts = 1000\n\
+             initial_backoff = \"100ms\"\nmax_backoff = \"100ms\"\nmax_elapsed = \"1s\"\n",
+        );
+
+        let report = env.run(&job).await;
+
+        let error = report.error.expect("the run fails");
+        assert!(
+            error.contains("(the retry budget retry.max_elapsed = 1s is spent)"),
+            "{error}"
+        );
+        assert!(
+            error.contains("the API answered 503 Service Unavailable"),
+            "{error}"
+        );
+        let attempts = env.api.arrivals().len();
+        assert!(
+            attempts < 1000,
+            "stopped by the budget, not by max_attempts: {attempts}"
+        );
+    }
 }

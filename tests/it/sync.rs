@@ -9,7 +9,7 @@ use sqlx::postgres::PgPoolOptions;
 
 use apisync::store::{PgStore, Store};
 
-use crate::helpers::{TestEnv, expected_rows, product, products};
+use crate::helpers::{TestEnv, expected_rows, product, products, store_tests};
 
 const N: usize = 1_000;
 
@@ -84,300 +84,6 @@ async fn a_second_run_over_unchanged_data_writes_nothing(pool: PgPool) {
 }
 
 #[sqlx::test(migrations = false)]
-async fn changed_and_new_records_are_counted_and_only_they_move(pool: PgPool) {
-    // Arrange
-    let env = TestEnv::start(pool, products(N)).await;
-    let job = env.job(PAGED_JOB);
-    env.run(&job).await;
-    let before = env.row_versions("products").await;
-    let changed_ids = [1, 2, 150, 333, 499, 777, 1000];
-    let mut records = env.api.records();
-    for id in changed_ids {
-        records[id - 1]["price"]["amount"] = json!(99_999);
-    }
-    let added: Vec<Value> = (N + 1..=N + 5).map(product).collect();
-    records.extend(added.iter().cloned());
-    env.api.set_records(records.clone());
-
-    // Act
-    let report = env.run(&job).await;
-
-    // Assert
-    assert_eq!(report.error, None);
-    assert_eq!(report.counts.updated, changed_ids.len() as u64);
-    assert_eq!(report.counts.inserted, added.len() as u64);
-    assert_eq!(report.counts.unchanged, (N - changed_ids.len()) as u64);
-    assert_eq!(env.rows("products").await, expected_rows(&records));
-    let after = env.row_versions("products").await;
-    let mut moved: Vec<String> = after
-        .iter()
-        .filter(|(id, version)| before.get(*id) != Some(version))
-        .map(|(id, _)| id.clone())
-        .collect();
-    moved.sort_by_key(|id| id.parse::<usize>().unwrap());
-    let expected_moved: Vec<String> = changed_ids
-        .iter()
-        .chain(&[1001, 1002, 1003, 1004, 1005])
-        .map(|id| id.to_string())
-        .collect();
-    assert_eq!(
-        moved, expected_moved,
-        "changed_at, run_id and xmin move for those rows only"
-    );
-    for id in changed_ids {
-        let (_, changed_at, run_id) = &after[&id.to_string()];
-        assert_ne!(
-            changed_at,
-            &before[&id.to_string()].1,
-            "changed_at of {id} moved"
-        );
-        assert_eq!(Some(*run_id), report.run_id);
-    }
-}
-
-#[sqlx::test(migrations = false)]
-async fn a_record_repeated_in_a_page_and_on_the_next_is_stored_once(pool: PgPool) {
-    // Arrange: record 5 appears twice on page 1 and again on page 2.
-    let env = TestEnv::start(pool, products(250)).await;
-    env.api.add_to_page(1, vec![product(5)]);
-    env.api.add_to_page(2, vec![product(5)]);
-    let job = env.job(PAGED_JOB);
-
-    // Act
-    let report = env.run(&job).await;
-
-    // Assert
-    assert_eq!(report.error, None);
-    assert_eq!(report.counts.fetched, 252);
-    assert_eq!(report.counts.duplicate, 2);
-    assert_eq!(report.counts.inserted, 250);
-    assert_eq!(
-        env.rows("products").await,
-        expected_rows(&env.api.records())
-    );
-    let c = report.counts;
-    assert_eq!(
-        c.fetched,
-        c.inserted + c.updated + c.unchanged + c.duplicate + c.rejected,
-        "every fetched record has one outcome"
-    );
-
-    // A re-run counts the same duplicates and still writes nothing.
-    let versions = env.row_versions("products").await;
-    let again = env.run(&job).await;
-    assert_eq!((again.counts.duplicate, again.counts.unchanged), (2, 250));
-    assert_eq!(env.row_versions("products").await, versions);
-}
-
-#[sqlx::test(migrations = false)]
-async fn volatile_fields_key_order_and_whitespace_cause_no_update(pool: PgPool) {
-    // Arrange
-    let env = TestEnv::start(pool, products(300)).await;
-    env.api.set_volatile_field(true);
-    let job = env.job(&format!(
-        "hash_exclude = [\"/meta/request_id\"]\n{PAGED_JOB}"
-    ));
-    env.run(&job).await;
-    let versions = env.row_versions("products").await;
-
-    // Act: new request ids on every response, then the same content spelled
-    // with reversed keys and indentation.
-    let volatile = env.run(&job).await;
-    env.api.set_reorder_and_indent(true);
-    let reordered = env.run(&job).await;
-
-    // Assert
-    for report in [&volatile, &reordered] {
-        assert_eq!(report.error, None);
-        assert_eq!((report.counts.updated, report.counts.unchanged), (0, 300));
-    }
-    assert_eq!(env.row_versions("products").await, versions);
-
-    // The control: without the exclusion, the volatile field is a change.
-    let strict = env.job(PAGED_JOB);
-    let report = env.run(&strict).await;
-    assert_eq!(report.counts.updated, 300);
-}
-
-#[sqlx::test(migrations = false)]
-async fn records_without_a_usable_key_are_rejected_and_the_rest_is_stored(pool: PgPool) {
-    // Arrange
-    let mut records = products(120);
-    let bad = vec![
-        json!({"name": "no id"}),
-        json!({"id": null, "name": "null id"}),
-        json!({"id": {"nested": 1}, "name": "object id"}),
-        json!({"id": "", "name": "empty id"}),
-    ];
-    records.splice(50..50, bad.clone());
-    let env = TestEnv::start(pool, records).await;
-    let job = env.job(PAGED_JOB);
-
-    // Act
-    let report = env.run(&job).await;
-
-    // Assert
-    assert_eq!(report.error, None);
-    assert_eq!((report.counts.rejected, report.counts.inserted), (4, 120));
-    assert_eq!(env.rows("products").await, expected_rows(&products(120)));
-    let rejects: Vec<(String, String, i64)> = sqlx::query_as(
-        "SELECT record, reason, run_id FROM apisync.rejects WHERE job = 'products' ORDER BY id",
-    )
-    .fetch_all(&env.pool)
-    .await
-    .unwrap();
-    let found: Vec<(Value, &str)> = rejects
-        .iter()
-        .map(|(record, reason, run_id)| {
-            assert_eq!(Some(*run_id), report.run_id);
-            (serde_json::from_str(record).unwrap(), reason.as_str())
-        })
-        .collect();
-    assert_eq!(
-        found,
-        vec![
-            (bad[0].clone(), "key field `id` is missing"),
-            (bad[1].clone(), "key field `id` is null"),
-            (
-                bad[2].clone(),
-                "key field `id` is an object, not a string, number or boolean"
-            ),
-            (bad[3].clone(), "key field `id` is an empty string"),
-        ]
-    );
-}
-
-#[sqlx::test(migrations = false)]
-async fn a_composite_key_from_pointers_gets_one_column_per_field(pool: PgPool) {
-    // Arrange: the same id in two regions is two records.
-    let records: Vec<Value> = (1..=30)
-        .flat_map(|id| ["eu", "us"].map(|region| json!({"id": id, "meta": {"region": region}})))
-        .collect();
-    let env = TestEnv::start(pool, records).await;
-    let text = crate::helpers::job_config(&format!(
-        "records = \"/data\"\n[jobs.request]\nurl = \"{}\"\n[jobs.pagination]\nkind = \"page\"\nsize = 7\n",
-        env.api.url("/page")
-    ))
-    .replace("key = [\"id\"]", "key = [\"id\", \"/meta/region\"]");
-    let settings =
-        apisync::config::load_str(&text, std::path::Path::new("t.toml"), &HashMap::new()).unwrap();
-    let job = apisync::sync::Job::from_settings(&settings.jobs[0]).unwrap();
-
-    // Act
-    let report = env.run(&job).await;
-
-    // Assert
-    assert_eq!(report.error, None);
-    assert_eq!(report.counts.inserted, 60);
-    let keys: Vec<(String, String)> =
-        sqlx::query_as("SELECT id, meta_region FROM products ORDER BY id::int, meta_region")
-            .fetch_all(&env.pool)
-            .await
-            .unwrap();
-    assert_eq!(keys.len(), 60);
-    assert_eq!(keys[0], ("1".to_owned(), "eu".to_owned()));
-    assert_eq!(keys[1], ("1".to_owned(), "us".to_owned()));
-}
-
-#[sqlx::test(migrations = false)]
-async fn an_existing_table_without_the_primary_key_is_refused(pool: PgPool) {
-    // Arrange: a table with the right columns but no key constraint.
-    let env = TestEnv::start(pool, products(10)).await;
-    sqlx::query(
-        "CREATE TABLE products (id text NOT NULL, record jsonb NOT NULL, \
-         content_hash bytea NOT NULL, first_seen_at timestamptz NOT NULL, \
-         changed_at timestamptz NOT NULL, run_id bigint NOT NULL)",
-    )
-    .execute(&env.pool)
-    .await
-    .unwrap();
-    let job = env.job(PAGED_JOB);
-
-    // Act
-    let report = env.run(&job).await;
-
-    // Assert
-    let error = report.error.expect("the run is refused");
-    assert!(
-        error.contains("table products exists but does not fit this job: there is no primary key, expected PRIMARY KEY (id)"),
-        "{error}"
-    );
-    assert_eq!(env.rows("products").await.len(), 0, "nothing written");
-}
-
-#[sqlx::test(migrations = false)]
-async fn secrets_from_variables_stay_out_of_errors_and_the_runs_table(pool: PgPool) {
-    // Arrange: the API answers 401 and echoes the token and the query string.
-    let env = TestEnv::start(pool, products(10)).await;
-    let vars: HashMap<String, String> = [
-        ("API_TOKEN".to_owned(), "tok-very-secret-1".to_owned()),
-        ("API_KEY".to_owned(), "key-very-secret-2".to_owned()),
-    ]
-    .into();
-    let (job, redactor) = env.job_with_env(
-        r#"
-records = "/data"
-[jobs.request]
-url = "{api}/status/401?api_key=${API_KEY}"
-headers = { Authorization = "Bearer ${API_TOKEN}" }
-"#,
-        &vars,
-    );
-    let mut ctx = env.ctx.clone();
-    ctx.redactor = redactor;
-
-    // Act
-    let report = apisync::sync::run_once(&job, &ctx).await.unwrap();
-
-    // Assert
-    let error = report.error.expect("a 401 fails the run");
-    assert!(
-        error.contains("the API answered 401 Unauthorized"),
-        "{error}"
-    );
-    assert!(error.contains("[redacted]"), "the echo is masked: {error}");
-    let (_, stored) = env.run_row(report.run_id).await;
-    for text in [error.as_str(), stored.as_deref().unwrap()] {
-        assert!(!text.contains("tok-very-secret-1"), "{text}");
-        assert!(!text.contains("key-very-secret-2"), "{text}");
-    }
-}
-
-#[sqlx::test(migrations = false)]
-async fn big_numbers_are_kept_exactly_and_keep_keys_apart(pool: PgPool) {
-    // Arrange: ids beyond u64 and a decimal beyond f64, as some APIs send.
-    let records: Vec<Value> = serde_json::from_str(
-        r#"[
-            {"id": 18446744073709551617, "price": 0.1234567890123456789012},
-            {"id": 18446744073709551618, "price": 1e400}
-        ]"#,
-    )
-    .unwrap();
-    let env = TestEnv::start(pool, records).await;
-    let job = env.job("records = \"/data\"\n[jobs.request]\nurl = \"{api}/none\"\n");
-
-    // Act
-    let report = env.run(&job).await;
-
-    // Assert
-    assert_eq!(report.error, None);
-    assert_eq!((report.counts.inserted, report.counts.duplicate), (2, 0));
-    let stored: Vec<(String, String)> =
-        sqlx::query_as("SELECT id, record->>'price' FROM products ORDER BY id")
-            .fetch_all(&env.pool)
-            .await
-            .unwrap();
-    assert_eq!(
-        stored[0],
-        (
-            "18446744073709551617".to_owned(),
-            "0.1234567890123456789012".to_owned()
-        )
-    );
-    assert_eq!(stored[1].0, "18446744073709551618");
-}
-
-#[sqlx::test(migrations = false)]
 async fn the_fast_and_the_simple_write_paths_give_identical_tables_and_counts(pool: PgPool) {
     // Arrange: the same history (first load, changes and additions,
     // duplicates and rejects) written once by each path, into two databases'
@@ -389,7 +95,9 @@ async fn the_fast_and_the_simple_write_paths_give_identical_tables_and_counts(po
     let job = env.job(PAGED_JOB);
     let simple_ctx = {
         let mut ctx = env.ctx.clone();
-        let Store::Postgres(pg) = &ctx.store;
+        let Store::Postgres(pg) = &ctx.store else {
+            unreachable!("the test store is PostgreSQL")
+        };
         ctx.store = Store::Postgres(
             pg.clone()
                 .with_write_path(apisync::store::WritePath::Simple),
@@ -483,4 +191,319 @@ async fn a_key_that_appears_between_plan_and_write_falls_back_to_the_upsert(pool
     assert_eq!(rows.len(), 4);
     assert_eq!(rows["2"], changed);
     assert_eq!(rows["4"], product(4));
+}
+
+store_tests! {
+    async fn a_composite_key_from_pointers_gets_one_column_per_field(backend: Backend) {
+        // Arrange: the same id in two regions is two records.
+        let records: Vec<Value> = (1..=30)
+            .flat_map(|id| ["eu", "us"].map(|region| json!({"id": id, "meta": {"region": region}})))
+            .collect();
+        let env = TestEnv::start_on(backend, records).await;
+        let text = crate::helpers::job_config(&format!(
+            "records = \"/data\"\n[jobs.request]\nurl = \"{}\"\n[jobs.pagination]\nkind = \"page\"\nsize = 7\n",
+            env.api.url("/page")
+        ))
+        .replace("key = [\"id\"]", "key = [\"id\", \"/meta/region\"]");
+        let settings =
+            apisync::config::load_str(&text, std::path::Path::new("t.toml"), &HashMap::new())
+                .unwrap();
+        let job = apisync::sync::Job::from_settings(&settings.jobs[0]).unwrap();
+
+        // Act
+        let report = env.run(&job).await;
+
+        // Assert
+        assert_eq!(report.error, None);
+        assert_eq!(report.counts.inserted, 60);
+        let keys = env
+            .query_texts(
+                "SELECT id, meta_region FROM products ORDER BY CAST(id AS integer), meta_region",
+            )
+            .await;
+        assert_eq!(keys.len(), 60);
+        assert_eq!(keys[0], ("1".to_owned(), "eu".to_owned()));
+        assert_eq!(keys[1], ("1".to_owned(), "us".to_owned()));
+    }
+
+    async fn an_existing_table_without_the_primary_key_is_refused(backend: Backend) {
+        // Arrange: a table with the right columns but no key constraint.
+        let env = TestEnv::start_on(backend, products(10)).await;
+        env.execute(if env.store_name == "sqlite" {
+            "CREATE TABLE products (id TEXT NOT NULL, record TEXT NOT NULL, \
+             content_hash BLOB NOT NULL, first_seen_at TEXT NOT NULL, \
+             changed_at TEXT NOT NULL, run_id INTEGER NOT NULL)"
+        } else {
+            "CREATE TABLE products (id text NOT NULL, record jsonb NOT NULL, \
+             content_hash bytea NOT NULL, first_seen_at timestamptz NOT NULL, \
+             changed_at timestamptz NOT NULL, run_id bigint NOT NULL)"
+        })
+        .await;
+        let job = env.job(PAGED_JOB);
+
+        // Act
+        let report = env.run(&job).await;
+
+        // Assert
+        let error = report.error.expect("the run is refused");
+        assert!(
+            error.contains(
+                "table products exists but does not fit this job: there is no primary key, \
+                 expected PRIMARY KEY (id)"
+            ),
+            "{error}"
+        );
+        assert_eq!(env.rows("products").await.len(), 0, "nothing written");
+    }
+
+    async fn big_numbers_are_kept_exactly_and_keep_keys_apart(backend: Backend) {
+        // Arrange: ids beyond u64 and a decimal beyond f64, as some APIs send.
+        let records: Vec<Value> = serde_json::from_str(
+            r#"[
+                {"id": 18446744073709551617, "price": 0.1234567890123456789012},
+                {"id": 18446744073709551618, "price": 1e400}
+            ]"#,
+        )
+        .unwrap();
+        let env = TestEnv::start_on(backend, records).await;
+        let job = env.job("records = \"/data\"\n[jobs.request]\nurl = \"{api}/none\"\n");
+
+        // Act
+        let report = env.run(&job).await;
+
+        // Assert
+        assert_eq!(report.error, None);
+        assert_eq!((report.counts.inserted, report.counts.duplicate), (2, 0));
+        let stored = env.rows("products").await;
+        let ids: Vec<&String> = stored.keys().collect();
+        assert_eq!(ids, ["18446744073709551617", "18446744073709551618"]);
+        assert_eq!(
+            stored["18446744073709551617"]["price"].to_string(),
+            "0.1234567890123456789012"
+        );
+    }
+
+    async fn a_second_run_over_unchanged_data_changes_no_row(backend: Backend) {
+        // Arrange
+        let env = TestEnv::start_on(backend, products(N)).await;
+        let job = env.job(PAGED_JOB);
+        assert_eq!(env.run(&job).await.counts.inserted, N as u64);
+        let versions = env.row_versions("products").await;
+        env.count_writes("products").await;
+
+        // Act
+        let second = env.run(&job).await;
+
+        // Assert: nothing counted as written, no row written (a trigger
+        // counts every insert and update), and no row's changed_at, run id
+        // (or, on PostgreSQL, xmin) moved.
+        assert_eq!(env.writes().await, 0, "no row was written");
+        assert_eq!(second.error, None);
+        assert_eq!(
+            (second.counts.inserted, second.counts.updated, second.counts.unchanged),
+            (0, 0, N as u64)
+        );
+        assert_eq!(env.row_versions("products").await, versions);
+        let (status, _) = env.run_row(second.run_id).await;
+        assert_eq!(status, "succeeded");
+
+        // The control: a changed record is one write.
+        let mut records = env.api.records();
+        records[0]["name"] = serde_json::json!("renamed");
+        env.api.set_records(records);
+        env.run(&job).await;
+        assert_eq!(env.writes().await, 1);
+    }
+
+    async fn changed_and_new_records_are_counted_and_only_they_move(backend: Backend) {
+        // Arrange
+        let env = TestEnv::start_on(backend, products(N)).await;
+        let job = env.job(PAGED_JOB);
+        env.run(&job).await;
+        let before = env.row_versions("products").await;
+        let changed_ids = [1, 2, 150, 333, 499, 777, 1000];
+        let mut records = env.api.records();
+        for id in changed_ids {
+            records[id - 1]["price"]["amount"] = json!(99_999);
+        }
+        let added: Vec<Value> = (N + 1..=N + 5).map(product).collect();
+        records.extend(added.iter().cloned());
+        env.api.set_records(records.clone());
+
+        // Act
+        let report = env.run(&job).await;
+
+        // Assert
+        assert_eq!(report.error, None);
+        assert_eq!(report.counts.updated, changed_ids.len() as u64);
+        assert_eq!(report.counts.inserted, added.len() as u64);
+        assert_eq!(report.counts.unchanged, (N - changed_ids.len()) as u64);
+        assert_eq!(env.rows("products").await, expected_rows(&records));
+        let after = env.row_versions("products").await;
+        let mut moved: Vec<String> = after
+            .iter()
+            .filter(|(id, version)| before.get(*id) != Some(version))
+            .map(|(id, _)| id.clone())
+            .collect();
+        moved.sort_by_key(|id| id.parse::<usize>().unwrap());
+        let expected_moved: Vec<String> = changed_ids
+            .iter()
+            .chain(&[1001, 1002, 1003, 1004, 1005])
+            .map(|id| id.to_string())
+            .collect();
+        assert_eq!(
+            moved, expected_moved,
+            "changed_at, run_id and xmin move for those rows only"
+        );
+        for id in changed_ids {
+            let (_, changed_at, run_id) = &after[&id.to_string()];
+            assert_ne!(
+                changed_at,
+                &before[&id.to_string()].1,
+                "changed_at of {id} moved"
+            );
+            assert_eq!(Some(*run_id), report.run_id);
+        }
+    }
+
+    async fn a_record_repeated_in_a_page_and_on_the_next_is_stored_once(backend: Backend) {
+        // Arrange: record 5 appears twice on page 1 and again on page 2.
+        let env = TestEnv::start_on(backend, products(250)).await;
+        env.api.add_to_page(1, vec![product(5)]);
+        env.api.add_to_page(2, vec![product(5)]);
+        let job = env.job(PAGED_JOB);
+
+        // Act
+        let report = env.run(&job).await;
+
+        // Assert
+        assert_eq!(report.error, None);
+        assert_eq!(report.counts.fetched, 252);
+        assert_eq!(report.counts.duplicate, 2);
+        assert_eq!(report.counts.inserted, 250);
+        assert_eq!(
+            env.rows("products").await,
+            expected_rows(&env.api.records())
+        );
+        let c = report.counts;
+        assert_eq!(
+            c.fetched,
+            c.inserted + c.updated + c.unchanged + c.duplicate + c.rejected,
+            "every fetched record has one outcome"
+        );
+
+        // A re-run counts the same duplicates and still writes nothing.
+        let versions = env.row_versions("products").await;
+        let again = env.run(&job).await;
+        assert_eq!((again.counts.duplicate, again.counts.unchanged), (2, 250));
+        assert_eq!(env.row_versions("products").await, versions);
+    }
+
+    async fn volatile_fields_key_order_and_whitespace_cause_no_update(backend: Backend) {
+        // Arrange
+        let env = TestEnv::start_on(backend, products(300)).await;
+        env.api.set_volatile_field(true);
+        let job = env.job(&format!(
+            "hash_exclude = [\"/meta/request_id\"]\n{PAGED_JOB}"
+        ));
+        env.run(&job).await;
+        let versions = env.row_versions("products").await;
+
+        // Act: new request ids on every response, then the same content spelled
+        // with reversed keys and indentation.
+        let volatile = env.run(&job).await;
+        env.api.set_reorder_and_indent(true);
+        let reordered = env.run(&job).await;
+
+        // Assert
+        for report in [&volatile, &reordered] {
+            assert_eq!(report.error, None);
+            assert_eq!((report.counts.updated, report.counts.unchanged), (0, 300));
+        }
+        assert_eq!(env.row_versions("products").await, versions);
+
+        // The control: without the exclusion, the volatile field is a change.
+        let strict = env.job(PAGED_JOB);
+        let report = env.run(&strict).await;
+        assert_eq!(report.counts.updated, 300);
+    }
+
+    async fn records_without_a_usable_key_are_rejected_and_the_rest_is_stored(backend: Backend) {
+        // Arrange
+        let mut records = products(120);
+        let bad = vec![
+            json!({"name": "no id"}),
+            json!({"id": null, "name": "null id"}),
+            json!({"id": {"nested": 1}, "name": "object id"}),
+            json!({"id": "", "name": "empty id"}),
+        ];
+        records.splice(50..50, bad.clone());
+        let env = TestEnv::start_on(backend, records).await;
+        let job = env.job(PAGED_JOB);
+
+        // Act
+        let report = env.run(&job).await;
+
+        // Assert
+        assert_eq!(report.error, None);
+        assert_eq!((report.counts.rejected, report.counts.inserted), (4, 120));
+        assert_eq!(env.rows("products").await, expected_rows(&products(120)));
+        let rejects = env.rejects().await;
+        let found: Vec<(Value, &str)> = rejects
+            .iter()
+            .map(|(record, reason, run_id)| {
+                assert_eq!(Some(*run_id), report.run_id);
+                (serde_json::from_str(record).unwrap(), reason.as_str())
+            })
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                (bad[0].clone(), "key field `id` is missing"),
+                (bad[1].clone(), "key field `id` is null"),
+                (
+                    bad[2].clone(),
+                    "key field `id` is an object, not a string, number or boolean"
+                ),
+                (bad[3].clone(), "key field `id` is an empty string"),
+            ]
+        );
+    }
+
+    async fn secrets_from_variables_stay_out_of_errors_and_the_runs_table(backend: Backend) {
+        // Arrange: the API answers 401 and echoes the token and the query string.
+        let env = TestEnv::start_on(backend, products(10)).await;
+        let vars: HashMap<String, String> = [
+            ("API_TOKEN".to_owned(), "tok-very-secret-1".to_owned()),
+            ("API_KEY".to_owned(), "key-very-secret-2".to_owned()),
+        ]
+        .into();
+        let (job, redactor) = env.job_with_env(
+            r#"
+    records = "/data"
+    [jobs.request]
+    url = "{api}/status/401?api_key=${API_KEY}"
+    headers = { Authorization = "Bearer ${API_TOKEN}" }
+    "#,
+            &vars,
+        );
+        let mut ctx = env.ctx.clone();
+        ctx.redactor = redactor;
+
+        // Act
+        let report = apisync::sync::run_once(&job, &ctx).await.unwrap();
+
+        // Assert
+        let error = report.error.expect("a 401 fails the run");
+        assert!(
+            error.contains("the API answered 401 Unauthorized"),
+            "{error}"
+        );
+        assert!(error.contains("[redacted]"), "the echo is masked: {error}");
+        let (_, stored) = env.run_row(report.run_id).await;
+        for text in [error.as_str(), stored.as_deref().unwrap()] {
+            assert!(!text.contains("tok-very-secret-1"), "{text}");
+            assert!(!text.contains("key-very-secret-2"), "{text}");
+        }
+    }
 }

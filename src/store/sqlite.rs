@@ -1,0 +1,522 @@
+//! The embedded SQLite store: the default when no `database.url` is set.
+//!
+//! Same tables and guarantees as PostgreSQL, in one file: internal tables
+//! prefixed `apisync_` (SQLite has no schemas), `record` as JSON text, the
+//! same hash, RFC 3339 timestamps. WAL mode, `synchronous = FULL` (what was
+//! committed survives power loss), a busy timeout, write transactions begun
+//! `IMMEDIATE`, and one connection per process (`database.max_connections`
+//! does not apply): one writer, by construction.
+//!
+//! Job exclusivity between processes is an exclusive `flock` on a file next
+//! to the database (`apisync.db.job.products.lock`): the kernel frees it when
+//! the holder exits, even by SIGKILL. It works for processes on one machine;
+//! replicas on several machines need PostgreSQL. Migrations take such a lock
+//! too (sqlx has none for SQLite). In-memory databases are refused by the
+//! configuration: nothing would persist, and there is no file to lock.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row};
+
+use super::{PageBatch, PagePlan, RunRecord, StoreError, TableSpec};
+use crate::record::ContentHash;
+use crate::run::{Counts, RunId, RunStatus};
+
+const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+
+fn migrator() -> Migrator {
+    let mut migrator = sqlx::migrate!("migrations/sqlite");
+    migrator.dangerous_set_table_name("apisync_migrations");
+    migrator
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    /// The database file; lock files sit next to it.
+    file: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating when missing) the database at a `sqlite:` URL.
+    ///
+    /// # Errors
+    /// When the URL cannot be used.
+    pub fn connect_lazy(url: &str, acquire_timeout: Duration) -> Result<Self, StoreError> {
+        Ok(Self::with_options(
+            SqliteConnectOptions::from_str(url)?,
+            acquire_timeout,
+        ))
+    }
+
+    /// Opens (creating when missing) the database file at `path`, taken as
+    /// it is (no URL syntax to escape).
+    pub fn open_file(path: &std::path::Path, acquire_timeout: Duration) -> Self {
+        Self::with_options(SqliteConnectOptions::new().filename(path), acquire_timeout)
+    }
+
+    fn with_options(options: SqliteConnectOptions, acquire_timeout: Duration) -> Self {
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let file = options.get_filename().to_path_buf();
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(acquire_timeout)
+            .connect_lazy_with(options);
+        Self { pool, file }
+    }
+
+    /// The database file, absolute where it can be resolved.
+    pub fn path(&self) -> PathBuf {
+        std::path::absolute(&self.file).unwrap_or_else(|_| self.file.clone())
+    }
+
+    pub(super) async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
+        let query = sqlx::query("SELECT 1").execute(&self.pool);
+        match tokio::time::timeout(timeout, query).await {
+            Ok(result) => result.map(|_| ()).map_err(StoreError::from),
+            Err(_) => Err(StoreError::Database(sqlx::Error::PoolTimedOut)),
+        }
+    }
+
+    pub(super) async fn readiness(&self, timeout: Duration) -> Result<(), String> {
+        let wanted = migrator().iter().map(|m| m.version).max().unwrap_or(0);
+        let query = sqlx::query_scalar::<_, Option<i64>>(
+            "SELECT max(version) FROM apisync_migrations WHERE success",
+        )
+        .fetch_one(&self.pool);
+        match tokio::time::timeout(timeout, query).await {
+            Err(_) => Err("the database did not answer in time".to_owned()),
+            Ok(Err(e)) if e.to_string().contains("no such table") => {
+                Err("migrations not applied yet".to_owned())
+            }
+            Ok(Err(e)) => Err(format!(
+                "the database is unusable: {}",
+                crate::error_chain(&e)
+            )),
+            Ok(Ok(applied)) if applied.unwrap_or(0) >= wanted => Ok(()),
+            Ok(Ok(_)) => Err("migrations not applied yet".to_owned()),
+        }
+    }
+
+    /// sqlx takes no migration lock on SQLite: processes starting together
+    /// on a new file would both create the tables. A file lock serializes them.
+    pub(super) async fn migrate(&self) -> Result<(), StoreError> {
+        let _lock = self.wait_for_lock("migrate").await?;
+        migrator().run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Takes the exclusive lock `<db>.<name>.lock`, waiting for it.
+    async fn wait_for_lock(&self, name: &str) -> Result<File, StoreError> {
+        loop {
+            if let Some(file) = self.try_file_lock(name)? {
+                return Ok(file);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The exclusive lock `<db>.<name>.lock`, if free. The path is made
+    /// absolute and free of symlinks (once the file exists), so two names
+    /// for one database share one lock.
+    fn try_file_lock(&self, name: &str) -> Result<Option<File>, StoreError> {
+        let io = |e| StoreError::Database(sqlx::Error::Io(e));
+        let base = std::fs::canonicalize(&self.file)
+            .or_else(|_| std::path::absolute(&self.file))
+            .map_err(io)?;
+        let mut lock_name = base.into_os_string();
+        lock_name.push(format!(".{name}.lock"));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(PathBuf::from(lock_name))
+            .map_err(io)?;
+        // SAFETY: flock on a descriptor we own; LOCK_NB never blocks.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+        Ok(locked.then_some(file))
+    }
+
+    /// Closes the pool: the WAL is checkpointed and its files removed.
+    pub(super) async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    pub(super) async fn prepare_table(&self, table: &TableSpec) -> Result<(), StoreError> {
+        let keys: Vec<String> = table.key_columns.iter().map(|c| c.quoted()).collect();
+        let key_defs: String = keys
+            .iter()
+            .map(|c| format!("{c} TEXT NOT NULL, "))
+            .collect();
+        let create = format!(
+            "CREATE TABLE IF NOT EXISTS {table} ({key_defs}record TEXT NOT NULL, \
+             content_hash BLOB NOT NULL, first_seen_at TEXT NOT NULL, changed_at TEXT NOT NULL, \
+             run_id INTEGER NOT NULL, PRIMARY KEY ({keys}))",
+            table = table.name.quoted(),
+            keys = keys.join(", "),
+        );
+        sqlx::query(AssertSqlSafe(create))
+            .execute(&self.pool)
+            .await?;
+
+        let info = format!("PRAGMA table_info({})", table.name.quoted());
+        let columns: Vec<(String, String, i64)> = sqlx::query(AssertSqlSafe(info))
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("name")?,
+                    row.try_get("type")?,
+                    row.try_get("pk")?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()?;
+        let mut problems = Vec::new();
+        let expected = table
+            .key_columns
+            .iter()
+            .map(|c| (c.as_str(), "TEXT"))
+            .chain([
+                ("record", "TEXT"),
+                ("content_hash", "BLOB"),
+                ("first_seen_at", "TEXT"),
+                ("changed_at", "TEXT"),
+                ("run_id", "INTEGER"),
+            ]);
+        for (name, wanted) in expected {
+            match columns.iter().find(|(column, _, _)| column == name) {
+                None => problems.push(format!("column {name} ({wanted}) is missing")),
+                Some((_, found, _)) if !found.eq_ignore_ascii_case(wanted) => {
+                    problems.push(format!("column {name} is {found}, expected {wanted}"))
+                }
+                Some(_) => {}
+            }
+        }
+        let mut primary_key: Vec<&str> = columns
+            .iter()
+            .filter(|(_, _, pk)| *pk > 0)
+            .map(|(name, _, _)| name.as_str())
+            .collect();
+        let mut wanted_key: Vec<&str> = table.key_columns.iter().map(|c| c.as_str()).collect();
+        primary_key.sort_unstable();
+        wanted_key.sort_unstable();
+        if primary_key != wanted_key {
+            let found = if primary_key.is_empty() {
+                "there is no primary key".to_owned()
+            } else {
+                format!("the primary key is ({})", primary_key.join(", "))
+            };
+            problems.push(format!(
+                "{found}, expected PRIMARY KEY ({}); the key constraint is what guarantees \
+                 one row per key",
+                wanted_key.join(", ")
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(StoreError::TableShape {
+                table: table.name.to_string(),
+                problems: problems.join("; "),
+            })
+        }
+    }
+
+    pub(super) async fn table_is_empty(&self, table: &TableSpec) -> Result<bool, StoreError> {
+        let sql = format!("SELECT NOT EXISTS (SELECT 1 FROM {})", table.name.quoted());
+        Ok(sqlx::query_scalar(AssertSqlSafe(sql))
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    pub(super) fn try_lock_job(&self, job: &str) -> Result<Option<SqliteJobLock>, StoreError> {
+        Ok(self
+            .try_file_lock(&format!("job.{job}"))?
+            .map(|file| SqliteJobLock { _file: file }))
+    }
+
+    pub(super) async fn close_abandoned_runs(&self, job: &str) -> Result<u64, StoreError> {
+        let sql = format!(
+            "UPDATE apisync_runs SET status = 'failed', finished_at = {NOW}, \
+             error = 'process exited before the run finished' WHERE job = ? AND status = 'running'"
+        );
+        let closed = sqlx::query(AssertSqlSafe(sql))
+            .bind(job)
+            .execute(&self.pool)
+            .await?;
+        Ok(closed.rows_affected())
+    }
+
+    pub(super) async fn start_run(&self, job: &str) -> Result<RunId, StoreError> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO apisync_runs (job, status) VALUES (?, 'running') RETURNING id",
+        )
+        .bind(job)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    pub(super) async fn plan_page(
+        &self,
+        table: &TableSpec,
+        batch: &PageBatch,
+        empty_at_start: bool,
+    ) -> Result<PagePlan, StoreError> {
+        let mut existing: Vec<Option<ContentHash>> = vec![None; batch.rows.len()];
+        let sql = format!(
+            "SELECT content_hash FROM {} WHERE {}",
+            table.name.quoted(),
+            key_condition(table)
+        );
+        let mut conn = self.pool.acquire().await?;
+        for (i, row) in batch.rows.iter().enumerate() {
+            if empty_at_start && !row.repeat {
+                continue;
+            }
+            let mut query = sqlx::query_scalar::<_, Vec<u8>>(AssertSqlSafe(sql.clone()));
+            for part in &row.record.key {
+                query = query.bind(part.as_str());
+            }
+            if let Some(hash) = query.fetch_optional(&mut *conn).await? {
+                existing[i] = Some(hash.try_into().unwrap_or([0; 16]));
+            }
+        }
+        Ok(super::plan_page(batch, &existing))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn commit_page(
+        &self,
+        job: &str,
+        table: &TableSpec,
+        run: RunId,
+        batch: &PageBatch,
+        plan: &PagePlan,
+        counts: &Counts,
+        watermark: Option<&serde_json::Value>,
+    ) -> Result<(), StoreError> {
+        // IMMEDIATE: take the write lock now. A deferred transaction whose
+        // first statement reads would fail at its first write with "database
+        // is locked" when another process writes, without waiting.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let ours: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM apisync_runs WHERE id = ? AND status = 'running'")
+                .bind(run)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if ours.is_none() {
+            return Err(StoreError::RunClosed);
+        }
+        let columns: Vec<String> = table.key_columns.iter().map(|c| c.quoted()).collect();
+        let placeholders = vec!["?"; columns.len()].join(", ");
+        let upsert = format!(
+            "INSERT INTO {table} ({columns}, record, content_hash, first_seen_at, changed_at, run_id) \
+             VALUES ({placeholders}, ?, ?, {NOW}, {NOW}, ?) \
+             ON CONFLICT ({columns}) DO UPDATE SET record = excluded.record, \
+               content_hash = excluded.content_hash, changed_at = excluded.changed_at, \
+               run_id = excluded.run_id \
+             WHERE content_hash IS NOT excluded.content_hash",
+            table = table.name.quoted(),
+            columns = columns.join(", "),
+        );
+        for &i in plan.inserts.iter().chain(&plan.updates) {
+            let record = &batch.rows[i].record;
+            let mut query = sqlx::query(AssertSqlSafe(upsert.clone()));
+            for part in &record.key {
+                query = query.bind(part.as_str());
+            }
+            query
+                .bind(record.json.to_string())
+                .bind(record.content_hash.as_slice())
+                .bind(run)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for reject in &batch.rejects {
+            sqlx::query(
+                "INSERT INTO apisync_rejects (job, run_id, record, reason) VALUES (?, ?, ?, ?)",
+            )
+            .bind(job)
+            .bind(run)
+            .bind(reject.json.to_string())
+            .bind(&reject.reason)
+            .execute(&mut *tx)
+            .await?;
+        }
+        add_counts(&mut tx, run, counts).await?;
+        if let Some(watermark) = watermark {
+            let state = serde_json::json!({ "watermark": watermark }).to_string();
+            let sql = format!(
+                "INSERT INTO apisync_job_state (job, state, run_id) VALUES (?, ?, ?) \
+                 ON CONFLICT (job) DO UPDATE SET state = json_patch(apisync_job_state.state, excluded.state), \
+                   run_id = excluded.run_id, updated_at = {NOW}"
+            );
+            sqlx::query(AssertSqlSafe(sql))
+                .bind(job)
+                .bind(state)
+                .bind(run)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn watermark(
+        &self,
+        job: &str,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let state: Option<String> =
+            sqlx::query_scalar("SELECT state FROM apisync_job_state WHERE job = ?")
+                .bind(job)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(state
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .and_then(|state| state.get("watermark").cloned()))
+    }
+
+    pub(super) async fn finish_run(
+        &self,
+        run: RunId,
+        status: RunStatus,
+        error: Option<&str>,
+        unsaved: &Counts,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let sql = format!(
+            "UPDATE apisync_runs SET status = ?, error = ?, finished_at = {NOW} \
+             WHERE id = ? AND status = 'running'"
+        );
+        let finished = sqlx::query(AssertSqlSafe(sql))
+            .bind(status.as_str())
+            .bind(error)
+            .bind(run)
+            .execute(&mut *tx)
+            .await?;
+        if finished.rows_affected() > 0 {
+            add_counts(&mut tx, run, unsaved).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub(super) async fn mark_interrupted(
+        &self,
+        runs: &[RunId],
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "UPDATE apisync_runs SET status = 'interrupted', error = ?, finished_at = {NOW} \
+             WHERE id = ? AND status = 'running'"
+        );
+        for run in runs {
+            sqlx::query(AssertSqlSafe(sql.clone()))
+                .bind(error)
+                .bind(run)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn recent_runs(
+        &self,
+        job: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<RunRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, job, status, started_at, finished_at, fetched, inserted, updated, \
+             unchanged, duplicate, rejected, pages, error \
+             FROM apisync_runs WHERE ?1 IS NULL OR job = ?1 ORDER BY id DESC LIMIT ?2",
+        )
+        .bind(job)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let time = |row: &sqlx::sqlite::SqliteRow,
+                    column: &str|
+         -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+            let text: Option<String> = row.try_get(column)?;
+            Ok(text
+                .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                .map(|t| t.to_utc()))
+        };
+        rows.iter()
+            .map(|row| {
+                Ok(RunRecord {
+                    id: row.try_get("id")?,
+                    job: row.try_get("job")?,
+                    status: row.try_get("status")?,
+                    started_at: time(row, "started_at")?.ok_or_else(|| {
+                        sqlx::Error::Decode("started_at is not an RFC 3339 time".into())
+                    })?,
+                    finished_at: time(row, "finished_at")?,
+                    fetched: row.try_get("fetched")?,
+                    inserted: row.try_get("inserted")?,
+                    updated: row.try_get("updated")?,
+                    unchanged: row.try_get("unchanged")?,
+                    duplicate: row.try_get("duplicate")?,
+                    rejected: row.try_get("rejected")?,
+                    pages: row.try_get("pages")?,
+                    error: row.try_get("error")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+}
+
+/// `"k0" = ? AND …` over the key columns.
+fn key_condition(table: &TableSpec) -> String {
+    table
+        .key_columns
+        .iter()
+        .map(|c| format!("{} = ?", c.quoted()))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+async fn add_counts(
+    conn: &mut sqlx::SqliteConnection,
+    run: RunId,
+    counts: &Counts,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE apisync_runs SET fetched = fetched + ?, inserted = inserted + ?, \
+         updated = updated + ?, unchanged = unchanged + ?, duplicate = duplicate + ?, \
+         rejected = rejected + ?, pages = pages + ? WHERE id = ?",
+    )
+    .bind(counts.fetched as i64)
+    .bind(counts.inserted as i64)
+    .bind(counts.updated as i64)
+    .bind(counts.unchanged as i64)
+    .bind(counts.duplicate as i64)
+    .bind(counts.rejected as i64)
+    .bind(counts.pages as i64)
+    .bind(run)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The job's lock file, held open with an exclusive `flock`; closing it
+/// (dropping this, or the process ending) releases the lock.
+#[derive(Debug)]
+pub struct SqliteJobLock {
+    _file: File,
+}
