@@ -6,6 +6,7 @@
 //!     cargo bench --bench sync                         # N = 200,000, 3 rounds
 //!     BENCH_RECORDS=1000000 BENCH_ROUNDS=1 cargo bench --bench sync
 //!     BENCH_STORE=sqlite cargo bench --bench sync      # apisync into SQLite
+//!     BENCH_LOG=debug cargo bench --bench sync         # apisync's log (per-page timings)
 //!
 //! With `BENCH_STORE=sqlite` apisync writes a SQLite file; rows written and
 //! WAL are PostgreSQL statistics and show as `-`; COPY still runs on
@@ -160,7 +161,7 @@ impl Bench {
 [database]
 url = "{db}"
 [log]
-level = "warn"
+level = "{log}"
 [[jobs]]
 name = "bench"
 schedule = "0 0 1 1 *"
@@ -176,7 +177,8 @@ kind = "page"
 size = {PAGE_SIZE}
 total_pages_path = "/total_pages"
 "#,
-            db = self.store_url
+            db = self.store_url,
+            log = std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".to_owned()),
         );
         let path = self.dir.join("bench.toml");
         std::fs::write(&path, config).unwrap();
@@ -228,8 +230,8 @@ total_pages_path = "/total_pages"
         let shape = apisync::record::RecordShape::new(&["id".to_owned()], &[]).unwrap();
         let mut data = String::with_capacity(records.len() * 520);
         for value in records {
-            let record = shape.read(value.clone()).unwrap();
-            let json = record.json.to_string().replace('\\', "\\\\");
+            let record = shape.read(value).unwrap();
+            let json = record.text.replace('\\', "\\\\");
             let hash: String = record
                 .content_hash
                 .iter()

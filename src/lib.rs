@@ -34,6 +34,7 @@ pub mod redact;
 pub mod run;
 pub mod schedule;
 pub mod scheduler;
+pub mod seen_keys;
 pub mod server;
 pub mod shutdown;
 pub mod source;

@@ -14,9 +14,10 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::config::JobSettings;
 use crate::incremental::{Incremental, WatermarkTracker};
 use crate::metrics;
-use crate::record::RecordShape;
+use crate::record::{RecordShape, Rejected};
 use crate::redact::Redactor;
 use crate::run::{Counts, RunId, RunStatus};
+use crate::seen_keys::SeenKeys;
 use crate::source::{ApiClient, Page, SourceError, SourceSpec};
 use crate::store::{BatchRow, Ident, JobLock, PageBatch, Store, StoreError, TableSpec};
 
@@ -25,7 +26,7 @@ use crate::store::{BatchRow, Ident, JobLock, PageBatch, Store, StoreError, Table
 pub struct Job {
     pub name: String,
     pub table: TableSpec,
-    shape: RecordShape,
+    shape: Arc<RecordShape>,
     source: SourceSpec,
     incremental: Option<Incremental>,
 }
@@ -47,7 +48,7 @@ impl Job {
         Ok(Self {
             name: settings.name.clone(),
             table,
-            shape,
+            shape: Arc::new(shape),
             source: SourceSpec::new(settings)?,
             incremental,
         })
@@ -223,15 +224,31 @@ struct Tally {
 
 /// A page read, checked and ready to write.
 struct Prepared {
+    /// The page's number (the last one's, once pages are appended).
     number: u64,
     batch: PageBatch,
     /// Set on the last page of an incremental run: the watermark to commit.
     watermark: Option<serde_json::Value>,
 }
 
+impl Prepared {
+    fn append(&mut self, next: Prepared) {
+        self.number = next.number;
+        self.batch.append(next.batch);
+        self.watermark = next.watermark;
+    }
+}
+
+/// Pages read ahead of the writer. Each holds its records as text (about the
+/// size of the response), so four cost a few megabytes at most.
+const QUEUED_PAGES: usize = 4;
+
+/// The writer appends waiting pages to the one it writes up to this many rows.
+const MAX_ROWS_PER_COMMIT: usize = 5_000;
+
 /// Reads and writes the pages, overlapped: while one page is being written,
-/// the next is fetched, parsed and hashed (a queue of one page between them
-/// keeps memory bounded).
+/// the next are fetched, parsed and hashed (a queue of [`QUEUED_PAGES`]
+/// between them keeps memory bounded).
 async fn copy_pages(
     job: &Job,
     ctx: &SyncContext,
@@ -258,7 +275,7 @@ async fn copy_pages(
         .into_iter()
         .map(|(param, value)| (param.to_owned(), value))
         .collect();
-    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    let (sender, receiver) = tokio::sync::mpsc::channel(QUEUED_PAGES);
     // The reader gets a task of its own so that parsing and hashing the next
     // page runs on another core while this one writes; it ends with the run
     // (the guard aborts it if the run is dropped half-way).
@@ -306,7 +323,7 @@ async fn read_pages(
     writer: tokio::sync::mpsc::Sender<Prepared>,
 ) -> Result<(), SyncError> {
     let mut pages = job.source.pages(&ctx.client, &ctx.redactor, since);
-    let mut seen = HashSet::new();
+    let mut seen = SeenKeys::default();
     let mut previous_page: Option<(u64, u128)> = None;
     loop {
         // Waiting for a response (retries included) is abandoned on shutdown:
@@ -324,7 +341,17 @@ async fn read_pages(
             return Ok(());
         };
         let (number, is_last) = (page.number, page.is_last);
-        let (batch, fingerprint) = build_batch(&job.shape, page, &mut seen);
+        // Reading a page's records (hash, text) takes milliseconds: done on
+        // the blocking pool, like the parse, so the writer's tasks are not
+        // held up behind it. The Values are dropped there too.
+        let shape = Arc::clone(&job.shape);
+        let (batch, fingerprint, returned) = tokio::task::spawn_blocking(move || {
+            let (batch, fingerprint) = build_batch(&shape, page, &mut seen, tracker.as_mut());
+            (batch, fingerprint, (seen, tracker))
+        })
+        .await
+        .map_err(|e| SyncError::Reader(e.to_string()))?;
+        (seen, tracker) = returned;
         if let (Some((previous, last)), Some(current)) = (previous_page, fingerprint)
             && last == current
         {
@@ -335,11 +362,6 @@ async fn read_pages(
         }
         previous_page = fingerprint.map(|f| (number, f));
         // The watermark moves only with the last page: see `incremental`.
-        if let Some(tracker) = &mut tracker {
-            for row in &batch.rows {
-                tracker.observe(&row.record.json);
-            }
-        }
         let watermark = tracker
             .as_ref()
             .filter(|_| is_last)
@@ -378,14 +400,22 @@ async fn write_pages(
             () = ctx.cancel.cancelled() => return Err(SyncError::Interrupted),
             prepared = pages.recv() => prepared,
         };
-        let Some(Prepared {
+        let Some(mut prepared) = prepared else {
+            return Ok(());
+        };
+        // Pages already waiting join this one's transaction: fewer commits
+        // and statements when the writer is the slower half (a first load),
+        // and no page waits for a transaction that waits for the API.
+        while prepared.batch.rows.len() < MAX_ROWS_PER_COMMIT
+            && let Ok(next) = pages.try_recv()
+        {
+            prepared.append(next);
+        }
+        let Prepared {
             number,
             batch,
             watermark,
-        }) = prepared
-        else {
-            return Ok(());
-        };
+        } = prepared;
         let started = Instant::now();
         let plan = ctx
             .store
@@ -425,14 +455,16 @@ async fn write_pages(
 /// Reads a page's records into a batch: rejects apart, one row per key. Inside
 /// a page the later copy of a key wins (it replaces the earlier one in place);
 /// a key already seen on an earlier page is flagged as a repeat: written only
-/// if it changed, and counted as a duplicate.
+/// if it changed, and counted as a duplicate. An incremental job's `tracker`
+/// sees every record that can be stored.
 ///
 /// Also returns a fingerprint of the page's keys in order (`None` when it has
 /// none), to notice an API that serves the same page again and again.
 fn build_batch(
     shape: &RecordShape,
     page: Page,
-    seen: &mut HashSet<u64>,
+    seen: &mut SeenKeys,
+    mut tracker: Option<&mut WatermarkTracker>,
 ) -> (PageBatch, Option<u128>) {
     let mut batch = PageBatch {
         fetched: page.records.len() as u64,
@@ -442,13 +474,19 @@ fn build_batch(
     let mut keys = Xxh3::new();
     let mut any_key = false;
     for value in page.records {
-        let record = match shape.read(value) {
+        let record = match shape.read(&value) {
             Ok(record) => record,
-            Err(rejected) => {
-                batch.rejects.push(rejected);
+            Err(reason) => {
+                batch.rejects.push(Rejected {
+                    json: value,
+                    reason,
+                });
                 continue;
             }
         };
+        if let Some(tracker) = tracker.as_deref_mut() {
+            tracker.observe(&value);
+        }
         let fingerprint = record.key_fingerprint;
         keys.update(&fingerprint.to_le_bytes());
         any_key = true;
@@ -503,13 +541,13 @@ mod tests {
     #[test]
     fn batches_keep_one_copy_per_key() {
         let shape = RecordShape::new(&["id".into()], &[]).unwrap();
-        let mut seen = HashSet::new();
+        let mut seen = SeenKeys::default();
         let first = Page {
             number: 1,
             records: vec![json!({"id": 1}), json!({"id": 2})],
             is_last: false,
         };
-        let (_, first_fingerprint) = build_batch(&shape, first, &mut seen);
+        let (_, first_fingerprint) = build_batch(&shape, first, &mut seen, None);
         let second = Page {
             number: 2,
             records: vec![
@@ -520,7 +558,7 @@ mod tests {
             ],
             is_last: false,
         };
-        let (batch, second_fingerprint) = build_batch(&shape, second, &mut seen);
+        let (batch, second_fingerprint) = build_batch(&shape, second, &mut seen, None);
         assert_ne!(first_fingerprint, second_fingerprint);
         assert_eq!(batch.fetched, 4);
         assert_eq!(batch.collapsed, 1, "id 2 twice on page 2");
@@ -528,14 +566,11 @@ mod tests {
         let rows: Vec<_> = batch
             .rows
             .iter()
-            .map(|r| (r.record.json.clone(), r.repeat))
+            .map(|r| (r.record.text.as_str(), r.repeat))
             .collect();
         assert_eq!(
             rows,
-            vec![
-                (json!({"id": 2, "v": "new"}), true),
-                (json!({"id": 3}), false)
-            ],
+            vec![(r#"{"id":2,"v":"new"}"#, true), (r#"{"id":3}"#, false)],
             "the later copy wins; id 2 was on page 1"
         );
 
@@ -548,11 +583,11 @@ mod tests {
             ],
             is_last: true,
         };
-        let (batch, _) = build_batch(&shape, third, &mut seen);
-        let rows: Vec<_> = batch.rows.iter().map(|r| r.record.json.clone()).collect();
+        let (batch, _) = build_batch(&shape, third, &mut seen, None);
+        let rows: Vec<_> = batch.rows.iter().map(|r| r.record.text.as_str()).collect();
         assert_eq!(
             rows,
-            vec![json!({"id": 4, "v": "new"}), json!({"id": 5})],
+            vec![r#"{"id":4,"v":"new"}"#, r#"{"id":5}"#],
             "inside a page the later copy wins and keeps the first one's place"
         );
         assert_eq!(batch.collapsed, 1);

@@ -262,17 +262,30 @@ async fn attempt(
             excerpt: excerpt(&body),
         });
     }
-    match serde_json::from_slice(&body) {
-        Ok(body) => Ok(JsonResponse {
+    match parse_off_the_runtime(body).await {
+        (Ok(body), _) => Ok(JsonResponse {
             link,
             body,
             quota_reset,
         }),
-        Err(source) => Err(FetchError::Decode {
+        (Err(source), body) => Err(FetchError::Decode {
             source,
             excerpt: excerpt(&body),
         }),
     }
+}
+
+/// Parses a body on the blocking pool. A large page takes milliseconds to
+/// parse; on a runtime worker that would hold up every task queued behind it
+/// there (the writer's COPY among them). The body comes back for the error
+/// excerpt.
+async fn parse_off_the_runtime(body: Vec<u8>) -> (serde_json::Result<Value>, Vec<u8>) {
+    tokio::task::spawn_blocking(move || (serde_json::from_slice(&body), body))
+        .await
+        .unwrap_or_else(|join| {
+            // Only a panic or a runtime shutting down gets here.
+            std::panic::resume_unwind(join.try_into_panic().unwrap_or_else(|e| Box::new(e)))
+        })
 }
 
 fn join_headers(headers: &HeaderMap, name: HeaderName) -> Option<String> {

@@ -13,6 +13,7 @@ pub mod ident;
 mod postgres;
 mod sqlite;
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -47,8 +48,39 @@ pub struct PageBatch {
     pub rejects: Vec<Rejected>,
     /// Records in the response, rejects and collapsed copies included.
     pub fetched: u64,
-    /// Copies of a key collapsed inside this page (the later copy was kept).
+    /// Copies of a key collapsed inside this batch (the later copy was kept).
     pub collapsed: u64,
+    /// Pages appended to the first one (see [`PageBatch::append`]).
+    pub appended_pages: u64,
+}
+
+impl PageBatch {
+    /// Appends the batch of the next page, so that consecutive pages can
+    /// share one transaction. As inside a page, a key already here is
+    /// replaced in place by the later copy and counted as collapsed: the
+    /// counts and the stored rows come out as if the pages were written one
+    /// after the other.
+    pub fn append(&mut self, next: PageBatch) {
+        let mut slot_of_key: HashMap<u128, usize> = self
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(slot, row)| (row.record.key_fingerprint, slot))
+            .collect();
+        for row in next.rows {
+            if let Some(&slot) = slot_of_key.get(&row.record.key_fingerprint) {
+                self.rows[slot].record = row.record;
+                self.collapsed += 1;
+            } else {
+                slot_of_key.insert(row.record.key_fingerprint, self.rows.len());
+                self.rows.push(row);
+            }
+        }
+        self.rejects.extend(next.rejects);
+        self.fetched += next.fetched;
+        self.collapsed += next.collapsed;
+        self.appended_pages += 1 + next.appended_pages;
+    }
 }
 
 #[derive(Debug)]
@@ -106,7 +138,7 @@ fn plan_page(batch: &PageBatch, existing: &[Option<ContentHash>]) -> PagePlan {
             fetched: batch.fetched,
             duplicate: batch.collapsed,
             rejected: batch.rejects.len() as u64,
-            pages: 1,
+            pages: 1 + batch.appended_pages,
             ..Counts::default()
         },
         ..PagePlan::default()
@@ -400,10 +432,54 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn appended_pages_count_and_keep_rows_as_if_written_apart() {
+        // Page 1: ids 1 and 2, both new. Page 2: id 2 again (changed), id 3.
+        let shape = RecordShape::new(&["id".into()], &[]).unwrap();
+        let page = |rows: Vec<(serde_json::Value, bool)>| PageBatch {
+            fetched: rows.len() as u64,
+            rows: rows
+                .into_iter()
+                .map(|(value, repeat)| BatchRow {
+                    record: shape.read(&value).unwrap(),
+                    repeat,
+                })
+                .collect(),
+            ..PageBatch::default()
+        };
+        let mut batch = page(vec![
+            (json!({"id": 1}), false),
+            (json!({"id": 2, "v": 1}), false),
+        ]);
+        batch.append(page(vec![
+            (json!({"id": 2, "v": 2}), true),
+            (json!({"id": 3}), false),
+        ]));
+
+        let texts: Vec<&str> = batch.rows.iter().map(|r| r.record.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            [r#"{"id":1}"#, r#"{"id":2,"v":2}"#, r#"{"id":3}"#],
+            "one row per key, the later copy in the first one's place"
+        );
+        let plan = plan_page(&batch, &[None, None, None]);
+        assert_eq!(
+            plan.counts,
+            Counts {
+                fetched: 4,
+                inserted: 3,
+                duplicate: 1,
+                pages: 2,
+                ..Counts::default()
+            },
+            "as page 1 (2 inserted) then page 2 (1 inserted, 1 duplicate)"
+        );
+    }
+
+    #[test]
     fn plan_counts_every_record_once_and_writes_only_changes() {
         let shape = RecordShape::new(&["id".into()], &[]).unwrap();
-        let row = |value, repeat| BatchRow {
-            record: shape.read(value).unwrap(),
+        let row = |value: serde_json::Value, repeat| BatchRow {
+            record: shape.read(&value).unwrap(),
             repeat,
         };
         let batch = PageBatch {
@@ -414,9 +490,13 @@ mod tests {
                 row(json!({"id": 4, "v": 2}), true),
                 row(json!({"id": 5, "v": 2}), true),
             ],
-            rejects: vec![shape.read(json!({"v": 1})).unwrap_err()],
+            rejects: vec![crate::record::Rejected {
+                json: json!({"v": 1}),
+                reason: shape.read(&json!({"v": 1})).unwrap_err(),
+            }],
             fetched: 7,
             collapsed: 1,
+            appended_pages: 0,
         };
         let same = |i: usize| Some(batch.rows[i].record.content_hash);
         let stored = [None, same(1), Some([0; 16]), Some([0; 16]), same(4)];

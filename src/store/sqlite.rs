@@ -340,7 +340,7 @@ impl SqliteStore {
                 query = query.bind(part.as_str());
             }
             query
-                .bind(record.json.to_string())
+                .bind(record.text.as_str())
                 .bind(record.content_hash.as_slice())
                 .bind(run)
                 .execute(&mut *tx)

@@ -168,7 +168,7 @@ async fn a_key_that_appears_between_plan_and_write_falls_back_to_the_upsert(pool
         rows: [changed.clone(), product(4)]
             .into_iter()
             .map(|v| BatchRow {
-                record: shape.read(v).unwrap(),
+                record: shape.read(&v).unwrap(),
                 repeat: false,
             })
             .collect(),

@@ -297,18 +297,15 @@ fn binary_copy(
         out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
         out.extend_from_slice(bytes);
     };
-    let mut json = Vec::with_capacity(1024);
     for &i in rows {
         let record = &batch.rows[i].record;
         out.extend_from_slice(&fields.to_be_bytes());
         for key in &record.key {
             field(&mut out, key.as_bytes());
         }
-        json.clear();
-        json.push(1); // jsonb format version
-        // Writing a Value to a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut json, &record.json);
-        field(&mut out, &json);
+        out.extend_from_slice(&(record.text.len() as i32 + 1).to_be_bytes());
+        out.push(1); // jsonb format version, then the JSON text
+        out.extend_from_slice(record.text.as_bytes());
         field(&mut out, &record.content_hash);
         field(&mut out, &micros.to_be_bytes());
         field(&mut out, &micros.to_be_bytes());
@@ -331,7 +328,7 @@ async fn update_rows(
     let sql = format!(
         "UPDATE {table} AS t SET record = b.record, content_hash = b.content_hash, \
            changed_at = now(), run_id = ${run_param} \
-         FROM UNNEST({params}, ${record_param}::jsonb[], ${hash_param}::bytea[]) \
+         FROM UNNEST({params}, ${record_param}::text[]::jsonb[], ${hash_param}::bytea[]) \
            AS b({aliases}, record, content_hash) \
          WHERE {join} AND t.content_hash IS DISTINCT FROM b.content_hash",
         table = table.name.quoted(),
@@ -361,7 +358,7 @@ async fn upsert_rows(
     let sql = format!(
         "INSERT INTO {table} AS t ({columns}, record, content_hash, first_seen_at, changed_at, run_id) \
          SELECT {aliases}, b.record, b.content_hash, now(), now(), ${run_param} \
-         FROM UNNEST({params}, ${record_param}::jsonb[], ${hash_param}::bytea[]) \
+         FROM UNNEST({params}, ${record_param}::text[]::jsonb[], ${hash_param}::bytea[]) \
            AS b({aliases}, record, content_hash) \
          ON CONFLICT ({columns}) DO UPDATE SET record = excluded.record, \
            content_hash = excluded.content_hash, changed_at = excluded.changed_at, \
@@ -380,7 +377,7 @@ async fn upsert_rows(
     Ok(())
 }
 
-/// Binds the key arrays, the records (jsonb[]) and the hashes (bytea[]).
+/// Binds the key arrays, the records (text[], cast to jsonb[]) and the hashes (bytea[]).
 fn bind_rows<'q>(
     mut query: PgQuery<'q>,
     table: &TableSpec,
@@ -390,8 +387,10 @@ fn bind_rows<'q>(
     for column in key_arrays(table, batch, rows.iter().copied()) {
         query = query.bind(column);
     }
-    let records: Vec<&serde_json::Value> =
-        rows.iter().map(|&i| &batch.rows[i].record.json).collect();
+    let records: Vec<&str> = rows
+        .iter()
+        .map(|&i| batch.rows[i].record.text.as_str())
+        .collect();
     let hashes: Vec<&[u8]> = rows
         .iter()
         .map(|&i| batch.rows[i].record.content_hash.as_slice())
