@@ -115,7 +115,12 @@ impl RecordShape {
     /// the text to store. `Err` holds the reason it cannot be stored.
     pub fn read(&self, json: &Value) -> Result<Record, String> {
         let key = self.extract_key(json)?;
-        let mut canonical = Canonical::default();
+        // Room for a typical record up front: growing from empty would
+        // reallocate half a dozen times per record.
+        let mut canonical = Canonical {
+            bytes: Vec::with_capacity(512),
+            saw_nul: false,
+        };
         canonical.value(json, Some(&self.exclude));
         if canonical.saw_nul {
             return Err(

@@ -240,11 +240,11 @@ impl Prepared {
 }
 
 /// Pages read ahead of the writer. Each holds its records as text (about the
-/// size of the response), so four cost a few megabytes at most.
-const QUEUED_PAGES: usize = 4;
+/// size of the response), so three cost a few megabytes at most.
+const QUEUED_PAGES: usize = 3;
 
 /// The writer appends waiting pages to the one it writes up to this many rows.
-const MAX_ROWS_PER_COMMIT: usize = 5_000;
+const MAX_ROWS_PER_COMMIT: usize = 4_000;
 
 /// Reads and writes the pages, overlapped: while one page is being written,
 /// the next are fetched, parsed and hashed (a queue of [`QUEUED_PAGES`]
@@ -315,16 +315,25 @@ impl Drop for ReaderTask {
 }
 
 /// Fetches, reads and checks the pages, handing each to the writer.
+///
+/// Two stages overlap: while page N is read (hashed, checked) on the blocking
+/// pool, page N+1 is fetched and parsed. Page N goes to the writer once page
+/// N+1's response is in or has failed for good; a failure is returned only
+/// after the pages before it were handed over.
 async fn read_pages(
     job: &Job,
     ctx: &SyncContext,
     since: &[(&str, String)],
-    mut tracker: Option<WatermarkTracker>,
+    tracker: Option<WatermarkTracker>,
     writer: tokio::sync::mpsc::Sender<Prepared>,
 ) -> Result<(), SyncError> {
     let mut pages = job.source.pages(&ctx.client, &ctx.redactor, since);
-    let mut seen = SeenKeys::default();
-    let mut previous_page: Option<(u64, u128)> = None;
+    let mut stage = ReaderStage::Idle(ReaderState {
+        shape: Arc::clone(&job.shape),
+        seen: SeenKeys::default(),
+        tracker,
+        previous_page: None,
+    });
     loop {
         // Waiting for a response (retries included) is abandoned on shutdown:
         // nothing of that page is written yet.
@@ -332,27 +341,65 @@ async fn read_pages(
         let next = tokio::select! {
             biased;
             () = ctx.cancel.cancelled() => return Err(SyncError::Interrupted),
-            next = pages.next_page() => next?,
+            next = pages.next_page() => next,
         };
-        let Some(page) = next else {
-            if let Some(tracker) = &tracker {
+        let mut state = match stage {
+            ReaderStage::Idle(state) => state,
+            ReaderStage::Reading(reading) => {
+                let (prepared, state) = reading
+                    .await
+                    .map_err(|e| SyncError::Reader(e.to_string()))?;
+                if writer.send(prepared?).await.is_err() {
+                    // The writer stopped; its error says why.
+                    return Ok(());
+                }
+                state
+            }
+        };
+        let Some(page) = next? else {
+            if let Some(tracker) = &state.tracker {
                 tracker.warn_if_unreadable();
             }
             return Ok(());
         };
+        tracing::debug!(
+            page = page.number,
+            fetch_ms = fetch_started.elapsed().as_secs_f64() * 1e3,
+            "Page fetched."
+        );
+        // Reading a page's records takes milliseconds of CPU: on the blocking
+        // pool, like the parse, so the runtime's workers stay free for the
+        // writer's I/O. The parsed values are dropped there too.
+        stage = ReaderStage::Reading(tokio::task::spawn_blocking(move || {
+            let prepared = state.prepare(page);
+            (prepared, state)
+        }));
+    }
+}
+
+/// The reader between two fetches: idle, or reading a page on the blocking
+/// pool (which holds its state until it is done).
+enum ReaderStage {
+    Idle(ReaderState),
+    Reading(tokio::task::JoinHandle<(Result<Prepared, SyncError>, ReaderState)>),
+}
+
+/// What the reader carries from one page to the next.
+struct ReaderState {
+    shape: Arc<RecordShape>,
+    seen: SeenKeys,
+    tracker: Option<WatermarkTracker>,
+    /// The previous page's number and key fingerprint.
+    previous_page: Option<(u64, u128)>,
+}
+
+impl ReaderState {
+    /// Reads `page` into a batch; an error if it repeats the previous page.
+    fn prepare(&mut self, page: Page) -> Result<Prepared, SyncError> {
         let (number, is_last) = (page.number, page.is_last);
-        // Reading a page's records (hash, text) takes milliseconds: done on
-        // the blocking pool, like the parse, so the writer's tasks are not
-        // held up behind it. The Values are dropped there too.
-        let shape = Arc::clone(&job.shape);
-        let (batch, fingerprint, returned) = tokio::task::spawn_blocking(move || {
-            let (batch, fingerprint) = build_batch(&shape, page, &mut seen, tracker.as_mut());
-            (batch, fingerprint, (seen, tracker))
-        })
-        .await
-        .map_err(|e| SyncError::Reader(e.to_string()))?;
-        (seen, tracker) = returned;
-        if let (Some((previous, last)), Some(current)) = (previous_page, fingerprint)
+        let (batch, fingerprint) =
+            build_batch(&self.shape, page, &mut self.seen, self.tracker.as_mut());
+        if let (Some((previous, last)), Some(current)) = (self.previous_page, fingerprint)
             && last == current
         {
             return Err(SyncError::RepeatedPage {
@@ -360,26 +407,18 @@ async fn read_pages(
                 previous,
             });
         }
-        previous_page = fingerprint.map(|f| (number, f));
+        self.previous_page = fingerprint.map(|f| (number, f));
         // The watermark moves only with the last page: see `incremental`.
-        let watermark = tracker
+        let watermark = self
+            .tracker
             .as_ref()
             .filter(|_| is_last)
             .and_then(|tracker| tracker.watermark().cloned());
-        tracing::debug!(
-            page = number,
-            fetch_ms = fetch_started.elapsed().as_secs_f64() * 1e3,
-            "Page read."
-        );
-        let prepared = Prepared {
+        Ok(Prepared {
             number,
             batch,
             watermark,
-        };
-        if writer.send(prepared).await.is_err() {
-            // The writer stopped; its error says why.
-            return Ok(());
-        }
+        })
     }
 }
 
@@ -421,6 +460,7 @@ async fn write_pages(
             .store
             .plan_page(&job.table, &batch, empty_at_start)
             .await?;
+        let plan_ms = started.elapsed().as_secs_f64() * 1e3;
         let mut pending = tally.unsaved;
         pending += plan.counts;
         if plan.needs_commit(&batch, watermark.is_some()) {
@@ -446,6 +486,7 @@ async fn write_pages(
         tracing::debug!(
             page = number,
             fetched = batch.fetched,
+            plan_ms,
             write_ms = started.elapsed().as_secs_f64() * 1e3,
             "Page written."
         );

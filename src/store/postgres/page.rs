@@ -217,16 +217,33 @@ pub(super) async fn stored_hashes(
     asked: &[usize],
 ) -> Result<Vec<Option<ContentHash>>, StoreError> {
     let mut existing = vec![None; batch.rows.len()];
-    if asked.is_empty() {
-        return Ok(existing);
+    // Several pages written together ask in several statements: one
+    // statement for 5,000 keys took 70 ms where five of 1,000 take 25.
+    for asked in asked.chunks(LOOKUP_CHUNK) {
+        lookup(pool, table, batch, asked, &mut existing).await?;
     }
+    Ok(existing)
+}
+
+/// Keys asked about in one statement.
+const LOOKUP_CHUNK: usize = 1_000;
+
+async fn lookup(
+    pool: &PgPool,
+    table: &TableSpec,
+    batch: &PageBatch,
+    asked: &[usize],
+    existing: &mut [Option<ContentHash>],
+) -> Result<(), StoreError> {
     let (params, aliases) = key_params(table, 1);
-    // A nested loop of primary-key probes, one per key: the planner would
-    // pick the same for a page, and LATERAL keeps it so however large the
-    // table grows.
+    // A nested loop of primary-key probes, one per key. The planner flattens
+    // a plain LATERAL subquery into a join, and for a few thousand keys it
+    // then prefers a hash join over a scan of the whole table (measured: 70 ms
+    // instead of 20 ms for 5,000 keys in 200,000 rows). `LIMIT 1` (a key
+    // matches at most one row) keeps the subquery, and so the probes.
     let sql = format!(
         "SELECT b.ord, s.content_hash FROM UNNEST({params}) WITH ORDINALITY AS b({aliases}, ord) \
-         CROSS JOIN LATERAL (SELECT t.content_hash FROM {table} AS t WHERE {join}) AS s",
+         CROSS JOIN LATERAL (SELECT t.content_hash FROM {table} AS t WHERE {join} LIMIT 1) AS s",
         table = table.name.quoted(),
         join = key_join(table),
     );
@@ -247,7 +264,7 @@ pub(super) async fn stored_hashes(
             *slot = Some(hash);
         }
     }
-    Ok(existing)
+    Ok(())
 }
 
 /// New rows, by binary COPY into the table itself.
