@@ -28,7 +28,7 @@ use sqlx::postgres::{PgArguments, PgPool};
 use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 
-use crate::record::ContentHash;
+use crate::record::{ContentHash, Record};
 use crate::run::{Counts, RunId};
 use crate::store::{PageBatch, PagePlan, StoreError, TableSpec};
 
@@ -267,7 +267,8 @@ async fn lookup(
     Ok(())
 }
 
-/// New rows, by binary COPY into the table itself.
+/// New rows, by binary COPY into the table itself, sent in chunks so that
+/// the encoded rows never sit in memory all at once.
 async fn copy_rows(
     conn: &mut PgConnection,
     table: &TableSpec,
@@ -283,9 +284,26 @@ async fn copy_rows(
         table = table.name.quoted(),
         columns = columns.join(", "),
     );
-    let data = binary_copy(table.key_columns.len(), run, now, batch, rows);
+    let encoder = BinaryCopy::new(table.key_columns.len(), run, now);
     let mut copy = conn.copy_in_raw(&sql).await?;
-    if let Err(e) = copy.send(data).await {
+    let mut chunk = Vec::with_capacity(COPY_CHUNK_BYTES + 4096);
+    encoder.header(&mut chunk);
+    let mut sent = Ok(());
+    for &i in rows {
+        encoder.row(&mut chunk, &batch.rows[i].record);
+        if chunk.len() >= COPY_CHUNK_BYTES {
+            sent = copy.send(chunk.as_slice()).await.map(drop);
+            chunk.clear();
+            if sent.is_err() {
+                break;
+            }
+        }
+    }
+    if sent.is_ok() {
+        encoder.trailer(&mut chunk);
+        sent = copy.send(chunk).await.map(drop);
+    }
+    if let Err(e) = sent {
         let _ = copy.abort("apisync: sending the page failed").await;
         return Err(e.into());
     }
@@ -293,43 +311,56 @@ async fn copy_rows(
     Ok(())
 }
 
-/// PostgreSQL's binary COPY format for `rows`: key columns (text), record
-/// (jsonb: version 1 + the JSON text), content_hash (bytea), first_seen_at
-/// and changed_at (timestamptz: microseconds since 2000-01-01), run_id (int8).
-fn binary_copy(
-    keys: usize,
+/// Bytes of COPY data sent at a time.
+const COPY_CHUNK_BYTES: usize = 256 * 1024;
+
+/// PostgreSQL's binary COPY format for the target table: key columns (text),
+/// record (jsonb: version 1 + the JSON text), content_hash (bytea),
+/// first_seen_at and changed_at (timestamptz: microseconds since
+/// 2000-01-01), run_id (int8).
+struct BinaryCopy {
+    fields: i16,
+    micros: i64,
     run: RunId,
-    now: DateTime<Utc>,
-    batch: &PageBatch,
-    rows: &[usize],
-) -> Vec<u8> {
-    const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
-    let micros = now.timestamp_micros() - PG_EPOCH_MICROS;
-    let fields = (keys + 5) as i16;
-    let mut out = Vec::with_capacity(19 + rows.len() * 512);
-    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
-    out.extend_from_slice(&0i32.to_be_bytes()); // flags
-    out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
-    let field = |out: &mut Vec<u8>, bytes: &[u8]| {
-        out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
-        out.extend_from_slice(bytes);
-    };
-    for &i in rows {
-        let record = &batch.rows[i].record;
-        out.extend_from_slice(&fields.to_be_bytes());
+}
+
+impl BinaryCopy {
+    fn new(keys: usize, run: RunId, now: DateTime<Utc>) -> Self {
+        const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+        Self {
+            fields: (keys + 5) as i16,
+            micros: now.timestamp_micros() - PG_EPOCH_MICROS,
+            run,
+        }
+    }
+
+    fn header(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+        out.extend_from_slice(&0i32.to_be_bytes()); // flags
+        out.extend_from_slice(&0i32.to_be_bytes()); // header extension length
+    }
+
+    fn row(&self, out: &mut Vec<u8>, record: &Record) {
+        let field = |out: &mut Vec<u8>, bytes: &[u8]| {
+            out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+            out.extend_from_slice(bytes);
+        };
+        out.extend_from_slice(&self.fields.to_be_bytes());
         for key in &record.key {
-            field(&mut out, key.as_bytes());
+            field(out, key.as_bytes());
         }
         out.extend_from_slice(&(record.text.len() as i32 + 1).to_be_bytes());
         out.push(1); // jsonb format version, then the JSON text
         out.extend_from_slice(record.text.as_bytes());
-        field(&mut out, &record.content_hash);
-        field(&mut out, &micros.to_be_bytes());
-        field(&mut out, &micros.to_be_bytes());
-        field(&mut out, &run.to_be_bytes());
+        field(out, &record.content_hash);
+        field(out, &self.micros.to_be_bytes());
+        field(out, &self.micros.to_be_bytes());
+        field(out, &self.run.to_be_bytes());
     }
-    out.extend_from_slice(&(-1i16).to_be_bytes());
-    out
+
+    fn trailer(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(-1i16).to_be_bytes());
+    }
 }
 
 /// Changed rows, in one statement; the `WHERE` re-checks the hash.
