@@ -132,7 +132,8 @@ fn describe() {
     describe_histogram!(
         DB_WRITE_DURATION_SECONDS,
         metrics::Unit::Seconds,
-        "Duration of page writes that needed a transaction, the hash comparison included."
+        "Duration of write transactions (one page, or the pages waiting together), the hash \
+         comparison included."
     );
     describe_gauge!(
         BUILD_INFO,
