@@ -155,7 +155,17 @@ pub struct WatermarkTracker {
 
 impl WatermarkTracker {
     pub fn observe(&mut self, record: &Value) {
-        let Some(value) = record.pointer(&self.pointer) else {
+        self.observe_field(self.field_of(record));
+    }
+
+    /// The record's incremental field, if it has one.
+    pub fn field_of<'a>(&self, record: &'a Value) -> Option<&'a Value> {
+        record.pointer(&self.pointer)
+    }
+
+    /// Like [`WatermarkTracker::observe`], given the record's field.
+    pub fn observe_field(&mut self, field: Option<&Value>) {
+        let Some(value) = field else {
             self.unreadable += 1;
             return;
         };

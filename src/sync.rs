@@ -232,10 +232,26 @@ struct Prepared {
 }
 
 impl Prepared {
-    fn append(&mut self, next: Prepared) {
-        self.number = next.number;
-        self.batch.append(next.batch);
-        self.watermark = next.watermark;
+    /// Appends the next page, unless it shares a key with this batch (then
+    /// it is handed back, to be written after it).
+    fn append(&mut self, next: Prepared) -> Result<(), Prepared> {
+        let Prepared {
+            number,
+            batch,
+            watermark,
+        } = next;
+        match self.batch.append(batch) {
+            Ok(()) => {
+                self.number = number;
+                self.watermark = watermark;
+                Ok(())
+            }
+            Err(batch) => Err(Prepared {
+                number,
+                batch,
+                watermark,
+            }),
+        }
     }
 }
 
@@ -432,12 +448,18 @@ async fn write_pages(
     tally: &mut Tally,
     mut pages: tokio::sync::mpsc::Receiver<Prepared>,
 ) -> Result<(), SyncError> {
+    // A page taken from the queue that could not join the previous
+    // transaction; it starts the next one.
+    let mut held_back: Option<Prepared> = None;
     loop {
         // Between pages, shutdown wins; a page once taken is written whole.
-        let prepared = tokio::select! {
-            biased;
-            () = ctx.cancel.cancelled() => return Err(SyncError::Interrupted),
-            prepared = pages.recv() => prepared,
+        let prepared = match held_back.take() {
+            Some(prepared) => Some(prepared),
+            None => tokio::select! {
+                biased;
+                () = ctx.cancel.cancelled() => return Err(SyncError::Interrupted),
+                prepared = pages.recv() => prepared,
+            },
         };
         let Some(mut prepared) = prepared else {
             return Ok(());
@@ -448,7 +470,11 @@ async fn write_pages(
         while prepared.batch.rows.len() < MAX_ROWS_PER_COMMIT
             && let Ok(next) = pages.try_recv()
         {
-            prepared.append(next);
+            if let Err(next) = prepared.append(next) {
+                // It shares a key with these pages: it goes after them.
+                held_back = Some(next);
+                break;
+            }
         }
         let Prepared {
             number,
@@ -497,7 +523,7 @@ async fn write_pages(
 /// a page the later copy of a key wins (it replaces the earlier one in place);
 /// a key already seen on an earlier page is flagged as a repeat: written only
 /// if it changed, and counted as a duplicate. An incremental job's `tracker`
-/// sees every record that can be stored.
+/// sees the records kept, as before the values are dropped here.
 ///
 /// Also returns a fingerprint of the page's keys in order (`None` when it has
 /// none), to notice an API that serves the same page again and again.
@@ -505,13 +531,16 @@ fn build_batch(
     shape: &RecordShape,
     page: Page,
     seen: &mut SeenKeys,
-    mut tracker: Option<&mut WatermarkTracker>,
+    tracker: Option<&mut WatermarkTracker>,
 ) -> (PageBatch, Option<u128>) {
     let mut batch = PageBatch {
         fetched: page.records.len() as u64,
         ..PageBatch::default()
     };
     let mut slot_of_key: HashMap<u128, usize> = HashMap::new();
+    // The incremental field of each kept row: a copy replaced later in the
+    // page must not move the watermark.
+    let mut marks: Vec<Option<serde_json::Value>> = Vec::new();
     let mut keys = Xxh3::new();
     let mut any_key = false;
     for value in page.records {
@@ -525,17 +554,21 @@ fn build_batch(
                 continue;
             }
         };
-        if let Some(tracker) = tracker.as_deref_mut() {
-            tracker.observe(&value);
-        }
+        let mark = tracker
+            .as_deref()
+            .map(|tracker| tracker.field_of(&value).cloned());
         let fingerprint = record.key_fingerprint;
         keys.update(&fingerprint.to_le_bytes());
         any_key = true;
         if let Some(&slot) = slot_of_key.get(&fingerprint) {
             batch.rows[slot].record = record;
             batch.collapsed += 1;
+            if let Some(mark) = mark {
+                marks[slot] = mark;
+            }
         } else {
             slot_of_key.insert(fingerprint, batch.rows.len());
+            marks.extend(mark);
             // 64 bits are enough for the run-wide set (8 bytes a key, not 16):
             // a collision could only mark a record as a repeat, which changes
             // its count, never whether it is written. The in-page map above
@@ -544,6 +577,11 @@ fn build_batch(
                 record,
                 repeat: !seen.insert(fingerprint as u64),
             });
+        }
+    }
+    if let Some(tracker) = tracker {
+        for mark in &marks {
+            tracker.observe_field(mark.as_ref());
         }
     }
     (batch, any_key.then(|| keys.digest128()))
@@ -578,6 +616,33 @@ fn log_finished(report: &RunReport) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_copy_replaced_within_the_page_does_not_move_the_watermark() {
+        let shape = RecordShape::new(&["id".into()], &[]).unwrap();
+        let incremental = Incremental::new(&crate::config::IncrementalSettings {
+            field: "updated_at".into(),
+            param: "updated_since".into(),
+            lookback: Duration::ZERO,
+        })
+        .unwrap();
+        let mut tracker = incremental.tracker(None);
+        let page = Page {
+            number: 1,
+            records: vec![
+                json!({"id": 1, "updated_at": 50}),
+                json!({"id": 2, "updated_at": 10}),
+                json!({"id": 1, "updated_at": 20}),
+            ],
+            is_last: true,
+        };
+        build_batch(&shape, page, &mut SeenKeys::default(), Some(&mut tracker));
+        assert_eq!(
+            tracker.watermark(),
+            Some(&json!(20)),
+            "id 1 is stored as its later copy (20), not the replaced one (50)"
+        );
+    }
 
     #[test]
     fn batches_keep_one_copy_per_key() {

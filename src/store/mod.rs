@@ -13,7 +13,7 @@ pub mod ident;
 mod postgres;
 mod sqlite;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -56,30 +56,29 @@ pub struct PageBatch {
 
 impl PageBatch {
     /// Appends the batch of the next page, so that consecutive pages can
-    /// share one transaction. As inside a page, a key already here is
-    /// replaced in place by the later copy and counted as collapsed: the
-    /// counts and the stored rows come out as if the pages were written one
-    /// after the other.
-    pub fn append(&mut self, next: PageBatch) {
-        let mut slot_of_key: HashMap<u128, usize> = self
+    /// share one transaction; the counts and the stored rows come out as if
+    /// the pages were written one after the other. A page that shares a key
+    /// with this batch is handed back: written apart, its copy is compared
+    /// with what the earlier page stored, and merged it could not be.
+    pub fn append(&mut self, next: PageBatch) -> Result<(), PageBatch> {
+        let keys: HashSet<u128> = self
             .rows
             .iter()
-            .enumerate()
-            .map(|(slot, row)| (row.record.key_fingerprint, slot))
+            .map(|row| row.record.key_fingerprint)
             .collect();
-        for row in next.rows {
-            if let Some(&slot) = slot_of_key.get(&row.record.key_fingerprint) {
-                self.rows[slot].record = row.record;
-                self.collapsed += 1;
-            } else {
-                slot_of_key.insert(row.record.key_fingerprint, self.rows.len());
-                self.rows.push(row);
-            }
+        if next
+            .rows
+            .iter()
+            .any(|row| keys.contains(&row.record.key_fingerprint))
+        {
+            return Err(next);
         }
+        self.rows.extend(next.rows);
         self.rejects.extend(next.rejects);
         self.fetched += next.fetched;
         self.collapsed += next.collapsed;
         self.appended_pages += 1 + next.appended_pages;
+        Ok(())
     }
 }
 
@@ -432,8 +431,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn appended_pages_count_and_keep_rows_as_if_written_apart() {
-        // Page 1: ids 1 and 2, both new. Page 2: id 2 again (changed), id 3.
+    fn appended_pages_count_as_if_written_apart_and_a_shared_key_stays_apart() {
         let shape = RecordShape::new(&["id".into()], &[]).unwrap();
         let page = |rows: Vec<(serde_json::Value, bool)>| PageBatch {
             fetched: rows.len() as u64,
@@ -446,33 +444,32 @@ mod tests {
                 .collect(),
             ..PageBatch::default()
         };
-        let mut batch = page(vec![
-            (json!({"id": 1}), false),
-            (json!({"id": 2, "v": 1}), false),
-        ]);
-        batch.append(page(vec![
-            (json!({"id": 2, "v": 2}), true),
-            (json!({"id": 3}), false),
-        ]));
+        let mut batch = page(vec![(json!({"id": 1}), false), (json!({"id": 2}), false)]);
+        let mut second = page(vec![(json!({"id": 3}), false), (json!({"id": 9}), true)]);
+        second.collapsed = 1;
+        second.fetched += 1;
+        batch.append(second).unwrap();
 
-        let texts: Vec<&str> = batch.rows.iter().map(|r| r.record.text.as_str()).collect();
-        assert_eq!(
-            texts,
-            [r#"{"id":1}"#, r#"{"id":2,"v":2}"#, r#"{"id":3}"#],
-            "one row per key, the later copy in the first one's place"
-        );
-        let plan = plan_page(&batch, &[None, None, None]);
+        let plan = plan_page(&batch, &[None, None, None, Some([0; 16])]);
         assert_eq!(
             plan.counts,
             Counts {
-                fetched: 4,
+                fetched: 5,
                 inserted: 3,
-                duplicate: 1,
+                duplicate: 2,
                 pages: 2,
                 ..Counts::default()
             },
-            "as page 1 (2 inserted) then page 2 (1 inserted, 1 duplicate)"
+            "as page 1 (2 inserted) then page 2 (1 inserted, 2 duplicates)"
         );
+
+        // Id 2 again, changed: written apart, it is compared with what page 1
+        // stored; in one batch it could not be.
+        let third = page(vec![(json!({"id": 2, "v": 2}), true)]);
+        let third = batch.append(third).unwrap_err();
+        assert_eq!(third.rows.len(), 1, "handed back whole");
+        assert_eq!(batch.rows.len(), 4, "the batch is as it was");
+        assert_eq!(batch.appended_pages, 1);
     }
 
     #[test]
