@@ -160,6 +160,39 @@ fn plan_page(batch: &PageBatch, existing: &[Option<ContentHash>]) -> PagePlan {
     plan
 }
 
+/// The verdict on an existing target table, shared by the stores: the
+/// column `problems` a store found in its catalogue, plus a primary key that
+/// is not exactly the job's key columns.
+fn table_shape_verdict(
+    table: &TableSpec,
+    mut problems: Vec<String>,
+    mut primary_key: Vec<&str>,
+) -> Result<(), StoreError> {
+    let mut wanted_key: Vec<&str> = table.key_columns.iter().map(|c| c.as_str()).collect();
+    primary_key.sort_unstable();
+    wanted_key.sort_unstable();
+    if primary_key != wanted_key {
+        let found = if primary_key.is_empty() {
+            "there is no primary key".to_owned()
+        } else {
+            format!("the primary key is ({})", primary_key.join(", "))
+        };
+        problems.push(format!(
+            "{found}, expected PRIMARY KEY ({}); the key constraint is what guarantees \
+             one row per key",
+            wanted_key.join(", ")
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::TableShape {
+            table: table.name.to_string(),
+            problems: problems.join("; "),
+        })
+    }
+}
+
 /// One row of `apisync.runs`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunRecord {

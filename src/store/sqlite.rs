@@ -206,34 +206,12 @@ impl SqliteStore {
                 Some(_) => {}
             }
         }
-        let mut primary_key: Vec<&str> = columns
+        let primary_key: Vec<&str> = columns
             .iter()
             .filter(|(_, _, pk)| *pk > 0)
             .map(|(name, _, _)| name.as_str())
             .collect();
-        let mut wanted_key: Vec<&str> = table.key_columns.iter().map(|c| c.as_str()).collect();
-        primary_key.sort_unstable();
-        wanted_key.sort_unstable();
-        if primary_key != wanted_key {
-            let found = if primary_key.is_empty() {
-                "there is no primary key".to_owned()
-            } else {
-                format!("the primary key is ({})", primary_key.join(", "))
-            };
-            problems.push(format!(
-                "{found}, expected PRIMARY KEY ({}); the key constraint is what guarantees \
-                 one row per key",
-                wanted_key.join(", ")
-            ));
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(StoreError::TableShape {
-                table: table.name.to_string(),
-                problems: problems.join("; "),
-            })
-        }
+        super::table_shape_verdict(table, problems, primary_key)
     }
 
     pub(super) async fn table_is_empty(&self, table: &TableSpec) -> Result<bool, StoreError> {

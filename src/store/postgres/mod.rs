@@ -142,7 +142,7 @@ impl PgStore {
         .bind(&regclass)
         .fetch_all(&self.pool)
         .await?;
-        let mut primary_key: Vec<String> = sqlx::query_scalar(
+        let primary_key: Vec<String> = sqlx::query_scalar(
             "SELECT a.attname::text \
              FROM pg_index i \
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
@@ -173,33 +173,11 @@ impl PgStore {
                 Some(_) => {}
             }
         }
-        let mut wanted_key: Vec<String> = table
-            .key_columns
-            .iter()
-            .map(|c| c.as_str().to_owned())
-            .collect();
-        wanted_key.sort();
-        primary_key.sort();
-        if primary_key != wanted_key {
-            let found = if primary_key.is_empty() {
-                "there is no primary key".to_owned()
-            } else {
-                format!("the primary key is ({})", primary_key.join(", "))
-            };
-            problems.push(format!(
-                "{found}, expected PRIMARY KEY ({}); the key constraint is what guarantees \
-                 one row per key",
-                wanted_key.join(", ")
-            ));
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(StoreError::TableShape {
-                table: table.name.to_string(),
-                problems: problems.join("; "),
-            })
-        }
+        super::table_shape_verdict(
+            table,
+            problems,
+            primary_key.iter().map(String::as_str).collect(),
+        )
     }
 
     /// Takes the job's advisory lock on a connection of its own (outside the
