@@ -15,6 +15,8 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
 COPY --from=planner /app/recipe.json recipe.json
+# A patched dependency (see vendor/README.md): the recipe does not carry it.
+COPY vendor vendor
 RUN cargo chef cook --release --locked --recipe-path recipe.json --bin apisync
 COPY . .
 RUN cargo build --release --locked --bin apisync

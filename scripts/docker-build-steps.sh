@@ -25,6 +25,8 @@ context "$planner"
 (cd "$planner" && cargo chef prepare --recipe-path recipe.json)
 
 cp "$planner/recipe.json" "$builder/"
+# A patched dependency (see vendor/README.md): the recipe does not carry it.
+cp -r "$repo/vendor" "$builder/"
 cd "$builder"
 cargo chef cook --release --locked --recipe-path recipe.json --bin apisync
 context "$builder"

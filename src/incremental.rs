@@ -135,7 +135,7 @@ impl Incremental {
     pub fn tracker(&self, watermark: Option<Value>) -> WatermarkTracker {
         let best = watermark.and_then(|v| Mark::of(&v).map(|m| (m, v)));
         WatermarkTracker {
-            pointer: self.pointer.clone(),
+            segments: crate::json_pointer::segments(&self.pointer),
             field: self.field.clone(),
             best,
             unreadable: 0,
@@ -146,7 +146,8 @@ impl Incremental {
 /// The highest `field` seen so far in a run (or stored before it).
 #[derive(Debug)]
 pub struct WatermarkTracker {
-    pointer: String,
+    /// The field's pointer, as segments.
+    segments: Vec<String>,
     field: String,
     best: Option<(Mark, Value)>,
     /// Records whose `field` was missing or not a timestamp or number.
@@ -154,13 +155,15 @@ pub struct WatermarkTracker {
 }
 
 impl WatermarkTracker {
-    pub fn observe(&mut self, record: &Value) {
-        self.observe_field(self.field_of(record));
+    /// Sees one record, as JSON text.
+    pub fn observe(&mut self, record: &[u8]) {
+        self.observe_field(self.field_of(record).as_ref());
     }
 
-    /// The record's incremental field, if it has one.
-    pub fn field_of<'a>(&self, record: &'a Value) -> Option<&'a Value> {
-        record.pointer(&self.pointer)
+    /// The incremental field of a record (JSON text), if it has one.
+    pub fn field_of(&self, record: &[u8]) -> Option<Value> {
+        let field = crate::raw_json::pointer(record, &self.segments)?;
+        serde_json::from_slice(field).ok()
     }
 
     /// Like [`WatermarkTracker::observe`], given the record's field.
@@ -264,17 +267,29 @@ mod tests {
     fn the_tracker_keeps_the_highest_value_and_never_goes_back() {
         let inc = incremental(0);
         let mut tracker = inc.tracker(Some(json!("2026-03-01T10:00:00Z")));
-        tracker.observe(&json!({"updated_at": "2026-02-01T00:00:00Z"}));
+        tracker.observe(
+            json!({"updated_at": "2026-02-01T00:00:00Z"})
+                .to_string()
+                .as_bytes(),
+        );
         assert_eq!(tracker.watermark(), Some(&json!("2026-03-01T10:00:00Z")));
-        tracker.observe(&json!({"updated_at": "2026-03-01T10:30:00+01:00"}));
+        tracker.observe(
+            json!({"updated_at": "2026-03-01T10:30:00+01:00"})
+                .to_string()
+                .as_bytes(),
+        );
         assert_eq!(
             tracker.watermark(),
             Some(&json!("2026-03-01T10:00:00Z")),
             "09:30Z is earlier"
         );
-        tracker.observe(&json!({"updated_at": "2026-03-02T00:00:00Z"}));
-        tracker.observe(&json!({"updated_at": "not a time"}));
-        tracker.observe(&json!({"no_field": 1}));
+        tracker.observe(
+            json!({"updated_at": "2026-03-02T00:00:00Z"})
+                .to_string()
+                .as_bytes(),
+        );
+        tracker.observe(json!({"updated_at": "not a time"}).to_string().as_bytes());
+        tracker.observe(json!({"no_field": 1}).to_string().as_bytes());
         assert_eq!(tracker.watermark(), Some(&json!("2026-03-02T00:00:00Z")));
         assert_eq!(tracker.unreadable, 2);
     }

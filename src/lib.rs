@@ -20,6 +20,7 @@
 //! - `run`: run ids, statuses and counts shared by the above.
 //! - `redact`: keeps secrets out of errors, logs and the runs table.
 //! - `json_pointer`: RFC 6901 pointer syntax as used in the configuration.
+//! - `raw_json`: finding values in checked JSON text without parsing it into a tree.
 
 pub mod app;
 pub mod cli;
@@ -29,6 +30,7 @@ pub mod incremental;
 pub mod json_pointer;
 pub mod metrics;
 pub mod notify;
+pub mod raw_json;
 pub mod record;
 pub mod redact;
 pub mod run;

@@ -543,20 +543,15 @@ fn build_batch(
     let mut marks: Vec<Option<serde_json::Value>> = Vec::new();
     let mut keys = Xxh3::new();
     let mut any_key = false;
-    for value in page.records {
-        let record = match shape.read(&value) {
+    for text in page.records.iter() {
+        let record = match shape.read_text(text) {
             Ok(record) => record,
             Err(reason) => {
-                batch.rejects.push(Rejected {
-                    json: value,
-                    reason,
-                });
+                batch.rejects.push(Rejected::of_text(text, reason));
                 continue;
             }
         };
-        let mark = tracker
-            .as_deref()
-            .map(|tracker| tracker.field_of(&value).cloned());
+        let mark = tracker.as_deref().map(|tracker| tracker.field_of(text));
         let fingerprint = record.key_fingerprint;
         keys.update(&fingerprint.to_le_bytes());
         any_key = true;
@@ -615,6 +610,7 @@ fn log_finished(report: &RunReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::source::RawRecords;
     use serde_json::json;
 
     #[test]
@@ -629,11 +625,11 @@ mod tests {
         let mut tracker = incremental.tracker(None);
         let page = Page {
             number: 1,
-            records: vec![
+            records: RawRecords::from_values(&[
                 json!({"id": 1, "updated_at": 50}),
                 json!({"id": 2, "updated_at": 10}),
                 json!({"id": 1, "updated_at": 20}),
-            ],
+            ]),
             is_last: true,
         };
         build_batch(&shape, page, &mut SeenKeys::default(), Some(&mut tracker));
@@ -650,18 +646,18 @@ mod tests {
         let mut seen = SeenKeys::default();
         let first = Page {
             number: 1,
-            records: vec![json!({"id": 1}), json!({"id": 2})],
+            records: RawRecords::from_values(&[json!({"id": 1}), json!({"id": 2})]),
             is_last: false,
         };
         let (_, first_fingerprint) = build_batch(&shape, first, &mut seen, None);
         let second = Page {
             number: 2,
-            records: vec![
+            records: RawRecords::from_values(&[
                 json!({"id": 2, "v": "old"}),
                 json!({"id": 3}),
                 json!({"id": 2, "v": "new"}),
                 json!({"no_id": true}),
-            ],
+            ]),
             is_last: false,
         };
         let (batch, second_fingerprint) = build_batch(&shape, second, &mut seen, None);
@@ -682,11 +678,11 @@ mod tests {
 
         let third = Page {
             number: 3,
-            records: vec![
+            records: RawRecords::from_values(&[
                 json!({"id": 4, "v": "old"}),
                 json!({"id": 5}),
                 json!({"id": 4, "v": "new"}),
-            ],
+            ]),
             is_last: true,
         };
         let (batch, _) = build_batch(&shape, third, &mut seen, None);

@@ -9,6 +9,7 @@ use reqwest::{StatusCode, Url};
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
+use super::body::ResponseBody;
 use crate::config::{Method, RequestSettings};
 
 /// Longest body excerpt kept in an error: enough to recognise an HTML error
@@ -68,12 +69,20 @@ pub struct RequestSpec {
     body: Option<Value>,
     timeout: Duration,
     max_body_bytes: u64,
+    /// The job's `records` pointer, as segments: where a response's
+    /// records are.
+    records: Vec<String>,
 }
 
 impl RequestSpec {
     /// # Errors
     /// A header that is not valid; `apisync check` reports these first.
-    pub fn new(job: &str, settings: &RequestSettings, max_body_bytes: u64) -> Result<Self, String> {
+    pub fn new(
+        job: &str,
+        settings: &RequestSettings,
+        max_body_bytes: u64,
+        records_pointer: &str,
+    ) -> Result<Self, String> {
         let mut headers = HeaderMap::new();
         for (name, value) in &settings.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
@@ -90,6 +99,7 @@ impl RequestSpec {
             body: settings.body.clone(),
             timeout: settings.timeout,
             max_body_bytes,
+            records: crate::json_pointer::segments(records_pointer),
         })
     }
 }
@@ -99,7 +109,7 @@ impl RequestSpec {
 pub struct JsonResponse {
     /// Every `Link` header, joined with `,`.
     pub link: Option<String>,
-    pub body: Value,
+    pub body: ResponseBody,
     /// The API says its quota is spent and resets after this long.
     pub quota_reset: Option<std::time::Duration>,
 }
@@ -262,13 +272,13 @@ async fn attempt(
             excerpt: excerpt(&body),
         });
     }
-    match parse_off_the_runtime(body).await {
-        (Ok(body), _) => Ok(JsonResponse {
+    match parse_off_the_runtime(body, spec.records.clone()).await {
+        Ok(body) => Ok(JsonResponse {
             link,
             body,
             quota_reset,
         }),
-        (Err(source), body) => Err(FetchError::Decode {
+        Err((source, body)) => Err(FetchError::Decode {
             source,
             excerpt: excerpt(&body),
         }),
@@ -277,10 +287,12 @@ async fn attempt(
 
 /// Parses a body on the blocking pool. A large page takes milliseconds to
 /// parse; on a runtime worker that would hold up every task queued behind it
-/// there (the writer's COPY among them). The body comes back for the error
-/// excerpt.
-async fn parse_off_the_runtime(body: Vec<u8>) -> (serde_json::Result<Value>, Vec<u8>) {
-    tokio::task::spawn_blocking(move || (serde_json::from_slice(&body), body))
+/// there (the writer's COPY among them).
+async fn parse_off_the_runtime(
+    body: Vec<u8>,
+    records: Vec<String>,
+) -> Result<ResponseBody, (serde_json::Error, Vec<u8>)> {
+    tokio::task::spawn_blocking(move || ResponseBody::parse(body, &records))
         .await
         .unwrap_or_else(|join| {
             // Only a panic or a runtime shutting down gets here.

@@ -4,6 +4,7 @@
 //!
 //! **Boundary:** this module never touches the database.
 
+pub mod body;
 pub mod http;
 pub mod paginate;
 pub mod throttle;
@@ -13,12 +14,12 @@ use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use reqwest::Url;
-use serde_json::Value;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::config::{JobSettings, Pagination, RateLimitScope, RetrySettings};
 use crate::record::kind_of;
 use crate::redact::Redactor;
+pub use body::RawRecords;
 pub use http::{ApiClient, FetchError, RequestSpec};
 use paginate::{PaginationError, Paginator, strip_query};
 use throttle::Throttle;
@@ -56,7 +57,7 @@ impl SourceSpec {
             (limit, _) => Throttle::new(limit),
         };
         Ok(Self {
-            request: RequestSpec::new(&job.name, &job.request, job.max_body_bytes)?,
+            request: RequestSpec::new(&job.name, &job.request, job.max_body_bytes, &job.records)?,
             job: job.name.clone(),
             base_url,
             pagination: job.pagination.clone(),
@@ -95,7 +96,7 @@ impl SourceSpec {
 pub struct Page {
     /// 1 for the first page of the run.
     pub number: u64,
-    pub records: Vec<Value>,
+    pub records: RawRecords,
     /// No page follows: the run has read everything once this one is written.
     pub is_last: bool,
 }
@@ -184,21 +185,20 @@ impl Pages<'_> {
         let response = self.fetch_with_retries(&url).await.map_err(&error)?;
         self.fetched = number;
 
-        let mut body = response.body;
-        let records = match body.pointer(&self.spec.records_pointer) {
-            Some(Value::Array(items)) => items.len(),
-            other => {
-                return Err(error(SourceErrorKind::Records {
-                    pointer: self.spec.records_pointer.clone(),
-                    found: other.map_or("nothing", kind_of),
-                }));
-            }
+        let body = response.body.envelope;
+        let Some(records) = response.body.records else {
+            return Err(error(SourceErrorKind::Records {
+                pointer: self.spec.records_pointer.clone(),
+                found: body
+                    .pointer(&self.spec.records_pointer)
+                    .map_or("nothing", kind_of),
+            }));
         };
         let view = paginate::Response {
             url: &url,
             link: response.link.as_deref(),
             body: &body,
-            records,
+            records: records.len(),
         };
         self.next = self
             .paginator
@@ -206,7 +206,7 @@ impl Pages<'_> {
             .map_err(|e| error(SourceErrorKind::Pagination(e)))?;
         if self.next.is_none()
             && number == 1
-            && records > 0
+            && !records.is_empty()
             && let Some(pointer) = self.paginator.pointer_missing(&body)
         {
             tracing::warn!(
@@ -216,10 +216,6 @@ impl Pages<'_> {
             );
         }
 
-        let records = match body.pointer_mut(&self.spec.records_pointer) {
-            Some(Value::Array(items)) => std::mem::take(items),
-            _ => unreachable!("checked above that the pointer finds an array"),
-        };
         Ok(Some(Page {
             number,
             records,

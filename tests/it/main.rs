@@ -10,4 +10,5 @@ mod helpers;
 mod pagination;
 mod process;
 mod resilience;
+mod store;
 mod sync;

@@ -235,15 +235,23 @@ async fn lookup(
     asked: &[usize],
     existing: &mut [Option<ContentHash>],
 ) -> Result<(), StoreError> {
+    let n = table.key_columns.len();
     let (params, aliases) = key_params(table, 1);
+    // The server compares the hashes and answers only for keys that are
+    // missing or stored with another hash: an unchanged page comes back
+    // empty, instead of as a thousand rows to send, decode and compare here.
+    //
     // A nested loop of primary-key probes, one per key. The planner flattens
     // a plain LATERAL subquery into a join, and for a few thousand keys it
     // then prefers a hash join over a scan of the whole table (measured: 70 ms
     // instead of 20 ms for 5,000 keys in 200,000 rows). `LIMIT 1` (a key
     // matches at most one row) keeps the subquery, and so the probes.
     let sql = format!(
-        "SELECT b.ord, s.content_hash FROM UNNEST({params}) WITH ORDINALITY AS b({aliases}, ord) \
-         CROSS JOIN LATERAL (SELECT t.content_hash FROM {table} AS t WHERE {join} LIMIT 1) AS s",
+        "SELECT b.ord, s.content_hash \
+         FROM UNNEST({params}, ${hashes}::bytea[]) WITH ORDINALITY AS b({aliases}, h, ord) \
+         LEFT JOIN LATERAL (SELECT t.content_hash FROM {table} AS t WHERE {join} LIMIT 1) AS s \
+         ON true WHERE s.content_hash IS DISTINCT FROM b.h",
+        hashes = n + 1,
         table = table.name.quoted(),
         join = key_join(table),
     );
@@ -251,17 +259,26 @@ async fn lookup(
     for column in key_arrays(table, batch, asked.iter().copied()) {
         query = query.bind(column);
     }
+    let hashes: Vec<&[u8]> = asked
+        .iter()
+        .map(|&row| &batch.rows[row].record.content_hash[..])
+        .collect();
+    query = query.bind(hashes);
+    // Keys not in the answer are stored with the same hash.
+    for &row in asked {
+        existing[row] = Some(batch.rows[row].record.content_hash);
+    }
     for row in query.fetch_all(pool).await? {
         let ord: i64 = row.try_get(0)?;
-        let hash: Vec<u8> = row.try_get(1)?;
+        let stored: Option<Vec<u8>> = row.try_get(1)?;
         // A hash of another length (written by hand, say) never matches.
-        let hash: ContentHash = hash.try_into().unwrap_or([0; 16]);
+        let stored = stored.map(|hash| hash.try_into().unwrap_or([0; 16]));
         let slot = usize::try_from(ord - 1)
             .ok()
             .and_then(|i| asked.get(i))
             .and_then(|&row| existing.get_mut(row));
         if let Some(slot) = slot {
-            *slot = Some(hash);
+            *slot = stored;
         }
     }
     Ok(())

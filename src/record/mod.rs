@@ -6,14 +6,15 @@
 //! a real change of content changes the hash. A value that cannot be stored is
 //! a [`Rejected`] with a reason, never a panic or an error that stops the run.
 
-use std::collections::HashMap;
-use std::io::Write;
+mod canonical;
 
 use serde_json::Value;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::json_pointer;
+use crate::raw_json;
 use crate::store::ident::Ident;
+use canonical::ExcludeTree;
 
 /// xxh3-128 of the canonical record: stable across versions and platforms,
 /// and wide enough that two contents of one key never collide in practice.
@@ -66,6 +67,8 @@ impl KeyField {
 #[derive(Debug, Clone)]
 pub struct RecordShape {
     key: Vec<KeyField>,
+    /// Each key field's pointer, split into segments once.
+    key_segments: Vec<Vec<String>>,
     exclude: ExcludeTree,
 }
 
@@ -88,6 +91,16 @@ pub struct Rejected {
     pub reason: String,
 }
 
+impl Rejected {
+    /// A record refused as JSON text: kept as its value, or, if it is not
+    /// even JSON to serde_json, as a string of the text.
+    pub fn of_text(text: &[u8], reason: String) -> Self {
+        let json = serde_json::from_slice(text)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(text).into_owned()));
+        Self { json, reason }
+    }
+}
+
 impl RecordShape {
     /// # Errors
     /// The configuration key at fault (`key` or `hash_exclude`) and why: a key
@@ -104,36 +117,102 @@ impl RecordShape {
             }
             exclude.insert(&json_pointer::segments(pointer));
         }
-        Ok(Self { key, exclude })
+        let key_segments = key
+            .iter()
+            .map(|field| json_pointer::segments(&field.pointer))
+            .collect();
+        Ok(Self {
+            key,
+            key_segments,
+            exclude,
+        })
     }
 
     pub fn key_fields(&self) -> &[KeyField] {
         &self.key
     }
 
-    /// Reads one value from the records array: its key, its content hash and
-    /// the text to store. `Err` holds the reason it cannot be stored.
+    /// Reads one record from its JSON text (one element of a checked
+    /// response): its key, its content hash and the text to store. `Err`
+    /// holds the reason it cannot be stored.
+    ///
+    /// Most records are read straight from the text; the few the text
+    /// reader declines (see [`canonical::of_text`]), and every record with a
+    /// problem, go through a `serde_json::Value`, which gives the reason.
+    pub fn read_text(&self, text: &[u8]) -> Result<Record, String> {
+        if let Some(record) = self.read_text_directly(text) {
+            return Ok(record);
+        }
+        let value: Value = serde_json::from_slice(text)
+            .map_err(|e| format!("the record is not valid JSON: {e}"))?;
+        self.read(&value)
+    }
+
+    fn read_text_directly(&self, text: &[u8]) -> Option<Record> {
+        let text = raw_json::trim(text);
+        let key = self.key_from_text(text)?;
+        let exclude = (!self.exclude.is_empty()).then_some(&self.exclude);
+        let canonical = canonical::of_text(text, exclude)?;
+        let content_hash = xxh3_128(&canonical).to_be_bytes();
+        // Without exclusions the canonical form is what is stored.
+        let stored = match exclude {
+            None => canonical,
+            Some(_) => canonical::of_text(text, None)?,
+        };
+        Some(Record {
+            key_fingerprint: key_fingerprint(&key),
+            content_hash,
+            key,
+            text: String::from_utf8(stored).ok()?,
+        })
+    }
+
+    /// The key as [`RecordShape::read`] finds it, or `None` for any key it
+    /// would refuse (it says why).
+    fn key_from_text(&self, text: &[u8]) -> Option<Vec<String>> {
+        self.key_segments
+            .iter()
+            .map(|segments| {
+                let value = raw_json::pointer(text, segments)?;
+                let part = match *value.first()? {
+                    b'"' => {
+                        let inner = value.get(1..value.len() - 1)?;
+                        if inner.contains(&b'\\') {
+                            raw_json::unescape(inner)?
+                        } else {
+                            std::str::from_utf8(inner).ok()?.to_owned()
+                        }
+                    }
+                    // Null, object, array: refused.
+                    b'n' | b'{' | b'[' => return None,
+                    b't' | b'f' => std::str::from_utf8(value).ok()?.to_owned(),
+                    _ => {
+                        let mut number = Vec::with_capacity(value.len() + 1);
+                        raw_json::push_number(&mut number, value);
+                        String::from_utf8(number).ok()?
+                    }
+                };
+                (!part.is_empty() && !part.contains('\0')).then_some(part)
+            })
+            .collect()
+    }
+
+    /// Reads one record from a parsed value, as [`RecordShape::read_text`].
     pub fn read(&self, json: &Value) -> Result<Record, String> {
         let key = self.extract_key(json)?;
-        // Room for a typical record up front: growing from empty would
-        // reallocate half a dozen times per record.
-        let mut canonical = Canonical {
-            bytes: Vec::with_capacity(512),
-            saw_nul: false,
-        };
-        canonical.value(json, Some(&self.exclude));
-        if canonical.saw_nul {
+        let (canonical, saw_nul) = canonical::of_value(json, Some(&self.exclude));
+        if saw_nul {
             return Err(
                 "the record contains a NUL character (\\u0000), which PostgreSQL \
                         cannot store"
                     .to_owned(),
             );
         }
-        let content_hash = xxh3_128(&canonical.bytes).to_be_bytes();
+        let content_hash = xxh3_128(&canonical).to_be_bytes();
         // Without exclusions the canonical form is the record itself, written
         // as serde_json writes it (its maps are sorted): no second pass.
         let text = if self.exclude.is_empty() {
-            String::from_utf8(canonical.bytes).expect("JSON written from a Value is UTF-8")
+            String::from_utf8(canonical).expect("JSON written from a Value is UTF-8")
         } else {
             json.to_string()
         };
@@ -220,115 +299,6 @@ fn key_fingerprint(key: &[String]) -> u128 {
         bytes.extend_from_slice(part.as_bytes());
     }
     xxh3_128(&bytes)
-}
-
-/// The `hash_exclude` pointers as a tree of segments, walked alongside the
-/// record so each exclusion costs a map lookup instead of a copy of the record.
-#[derive(Debug, Clone, Default)]
-struct ExcludeTree {
-    /// The value at this path is left out entirely.
-    excluded: bool,
-    children: HashMap<String, ExcludeTree>,
-}
-
-impl ExcludeTree {
-    fn insert(&mut self, segments: &[String]) {
-        match segments.split_first() {
-            None => self.excluded = true,
-            Some((first, rest)) => self.children.entry(first.clone()).or_default().insert(rest),
-        }
-    }
-
-    fn child(&self, segment: &str) -> Option<&ExcludeTree> {
-        self.children.get(segment)
-    }
-
-    fn is_empty(&self) -> bool {
-        !self.excluded && self.children.is_empty()
-    }
-}
-
-/// Whether any string (or object key) in `value` holds a NUL character.
-fn contains_nul(value: &Value) -> bool {
-    match value {
-        Value::String(s) => s.contains('\0'),
-        Value::Array(items) => items.iter().any(contains_nul),
-        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v)),
-        Value::Null | Value::Bool(_) | Value::Number(_) => false,
-    }
-}
-
-/// The canonical form of a record, what its content hash covers: compact
-/// JSON, keys sorted, exclusions left out. Built in one buffer and hashed in
-/// one call, which is several times faster than feeding a streaming hasher
-/// the many small pieces.
-#[derive(Default)]
-struct Canonical {
-    bytes: Vec<u8>,
-    saw_nul: bool,
-}
-
-impl Canonical {
-    fn value(&mut self, value: &Value, exclude: Option<&ExcludeTree>) {
-        match value {
-            Value::Null => self.bytes.extend_from_slice(b"null"),
-            Value::Bool(true) => self.bytes.extend_from_slice(b"true"),
-            Value::Bool(false) => self.bytes.extend_from_slice(b"false"),
-            // Written straight into the buffer: no string per number.
-            Value::Number(n) => {
-                let _ = write!(self.bytes, "{n}");
-            }
-            Value::String(s) => self.string(s),
-            Value::Array(items) => {
-                self.bytes.extend_from_slice(b"[");
-                let mut first = true;
-                for (index, item) in items.iter().enumerate() {
-                    let sub = exclude.and_then(|tree| tree.child(&index.to_string()));
-                    if sub.is_some_and(|tree| tree.excluded) {
-                        self.saw_nul |= contains_nul(item);
-                        continue;
-                    }
-                    if !first {
-                        self.bytes.extend_from_slice(b",");
-                    }
-                    first = false;
-                    self.value(item, sub);
-                }
-                self.bytes.extend_from_slice(b"]");
-            }
-            Value::Object(map) => {
-                // Sorted here rather than trusting the map's order: serde_json
-                // keeps insertion order when any crate in the build enables its
-                // `preserve_order` feature.
-                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                self.bytes.extend_from_slice(b"{");
-                let mut first = true;
-                for (key, item) in entries {
-                    let sub = exclude.and_then(|tree| tree.child(key));
-                    if sub.is_some_and(|tree| tree.excluded) {
-                        // Left out of the hash, but stored all the same.
-                        self.saw_nul |= key.contains('\0') || contains_nul(item);
-                        continue;
-                    }
-                    if !first {
-                        self.bytes.extend_from_slice(b",");
-                    }
-                    first = false;
-                    self.string(key);
-                    self.bytes.extend_from_slice(b":");
-                    self.value(item, sub);
-                }
-                self.bytes.extend_from_slice(b"}");
-            }
-        }
-    }
-
-    fn string(&mut self, s: &str) {
-        self.saw_nul |= s.contains('\0');
-        // Writing into a Vec cannot fail.
-        let _ = serde_json::to_writer(&mut self.bytes, s);
-    }
 }
 
 #[cfg(test)]
@@ -471,5 +441,190 @@ mod tests {
         assert!(RecordShape::new(&["record".into()], &[]).is_err());
         assert!(RecordShape::new(&["a_b".into(), "/a/b".into()], &[]).is_err());
         assert!(RecordShape::new(&["id".into()], &["nope".into()]).is_err());
+    }
+
+    /// JSON text for a random record, spelled in random ways: whitespace,
+    /// key order, escapes that need not be, numbers as written.
+    struct RandomJson {
+        rng: fastrand::Rng,
+        text: String,
+    }
+
+    impl RandomJson {
+        const KEYS: [&str; 9] = ["id", "name", "a", "B", "é", "meta", "items", "x y", "_"];
+        const CHARS: [&str; 12] = [
+            "a", "Z", " ", "\"", "\\", "/", "\n", "\u{1}", "é", "😀", "\u{7f}", "\u{0}",
+        ];
+        const NUMBERS: [&str; 11] = [
+            "0",
+            "-0",
+            "1.50",
+            "1E+5",
+            "-2.5E-3",
+            "3e7",
+            "12345678901234567890123",
+            "7",
+            "0.0",
+            "1e400",
+            "42",
+        ];
+
+        fn space(&mut self) {
+            for _ in 0..self.rng.usize(0..3) {
+                self.text
+                    .push([' ', '\n', '\t', '\r'][self.rng.usize(0..4)]);
+            }
+        }
+
+        fn string(&mut self, content: &str) {
+            self.text.push('"');
+            for c in content.chars() {
+                match c {
+                    '"' => self.text.push_str("\\\""),
+                    '\\' => self.text.push_str("\\\\"),
+                    c if (c as u32) < 0x20 => self.text.push_str(&format!("\\u{:04x}", c as u32)),
+                    '/' if self.rng.bool() => self.text.push_str("\\/"),
+                    c if self.rng.u8(0..40) == 0 => {
+                        let mut units = [0u16; 2];
+                        for unit in c.encode_utf16(&mut units) {
+                            self.text.push_str(&format!("\\u{unit:04X}"));
+                        }
+                    }
+                    c => self.text.push(c),
+                }
+            }
+            self.text.push('"');
+        }
+
+        fn random_string(&mut self) {
+            let content: String = (0..self.rng.usize(0..6))
+                .map(|_| {
+                    // NUL is rare, so most records are storable.
+                    let pick = self.rng.usize(0..Self::CHARS.len() * 8);
+                    Self::CHARS.get(pick).copied().unwrap_or("k")
+                })
+                .collect();
+            self.string(&content);
+        }
+
+        fn value(&mut self, depth: usize) {
+            self.space();
+            match self.rng.usize(0..if depth > 3 { 6 } else { 8 }) {
+                0 => self.text.push_str("null"),
+                1 => self.text.push_str(["true", "false"][self.rng.usize(0..2)]),
+                2 | 3 => self
+                    .text
+                    .push_str(Self::NUMBERS[self.rng.usize(0..Self::NUMBERS.len())]),
+                4 | 5 => self.random_string(),
+                6 => {
+                    self.text.push('[');
+                    for i in 0..self.rng.usize(0..4) {
+                        if i > 0 {
+                            self.text.push(',');
+                        }
+                        self.value(depth + 1);
+                    }
+                    self.space();
+                    self.text.push(']');
+                }
+                _ => self.object(depth + 1),
+            }
+            self.space();
+        }
+
+        fn object(&mut self, depth: usize) {
+            self.text.push('{');
+            for i in 0..self.rng.usize(0..6) {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                self.space();
+                // Now and then a key twice: the last one counts.
+                let key = Self::KEYS[self.rng.usize(0..Self::KEYS.len())];
+                self.string(key);
+                self.space();
+                self.text.push(':');
+                self.value(depth);
+            }
+            self.space();
+            self.text.push('}');
+        }
+
+        /// Mostly records with a usable key, so the direct reader is
+        /// exercised; sometimes anything at all.
+        fn record(&mut self) -> String {
+            self.text.clear();
+            self.space();
+            if self.rng.u8(0..4) == 0 {
+                self.object(0);
+            } else {
+                let id = self.rng.u32(1..1000);
+                self.text
+                    .push_str(&format!("{{\"id\": {id}, \"meta\": {{\"a\": \"r{id}\"}},"));
+                self.string("rest");
+                self.text.push(':');
+                self.object(1);
+                self.text.push('}');
+            }
+            std::mem::take(&mut self.text)
+        }
+    }
+
+    fn outcome(
+        result: Result<Record, String>,
+    ) -> Result<(Vec<String>, u128, ContentHash, String), String> {
+        result.map(|r| (r.key, r.key_fingerprint, r.content_hash, r.text))
+    }
+
+    #[test]
+    fn reading_the_text_gives_what_reading_the_value_gives() {
+        let shapes = [
+            shape(&["id"], &[]),
+            shape(&["id", "/meta/a"], &["/meta/B", "/items/1", "/é"]),
+        ];
+        let mut random = RandomJson {
+            rng: fastrand::Rng::with_seed(7),
+            text: String::new(),
+        };
+        let (mut direct, mut total) = (0, 0);
+        for _ in 0..20_000 {
+            let text = random.record();
+            let value: Value = match serde_json::from_str(&text) {
+                Ok(value) => value,
+                // 1e400 and friends: not JSON serde_json accepts either way.
+                Err(_) => continue,
+            };
+            for s in &shapes {
+                total += 1;
+                direct += usize::from(s.read_text_directly(text.as_bytes()).is_some());
+                assert_eq!(
+                    outcome(s.read_text(text.as_bytes())),
+                    outcome(s.read(&value)),
+                    "record {text}"
+                );
+            }
+        }
+        // Most records take the direct way: the comparison is not all fallbacks.
+        assert!(direct * 3 > total, "{direct} of {total} read directly");
+    }
+
+    #[test]
+    fn ordinary_records_are_read_without_a_value() {
+        let s = shape(&["id"], &["/meta/request_id"]);
+        let text = br#"{"id": 7, "name": "caf\u00e9", "meta": {"request_id": "r1", "v": 2}}"#;
+        let record = s.read_text_directly(text).expect("read directly");
+        assert_eq!(record.key, vec!["7"]);
+        assert_eq!(
+            record.text,
+            r#"{"id":7,"meta":{"request_id":"r1","v":2},"name":"café"}"#
+        );
+        for declined in [
+            &br#"{"id": 1, "a": 1, "a": 2}"#[..],
+            br#"{"id": 1, "\u0061": 1}"#,
+            br#"{"id": 1, "note": "a\u0000b"}"#,
+            br#"{"id": null}"#,
+        ] {
+            assert!(s.read_text_directly(declined).is_none(), "{declined:?}");
+        }
     }
 }
