@@ -202,12 +202,12 @@ total_pages_path = "/total_pages"
         } else {
             self.tuples(TABLE).await
         };
-        let started = Instant::now();
         let path_arg = path.clone();
-        let (output, peak_kib) = tokio::task::spawn_blocking(move || run_measured(&path_arg))
-            .await
-            .unwrap();
-        let seconds = started.elapsed().as_secs_f64();
+        let (output, peak_kib, elapsed) =
+            tokio::task::spawn_blocking(move || run_measured(&path_arg))
+                .await
+                .unwrap();
+        let seconds = elapsed.as_secs_f64();
         let (wal_bytes, after) = if self.sqlite {
             (-1, (-1, -1))
         } else {
@@ -234,7 +234,7 @@ total_pages_path = "/total_pages"
             .await
             .unwrap();
         sqlx::query(
-            "CREATE TABLE copy_target (id text NOT NULL PRIMARY KEY, record jsonb NOT NULL, \
+            "CREATE TABLE copy_target (id text COLLATE \"C\" NOT NULL PRIMARY KEY, record jsonb NOT NULL, \
              content_hash bytea NOT NULL, first_seen_at timestamptz NOT NULL, \
              changed_at timestamptz NOT NULL, run_id bigint NOT NULL)",
         )
@@ -286,37 +286,52 @@ total_pages_path = "/total_pages"
 ///
 /// The peak is the process's own `VmHWM`, sampled until it exits: `wait4`'s
 /// `ru_maxrss` would count the forked copy of this (large) benchmark process.
-fn run_measured(config: &std::path::Path) -> (String, i64) {
+fn run_measured(config: &std::path::Path) -> (String, i64, Duration) {
+    let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_apisync"))
         .args(["sync", "bench", "--config"])
         .arg(config)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("the release binary starts");
-    let status_file = format!("/proc/{}/status", child.id());
     let stdout = child.stdout.take().expect("piped stdout");
     let reader = std::thread::spawn(move || {
         let mut output = String::new();
         std::io::Read::read_to_string(&mut { stdout }, &mut output).unwrap();
         output
     });
-    let mut peak_kib = 0;
-    loop {
-        if let Ok(status) = std::fs::read_to_string(&status_file)
-            && let Some(kib) = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
-        {
-            peak_kib = peak_kib.max(kib);
+    // Peak RSS: VmHWM, polled until the child exits (it only grows).
+    // `wait4`'s ru_maxrss would count the bench's own memory, which the
+    // child shares between fork and exec.
+    let status_file = format!("/proc/{}/status", child.id());
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = std::thread::spawn({
+        let done = std::sync::Arc::clone(&done);
+        move || {
+            let mut peak_kib = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(status) = std::fs::read_to_string(&status_file)
+                    && let Some(kib) = status
+                        .lines()
+                        .find_map(|l| l.strip_prefix("VmHWM:"))
+                        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
+                {
+                    peak_kib = peak_kib.max(kib);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            peak_kib
         }
-        if let Some(exit) = child.try_wait().unwrap() {
-            let output = reader.join().unwrap();
-            assert!(exit.success(), "apisync failed: {output}");
-            return (output, peak_kib);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    });
+    // The exit time from a blocking wait, not from the polling above, which
+    // would add up to a poll interval.
+    let exit = child.wait().expect("apisync runs");
+    let elapsed = started.elapsed();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak_kib = poller.join().unwrap();
+    let output = reader.join().unwrap();
+    assert!(exit.success(), "apisync failed: {output}");
+    (output, peak_kib, elapsed)
 }
 
 fn median(values: &mut [f64]) -> f64 {

@@ -1,6 +1,6 @@
 //! The canonical form of a record, what its content hash covers: compact
 //! JSON, object keys sorted, the `hash_exclude` pointers left out. Two ways
-//! to it that give the same bytes: from the record's text ([`of_text`], the
+//! to it that give the same bytes: from the record's text ([`of_members`], the
 //! fast way, no tree) and from a `serde_json::Value` ([`of_value`], for
 //! whatever the fast way declines: escaped or repeated keys, NUL characters).
 
@@ -130,16 +130,22 @@ impl Canonical {
     }
 }
 
-/// The canonical bytes of a record's JSON text (checked JSON, trimmed): the
-/// same bytes [`of_value`] writes for it. `None` when the text holds what
-/// only the tree handles: a key with an escape, a key twice in one object, a
-/// NUL character, nesting beyond serde_json's limit.
-pub(super) fn of_text(text: &[u8], exclude: Option<&ExcludeTree>) -> Option<Vec<u8>> {
+/// The canonical bytes of a record object given as its members (key as
+/// written between quotes, value), as [`raw_json::members`] reads them from
+/// checked JSON: the same bytes [`of_value`] writes for it. `None` when the
+/// text holds what only the tree handles: a key with an escape, a key twice
+/// in one object, a NUL character, nesting beyond serde_json's limit.
+pub(super) fn of_members(
+    members: &[(&[u8], &[u8])],
+    exclude: Option<&ExcludeTree>,
+    size_hint: usize,
+) -> Option<Vec<u8>> {
     let mut canonical = TextCanonical {
-        bytes: Vec::with_capacity(text.len()),
+        bytes: Vec::with_capacity(size_hint),
         members: Vec::with_capacity(16),
     };
-    canonical.value(text, exclude, 0)?;
+    canonical.members.extend_from_slice(members);
+    canonical.write_members(0, exclude, 1)?;
     Some(canonical.bytes)
 }
 
@@ -178,13 +184,26 @@ impl<'a> TextCanonical<'a> {
         }
         let base = self.members.len();
         for member in raw_json::members(text)? {
-            let (key, item) = member?;
-            if key.contains(&b'\\') {
-                return None;
-            }
-            self.members.push((key, item));
+            self.members.push(member?);
         }
+        self.write_members(base, exclude, depth)
+    }
+
+    /// Writes the object whose members are `self.members[base..]`, and
+    /// takes them off.
+    fn write_members(
+        &mut self,
+        base: usize,
+        exclude: Option<&ExcludeTree>,
+        depth: usize,
+    ) -> Option<()> {
         let end = self.members.len();
+        if self.members[base..end]
+            .iter()
+            .any(|(key, _)| key.contains(&b'\\'))
+        {
+            return None;
+        }
         // Byte order of UTF-8 is the order of `String`s, a Value's order.
         let members = &mut self.members[base..end];
         members.sort_unstable_by(|a, b| a.0.cmp(b.0));

@@ -137,7 +137,7 @@ impl RecordShape {
     /// holds the reason it cannot be stored.
     ///
     /// Most records are read straight from the text; the few the text
-    /// reader declines (see [`canonical::of_text`]), and every record with a
+    /// reader declines (see [`canonical::of_members`]), and every record with a
     /// problem, go through a `serde_json::Value`, which gives the reason.
     pub fn read_text(&self, text: &[u8]) -> Result<Record, String> {
         if let Some(record) = self.read_text_directly(text) {
@@ -149,15 +149,17 @@ impl RecordShape {
     }
 
     fn read_text_directly(&self, text: &[u8]) -> Option<Record> {
+        // The record's members are read once, for the key and the hash.
         let text = raw_json::trim(text);
-        let key = self.key_from_text(text)?;
+        let members: Vec<(&[u8], &[u8])> = raw_json::members(text)?.collect::<Option<_>>()?;
+        let key = self.key_from_members(&members)?;
         let exclude = (!self.exclude.is_empty()).then_some(&self.exclude);
-        let canonical = canonical::of_text(text, exclude)?;
+        let canonical = canonical::of_members(&members, exclude, text.len())?;
         let content_hash = xxh3_128(&canonical).to_be_bytes();
         // Without exclusions the canonical form is what is stored.
         let stored = match exclude {
             None => canonical,
-            Some(_) => canonical::of_text(text, None)?,
+            Some(_) => canonical::of_members(&members, None, text.len())?,
         };
         Some(Record {
             key_fingerprint: key_fingerprint(&key),
@@ -167,13 +169,20 @@ impl RecordShape {
         })
     }
 
-    /// The key as [`RecordShape::read`] finds it, or `None` for any key it
-    /// would refuse (it says why).
-    fn key_from_text(&self, text: &[u8]) -> Option<Vec<String>> {
+    /// The key as [`RecordShape::read`] finds it in a record object's
+    /// members, or `None` for any key it would refuse (it says why).
+    fn key_from_members(&self, members: &[(&[u8], &[u8])]) -> Option<Vec<String>> {
         self.key_segments
             .iter()
             .map(|segments| {
-                let value = raw_json::pointer(text, segments)?;
+                let (first, rest) = segments.split_first()?;
+                // The last of repeated keys, as in a Value (such a record
+                // goes the slow way anyway).
+                let (_, member) = members
+                    .iter()
+                    .rev()
+                    .find(|(key, _)| *key == first.as_bytes())?;
+                let value = raw_json::pointer(member, rest)?;
                 let part = match *value.first()? {
                     b'"' => {
                         let inner = value.get(1..value.len() - 1)?;

@@ -109,9 +109,13 @@ impl PgStore {
 
     pub(super) async fn prepare_table(&self, table: &TableSpec) -> Result<(), StoreError> {
         let key_columns: Vec<String> = table.key_columns.iter().map(|c| c.quoted()).collect();
+        // Keys are identifiers, compared byte for byte: the "C" collation
+        // makes every primary-key probe a memcmp instead of a strcoll, and
+        // keeps the index valid across C library upgrades that change a
+        // locale's sort order.
         let key_defs: String = key_columns
             .iter()
-            .map(|c| format!("{c} text NOT NULL, "))
+            .map(|c| format!("{c} text COLLATE \"C\" NOT NULL, "))
             .collect();
         let create = format!(
             "CREATE TABLE IF NOT EXISTS {table} (\

@@ -59,7 +59,8 @@ struct ApiState {
     /// Rendered `/page` answers by URI, while nothing that shapes them
     /// changes: serving is then nearly free, so a benchmark measures
     /// apisync rather than this fake.
-    page_cache: HashMap<String, String>,
+    /// Rendered pages, shared rather than copied on each request.
+    page_cache: HashMap<String, axum::body::Bytes>,
 }
 
 #[derive(Clone)]
@@ -307,7 +308,10 @@ async fn page(State(state): Shared, Query(params): Params, uri: Uri) -> Response
         data.extend(extra.iter().cloned());
     }
     let total_pages = s.records.len().div_ceil(size);
-    let body = render(&s, &json!({ "data": data, "total_pages": total_pages }));
+    let body = axum::body::Bytes::from(render(
+        &s,
+        &json!({ "data": data, "total_pages": total_pages }),
+    ));
     if cacheable {
         s.page_cache.insert(key, body.clone());
     }
