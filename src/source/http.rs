@@ -112,6 +112,8 @@ pub struct JsonResponse {
     pub body: ResponseBody,
     /// The API says its quota is spent and resets after this long.
     pub quota_reset: Option<std::time::Duration>,
+    /// The API tells how much of a quota is left.
+    pub announces_quota: bool,
 }
 
 /// Why one request failed. None of the variants carries the URL or the
@@ -235,6 +237,7 @@ async fn attempt(
     *status_seen = Some(status.as_u16());
     let link = join_headers(response.headers(), LINK);
     let quota_reset = super::throttle::quota_reset(response.headers());
+    let announces_quota = super::throttle::announces_quota(response.headers());
     let retry_after = response
         .headers()
         .get(RETRY_AFTER)
@@ -277,6 +280,7 @@ async fn attempt(
             link,
             body,
             quota_reset,
+            announces_quota,
         }),
         Err((source, body)) => Err(FetchError::Decode {
             source,

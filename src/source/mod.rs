@@ -10,6 +10,7 @@ pub mod paginate;
 pub mod throttle;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
@@ -71,22 +72,26 @@ impl SourceSpec {
     /// Starts walking the pages from the first; `redactor` cleans the errors
     /// logged on retries; `params` are added to the first request's query
     /// (the incremental sync's `since`).
-    pub fn pages<'a>(
-        &'a self,
-        client: &'a ApiClient,
-        redactor: &'a Redactor,
+    pub fn pages(
+        &self,
+        client: &ApiClient,
+        redactor: &Redactor,
         params: &[(&str, String)],
-    ) -> Pages<'a> {
+    ) -> Pages {
         let base = paginate::with_params(&self.base_url, params);
         let paginator = Paginator::new(self.pagination.clone(), base);
         Pages {
             next: Some(paginator.first()),
-            spec: self,
-            client,
-            redactor,
+            fetcher: Arc::new(Fetcher {
+                spec: self.clone(),
+                client: client.clone(),
+                redactor: redactor.clone(),
+            }),
             paginator,
             visited: HashMap::new(),
             fetched: 0,
+            prefetch: None,
+            quota_announced: false,
         }
     }
 }
@@ -142,10 +147,8 @@ pub enum SourceErrorKind {
 }
 
 /// The pages of one run; call [`Pages::next_page`] until it returns `None`.
-pub struct Pages<'a> {
-    spec: &'a SourceSpec,
-    client: &'a ApiClient,
-    redactor: &'a Redactor,
+pub struct Pages {
+    fetcher: Arc<Fetcher>,
     paginator: Paginator,
     /// The URL of the next request, `None` after the last page.
     next: Option<Url>,
@@ -153,9 +156,54 @@ pub struct Pages<'a> {
     /// to stop a cursor or next link that comes back around.
     visited: HashMap<u128, u64>,
     fetched: u64,
+    /// The request for the page after the current one, sent before the
+    /// current response is read when its URL is already certain (see
+    /// [`Pages::may_prefetch`]).
+    prefetch: Option<Prefetch>,
+    /// A response told how much of a quota is left.
+    quota_announced: bool,
 }
 
-impl Pages<'_> {
+/// What a request needs, owned, so that a prefetch can run as a task.
+struct Fetcher {
+    spec: SourceSpec,
+    client: ApiClient,
+    redactor: Redactor,
+}
+
+/// A request sent ahead, aborted if dropped unused.
+struct Prefetch {
+    url: Url,
+    task: tokio::task::JoinHandle<Result<http::JsonResponse, SourceErrorKind>>,
+}
+
+impl Prefetch {
+    fn start(fetcher: &Arc<Fetcher>, url: Url) -> Self {
+        let task = tokio::spawn({
+            let (fetcher, url) = (Arc::clone(fetcher), url.clone());
+            async move { fetcher.fetch_with_retries(&url).await }
+        });
+        Self { url, task }
+    }
+
+    async fn response(mut self) -> Result<http::JsonResponse, SourceErrorKind> {
+        match (&mut self.task).await {
+            Ok(result) => result,
+            // Never aborted while awaited: only a panic gets here.
+            Err(join) => {
+                std::panic::resume_unwind(join.try_into_panic().unwrap_or_else(|e| Box::new(e)))
+            }
+        }
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Pages {
     /// The next page, or `None` after the last.
     ///
     /// # Errors
@@ -170,9 +218,10 @@ impl Pages<'_> {
             url: strip_query(url.as_str()),
             kind,
         };
-        if number > self.spec.max_pages {
+        let spec = &self.fetcher.spec;
+        if number > spec.max_pages {
             return Err(error(SourceErrorKind::TooManyPages {
-                max_pages: self.spec.max_pages,
+                max_pages: spec.max_pages,
             }));
         }
         if let Some(first_seen) = self
@@ -182,15 +231,33 @@ impl Pages<'_> {
             return Err(error(SourceErrorKind::Loop { first_seen }));
         }
 
-        let response = self.fetch_with_retries(&url).await.map_err(&error)?;
+        // One request ahead at most: the page after this one is asked for
+        // while this one is read, when its URL is certain. It is started once
+        // this page's request is under way (sent ahead itself, or answered);
+        // the two may still reach the API in either order.
+        let ahead = self.prefetch.take().filter(|prefetch| prefetch.url == url);
+        let response = match ahead {
+            Some(prefetch) => {
+                self.start_prefetch(number);
+                prefetch.response().await
+            }
+            None => {
+                let response = self.fetcher.fetch_with_retries(&url).await;
+                self.start_prefetch(number);
+                response
+            }
+        }
+        .map_err(&error)?;
         self.fetched = number;
+        self.quota_announced |= response.announces_quota;
+        let spec = &self.fetcher.spec;
 
         let body = response.body.envelope;
         let Some(records) = response.body.records else {
             return Err(error(SourceErrorKind::Records {
-                pointer: self.spec.records_pointer.clone(),
+                pointer: spec.records_pointer.clone(),
                 found: body
-                    .pointer(&self.spec.records_pointer)
+                    .pointer(&spec.records_pointer)
                     .map_or("nothing", kind_of),
             }));
         };
@@ -223,6 +290,22 @@ impl Pages<'_> {
         }))
     }
 
+    /// Sends the request for the page after page `number` ahead, when the
+    /// paginator already knows its URL and nothing asks to go one request
+    /// at a time: a `rate_limit`, or an API that announces quotas (a spent
+    /// one must be seen before the next request goes out).
+    fn start_prefetch(&mut self, number: u64) {
+        let spec = &self.fetcher.spec;
+        if spec.throttle.is_limited() || self.quota_announced || number >= spec.max_pages {
+            return;
+        }
+        if let Some(url) = self.paginator.predicted_next() {
+            self.prefetch = Some(Prefetch::start(&self.fetcher, url));
+        }
+    }
+}
+
+impl Fetcher {
     /// One request, paced by the job's throttle and retried while the
     /// failure is transient.
     ///
@@ -247,7 +330,7 @@ impl Pages<'_> {
             attempts += 1;
             async {
                 self.spec.throttle.ready().await;
-                http::fetch_json(self.client, &self.spec.request, url).await
+                http::fetch_json(&self.client, &self.spec.request, url).await
             }
         })
         .retry(backoff)

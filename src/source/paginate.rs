@@ -53,6 +53,8 @@ pub struct Paginator {
     base: Url,
     /// The page number or offset of the last request.
     position: u64,
+    /// `page` pagination: the total page count the last response gave.
+    total_pages: Option<u64>,
 }
 
 impl Paginator {
@@ -65,6 +67,7 @@ impl Paginator {
             kind,
             base,
             position,
+            total_pages: None,
         }
     }
 
@@ -119,6 +122,7 @@ impl Paginator {
                     .map(|path| number_at(response.body, path, "total_pages_path"))
                     .transpose()?
                     .flatten();
+                self.total_pages = total;
                 let fetched_pages = self.position - start + 1;
                 match next_page(self.position, fetched_pages, response.records, total) {
                     None => None,
@@ -182,6 +186,33 @@ impl Paginator {
             },
         };
         Ok(next)
+    }
+
+    /// The URL [`Paginator::next`] will give after the page last requested,
+    /// when that is already certain: `page` pagination with a known total
+    /// not yet reached (only an empty page, or a total that changes, would
+    /// end it sooner). `None` for every other kind: their next URL depends on
+    /// the response.
+    pub fn predicted_next(&self) -> Option<Url> {
+        let Pagination::Page {
+            page_param,
+            size_param,
+            size,
+            start,
+            ..
+        } = &self.kind
+        else {
+            return None;
+        };
+        let fetched_pages = self.position - start + 1;
+        if fetched_pages >= self.total_pages? {
+            return None;
+        }
+        let mut params = vec![(page_param.as_str(), (self.position + 1).to_string())];
+        if let Some(size) = size {
+            params.push((size_param.as_str(), size.to_string()));
+        }
+        Some(with_params(&self.base, &params))
     }
 
     /// The pointer that ended the pagination by finding nothing at all in

@@ -1,10 +1,24 @@
 //! Every pagination kind copies a multi-page data set exactly, and broken
 //! pagination ends the run as failed without losing what was committed.
 
+use std::time::Duration;
+
 use crate::helpers::{Backend, TestEnv, expected_rows, products, store_tests};
 
 /// Not a multiple of any page size used below, so every last page is short.
 const N: usize = 2_500;
+
+/// `page` pagination that knows the total: the next URL is certain before
+/// the current answer arrives.
+const PAGES_WITH_TOTAL: &str = r#"
+records = "/data"
+[jobs.request]
+url = "{api}/page"
+[jobs.pagination]
+kind = "page"
+size = 10
+total_pages_path = "/total_pages"
+"#;
 
 async fn assert_syncs_exactly(backend: Backend, job_body: &str) -> u64 {
     assert_syncs_exactly_with_requests(backend, job_body)
@@ -108,9 +122,16 @@ store_tests! {
             requests.first().unwrap(),
             "/page?status=all&page=1&per_page=99"
         );
+        // The request sent ahead may overtake the one before it.
+        let mut requests = requests;
+        requests.sort();
+        let mut expected: Vec<String> = (1..=26)
+            .map(|page| format!("/page?status=all&page={page}&per_page=99"))
+            .collect();
+        expected.sort();
         assert_eq!(
-            requests.last().unwrap(),
-            "/page?status=all&page=26&per_page=99"
+            requests, expected,
+            "each page once, none past the total (the requests sent ahead included)"
         );
     }
 
@@ -356,5 +377,54 @@ store_tests! {
     "#,
         )
         .await;
+    }
+
+    async fn with_a_known_total_the_next_page_is_asked_for_while_one_is_read(backend: Backend) {
+        // Arrange: 6 pages, each answered after a long delay.
+        let env = TestEnv::start_on(backend, products(60)).await;
+        let delay = Duration::from_millis(300);
+        env.api.set_delay(delay);
+        let job = env.job(PAGES_WITH_TOTAL);
+
+        // Act
+        let report = env.run(&job).await;
+
+        // Assert: every page once, and a request that went out before the
+        // one ahead of it was answered.
+        assert_eq!(report.error, None);
+        assert_eq!(env.rows("products").await, expected_rows(&env.api.records()));
+        let arrivals = env.api.arrivals();
+        let mut pages: Vec<String> = arrivals.iter().map(|(_, uri)| uri.clone()).collect();
+        pages.sort();
+        let expected: Vec<String> = (1..=6)
+            .map(|page| format!("/page?page={page}&per_page=10"))
+            .collect();
+        assert_eq!(pages, expected);
+        assert!(
+            arrivals.windows(2).any(|pair| pair[1].0 - pair[0].0 < delay),
+            "no request was sent ahead: {arrivals:?}"
+        );
+    }
+
+    async fn an_api_that_announces_quotas_is_asked_one_page_at_a_time(backend: Backend) {
+        // Arrange: the same, but every answer says how much quota is left.
+        let env = TestEnv::start_on(backend, products(60)).await;
+        let delay = Duration::from_millis(300);
+        env.api.set_delay(delay);
+        env.api.set_quota_headers(true);
+        let job = env.job(PAGES_WITH_TOTAL);
+
+        // Act
+        let report = env.run(&job).await;
+
+        // Assert: each request waited for the answer before it.
+        assert_eq!(report.error, None);
+        assert_eq!(env.rows("products").await.len(), 60);
+        let arrivals = env.api.arrivals();
+        assert_eq!(arrivals.len(), 6);
+        assert!(
+            arrivals.windows(2).all(|pair| pair[1].0 - pair[0].0 >= delay),
+            "a request went out before the previous answer: {arrivals:?}"
+        );
     }
 }

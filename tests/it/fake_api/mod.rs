@@ -57,10 +57,11 @@ struct ApiState {
     /// When each request arrived, and its path and query.
     arrivals: Vec<(std::time::Instant, String)>,
     /// Rendered `/page` answers by URI, while nothing that shapes them
-    /// changes: serving is then nearly free, so a benchmark measures
-    /// apisync rather than this fake.
-    /// Rendered pages, shared rather than copied on each request.
+    /// changes: serving is then nearly free (shared, not copied), so a
+    /// benchmark measures apisync rather than this fake.
     page_cache: HashMap<String, axum::body::Bytes>,
+    /// Every answer says how much of a quota is left (plenty).
+    quota_headers: bool,
 }
 
 #[derive(Clone)]
@@ -98,18 +99,25 @@ impl FakeApi {
             .route("/gzip", get(gzip))
             .layer(axum::middleware::from_fn(
                 move |request: axum::extract::Request, next: axum::middleware::Next| {
-                    let (delay, fault) = {
+                    let (delay, fault, quota_headers) = {
                         let mut s = middleware_state.lock().unwrap();
                         s.arrivals
                             .push((std::time::Instant::now(), request.uri().to_string()));
-                        (s.delay, s.faults.next())
+                        (s.delay, s.faults.next(), s.quota_headers)
                     };
                     async move {
                         tokio::time::sleep(delay).await;
-                        match fault {
+                        let mut response = match fault {
                             None => next.run(request).await,
                             Some(fault) => faults::apply(fault, request, next).await,
+                        };
+                        if quota_headers {
+                            response.headers_mut().insert(
+                                "x-ratelimit-remaining",
+                                header::HeaderValue::from_static("1000"),
+                            );
                         }
+                        response
                     }
                 },
             ))
@@ -174,6 +182,11 @@ impl FakeApi {
         let mut state = self.state.lock().unwrap();
         state.volatile_field = on;
         state.page_cache.clear();
+    }
+
+    /// Every later answer says how much of a quota is left.
+    pub fn set_quota_headers(&self, on: bool) {
+        self.state.lock().unwrap().quota_headers = on;
     }
 
     /// Every later request waits `delay` before it is answered.
