@@ -132,40 +132,77 @@ pub fn trim(bytes: &[u8]) -> &[u8] {
 }
 
 /// The members of an object, in document order: each key as written
-/// between its quotes (escapes not undone) and its value, trimmed. `None`
-/// if `object` is not an object.
+/// between its quotes (escapes not undone) and its value, trimmed. `None` if
+/// `object` is not an object.
 pub fn members(object: &[u8]) -> Option<Members<'_>> {
-    (object.first() == Some(&b'{')).then_some(Members {
-        bytes: object,
-        at: 1,
-        done: false,
-    })
+    (object.first() == Some(&b'{')).then_some(Members(Items::new(object, b'}')))
 }
 
-pub struct Members<'a> {
+/// The elements of an array, trimmed. `None` if `array` is not an array.
+pub fn elements(array: &[u8]) -> Option<Elements<'_>> {
+    (array.first() == Some(&b'[')).then_some(Elements(Items::new(array, b']')))
+}
+
+/// A walk through the items of an array or object, shared by [`Members`]
+/// and [`Elements`].
+struct Items<'a> {
     bytes: &'a [u8],
     at: usize,
+    close: u8,
     done: bool,
 }
+
+impl<'a> Items<'a> {
+    fn new(bytes: &'a [u8], close: u8) -> Self {
+        Self {
+            bytes,
+            at: 1,
+            close,
+            done: false,
+        }
+    }
+
+    /// Where the next item starts, past the comma; `None` at the end.
+    fn next_start(&mut self) -> Option<usize> {
+        if self.done {
+            return None;
+        }
+        let i = skip_ws(self.bytes, self.at);
+        match self.bytes.get(i) {
+            Some(&b) if b == self.close => {
+                self.done = true;
+                None
+            }
+            Some(b',') if self.at > 1 => Some(skip_ws(self.bytes, i + 1)),
+            _ => Some(i),
+        }
+    }
+
+    /// Moves past an item that ended at `end`, or stops at one that could
+    /// not be read.
+    fn advance<T>(&mut self, item: Option<(T, usize)>) -> Option<T> {
+        match item {
+            Some((item, end)) => {
+                self.at = end;
+                Some(item)
+            }
+            None => {
+                self.done = true;
+                None
+            }
+        }
+    }
+}
+
+pub struct Members<'a>(Items<'a>);
 
 impl<'a> Iterator for Members<'a> {
     /// `None` inside marks text that is not an object after all.
     type Item = Option<(&'a [u8], &'a [u8])>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let bytes = self.bytes;
-        let mut i = skip_ws(bytes, self.at);
-        match bytes.get(i) {
-            Some(b'}') => {
-                self.done = true;
-                return None;
-            }
-            Some(b',') => i = skip_ws(bytes, i + 1),
-            _ => {}
-        }
+        let i = self.0.next_start()?;
+        let bytes = self.0.bytes;
         let member = (|| {
             if bytes.get(i) != Some(&b'"') {
                 return None;
@@ -177,57 +214,23 @@ impl<'a> Iterator for Members<'a> {
             }
             let value_start = skip_ws(bytes, colon + 1);
             let end = value_end(bytes, value_start)?;
-            self.at = end;
-            Some((&bytes[i + 1..key_end - 1], &bytes[value_start..end]))
+            Some(((&bytes[i + 1..key_end - 1], &bytes[value_start..end]), end))
         })();
-        if member.is_none() {
-            self.done = true;
-        }
-        Some(member)
+        Some(self.0.advance(member))
     }
 }
 
-/// The elements of an array, trimmed. `None` if `array` is not an array.
-pub fn elements(array: &[u8]) -> Option<Elements<'_>> {
-    (array.first() == Some(&b'[')).then_some(Elements {
-        bytes: array,
-        at: 1,
-        done: false,
-    })
-}
-
-pub struct Elements<'a> {
-    bytes: &'a [u8],
-    at: usize,
-    done: bool,
-}
+pub struct Elements<'a>(Items<'a>);
 
 impl<'a> Iterator for Elements<'a> {
     /// `None` inside marks text that is not an array after all.
     type Item = Option<&'a [u8]>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let bytes = self.bytes;
-        let mut i = skip_ws(bytes, self.at);
-        match bytes.get(i) {
-            Some(b']') => {
-                self.done = true;
-                return None;
-            }
-            Some(b',') if self.at > 1 => i = skip_ws(bytes, i + 1),
-            _ => {}
-        }
-        let element = value_end(bytes, i).map(|end| {
-            self.at = end;
-            &bytes[i..end]
-        });
-        if element.is_none() {
-            self.done = true;
-        }
-        Some(element)
+        let i = self.0.next_start()?;
+        let bytes = self.0.bytes;
+        let element = value_end(bytes, i).map(|end| (&bytes[i..end], end));
+        Some(self.0.advance(element))
     }
 }
 

@@ -218,11 +218,7 @@ impl<'a> TextCanonical<'a> {
                 Some(tree) => tree.child(std::str::from_utf8(key).ok()?),
                 None => None,
             };
-            if sub.is_some_and(|tree| tree.excluded) {
-                // Left out of the hash, but stored all the same.
-                if holds_nul_escape(item) {
-                    return None;
-                }
+            if left_out(item, sub)? {
                 continue;
             }
             if !first {
@@ -250,10 +246,7 @@ impl<'a> TextCanonical<'a> {
         for (index, item) in raw_json::elements(text)?.enumerate() {
             let item = item?;
             let sub = exclude.and_then(|tree| tree.child(&index.to_string()));
-            if sub.is_some_and(|tree| tree.excluded) {
-                if holds_nul_escape(item) {
-                    return None;
-                }
+            if left_out(item, sub)? {
                 continue;
             }
             if !first {
@@ -279,6 +272,16 @@ impl<'a> TextCanonical<'a> {
         }
         serde_json::to_writer(&mut self.bytes, &decoded).ok()
     }
+}
+
+/// Whether an item is left out of the hash by the exclusions at its path.
+/// An excluded item is stored all the same, so one that may hide a NUL
+/// character gives `None`: the tree must say whether it can be stored.
+fn left_out(item: &[u8], exclusions: Option<&ExcludeTree>) -> Option<bool> {
+    if !exclusions.is_some_and(|tree| tree.excluded) {
+        return Some(false);
+    }
+    (!holds_nul_escape(item)).then_some(true)
 }
 
 /// Whether `text` may hold an escaped NUL (`\u0000`); a false alarm
