@@ -324,11 +324,19 @@ fn run_measured(config: &std::path::Path) -> (String, i64, Duration) {
         }
     });
     // The exit time from a blocking wait, not from the polling above, which
-    // would add up to a poll interval.
-    let exit = child.wait().expect("apisync runs");
+    // would add up to a poll interval. WNOWAIT leaves the child unreaped
+    // until the poller has stopped, so its PID cannot be reused meanwhile.
+    // SAFETY: a zeroed siginfo_t is valid, and waitid writes only into it.
+    let waited = unsafe {
+        let mut info: libc::siginfo_t = std::mem::zeroed();
+        let pid = libc::id_t::from(child.id());
+        libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT)
+    };
     let elapsed = started.elapsed();
+    assert_eq!(waited, 0, "waitid on apisync");
     done.store(true, std::sync::atomic::Ordering::Relaxed);
     let peak_kib = poller.join().unwrap();
+    let exit = child.wait().expect("apisync runs");
     let output = reader.join().unwrap();
     assert!(exit.success(), "apisync failed: {output}");
     (output, peak_kib, elapsed)

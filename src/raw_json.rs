@@ -24,15 +24,32 @@ pub const MAX_DEPTH: usize = 127;
 /// # Errors
 /// What serde_json says is wrong with the document.
 pub fn check_document(bytes: &[u8]) -> Result<(), serde_json::Error> {
-    // `IgnoredAny` checks the syntax without building anything, but neither
-    // the UTF-8 of strings nor the depth: a document failing either is
-    // parsed as a `Value`, for serde_json's error.
-    let checked = serde_json::from_slice::<IgnoredAny>(bytes)
-        .is_ok_and(|_| std::str::from_utf8(bytes).is_ok() && !nested_deeper_than(bytes, MAX_DEPTH));
+    // `IgnoredAny` checks the syntax without building anything, but not the
+    // UTF-8 of strings, the depth, or that a `\uD800`-`\uDFFF` escape is half
+    // of a pair: a document that fails those checks, or holds such an
+    // escape at all, is parsed as a `Value`, which has the last word (and
+    // serde_json's error).
+    let checked = serde_json::from_slice::<IgnoredAny>(bytes).is_ok_and(|_| {
+        std::str::from_utf8(bytes).is_ok()
+            && !nested_deeper_than(bytes, MAX_DEPTH)
+            && !holds_surrogate_escape(bytes)
+    });
     if checked {
         return Ok(());
     }
     serde_json::from_slice::<serde_json::Value>(bytes).map(|_| ())
+}
+
+/// Whether the text may hold a `\uD800` to `\uDFFF` escape (half of a
+/// UTF-16 surrogate pair); `\\uD800` (an escaped backslash) is a false
+/// alarm, which only costs a full parse.
+fn holds_surrogate_escape(bytes: &[u8]) -> bool {
+    memchr::memchr_iter(b'\\', bytes).any(|i| {
+        matches!(
+            bytes.get(i + 1..i + 4),
+            Some([b'u', b'd' | b'D', b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F'])
+        )
+    })
 }
 
 /// Whether any value in the (checked) document nests more than `limit` deep.
@@ -368,10 +385,12 @@ mod tests {
     #[test]
     fn documents_are_checked_as_serde_json_would() {
         assert!(check_document(br#"{"a": [1, "x"]}"#).is_ok());
+        assert!(check_document(br#"{"a": "\ud83d\ude00 \\ud800"}"#).is_ok());
         for (bad, message) in [
             (&b"{\"a\": [1, }"[..], "expected value"),
             (b"{\"a\": \"\xff\"}", "invalid unicode code point"),
             (b"[1] [2]", "trailing characters"),
+            (br#"{"a": "\ud800"}"#, "unexpected end of hex escape"),
         ] {
             let error = check_document(bad).unwrap_err().to_string();
             assert!(error.contains(message), "{error}");

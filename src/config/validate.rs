@@ -140,6 +140,29 @@ impl JobReport<'_> {
         }
     }
 
+    /// A pagination pointer: valid, and outside the records array, which
+    /// apisync reads apart from the rest of a response.
+    fn pagination_pointer(&mut self, key: &str, pointer: &str, records: &str) {
+        self.pointer(key, pointer);
+        let inside =
+            records.is_empty() || pointer == records || pointer.starts_with(&format!("{records}/"));
+        if inside {
+            let whole = if records.is_empty() {
+                " (\"\": the whole body is the array)"
+            } else {
+                ""
+            };
+            self.bad(
+                key,
+                format!(
+                    "`{pointer}` lies inside the records array at records = \"{records}\"{whole}; \
+                     apisync reads the records apart from the rest of a response, so \
+                     pagination fields must lie outside it"
+                ),
+            );
+        }
+    }
+
     fn positive(&mut self, key: &str, duration: Duration) {
         if duration.is_zero() {
             self.bad(key, "must be longer than 0s".into());
@@ -282,7 +305,7 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
                 report.bad("pagination.size", "must be at least 1".into());
             }
             if let Some(p) = total_pages_path {
-                report.pointer("pagination.total_pages_path", p);
+                report.pagination_pointer("pagination.total_pages_path", p, &job.records);
             }
         }
         Pagination::Offset {
@@ -303,7 +326,7 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
                 report.bad("pagination.limit", "must be at least 1".into());
             }
             if let Some(p) = total_path {
-                report.pointer("pagination.total_path", p);
+                report.pagination_pointer("pagination.total_path", p, &job.records);
             }
         }
         Pagination::Cursor {
@@ -312,11 +335,13 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
             has_more_path,
         } => {
             report.param("pagination.cursor_param", cursor_param);
-            report.pointer("pagination.cursor_path", cursor_path);
+            report.pagination_pointer("pagination.cursor_path", cursor_path, &job.records);
             if let Some(p) = has_more_path {
-                report.pointer("pagination.has_more_path", p);
+                report.pagination_pointer("pagination.has_more_path", p, &job.records);
             }
         }
-        Pagination::NextUrl { next_path } => report.pointer("pagination.next_path", next_path),
+        Pagination::NextUrl { next_path } => {
+            report.pagination_pointer("pagination.next_path", next_path, &job.records);
+        }
     }
 }

@@ -243,11 +243,17 @@ impl Pages {
             }
             None => {
                 let response = self.fetcher.fetch_with_retries(&url).await;
-                self.start_prefetch(number);
+                if response.is_ok() {
+                    self.start_prefetch(number);
+                }
                 response
             }
         }
-        .map_err(&error)?;
+        .map_err(|kind| {
+            // The run ends here: the request sent ahead is called off.
+            self.prefetch = None;
+            error(kind)
+        })?;
         self.fetched = number;
         self.quota_announced |= response.announces_quota;
         let spec = &self.fetcher.spec;

@@ -84,9 +84,6 @@ impl Throttle {
     }
 }
 
-/// How long the API asks us to wait before its quota resets, when it says
-/// the quota is spent: `X-RateLimit-Remaining: 0` (or `RateLimit-Remaining`)
-/// with `X-RateLimit-Reset` as epoch seconds (GitHub) or seconds from now.
 /// Whether the response tells how much of a quota is left (whatever the
 /// amount): such an API is asked one page at a time, so that a spent quota is
 /// seen before the next request goes out.
@@ -94,6 +91,9 @@ pub fn announces_quota(headers: &HeaderMap) -> bool {
     headers.contains_key("x-ratelimit-remaining") || headers.contains_key("ratelimit-remaining")
 }
 
+/// How long the API asks us to wait before its quota resets, when it says
+/// the quota is spent: `X-RateLimit-Remaining: 0` (or `RateLimit-Remaining`)
+/// with `X-RateLimit-Reset` as epoch seconds (GitHub) or seconds from now.
 pub fn quota_reset(headers: &HeaderMap) -> Option<Duration> {
     let get = |names: &[&str]| {
         names

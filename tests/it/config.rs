@@ -178,6 +178,25 @@ fn invalid_cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             vec!["job \"orders\", key \"pagination\"", "unknown field `size`"],
         ),
         (
+            "pagination pointer inside the records",
+            format!(
+                "{}[jobs.pagination]\nkind = \"cursor\"\ncursor_path = \"/data/49/id\"\n",
+                with("records = \"/data\"")
+            ),
+            vec![
+                "job \"orders\", key \"pagination.cursor_path\"",
+                "`/data/49/id` lies inside the records array at records = \"/data\"",
+            ],
+        ),
+        (
+            "pagination pointer when the body is the records",
+            format!("{MINIMAL}[jobs.pagination]\nkind = \"next_url\"\nnext_path = \"/next\"\n"),
+            vec![
+                "job \"orders\", key \"pagination.next_path\"",
+                "(\"\": the whole body is the array)",
+            ],
+        ),
+        (
             "knob without a pagination kind",
             format!("{MINIMAL}[jobs.pagination]\nkind = \"none\"\nsize = 10\n"),
             vec!["job \"orders\", key \"pagination\"", "unknown field `size`"],
