@@ -62,6 +62,19 @@ struct ApiState {
     page_cache: HashMap<String, axum::body::Bytes>,
     /// Every answer says how much of a quota is left (plenty).
     quota_headers: bool,
+    /// Requests arrived and not yet answered, and the most there ever were.
+    in_flight: usize,
+    max_in_flight: usize,
+}
+
+/// Counts a request as answered when dropped (also if the client went away).
+struct InFlight(Arc<Mutex<ApiState>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        s.in_flight = s.in_flight.saturating_sub(1);
+    }
 }
 
 #[derive(Clone)]
@@ -103,9 +116,13 @@ impl FakeApi {
                         let mut s = middleware_state.lock().unwrap();
                         s.arrivals
                             .push((std::time::Instant::now(), request.uri().to_string()));
+                        s.in_flight += 1;
+                        s.max_in_flight = s.max_in_flight.max(s.in_flight);
                         (s.delay, s.faults.next(), s.quota_headers)
                     };
+                    let answered = InFlight(middleware_state.clone());
                     async move {
+                        let _answered = answered;
                         tokio::time::sleep(delay).await;
                         let mut response = match fault {
                             None => next.run(request).await,
@@ -155,6 +172,11 @@ impl FakeApi {
     /// When each request arrived, and its path and query.
     pub fn arrivals(&self) -> Vec<(std::time::Instant, String)> {
         self.state.lock().unwrap().arrivals.clone()
+    }
+
+    /// The most requests that were ever waiting for their answers at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.lock().unwrap().max_in_flight
     }
 
     /// Injects `fault` into every later request (`None` to stop).
