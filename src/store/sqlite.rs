@@ -254,24 +254,15 @@ impl SqliteStore {
         batch: &PageBatch,
         empty_at_start: bool,
     ) -> Result<PagePlan, StoreError> {
+        // In a table that was empty when the run began, only keys this run
+        // already wrote can be stored: ask about the repeats alone.
+        let asked: Vec<usize> = (0..batch.rows.len())
+            .filter(|&i| !empty_at_start || batch.rows[i].repeat)
+            .collect();
         let mut existing: Vec<Option<ContentHash>> = vec![None; batch.rows.len()];
-        let sql = format!(
-            "SELECT content_hash FROM {} WHERE {}",
-            table.name.quoted(),
-            key_condition(table)
-        );
         let mut conn = self.pool.acquire().await?;
-        for (i, row) in batch.rows.iter().enumerate() {
-            if empty_at_start && !row.repeat {
-                continue;
-            }
-            let mut query = sqlx::query_scalar::<_, Vec<u8>>(AssertSqlSafe(sql.clone()));
-            for part in &row.record.key {
-                query = query.bind(part.as_str());
-            }
-            if let Some(hash) = query.fetch_optional(&mut *conn).await? {
-                existing[i] = Some(hash.try_into().unwrap_or([0; 16]));
-            }
+        for chunk in asked.chunks(LOOKUP_CHUNK) {
+            lookup(&mut conn, table, batch, chunk, &mut existing).await?;
         }
         Ok(super::plan_page(batch, &existing))
     }
@@ -299,30 +290,9 @@ impl SqliteStore {
         if ours.is_none() {
             return Err(StoreError::RunClosed);
         }
-        let columns: Vec<String> = table.key_columns.iter().map(|c| c.quoted()).collect();
-        let placeholders = vec!["?"; columns.len()].join(", ");
-        let upsert = format!(
-            "INSERT INTO {table} ({columns}, record, content_hash, first_seen_at, changed_at, run_id) \
-             VALUES ({placeholders}, ?, ?, {NOW}, {NOW}, ?) \
-             ON CONFLICT ({columns}) DO UPDATE SET record = excluded.record, \
-               content_hash = excluded.content_hash, changed_at = excluded.changed_at, \
-               run_id = excluded.run_id \
-             WHERE content_hash IS NOT excluded.content_hash",
-            table = table.name.quoted(),
-            columns = columns.join(", "),
-        );
-        for &i in plan.inserts.iter().chain(&plan.updates) {
-            let record = &batch.rows[i].record;
-            let mut query = sqlx::query(AssertSqlSafe(upsert.clone()));
-            for part in &record.key {
-                query = query.bind(part.as_str());
-            }
-            query
-                .bind(record.text.as_str())
-                .bind(record.content_hash.as_slice())
-                .bind(run)
-                .execute(&mut *tx)
-                .await?;
+        let written: Vec<usize> = plan.inserts.iter().chain(&plan.updates).copied().collect();
+        for chunk in written.chunks(WRITE_CHUNK) {
+            upsert(&mut tx, table, run, batch, chunk).await?;
         }
         for reject in &batch.rejects {
             sqlx::query(
@@ -460,13 +430,100 @@ impl SqliteStore {
 }
 
 /// `"k0" = ? AND …` over the key columns.
-fn key_condition(table: &TableSpec) -> String {
-    table
+/// Rows written by one statement, for the reason lookups are batched (see
+/// [`LOOKUP_CHUNK`]): 200 rows of a few columns stay far below SQLite's
+/// limit on bound values.
+const WRITE_CHUNK: usize = 200;
+
+/// Inserts or updates the rows `rows` of the batch in one statement. The
+/// `WHERE` keeps a row whose hash did not change untouched, should a plan
+/// be out of date.
+async fn upsert(
+    conn: &mut sqlx::SqliteConnection,
+    table: &TableSpec,
+    run: RunId,
+    batch: &PageBatch,
+    rows: &[usize],
+) -> Result<(), StoreError> {
+    let columns: Vec<String> = table.key_columns.iter().map(|c| c.quoted()).collect();
+    let row = format!("({}?, ?, {NOW}, {NOW}, ?)", "?, ".repeat(columns.len()));
+    let sql = format!(
+        "INSERT INTO {table} ({columns}, record, content_hash, first_seen_at, changed_at, run_id) \
+         VALUES {values} \
+         ON CONFLICT ({columns}) DO UPDATE SET record = excluded.record, \
+           content_hash = excluded.content_hash, changed_at = excluded.changed_at, \
+           run_id = excluded.run_id \
+         WHERE content_hash IS NOT excluded.content_hash",
+        table = table.name.quoted(),
+        columns = columns.join(", "),
+        values = vec![row; rows.len()].join(", "),
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for &i in rows {
+        let record = &batch.rows[i].record;
+        for part in &record.key {
+            query = query.bind(part.as_str());
+        }
+        query = query
+            .bind(record.text.as_str())
+            .bind(record.content_hash.as_slice())
+            .bind(run);
+    }
+    query.execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Keys asked about in one statement: a statement per key cost about
+/// 45 µs each, mostly the hand-off to SQLite's thread. 500 keys of up to a
+/// few columns stay far below SQLite's limit of 32,766 bound values.
+const LOOKUP_CHUNK: usize = 500;
+
+/// The stored hashes of the rows `asked`, into `existing`: one statement
+/// joining the keys, given as a `VALUES` list, to the table's primary key.
+async fn lookup(
+    conn: &mut sqlx::SqliteConnection,
+    table: &TableSpec,
+    batch: &PageBatch,
+    asked: &[usize],
+    existing: &mut [Option<ContentHash>],
+) -> Result<(), StoreError> {
+    let columns = table.key_columns.len();
+    let placeholders = format!("(?{})", ", ?".repeat(columns));
+    let values = vec![placeholders; asked.len()].join(", ");
+    let aliases: Vec<String> = (0..columns).map(|i| format!("k{i}")).collect();
+    let join: Vec<String> = table
         .key_columns
         .iter()
-        .map(|c| format!("{} = ?", c.quoted()))
-        .collect::<Vec<_>>()
-        .join(" AND ")
+        .enumerate()
+        .map(|(i, c)| format!("t.{} = asked.k{i}", c.quoted()))
+        .collect();
+    let sql = format!(
+        "WITH asked(ord, {aliases}) AS (VALUES {values}) \
+         SELECT asked.ord, t.content_hash FROM asked JOIN {table} AS t ON {join}",
+        aliases = aliases.join(", "),
+        table = table.name.quoted(),
+        join = join.join(" AND "),
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for (ord, &row) in asked.iter().enumerate() {
+        query = query.bind(ord as i64);
+        for part in &batch.rows[row].record.key {
+            query = query.bind(part.as_str());
+        }
+    }
+    for found in query.fetch_all(&mut *conn).await? {
+        let ord: i64 = found.try_get(0)?;
+        let hash: Vec<u8> = found.try_get(1)?;
+        // A hash of another length (written by hand, say) never matches.
+        let slot = usize::try_from(ord)
+            .ok()
+            .and_then(|i| asked.get(i))
+            .and_then(|&row| existing.get_mut(row));
+        if let Some(slot) = slot {
+            *slot = Some(hash.try_into().unwrap_or([0; 16]));
+        }
+    }
+    Ok(())
 }
 
 async fn add_counts(

@@ -224,6 +224,17 @@ store_tests! {
         assert_eq!(keys.len(), 60);
         assert_eq!(keys[0], ("1".to_owned(), "eu".to_owned()));
         assert_eq!(keys[1], ("1".to_owned(), "us".to_owned()));
+
+        // Act: one record changed, in one region only.
+        let mut changed = env.api.records();
+        changed[3]["meta"]["note"] = json!("changed");
+        env.api.set_records(changed);
+        let again = env.run(&job).await;
+
+        // Assert: the stored rows are matched on both key columns.
+        assert_eq!(again.error, None);
+        let counts = (again.counts.inserted, again.counts.updated, again.counts.unchanged);
+        assert_eq!(counts, (0, 1, 59));
     }
 
     async fn an_existing_table_without_the_primary_key_is_refused(backend: Backend) {
