@@ -34,6 +34,14 @@ pub fn segments(pointer: &str) -> Vec<String> {
         .collect()
 }
 
+/// The pointer of `segments`, escaped: the inverse of [`segments`].
+pub fn join(segments: &[String]) -> String {
+    segments
+        .iter()
+        .map(|segment| format!("/{}", segment.replace('~', "~0").replace('/', "~1")))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,5 +61,8 @@ mod tests {
         assert_eq!(segments("/a~1b/c~0d"), vec!["a/b", "c~d"]);
         assert!(segments("").is_empty());
         assert_eq!(segments("/"), vec![""]);
+        for pointer in ["", "/", "/a~1b/c~0d", "/items/0"] {
+            assert_eq!(join(&segments(pointer)), pointer);
+        }
     }
 }

@@ -85,15 +85,17 @@ impl ResponseBody {
                 Err(e) => Err((e, body)),
             };
         };
-        let mut spans = Vec::new();
-        // The body was checked: the array splits.
-        for element in raw_json::elements(&body[array.clone()])
-            .into_iter()
-            .flatten()
-        {
-            let Some(element) = element else { break };
-            spans.push(raw_json::span_in(&body, element));
-        }
+        // The body was checked, so the array splits; were it ever not to,
+        // its records come from a full parse rather than being cut short.
+        let spans: Option<Vec<Range<usize>>> =
+            raw_json::elements(&body[array.clone()]).and_then(|elements| {
+                elements
+                    .map(|element| element.map(|e| raw_json::span_in(&body, e)))
+                    .collect()
+            });
+        let Some(spans) = spans else {
+            return Self::parse_whole(body, records_pointer);
+        };
         let mut envelope_text = Vec::with_capacity(body.len() - array.len() + 2);
         envelope_text.extend_from_slice(&body[..array.start]);
         envelope_text.extend_from_slice(b"[]");
@@ -105,6 +107,26 @@ impl ResponseBody {
             }),
             Err(e) => Err((e, body)),
         }
+    }
+}
+
+impl ResponseBody {
+    /// The slow way: the whole body as a `Value`, its records written back
+    /// out one by one.
+    fn parse_whole(
+        body: Vec<u8>,
+        records_pointer: &[String],
+    ) -> Result<Self, (serde_json::Error, Vec<u8>)> {
+        let mut envelope: Value = match serde_json::from_slice(&body) {
+            Ok(envelope) => envelope,
+            Err(e) => return Err((e, body)),
+        };
+        let pointer = crate::json_pointer::join(records_pointer);
+        let records = match envelope.pointer_mut(&pointer) {
+            Some(Value::Array(items)) => Some(RawRecords::from_values(&std::mem::take(items))),
+            _ => None,
+        };
+        Ok(Self { envelope, records })
     }
 }
 
@@ -143,6 +165,25 @@ mod tests {
         let whole = parse(r#" [{"id": 1}, 2] "#, "");
         assert_eq!(whole.envelope, json!([]));
         assert_eq!(texts(&whole.records.unwrap()), [r#"{"id": 1}"#, "2"]);
+    }
+
+    #[test]
+    fn the_slow_way_gives_what_the_split_gives() {
+        let text = r#"{"meta": {"n": 2}, "data": [ {"id": 1} , {"id": "a]"} ]}"#;
+        let segments = crate::json_pointer::segments("/data");
+        let fast = ResponseBody::parse(text.as_bytes().to_vec(), &segments).unwrap();
+        let slow = ResponseBody::parse_whole(text.as_bytes().to_vec(), &segments).unwrap();
+        assert_eq!(fast.envelope, slow.envelope);
+        let values = |records: &RawRecords| -> Vec<Value> {
+            records
+                .iter()
+                .map(|r| serde_json::from_slice(r).unwrap())
+                .collect()
+        };
+        assert_eq!(
+            values(&fast.records.unwrap()),
+            values(&slow.records.unwrap())
+        );
     }
 
     #[test]

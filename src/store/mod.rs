@@ -131,6 +131,25 @@ impl PagePlan {
 
 /// Counts a page and picks the rows to write, given each row's stored hash.
 /// Shared by every backend so they count alike.
+/// What a lookup found for the key at `asked[position]` (its position in
+/// the statement, from 0): the stored hash, or `None` for a key not stored.
+/// A hash of another length (written by hand, say) never matches. Answers
+/// for positions outside `asked` are ignored.
+fn note_stored(
+    existing: &mut [Option<ContentHash>],
+    asked: &[usize],
+    position: i64,
+    stored: Option<Vec<u8>>,
+) {
+    let slot = usize::try_from(position)
+        .ok()
+        .and_then(|i| asked.get(i))
+        .and_then(|&row| existing.get_mut(row));
+    if let Some(slot) = slot {
+        *slot = stored.map(|hash| hash.try_into().unwrap_or([0; 16]));
+    }
+}
+
 fn plan_page(batch: &PageBatch, existing: &[Option<ContentHash>]) -> PagePlan {
     let mut plan = PagePlan {
         counts: Counts {

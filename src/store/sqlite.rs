@@ -514,14 +514,7 @@ async fn lookup(
     for found in query.fetch_all(&mut *conn).await? {
         let ord: i64 = found.try_get(0)?;
         let hash: Vec<u8> = found.try_get(1)?;
-        // A hash of another length (written by hand, say) never matches.
-        let slot = usize::try_from(ord)
-            .ok()
-            .and_then(|i| asked.get(i))
-            .and_then(|&row| existing.get_mut(row));
-        if let Some(slot) = slot {
-            *slot = Some(hash.try_into().unwrap_or([0; 16]));
-        }
+        super::note_stored(existing, asked, ord, Some(hash));
     }
     Ok(())
 }

@@ -269,17 +269,9 @@ async fn lookup(
         existing[row] = Some(batch.rows[row].record.content_hash);
     }
     for row in query.fetch_all(pool).await? {
+        // ORDINALITY counts from 1.
         let ord: i64 = row.try_get(0)?;
-        let stored: Option<Vec<u8>> = row.try_get(1)?;
-        // A hash of another length (written by hand, say) never matches.
-        let stored = stored.map(|hash| hash.try_into().unwrap_or([0; 16]));
-        let slot = usize::try_from(ord - 1)
-            .ok()
-            .and_then(|i| asked.get(i))
-            .and_then(|&row| existing.get_mut(row));
-        if let Some(slot) = slot {
-            *slot = stored;
-        }
+        super::super::note_stored(existing, asked, ord - 1, row.try_get(1)?);
     }
     Ok(())
 }
