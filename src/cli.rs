@@ -69,6 +69,20 @@ pub enum Command {
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         interval: Duration,
     },
+    /// Show recent rejects (records that could not be stored) with their reasons
+    Rejects {
+        /// Only this job's rejects
+        job: Option<String>,
+        /// Only the rejects this run stored (a reject seen again by a later run is not stored again)
+        #[arg(long, value_name = "ID")]
+        run: Option<i64>,
+        /// How many rejects to show
+        #[arg(long, default_value_t = 20)]
+        limit: i64,
+        /// One JSON object per line instead of a list
+        #[arg(long)]
+        json: bool,
+    },
     /// Show recent runs from the audit table
     Runs {
         /// Only this job's runs
@@ -108,6 +122,12 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Migrate => migrate(&settings).await,
         Command::Health => health(&settings).await,
         Command::Runs { job, limit, json } => runs(&settings, job.as_deref(), limit, json).await,
+        Command::Rejects {
+            job,
+            run,
+            limit,
+            json,
+        } => rejects(&settings, job.as_deref(), run, limit, json).await,
         Command::Demo { .. } => unreachable!("handled before the configuration is loaded"),
     }
 }
@@ -274,7 +294,9 @@ async fn sync(settings: &Settings, names: &[String], all: bool) -> ExitCode {
     }
 }
 
-/// `products succeeded fetched=… inserted=… … pages=… seconds=…[ error: …]`
+/// `products succeeded fetched=… inserted=… … pages=… [expected=…] seconds=…`,
+/// then, when there were rejects, the first one's reason and where to see
+/// them all, and, when the run failed, the error.
 pub fn summary_line(report: &RunReport) -> String {
     if report.status == RunStatus::Skipped {
         return format!(
@@ -283,9 +305,13 @@ pub fn summary_line(report: &RunReport) -> String {
         );
     }
     let c = &report.counts;
+    let expected = report
+        .expected
+        .map(|n| format!(" expected={n}"))
+        .unwrap_or_default();
     let mut line = format!(
         "{} {} fetched={} inserted={} updated={} unchanged={} duplicate={} rejected={} \
-         pages={} seconds={:.2}",
+         pages={}{expected} seconds={:.2}",
         report.job,
         report.status.as_str(),
         c.fetched,
@@ -297,6 +323,14 @@ pub fn summary_line(report: &RunReport) -> String {
         c.pages,
         report.elapsed.as_secs_f64(),
     );
+    if c.rejected > 0
+        && let Some(reason) = &report.first_reject
+    {
+        line.push_str(&format!(
+            " first reject: {reason} (all: apisync rejects {})",
+            report.job
+        ));
+    }
     if let Some(error) = &report.error {
         line.push_str(" error: ");
         line.push_str(error);
@@ -467,6 +501,7 @@ fn runs_table(runs: &[RunRecord]) -> String {
         "DUPLICATE",
         "REJECTED",
         "PAGES",
+        "EXPECTED",
         "ERROR",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
@@ -498,6 +533,8 @@ fn runs_table(runs: &[RunRecord]) -> String {
             run.duplicate.to_string(),
             run.rejected.to_string(),
             run.pages.to_string(),
+            run.expected
+                .map_or_else(|| "-".to_owned(), |n| n.to_string()),
             error,
         ]);
     }
@@ -515,4 +552,67 @@ fn runs_table(runs: &[RunRecord]) -> String {
         out.push('\n');
     }
     out
+}
+
+async fn rejects(
+    settings: &Settings,
+    job: Option<&str>,
+    run: Option<i64>,
+    limit: i64,
+    json: bool,
+) -> ExitCode {
+    if let Some(name) = job
+        && settings.job(name).is_none()
+    {
+        let known: Vec<&str> = settings.jobs.iter().map(|j| j.name.as_str()).collect();
+        eprintln!(
+            "apisync: no job named {name}; configured jobs: {}",
+            known.join(", ")
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let store = match open_store(settings).await {
+        Ok(store) => store,
+        Err(code) => return code,
+    };
+    let rejects = match store.recent_rejects(job, run, limit.max(0)).await {
+        Ok(rejects) => rejects,
+        Err(e) => return fail(settings, "cannot read apisync.rejects", &e),
+    };
+    let redact = |text: &str| settings.redactor.redact(text);
+    for reject in &rejects {
+        let line = if json {
+            let mut value = match serde_json::to_value(reject) {
+                Ok(value) => value,
+                Err(e) => return fail(settings, "cannot print a reject as JSON", &e),
+            };
+            value["reason"] = redact(&reject.reason).into();
+            value["record"] = redact(&reject.record).into();
+            value.to_string()
+        } else {
+            format!(
+                "{} {} run {} #{}: {}\n  {}",
+                reject.rejected_at.format("%Y-%m-%d %H:%M:%S"),
+                reject.job,
+                reject.run_id,
+                reject.id,
+                redact(&reject.reason),
+                excerpt(&redact(&reject.record), 300),
+            )
+        };
+        println!("{line}");
+    }
+    if rejects.is_empty() && !json {
+        println!("no rejects");
+    }
+    ExitCode::SUCCESS
+}
+
+/// The first `chars` characters of `text`, with `…` when cut.
+fn excerpt(text: &str, chars: usize) -> String {
+    let mut cut: String = text.chars().take(chars).collect();
+    if cut.len() < text.len() {
+        cut.push('…');
+    }
+    cut
 }

@@ -7,10 +7,17 @@
 //! otherwise let a run killed half-way move the watermark past records it
 //! never read, and the next run would skip them for good.
 //!
-//! Values are RFC 3339 timestamps or numbers: epoch seconds, or, told apart
-//! by size, milliseconds (above 10^11, which as seconds would be past the
-//! year 5000), microseconds (above 10^14) and nanoseconds (above 10^17).
+//! Values are RFC 3339 timestamps (or times in a strftime `format`, in a
+//! `timezone` when they carry no offset) or numbers: epoch seconds, or, told
+//! apart by size, milliseconds (above 10^11, which as seconds would be past
+//! the year 5000), microseconds (above 10^14) and nanoseconds (above 10^17).
 //! Integers are computed with integers, so no precision is lost.
+//!
+//! Two ways a watermark could make every later run succeed with nothing, or
+//! read everything for ever, are refused: a record time beyond
+//! `max_future` of the local clock never moves the watermark (one
+//! `9999-12-31` would pin it), and a run in which no record had a readable
+//! field fails, naming the field and a value.
 //!
 //! The API must filter with "at or after" (`>=`) and `lookback` should cover
 //! the records it makes visible late (and, for page or offset pagination,
@@ -19,7 +26,9 @@
 use std::cmp::Ordering;
 use std::time::Duration;
 
-use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
+use chrono::format::{Item, StrftimeItems};
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use chrono_tz::Tz;
 use serde_json::Value;
 
 use crate::config::IncrementalSettings;
@@ -35,6 +44,60 @@ fn ticks_per_second(magnitude: f64) -> i128 {
     }
 }
 
+/// How the field's times are written.
+#[derive(Debug, Clone)]
+struct TimeFormat {
+    /// A strftime pattern; `None` is RFC 3339.
+    pattern: Option<String>,
+    /// Whether `pattern` holds an offset (`%z` and its kin).
+    pattern_has_offset: bool,
+    /// The zone of times without an offset, when configured.
+    zone: Option<Tz>,
+}
+
+impl TimeFormat {
+    fn parse(&self, text: &str) -> Option<DateTime<FixedOffset>> {
+        let zone = self.zone.unwrap_or(Tz::UTC);
+        let in_zone = |naive: NaiveDateTime| {
+            zone.from_local_datetime(&naive)
+                .earliest()
+                .map(|t| t.fixed_offset())
+        };
+        match &self.pattern {
+            Some(pattern) if self.pattern_has_offset => {
+                DateTime::parse_from_str(text, pattern).ok()
+            }
+            Some(pattern) => match NaiveDateTime::parse_from_str(text, pattern) {
+                Ok(naive) => in_zone(naive),
+                // A pattern of a date alone: midnight.
+                Err(_) => in_zone(NaiveDate::parse_from_str(text, pattern).ok()?.into()),
+            },
+            None => DateTime::parse_from_rfc3339(text).ok().or_else(|| {
+                // With a zone configured, ISO 8601 without an offset too.
+                self.zone?;
+                ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"]
+                    .iter()
+                    .find_map(|p| NaiveDateTime::parse_from_str(text, p).ok())
+                    .and_then(in_zone)
+            }),
+        }
+    }
+
+    /// `time` written the way the API writes it.
+    fn render(&self, time: DateTime<Utc>) -> String {
+        match &self.pattern {
+            Some(pattern) => time
+                .with_timezone(&self.zone.unwrap_or(Tz::UTC))
+                .format(pattern)
+                .to_string(),
+            None if self.zone.is_some() => time
+                .with_timezone(&self.zone.unwrap_or(Tz::UTC))
+                .to_rfc3339_opts(SecondsFormat::AutoSi, false),
+            None => time.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        }
+    }
+}
+
 /// A job's incremental settings, checked.
 #[derive(Debug, Clone)]
 pub struct Incremental {
@@ -43,6 +106,8 @@ pub struct Incremental {
     field: String,
     param: String,
     lookback: Duration,
+    max_future: Duration,
+    format: TimeFormat,
 }
 
 /// A comparable reading of a record's `field`.
@@ -55,9 +120,9 @@ enum Mark {
 }
 
 impl Mark {
-    fn of(value: &Value) -> Option<Mark> {
+    fn of(value: &Value, format: &TimeFormat) -> Option<Mark> {
         match value {
-            Value::String(s) => DateTime::parse_from_rfc3339(s).ok().map(Mark::Time),
+            Value::String(s) => format.parse(s).map(Mark::Time),
             Value::Number(n) => {
                 // With arbitrary precision the text is exact: parse it.
                 let text = n.to_string();
@@ -81,11 +146,26 @@ impl Mark {
             _ => None,
         }
     }
+
+    /// Whether the mark lies after `limit` (epoch numbers read in the unit
+    /// their size tells).
+    fn is_after(&self, limit: DateTime<Utc>) -> bool {
+        let limit_seconds = limit.timestamp() as f64;
+        match *self {
+            Mark::Time(t) => t > limit,
+            Mark::Integer(n) => {
+                let ticks = ticks_per_second(n.unsigned_abs() as f64);
+                n / ticks > limit.timestamp() as i128
+            }
+            Mark::Float(f) => f / ticks_per_second(f.abs()) as f64 > limit_seconds,
+        }
+    }
 }
 
 impl Incremental {
     /// # Errors
-    /// When `field` is not a field name or JSON pointer, or `param` is empty.
+    /// When `field` is not a field name or JSON pointer, `param` is empty,
+    /// `format` is not a strftime pattern or `timezone` not an IANA zone.
     pub fn new(settings: &IncrementalSettings) -> Result<Self, (&'static str, String)> {
         // The same spelling rules as key fields: `updated_at` or `/meta/updated`.
         let field =
@@ -93,18 +173,55 @@ impl Incremental {
         if settings.param.trim().is_empty() {
             return Err(("incremental.param", "must not be empty".to_owned()));
         }
+        let zone = settings
+            .timezone
+            .as_deref()
+            .map(crate::schedule::parse_timezone)
+            .transpose()
+            .map_err(|e| ("incremental.timezone", e))?;
+        let mut pattern_has_offset = false;
+        if let Some(pattern) = &settings.format {
+            let items: Vec<Item> = StrftimeItems::new(pattern).collect();
+            if pattern.trim().is_empty() || items.iter().any(|item| matches!(item, Item::Error)) {
+                return Err((
+                    "incremental.format",
+                    format!("`{pattern}` is not a strftime pattern such as \"%Y-%m-%d %H:%M:%S\""),
+                ));
+            }
+            pattern_has_offset = items.iter().any(|item| {
+                matches!(
+                    item,
+                    Item::Fixed(
+                        chrono::format::Fixed::TimezoneOffset
+                            | chrono::format::Fixed::TimezoneOffsetColon
+                            | chrono::format::Fixed::TimezoneOffsetDoubleColon
+                            | chrono::format::Fixed::TimezoneOffsetTripleColon
+                            | chrono::format::Fixed::TimezoneOffsetColonZ
+                            | chrono::format::Fixed::TimezoneOffsetZ
+                            | chrono::format::Fixed::RFC3339
+                            | chrono::format::Fixed::RFC2822
+                    )
+                )
+            });
+        }
         Ok(Self {
             pointer: field,
             field: settings.field.clone(),
             param: settings.param.clone(),
             lookback: settings.lookback,
+            max_future: settings.max_future,
+            format: TimeFormat {
+                pattern: settings.format.clone(),
+                pattern_has_offset,
+                zone,
+            },
         })
     }
 
     /// The query parameter for a run that starts from `watermark`:
     /// `(param, watermark - lookback)`, in the watermark's own format.
     pub fn since(&self, watermark: &Value) -> Option<(String, String)> {
-        let mark = Mark::of(watermark)?;
+        let mark = Mark::of(watermark, &self.format)?;
         let value = if self.lookback.is_zero() {
             // Exactly as the API wrote it.
             match watermark {
@@ -115,7 +232,8 @@ impl Incremental {
             match mark {
                 Mark::Time(t) => {
                     let lookback = chrono::Duration::from_std(self.lookback).ok()?;
-                    (t.with_timezone(&Utc) - lookback).to_rfc3339_opts(SecondsFormat::AutoSi, true)
+                    self.format
+                        .render(t.with_timezone(&Utc).checked_sub_signed(lookback)?)
                 }
                 Mark::Integer(n) => {
                     let ticks = ticks_per_second(n.unsigned_abs() as f64);
@@ -132,13 +250,38 @@ impl Incremental {
     }
 
     /// Starts tracking a run's highest `field` from the stored watermark.
+    /// A stored watermark beyond `max_future` (left by an earlier version,
+    /// or by hand) is set aside with a warning: the run reads everything.
     pub fn tracker(&self, watermark: Option<Value>) -> WatermarkTracker {
-        let best = watermark.and_then(|v| Mark::of(&v).map(|m| (m, v)));
+        let future_limit = chrono::Duration::from_std(self.max_future)
+            .ok()
+            .and_then(|ahead| Utc::now().checked_add_signed(ahead))
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let best = watermark
+            .and_then(|v| Mark::of(&v, &self.format).map(|m| (m, v)))
+            .filter(|(mark, value)| {
+                let future = mark.is_after(future_limit);
+                if future {
+                    tracing::warn!(
+                        field = %self.field,
+                        watermark = %value,
+                        "The stored watermark lies further in the future than \
+                         incremental.max_future; setting it aside and reading everything."
+                    );
+                }
+                !future
+            });
         WatermarkTracker {
             segments: crate::json_pointer::segments(&self.pointer),
             field: self.field.clone(),
+            format: self.format.clone(),
+            future_limit,
             best,
+            readable: 0,
             unreadable: 0,
+            unreadable_example: None,
+            future: 0,
+            future_example: None,
         }
     }
 }
@@ -149,15 +292,37 @@ pub struct WatermarkTracker {
     /// The field's pointer, as segments.
     segments: Vec<String>,
     field: String,
+    format: TimeFormat,
+    /// A record time after this does not move the watermark.
+    future_limit: DateTime<Utc>,
     best: Option<(Mark, Value)>,
-    /// Records whose `field` was missing or not a timestamp or number.
+    /// Records whose `field` could be read.
+    readable: u64,
+    /// Records whose `field` was missing or not a time or number, and the
+    /// first such value, for messages.
     unreadable: u64,
+    unreadable_example: Option<String>,
+    /// Records whose `field` lies beyond `future_limit`, and the first
+    /// one's key and value.
+    future: u64,
+    future_example: Option<(String, String)>,
+}
+
+/// A value for a message: its JSON text, cut to a readable length.
+fn example(value: Option<&Value>) -> String {
+    let text = value.map_or_else(|| "(absent)".to_owned(), Value::to_string);
+    if text.chars().count() > 60 {
+        let cut: String = text.chars().take(60).collect();
+        format!("{cut}…")
+    } else {
+        text
+    }
 }
 
 impl WatermarkTracker {
     /// Sees one record, as JSON text.
     pub fn observe(&mut self, record: &[u8]) {
-        self.observe_field(self.field_of(record).as_ref());
+        self.observe_field(self.field_of(record).as_ref(), &[]);
     }
 
     /// The incremental field of a record (JSON text), if it has one.
@@ -166,22 +331,29 @@ impl WatermarkTracker {
         serde_json::from_slice(field).ok()
     }
 
-    /// Like [`WatermarkTracker::observe`], given the record's field.
-    pub fn observe_field(&mut self, field: Option<&Value>) {
-        let Some(value) = field else {
+    /// Like [`WatermarkTracker::observe`], given the record's field and key.
+    pub fn observe_field(&mut self, field: Option<&Value>, key: &[String]) {
+        let Some(mark) = field.and_then(|value| Mark::of(value, &self.format)) else {
             self.unreadable += 1;
+            if self.unreadable_example.is_none() {
+                self.unreadable_example = Some(example(field));
+            }
             return;
         };
-        let Some(mark) = Mark::of(value) else {
-            self.unreadable += 1;
+        self.readable += 1;
+        if mark.is_after(self.future_limit) {
+            self.future += 1;
+            if self.future_example.is_none() {
+                self.future_example = Some((key.join(", "), example(field)));
+            }
             return;
-        };
+        }
         let higher = match &self.best {
             None => true,
             Some((best, _)) => mark.cmp(best) == Some(Ordering::Greater),
         };
         if higher {
-            self.best = Some((mark, value.clone()));
+            self.best = field.map(|value| (mark, value.clone()));
         }
     }
 
@@ -190,16 +362,44 @@ impl WatermarkTracker {
         self.best.as_ref().map(|(_, value)| value)
     }
 
-    /// Logs once per run when records could not move the watermark.
-    pub fn warn_if_unreadable(&self) {
+    /// Once the run has read everything: an error when records came and
+    /// none had a readable field (the watermark can never move, so every
+    /// run would read everything again while looking fine), and warnings
+    /// for some unreadable or far-future records.
+    ///
+    /// # Errors
+    /// The message for the run's error.
+    pub fn verdict(&self) -> Result<(), String> {
+        if self.readable == 0 && self.unreadable > 0 {
+            return Err(format!(
+                "none of the {} records read has a readable incremental field `{}` (one has \
+                 {}): expected an RFC 3339 timestamp or an epoch number; set \
+                 incremental.format (and incremental.timezone) for other forms",
+                self.unreadable,
+                self.field,
+                self.unreadable_example.as_deref().unwrap_or("(absent)")
+            ));
+        }
         if self.unreadable > 0 {
             tracing::warn!(
                 field = %self.field,
                 records = self.unreadable,
-                "Records without a readable incremental field (an RFC 3339 timestamp or a \
-                 number) were stored but do not move the watermark."
+                example = self.unreadable_example.as_deref().unwrap_or_default(),
+                "Records without a readable incremental field were stored but do not move \
+                 the watermark."
             );
         }
+        if let Some((key, value)) = &self.future_example {
+            tracing::warn!(
+                field = %self.field,
+                records = self.future,
+                key = %key,
+                value = %value,
+                "Records with an incremental field further ahead of the clock than \
+                 incremental.max_future were stored but do not move the watermark."
+            );
+        }
+        Ok(())
     }
 }
 
@@ -213,6 +413,9 @@ mod tests {
             field: "updated_at".into(),
             param: "updated_since".into(),
             lookback: Duration::from_secs(lookback),
+            max_future: Duration::from_secs(86_400),
+            format: None,
+            timezone: None,
         })
         .unwrap()
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::run::{Counts, RunStatus};
+use crate::run::{Counts, FailureReason, RunStatus};
 
 pub const RECORDS_TOTAL: &str = "apisync_records_total";
 pub const DUPLICATE_RATIO: &str = "apisync_duplicate_ratio";
@@ -27,10 +27,12 @@ pub const HTTP_REQUESTS_TOTAL: &str = "apisync_http_requests_total";
 pub const HTTP_RETRIES_TOTAL: &str = "apisync_http_retries_total";
 pub const HTTP_REQUEST_DURATION_SECONDS: &str = "apisync_http_request_duration_seconds";
 pub const DB_WRITE_DURATION_SECONDS: &str = "apisync_db_write_duration_seconds";
+pub const RUN_FAILURES_TOTAL: &str = "apisync_run_failures_total";
+pub const RECORDS_EXPECTED: &str = "apisync_records_expected";
 pub const BUILD_INFO: &str = "apisync_build_info";
 
 /// Every metric of the catalogue, for tests and documentation.
-pub const CATALOGUE: [&str; 11] = [
+pub const CATALOGUE: [&str; 13] = [
     RECORDS_TOTAL,
     DUPLICATE_RATIO,
     RUNS_TOTAL,
@@ -41,6 +43,8 @@ pub const CATALOGUE: [&str; 11] = [
     HTTP_RETRIES_TOTAL,
     HTTP_REQUEST_DURATION_SECONDS,
     DB_WRITE_DURATION_SECONDS,
+    RUN_FAILURES_TOTAL,
+    RECORDS_EXPECTED,
     BUILD_INFO,
 ];
 
@@ -135,6 +139,15 @@ fn describe() {
         "Duration of write transactions (one page, or the pages waiting together), the hash \
          comparison included."
     );
+    describe_counter!(
+        RUN_FAILURES_TOTAL,
+        "Failed runs by reason: fetch, pagination, incomplete (fewer distinct keys than the API \
+         stated), rejects (more than max_rejected), deletions, auth, database, internal."
+    );
+    describe_gauge!(
+        RECORDS_EXPECTED,
+        "The record count the API stated in the job's last finished run; absent while it states none."
+    );
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which build runs."
@@ -152,6 +165,10 @@ pub fn register_job(job: &str) {
     }
     for reason in COMMON_RETRY_REASONS {
         counter!(HTTP_RETRIES_TOTAL, JOB => job.to_owned(), "reason" => reason).absolute(0);
+    }
+    for reason in FailureReason::ALL {
+        counter!(RUN_FAILURES_TOTAL, JOB => job.to_owned(), "reason" => reason.as_str())
+            .absolute(0);
     }
     gauge!(JOB_RUNNING, JOB => job.to_owned()).set(0.0);
 }
@@ -220,4 +237,31 @@ pub fn http_attempt(job: &str, status: Option<u16>, elapsed: Duration) {
 /// A failed request will be retried; `reason` is `FetchError::kind()`.
 pub fn http_retry(job: &str, reason: &str) {
     counter!(HTTP_RETRIES_TOTAL, JOB => job.to_owned(), "reason" => reason.to_owned()).increment(1);
+}
+
+/// A run failed for `reason` (counted besides `runs_total{status="failed"}`).
+pub fn run_failed(job: &str, reason: FailureReason) {
+    counter!(RUN_FAILURES_TOTAL, JOB => job.to_owned(), "reason" => reason.as_str()).increment(1);
+}
+
+/// The jobs whose `apisync_records_expected` series exists.
+static EXPECTED_SHOWN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The total the API stated in a finished run. A job that states none has
+/// no series; one that stops stating it is set to NaN, which no comparison
+/// in an alert rule matches (the exporter cannot remove a series).
+pub fn records_expected(job: &str, expected: Option<u64>) {
+    let mut shown = EXPECTED_SHOWN.lock().unwrap_or_else(|e| e.into_inner());
+    match expected {
+        Some(count) => {
+            if !shown.iter().any(|j| j == job) {
+                shown.push(job.to_owned());
+            }
+            gauge!(RECORDS_EXPECTED, JOB => job.to_owned()).set(count as f64);
+        }
+        None if shown.iter().any(|j| j == job) => {
+            gauge!(RECORDS_EXPECTED, JOB => job.to_owned()).set(f64::NAN);
+        }
+        None => {}
+    }
 }

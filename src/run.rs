@@ -59,3 +59,53 @@ impl AddAssign for Counts {
         self.pages += other.pages;
     }
 }
+
+/// Why a run failed, as the `reason` label of `apisync_run_failures_total`
+/// (a bounded set, fixed by the metric catalogue).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    /// A request failed for good (status, transport, body).
+    Fetch,
+    /// The pages could not be walked as configured: a pointer or header
+    /// that finds nothing, a loop, `max_pages`, a total no response carries,
+    /// an incremental field no record has in a readable form.
+    Pagination,
+    /// The run read fewer distinct keys than the API stated.
+    Incomplete,
+    /// More rejects than `max_rejected`.
+    Rejects,
+    /// Deletions beyond `max_deleted` (not used yet).
+    Deletions,
+    /// Authentication failed (not used yet).
+    Auth,
+    /// The store failed.
+    Database,
+    /// A bug: a task panicked.
+    Internal,
+}
+
+impl FailureReason {
+    pub const ALL: [FailureReason; 8] = [
+        FailureReason::Fetch,
+        FailureReason::Pagination,
+        FailureReason::Incomplete,
+        FailureReason::Rejects,
+        FailureReason::Deletions,
+        FailureReason::Auth,
+        FailureReason::Database,
+        FailureReason::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::Fetch => "fetch",
+            FailureReason::Pagination => "pagination",
+            FailureReason::Incomplete => "incomplete",
+            FailureReason::Rejects => "rejects",
+            FailureReason::Deletions => "deletions",
+            FailureReason::Auth => "auth",
+            FailureReason::Database => "database",
+            FailureReason::Internal => "internal",
+        }
+    }
+}

@@ -11,15 +11,17 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::config::JobSettings;
+use crate::config::{JobSettings, Threshold};
 use crate::incremental::{Incremental, WatermarkTracker};
 use crate::metrics;
-use crate::record::{RecordShape, Rejected};
+use crate::record::RecordShape;
 use crate::redact::Redactor;
-use crate::run::{Counts, RunId, RunStatus};
+use crate::run::{Counts, FailureReason, RunId, RunStatus};
 use crate::seen_keys::SeenKeys;
-use crate::source::{ApiClient, Page, SourceError, SourceSpec};
-use crate::store::{BatchRow, Ident, JobLock, PageBatch, Store, StoreError, TableSpec};
+use crate::source::{ApiClient, Page, SourceError, SourceErrorKind, SourceSpec};
+use crate::store::{
+    BatchRow, Ident, JobLock, KeyLimit, PageBatch, RunEnd, Store, StoreError, TableSpec,
+};
 
 /// A job, checked and ready to run any number of times.
 #[derive(Debug, Clone)]
@@ -29,6 +31,7 @@ pub struct Job {
     shape: Arc<RecordShape>,
     source: SourceSpec,
     incremental: Option<Incremental>,
+    max_rejected: Threshold,
 }
 
 impl Job {
@@ -51,6 +54,7 @@ impl Job {
             shape: Arc::new(shape),
             source: SourceSpec::new(settings)?,
             incremental,
+            max_rejected: settings.max_rejected,
         })
     }
 }
@@ -107,6 +111,12 @@ pub struct RunReport {
     pub elapsed: Duration,
     /// The error chain, secrets redacted, when the run failed.
     pub error: Option<String>,
+    /// Why it failed, for the metric label.
+    pub failure: Option<FailureReason>,
+    /// The record count the API stated, when it states one.
+    pub expected: Option<u64>,
+    /// The reason of the run's first reject, secrets redacted.
+    pub first_reject: Option<String>,
 }
 
 /// Why a run failed.
@@ -125,6 +135,59 @@ pub enum SyncError {
     Interrupted,
     #[error("reading the pages failed unexpectedly: {0}")]
     Reader(String),
+    #[error(
+        "incomplete: the API states {expected} records, but the run read {read} distinct \
+         keys{}; the rows read are stored, the watermark did not move",
+        rejects_note(*.rejected)
+    )]
+    Incomplete {
+        expected: u64,
+        read: u64,
+        rejected: u64,
+    },
+    #[error(
+        "{rejected} of {fetched} records were rejected, more than max_rejected = \
+         {max_rejected} allows (the first: {first}); the good rows are stored; \
+         `apisync rejects {job}` lists the rejects"
+    )]
+    Rejects {
+        job: String,
+        rejected: u64,
+        fetched: u64,
+        max_rejected: Threshold,
+        first: String,
+    },
+    #[error("{0}")]
+    Watermark(String),
+}
+
+fn rejects_note(rejected: u64) -> String {
+    if rejected == 0 {
+        String::new()
+    } else {
+        format!(" and rejected {rejected} records")
+    }
+}
+
+impl SyncError {
+    /// The `reason` label of a failed run; `None` for an interrupted one.
+    pub fn reason(&self) -> Option<FailureReason> {
+        Some(match self {
+            SyncError::Source(error) => match error.kind {
+                SourceErrorKind::Fetch { .. } => FailureReason::Fetch,
+                SourceErrorKind::Records { .. }
+                | SourceErrorKind::Pagination(_)
+                | SourceErrorKind::Loop { .. }
+                | SourceErrorKind::TooManyPages { .. } => FailureReason::Pagination,
+            },
+            SyncError::Store(_) => FailureReason::Database,
+            SyncError::RepeatedPage { .. } | SyncError::Watermark(_) => FailureReason::Pagination,
+            SyncError::Interrupted => return None,
+            SyncError::Reader(_) => FailureReason::Internal,
+            SyncError::Incomplete { .. } => FailureReason::Incomplete,
+            SyncError::Rejects { .. } => FailureReason::Rejects,
+        })
+    }
 }
 
 /// Runs `job` once, start to finish.
@@ -149,6 +212,9 @@ pub async fn run_once(job: &Job, ctx: &SyncContext) -> Result<RunReport, StoreEr
             counts: Counts::default(),
             elapsed: started.elapsed(),
             error: None,
+            failure: None,
+            expected: None,
+            first_reject: None,
         });
     };
     let result = run_locked(job, ctx, &mut lock, started).await;
@@ -184,23 +250,32 @@ async fn run_locked(
         Err(SyncError::Interrupted) => RunStatus::Interrupted,
         Err(_) => RunStatus::Failed,
     };
+    let failure = result.as_ref().err().and_then(SyncError::reason);
     let error = result
         .err()
         .map(|e| ctx.redactor.redact(&crate::error_chain(&e)));
-    let recorded = ctx
-        .store
-        .finish_run(run_id, status, error.as_deref(), &tally.unsaved)
-        .await;
+    let end = RunEnd {
+        status,
+        error: error.as_deref(),
+        unsaved: tally.unsaved,
+        expected: tally.expected,
+    };
+    let recorded = ctx.store.finish_run(run_id, &end).await;
     let elapsed = started.elapsed();
     let counts = tally.all;
     if let Err(e) = recorded {
         // Left in `in_flight`: a shutdown still tries to mark it.
         metrics::run_finished(&job.name, RunStatus::Failed, &counts, elapsed);
+        metrics::run_failed(&job.name, FailureReason::Database);
         return Err(e);
     }
     ctx.in_flight.remove(run_id);
     metrics::records_counted(&job.name, &tally.unsaved);
     metrics::run_finished(&job.name, status, &counts, elapsed);
+    metrics::records_expected(&job.name, tally.expected);
+    if let Some(reason) = failure {
+        metrics::run_failed(&job.name, reason);
+    }
 
     let report = RunReport {
         job: job.name.clone(),
@@ -209,17 +284,23 @@ async fn run_locked(
         counts,
         elapsed,
         error,
+        failure,
+        expected: tally.expected,
+        first_reject: tally.first_reject.map(|r| ctx.redactor.redact(&r)),
     };
     log_finished(&report);
     Ok(report)
 }
 
-/// A run's counts: all of them, and those not yet added to its runs row
-/// (pages that needed no transaction; `finish_run` adds them).
+/// What the writer learned of a run: all its counts, those not yet added to
+/// its runs row (pages that needed no transaction; `finish_run` adds them),
+/// the total the API stated, and the reason of the first reject.
 #[derive(Debug, Default)]
 struct Tally {
     all: Counts,
     unsaved: Counts,
+    expected: Option<u64>,
+    first_reject: Option<String>,
 }
 
 /// A page read, checked and ready to write.
@@ -227,8 +308,11 @@ struct Prepared {
     /// The page's number (the last one's, once pages are appended).
     number: u64,
     batch: PageBatch,
-    /// Set on the last page of an incremental run: the watermark to commit.
+    /// Set on the last page of an incremental run that may move it: the
+    /// watermark to commit.
     watermark: Option<serde_json::Value>,
+    /// The record count the API had stated when the page was read.
+    expected: Option<u64>,
 }
 
 impl Prepared {
@@ -239,17 +323,20 @@ impl Prepared {
             number,
             batch,
             watermark,
+            expected,
         } = next;
         match self.batch.append(batch) {
             Ok(()) => {
                 self.number = number;
                 self.watermark = watermark;
+                self.expected = expected;
                 Ok(())
             }
             Err(batch) => Err(Prepared {
                 number,
                 batch,
                 watermark,
+                expected,
             }),
         }
     }
@@ -335,7 +422,9 @@ impl Drop for ReaderTask {
 /// Two stages overlap: while page N is read (hashed, checked) on the blocking
 /// pool, page N+1 is fetched and parsed. Page N goes to the writer once page
 /// N+1's response is in or has failed for good; a failure is returned only
-/// after the pages before it were handed over.
+/// after the pages before it were handed over. Once the last page is read,
+/// the run's verdict (see [`ReaderState::verdict`]) decides whether it may
+/// succeed; if not, the last page is still written, without the watermark.
 async fn read_pages(
     job: &Job,
     ctx: &SyncContext,
@@ -345,10 +434,16 @@ async fn read_pages(
 ) -> Result<(), SyncError> {
     let mut pages = job.source.pages(&ctx.client, &ctx.redactor, since);
     let mut stage = ReaderStage::Idle(ReaderState {
+        job: job.name.clone(),
         shape: Arc::clone(&job.shape),
+        key_limit: ctx.store.key_limit(),
+        max_rejected: job.max_rejected,
         seen: SeenKeys::default(),
         tracker,
         previous_page: None,
+        fetched: 0,
+        rejected: 0,
+        first_reject: None,
     });
     loop {
         // Waiting for a response (retries included) is abandoned on shutdown:
@@ -359,23 +454,30 @@ async fn read_pages(
             () = ctx.cancel.cancelled() => return Err(SyncError::Interrupted),
             next = pages.next_page() => next,
         };
-        let mut state = match stage {
+        let state = match stage {
             ReaderStage::Idle(state) => state,
             ReaderStage::Reading(reading) => {
-                let (prepared, state) = reading
+                let (step, state) = reading
                     .await
                     .map_err(|e| SyncError::Reader(e.to_string()))?;
-                if writer.send(prepared?).await.is_err() {
+                if let Some(prepared) = step.prepared
+                    && writer.send(prepared).await.is_err()
+                {
                     // The writer stopped; its error says why.
+                    return Ok(());
+                }
+                if let Some(failure) = step.failure {
+                    return Err(failure);
+                }
+                if step.ends {
+                    // A page the API served again past the end: `next` is
+                    // a request past that, whatever it answered.
                     return Ok(());
                 }
                 state
             }
         };
         let Some(page) = next? else {
-            if let Some(tracker) = &state.tracker {
-                tracker.warn_if_unreadable();
-            }
             return Ok(());
         };
         tracing::debug!(
@@ -383,12 +485,14 @@ async fn read_pages(
             fetch_ms = fetch_started.elapsed().as_secs_f64() * 1e3,
             "Page fetched."
         );
+        let expected = pages.expected();
         // Reading a page's records takes milliseconds of CPU: on the blocking
         // pool, like the parse, so the runtime's workers stay free for the
         // writer's I/O. The parsed values are dropped there too.
+        let mut state = state;
         stage = ReaderStage::Reading(tokio::task::spawn_blocking(move || {
-            let prepared = state.prepare(page);
-            (prepared, state)
+            let step = state.prepare(page, expected);
+            (step, state)
         }));
     }
 }
@@ -397,44 +501,131 @@ async fn read_pages(
 /// pool (which holds its state until it is done).
 enum ReaderStage {
     Idle(ReaderState),
-    Reading(tokio::task::JoinHandle<(Result<Prepared, SyncError>, ReaderState)>),
+    Reading(tokio::task::JoinHandle<(ReadStep, ReaderState)>),
+}
+
+/// One page, read.
+struct ReadStep {
+    /// `None` when the page fails the run before any of it is written.
+    prepared: Option<Prepared>,
+    /// No page follows this one.
+    ends: bool,
+    /// The run fails once this page is written.
+    failure: Option<SyncError>,
 }
 
 /// What the reader carries from one page to the next.
 struct ReaderState {
+    job: String,
     shape: Arc<RecordShape>,
+    key_limit: Option<KeyLimit>,
+    max_rejected: Threshold,
+    /// Every key of the run so far.
     seen: SeenKeys,
     tracker: Option<WatermarkTracker>,
     /// The previous page's number and key fingerprint.
     previous_page: Option<(u64, u128)>,
+    /// Records read and rejected so far, and the first reject's reason.
+    fetched: u64,
+    rejected: u64,
+    first_reject: Option<String>,
 }
 
 impl ReaderState {
-    /// Reads `page` into a batch; an error if it repeats the previous page.
-    fn prepare(&mut self, page: Page) -> Result<Prepared, SyncError> {
-        let (number, is_last) = (page.number, page.is_last);
-        let (batch, fingerprint) =
-            build_batch(&self.shape, page, &mut self.seen, self.tracker.as_mut());
+    /// Reads `page` into a batch. A page that repeats the previous one fails
+    /// the run, unless it is an API clamping positions past its end: then it
+    /// ends the walk and nothing of it is written (its records are not part
+    /// of the source, and counting them as duplicates would skew the
+    /// duplicate ratio). The last page carries the verdict.
+    fn prepare(&mut self, page: Page, expected: Option<u64>) -> ReadStep {
+        let (number, mut ends, clamps) = (page.number, page.is_last, page.repeat_ends_paging);
+        let (mut batch, fingerprint) = build_batch(
+            &self.shape,
+            self.key_limit.as_ref(),
+            page,
+            &mut self.seen,
+            self.tracker.as_mut(),
+        );
         if let (Some((previous, last)), Some(current)) = (self.previous_page, fingerprint)
             && last == current
         {
-            return Err(SyncError::RepeatedPage {
-                page: number,
+            if !clamps {
+                return ReadStep {
+                    prepared: None,
+                    ends: true,
+                    failure: Some(SyncError::RepeatedPage {
+                        page: number,
+                        previous,
+                    }),
+                };
+            }
+            tracing::info!(
+                page = number,
                 previous,
-            });
+                "The API served the previous page again for a position past its end; \
+                 pagination ends here."
+            );
+            batch = PageBatch::default();
+            ends = true;
         }
         self.previous_page = fingerprint.map(|f| (number, f));
-        // The watermark moves only with the last page: see `incremental`.
+        self.fetched += batch.fetched;
+        self.rejected += batch.rejects.len() as u64;
+        if self.first_reject.is_none() {
+            self.first_reject = batch.rejects.first().map(|r| r.reason.clone());
+        }
+        let failure = if ends {
+            self.verdict(expected).err()
+        } else {
+            None
+        };
+        // The watermark moves only with the last page of a run that may
+        // succeed: see `incremental`.
         let watermark = self
             .tracker
             .as_ref()
-            .filter(|_| is_last)
+            .filter(|_| ends && failure.is_none())
             .and_then(|tracker| tracker.watermark().cloned());
-        Ok(Prepared {
-            number,
-            batch,
-            watermark,
-        })
+        ReadStep {
+            prepared: Some(Prepared {
+                number,
+                batch,
+                watermark,
+                expected,
+            }),
+            ends,
+            failure,
+        }
+    }
+
+    /// Whether a run that read every page may say `succeeded`: at least as
+    /// many distinct keys (and rejects) as the API states, no more rejects
+    /// than `max_rejected`, and, for an incremental job, a field it can read.
+    fn verdict(&self, expected: Option<u64>) -> Result<(), SyncError> {
+        let read = self.seen.len() as u64;
+        // Rejects count as read: they came, and `max_rejected` judges them.
+        if let Some(expected) = expected
+            && read + self.rejected < expected
+        {
+            return Err(SyncError::Incomplete {
+                expected,
+                read,
+                rejected: self.rejected,
+            });
+        }
+        if self.max_rejected.exceeded_by(self.rejected, self.fetched) {
+            return Err(SyncError::Rejects {
+                job: self.job.clone(),
+                rejected: self.rejected,
+                fetched: self.fetched,
+                max_rejected: self.max_rejected,
+                first: self.first_reject.clone().unwrap_or_default(),
+            });
+        }
+        match &self.tracker {
+            Some(tracker) => tracker.verdict().map_err(SyncError::Watermark),
+            None => Ok(()),
+        }
     }
 }
 
@@ -480,16 +671,21 @@ async fn write_pages(
             number,
             batch,
             watermark,
+            expected,
         } = prepared;
+        tally.expected = expected.or(tally.expected);
+        if tally.first_reject.is_none() {
+            tally.first_reject = batch.rejects.first().map(|r| r.reason.clone());
+        }
         let started = Instant::now();
         let plan = ctx
             .store
-            .plan_page(&job.table, &batch, empty_at_start)
+            .plan_page(&job.name, &job.table, &batch, empty_at_start)
             .await?;
         let plan_ms = started.elapsed().as_secs_f64() * 1e3;
         let mut pending = tally.unsaved;
         pending += plan.counts;
-        if plan.needs_commit(&batch, watermark.is_some()) {
+        if plan.needs_commit(watermark.is_some()) {
             // Writing after losing the lock could race another process.
             lock.still_held().await?;
             ctx.store
@@ -519,16 +715,18 @@ async fn write_pages(
     }
 }
 
-/// Reads a page's records into a batch: rejects apart, one row per key. Inside
-/// a page the later copy of a key wins (it replaces the earlier one in place);
-/// a key already seen on an earlier page is flagged as a repeat: written only
-/// if it changed, and counted as a duplicate. An incremental job's `tracker`
-/// sees the records kept, as before the values are dropped here.
+/// Reads a page's records into a batch: rejects apart (a key longer than
+/// `key_limit` among them), one row per key. Inside a page the later copy of
+/// a key wins (it replaces the earlier one in place); a key already seen on
+/// an earlier page is flagged as a repeat: written only if it changed, and
+/// counted as a duplicate. An incremental job's `tracker` sees the records
+/// kept, as before the values are dropped here.
 ///
 /// Also returns a fingerprint of the page's keys in order (`None` when it has
 /// none), to notice an API that serves the same page again and again.
 fn build_batch(
     shape: &RecordShape,
+    key_limit: Option<&KeyLimit>,
     page: Page,
     seen: &mut SeenKeys,
     tracker: Option<&mut WatermarkTracker>,
@@ -544,10 +742,16 @@ fn build_batch(
     let mut keys = Xxh3::new();
     let mut any_key = false;
     for text in page.records.iter() {
-        let record = match shape.read_text(text) {
+        let checked = shape.read_text(text).and_then(|record| {
+            match key_limit.and_then(|limit| limit.check(&record.key)) {
+                Some(reason) => Err(reason),
+                None => Ok(record),
+            }
+        });
+        let record = match checked {
             Ok(record) => record,
             Err(reason) => {
-                batch.rejects.push(Rejected::of_text(text, reason));
+                batch.rejects.push(shape.reject(text, reason));
                 continue;
             }
         };
@@ -575,8 +779,8 @@ fn build_batch(
         }
     }
     if let Some(tracker) = tracker {
-        for mark in &marks {
-            tracker.observe_field(mark.as_ref());
+        for (mark, row) in marks.iter().zip(&batch.rows) {
+            tracker.observe_field(mark.as_ref(), &row.record.key);
         }
     }
     (batch, any_key.then(|| keys.digest128()))
@@ -596,14 +800,21 @@ fn log_finished(report: &RunReport) {
                 duplicate = report.counts.duplicate,
                 rejected = report.counts.rejected,
                 pages = report.counts.pages,
+                expected = report.expected,
                 seconds = report.elapsed.as_secs_f64(),
+                first_reject = report.first_reject.as_deref(),
                 $($extra)*
             )
         };
     }
-    match &report.error {
-        None => finished!(info, "Run finished."),
-        Some(error) => finished!(error, error = %error, "Run failed."),
+    let reason = report.failure.map(FailureReason::as_str);
+    match (&report.error, report.counts.rejected) {
+        (None, 0) => finished!(info, "Run finished."),
+        (None, _) => finished!(
+            warn,
+            "Run finished with rejects; `apisync rejects` lists them."
+        ),
+        (Some(error), _) => finished!(error, reason, error = %error, "Run failed."),
     }
 }
 
@@ -620,6 +831,9 @@ mod tests {
             field: "updated_at".into(),
             param: "updated_since".into(),
             lookback: Duration::ZERO,
+            max_future: Duration::from_secs(86_400),
+            format: None,
+            timezone: None,
         })
         .unwrap();
         let mut tracker = incremental.tracker(None);
@@ -631,8 +845,15 @@ mod tests {
                 json!({"id": 1, "updated_at": 20}),
             ]),
             is_last: true,
+            repeat_ends_paging: false,
         };
-        build_batch(&shape, page, &mut SeenKeys::default(), Some(&mut tracker));
+        build_batch(
+            &shape,
+            None,
+            page,
+            &mut SeenKeys::default(),
+            Some(&mut tracker),
+        );
         assert_eq!(
             tracker.watermark(),
             Some(&json!(20)),
@@ -648,8 +869,9 @@ mod tests {
             number: 1,
             records: RawRecords::from_values(&[json!({"id": 1}), json!({"id": 2})]),
             is_last: false,
+            repeat_ends_paging: false,
         };
-        let (_, first_fingerprint) = build_batch(&shape, first, &mut seen, None);
+        let (_, first_fingerprint) = build_batch(&shape, None, first, &mut seen, None);
         let second = Page {
             number: 2,
             records: RawRecords::from_values(&[
@@ -659,8 +881,9 @@ mod tests {
                 json!({"no_id": true}),
             ]),
             is_last: false,
+            repeat_ends_paging: false,
         };
-        let (batch, second_fingerprint) = build_batch(&shape, second, &mut seen, None);
+        let (batch, second_fingerprint) = build_batch(&shape, None, second, &mut seen, None);
         assert_ne!(first_fingerprint, second_fingerprint);
         assert_eq!(batch.fetched, 4);
         assert_eq!(batch.collapsed, 1, "id 2 twice on page 2");
@@ -684,8 +907,9 @@ mod tests {
                 json!({"id": 4, "v": "new"}),
             ]),
             is_last: true,
+            repeat_ends_paging: false,
         };
-        let (batch, _) = build_batch(&shape, third, &mut seen, None);
+        let (batch, _) = build_batch(&shape, None, third, &mut seen, None);
         let rows: Vec<_> = batch.rows.iter().map(|r| r.record.text.as_str()).collect();
         assert_eq!(
             rows,

@@ -7,6 +7,7 @@
 //! process environment.
 
 mod layers;
+mod pagination;
 mod validate;
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,6 +18,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::redact::Redactor;
+pub use pagination::{Locator, Pagination, PaginationKind, TotalMethod};
 
 /// The file read when neither `--config` nor `$APISYNC_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "apisync.toml";
@@ -288,6 +290,11 @@ pub struct JobSettings {
     /// JSON pointers left out of the content hash (volatile fields).
     #[serde(default)]
     pub hash_exclude: Vec<String>,
+    /// A run with more rejected records than this fails (reason `rejects`),
+    /// keeping its good rows: a count (`50`) or a share of the records
+    /// fetched (`"10%"`). A key typo must never look like success.
+    #[serde(default)]
+    pub max_rejected: Threshold,
     /// A run fails rather than fetch more pages than this.
     #[serde(default = "default_max_pages")]
     pub max_pages: u64,
@@ -379,6 +386,88 @@ pub struct IncrementalSettings {
     /// visible late. Re-read records are unchanged and cost no writes.
     #[serde(default = "default_lookback", with = "humantime_serde")]
     pub lookback: Duration,
+    /// A record time further ahead of the local clock than this is stored
+    /// but does not move the watermark (one far-future value would
+    /// otherwise make every later run ask for changes since then).
+    #[serde(default = "default_max_future", with = "humantime_serde")]
+    pub max_future: Duration,
+    /// strftime pattern of the field (`"%Y-%m-%d %H:%M:%S"`), also used to
+    /// write `param`. Default: RFC 3339, or epoch numbers.
+    pub format: Option<String>,
+    /// IANA zone of times written without an offset (`format` without
+    /// `%z`); default UTC.
+    pub timezone: Option<String>,
+}
+
+fn default_max_future() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
+/// A limit given as a count (`50`) or as a share (`"10%"`) of another count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Threshold {
+    Count(u64),
+    /// Percent, 0 to 100.
+    Percent(f64),
+}
+
+impl Default for Threshold {
+    fn default() -> Self {
+        Threshold::Percent(10.0)
+    }
+}
+
+impl Threshold {
+    /// Whether `n` out of `of` is more than this allows.
+    pub fn exceeded_by(&self, n: u64, of: u64) -> bool {
+        match *self {
+            Threshold::Count(limit) => n > limit,
+            Threshold::Percent(percent) => n as f64 > of as f64 * percent / 100.0,
+        }
+    }
+}
+
+impl std::fmt::Display for Threshold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Threshold::Count(n) => write!(f, "{n}"),
+            Threshold::Percent(p) => write!(f, "{p}%"),
+        }
+    }
+}
+
+impl std::str::FromStr for Threshold {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("`{text}` is not a count such as 50 or a share such as \"10%\"");
+        let text = text.trim();
+        match text.strip_suffix('%') {
+            Some(percent) => {
+                let percent: f64 = percent.trim().parse().map_err(|_| bad())?;
+                if !(0.0..=100.0).contains(&percent) {
+                    return Err(format!("`{text}` is not a share between 0% and 100%"));
+                }
+                Ok(Threshold::Percent(percent))
+            }
+            None => text.parse().map(Threshold::Count).map_err(|_| bad()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Threshold {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Count(n) => Ok(Threshold::Count(n)),
+            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 fn default_max_pages() -> u64 {
@@ -501,93 +590,9 @@ fn default_max_elapsed() -> Duration {
     Duration::from_secs(300)
 }
 
-/// `[jobs.pagination]`: how the next page is requested; `kind` picks the style.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Pagination {
-    /// One request, one page. A struct variant, not a unit one, so that
-    /// `deny_unknown_fields` refuses knobs of other kinds here too.
-    None {},
-    /// `?page=1&per_page=100`, then 2, 3, …; stops on an empty page or at
-    /// the total page count found at `total_pages_path`.
-    Page {
-        #[serde(default = "default_page_param")]
-        page_param: String,
-        #[serde(default = "default_size_param")]
-        size_param: String,
-        /// Sent as `size_param` when set.
-        size: Option<u64>,
-        #[serde(default = "default_page_start")]
-        start: u64,
-        #[serde(alias = "total_pages")]
-        total_pages_path: Option<String>,
-    },
-    /// `?offset=0&limit=100`, the offset advancing by the records received;
-    /// stops on an empty page, a page shorter than `limit`, or at the total
-    /// found at `total_path`.
-    Offset {
-        #[serde(default = "default_offset_param")]
-        offset_param: String,
-        #[serde(default = "default_limit_param")]
-        limit_param: String,
-        /// Sent as `limit_param` when set. Keep it at or below the API's own
-        /// maximum: a page shorter than `limit` ends the run.
-        limit: Option<u64>,
-        #[serde(alias = "total")]
-        total_path: Option<String>,
-    },
-    /// `?cursor=…` taken from `cursor_path` of the previous page; stops when
-    /// the cursor is missing, null or empty, or `has_more_path` is false.
-    Cursor {
-        #[serde(default = "default_cursor_param")]
-        cursor_param: String,
-        #[serde(default = "default_cursor_path")]
-        cursor_path: String,
-        has_more_path: Option<String>,
-    },
-    /// Follows the RFC 8288 `Link: <…>; rel="next"` header.
-    LinkHeader {},
-    /// Follows the URL (absolute or relative) found at `next_path`.
-    NextUrl {
-        #[serde(default = "default_next_path")]
-        next_path: String,
-    },
-}
-
-impl Default for Pagination {
-    fn default() -> Self {
-        Pagination::None {}
-    }
-}
-
 /// Non-zero by default: re-reading is cheap (no writes), missing a record is not.
 fn default_lookback() -> Duration {
     Duration::from_secs(300)
-}
-
-fn default_page_param() -> String {
-    "page".to_owned()
-}
-fn default_size_param() -> String {
-    "per_page".to_owned()
-}
-fn default_page_start() -> u64 {
-    1
-}
-fn default_offset_param() -> String {
-    "offset".to_owned()
-}
-fn default_limit_param() -> String {
-    "limit".to_owned()
-}
-fn default_cursor_param() -> String {
-    "cursor".to_owned()
-}
-fn default_cursor_path() -> String {
-    "/next_cursor".to_owned()
-}
-fn default_next_path() -> String {
-    "/next".to_owned()
 }
 
 /// Accepts `8` or `"8"`: values from the environment arrive as strings.

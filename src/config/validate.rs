@@ -7,7 +7,7 @@ use std::time::Duration;
 use reqwest::header::{HeaderName, HeaderValue};
 use secrecy::ExposeSecret;
 
-use super::{JobSettings, Method, Pagination, Settings};
+use super::{JobSettings, Locator, Method, PaginationKind, Settings, TotalMethod};
 use crate::json_pointer;
 use crate::record::RecordShape;
 use crate::schedule::Schedule;
@@ -284,13 +284,53 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
         );
     }
 
-    match &job.pagination {
-        Pagination::None {} | Pagination::LinkHeader {} => {}
-        Pagination::Page {
+    validate_pagination(job, report);
+}
+
+fn validate_pagination(job: &JobSettings, report: &mut JobReport) {
+    let pagination = &job.pagination;
+    let locator = |report: &mut JobReport, value: &str, locator: &Locator| match locator {
+        Locator::Body(pointer) => {
+            report.pagination_pointer(&format!("pagination.{value}_path"), pointer, &job.records)
+        }
+        Locator::Header(name) => {
+            if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                report.bad(
+                    &format!("pagination.{value}_header"),
+                    format!("`{name}` is not a valid header name"),
+                );
+            }
+        }
+    };
+    if let Some(total) = &pagination.total {
+        locator(report, "total", total);
+    }
+    if pagination.total_method == TotalMethod::Head
+        && !matches!(pagination.total, Some(Locator::Header(_)))
+    {
+        report.bad(
+            "pagination.total_method",
+            "\"HEAD\" asks for the total in a header: set total_header".into(),
+        );
+    }
+    for &status in &pagination.end_on_status {
+        if !(400..500).contains(&status) || matches!(status, 408 | 429) {
+            report.bad(
+                "pagination.end_on_status",
+                format!(
+                    "{status} cannot mean \"past the end\": use client errors (400-499) other \
+                     than 408 and 429, which are retried"
+                ),
+            );
+        }
+    }
+    match &pagination.kind {
+        PaginationKind::None | PaginationKind::LinkHeader => {}
+        PaginationKind::Page {
             page_param,
             size_param,
             size,
-            total_pages_path,
+            total_pages,
             ..
         } => {
             report.param("pagination.page_param", page_param);
@@ -304,15 +344,14 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
             if *size == Some(0) {
                 report.bad("pagination.size", "must be at least 1".into());
             }
-            if let Some(p) = total_pages_path {
-                report.pagination_pointer("pagination.total_pages_path", p, &job.records);
+            if let Some(total_pages) = total_pages {
+                locator(report, "total_pages", total_pages);
             }
         }
-        Pagination::Offset {
+        PaginationKind::Offset {
             offset_param,
             limit_param,
             limit,
-            total_path,
         } => {
             report.param("pagination.offset_param", offset_param);
             report.param("pagination.limit_param", limit_param);
@@ -325,23 +364,19 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
             if *limit == Some(0) {
                 report.bad("pagination.limit", "must be at least 1".into());
             }
-            if let Some(p) = total_path {
-                report.pagination_pointer("pagination.total_path", p, &job.records);
-            }
         }
-        Pagination::Cursor {
+        PaginationKind::Cursor {
             cursor_param,
-            cursor_path,
-            has_more_path,
+            cursor,
+            has_more,
+            ..
         } => {
             report.param("pagination.cursor_param", cursor_param);
-            report.pagination_pointer("pagination.cursor_path", cursor_path, &job.records);
-            if let Some(p) = has_more_path {
-                report.pagination_pointer("pagination.has_more_path", p, &job.records);
+            locator(report, "cursor", cursor);
+            if let Some(has_more) = has_more {
+                locator(report, "has_more", has_more);
             }
         }
-        Pagination::NextUrl { next_path } => {
-            report.pagination_pointer("pagination.next_path", next_path, &job.records);
-        }
+        PaginationKind::NextUrl { next, .. } => locator(report, "next", next),
     }
 }

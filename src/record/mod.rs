@@ -89,15 +89,34 @@ pub struct Record {
 pub struct Rejected {
     pub json: Value,
     pub reason: String,
+    /// xxh3-128 of the canonical value (`hash_exclude` left out) and the
+    /// reason: a reject is stored once per job and content, so a re-run
+    /// over the same bad record writes nothing.
+    pub content_hash: ContentHash,
 }
 
 impl Rejected {
     /// A record refused as JSON text: kept as its value, or, if it is not
     /// even JSON to serde_json, as a string of the text.
     pub fn of_text(text: &[u8], reason: String) -> Self {
-        let json = serde_json::from_slice(text)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(text).into_owned()));
-        Self { json, reason }
+        Self::new(Self::value_of(text), reason, None)
+    }
+
+    fn value_of(text: &[u8]) -> Value {
+        serde_json::from_slice(text)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(text).into_owned()))
+    }
+
+    fn new(json: Value, reason: String, exclude: Option<&ExcludeTree>) -> Self {
+        let (mut canonical, _) = canonical::of_value(&json, exclude);
+        // A byte no JSON text holds keeps record and reason apart.
+        canonical.push(0xff);
+        canonical.extend_from_slice(reason.as_bytes());
+        Self {
+            content_hash: xxh3_128(&canonical).to_be_bytes(),
+            json,
+            reason,
+        }
     }
 }
 
@@ -130,6 +149,13 @@ impl RecordShape {
 
     pub fn key_fields(&self) -> &[KeyField] {
         &self.key
+    }
+
+    /// A record refused for `reason`, hashed with this job's `hash_exclude`
+    /// left out, so a volatile field does not make it a new reject on every
+    /// run.
+    pub fn reject(&self, text: &[u8], reason: String) -> Rejected {
+        Rejected::new(Rejected::value_of(text), reason, Some(&self.exclude))
     }
 
     /// Reads one record from its JSON text (one element of a checked

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, LINK, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use secrecy::ExposeSecret;
 use serde_json::Value;
@@ -107,8 +107,8 @@ impl RequestSpec {
 /// A successful response, parsed.
 #[derive(Debug)]
 pub struct JsonResponse {
-    /// Every `Link` header, joined with `,`.
-    pub link: Option<String>,
+    /// What pagination may read: `Link`, totals, cursors in headers.
+    pub headers: HeaderMap,
     pub body: ResponseBody,
     /// The API says its quota is spent and resets after this long.
     pub quota_reset: Option<std::time::Duration>,
@@ -203,6 +203,59 @@ pub async fn fetch_json(
     result
 }
 
+/// Sends one HEAD request (`total_method = "HEAD"`) and returns the response
+/// headers; counts the attempt.
+///
+/// # Errors
+/// See [`FetchError`]; a status other than 2xx is [`FetchError::Status`].
+pub async fn fetch_head(
+    client: &ApiClient,
+    spec: &RequestSpec,
+    url: &Url,
+) -> Result<HeaderMap, FetchError> {
+    let started = std::time::Instant::now();
+    let mut status_seen = None;
+    let result = async {
+        let response = client
+            .http
+            .head(url.clone())
+            .headers(spec.headers.clone())
+            .timeout(spec.timeout)
+            .send()
+            .await
+            .map_err(|e| spec.transport_error(e))?;
+        let status = response.status();
+        status_seen = Some(status.as_u16());
+        if !status.is_success() {
+            return Err(FetchError::Status {
+                status,
+                retry_after: response
+                    .headers()
+                    .get(RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(parse_retry_after),
+                excerpt: String::new(),
+            });
+        }
+        Ok(response.headers().clone())
+    }
+    .await;
+    crate::metrics::http_attempt(&spec.job, status_seen, started.elapsed());
+    result
+}
+
+impl RequestSpec {
+    fn transport_error(&self, e: reqwest::Error) -> FetchError {
+        if e.is_timeout() {
+            FetchError::Timeout(self.timeout)
+        } else if e.is_redirect() {
+            FetchError::Redirect(e.without_url())
+        } else {
+            FetchError::Transport(e.without_url())
+        }
+    }
+}
+
 /// One attempt; `status` is set as soon as a response arrives.
 async fn attempt(
     client: &ApiClient,
@@ -222,20 +275,12 @@ async fn attempt(
     if let Some(body) = &spec.body {
         request = request.json(body);
     }
-    let transport = |e: reqwest::Error| {
-        if e.is_timeout() {
-            FetchError::Timeout(spec.timeout)
-        } else if e.is_redirect() {
-            FetchError::Redirect(e.without_url())
-        } else {
-            FetchError::Transport(e.without_url())
-        }
-    };
+    let transport = |e: reqwest::Error| spec.transport_error(e);
     let mut response = request.send().await.map_err(transport)?;
 
     let status = response.status();
     *status_seen = Some(status.as_u16());
-    let link = join_headers(response.headers(), LINK);
+    let response_headers = response.headers().clone();
     let quota_reset = super::throttle::quota_reset(response.headers());
     let announces_quota = super::throttle::announces_quota(response.headers());
     let retry_after = response
@@ -277,7 +322,7 @@ async fn attempt(
     }
     match parse_off_the_runtime(body, spec.records.clone()).await {
         Ok(body) => Ok(JsonResponse {
-            link,
+            headers: response_headers,
             body,
             quota_reset,
             announces_quota,
@@ -302,15 +347,6 @@ async fn parse_off_the_runtime(
             // Only a panic or a runtime shutting down gets here.
             std::panic::resume_unwind(join.try_into_panic().unwrap_or_else(|e| Box::new(e)))
         })
-}
-
-fn join_headers(headers: &HeaderMap, name: HeaderName) -> Option<String> {
-    let values: Vec<&str> = headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .collect();
-    (!values.is_empty()).then(|| values.join(", "))
 }
 
 /// `Retry-After` as seconds (`120`) or an HTTP date.

@@ -17,12 +17,12 @@ use backon::{ExponentialBuilder, Retryable};
 use reqwest::Url;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::config::{JobSettings, Pagination, RateLimitScope, RetrySettings};
+use crate::config::{JobSettings, Pagination, RateLimitScope, RetrySettings, TotalMethod};
 use crate::record::kind_of;
 use crate::redact::Redactor;
 pub use body::RawRecords;
 pub use http::{ApiClient, FetchError, RequestSpec};
-use paginate::{PaginationError, Paginator, strip_query};
+use paginate::{PaginationError, Paginator, Step, strip_query};
 use throttle::Throttle;
 
 /// Everything about a job's API that does not change between runs.
@@ -81,7 +81,12 @@ impl SourceSpec {
         let base = paginate::with_params(&self.base_url, params);
         let paginator = Paginator::new(self.pagination.clone(), base);
         Pages {
-            next: Some(paginator.first()),
+            next: Some(Request {
+                url: paginator.first(),
+                confirms_end: false,
+            }),
+            previous_records: None,
+            total_was_low: false,
             fetcher: Arc::new(Fetcher {
                 spec: self.clone(),
                 client: client.clone(),
@@ -104,6 +109,13 @@ pub struct Page {
     pub records: RawRecords,
     /// No page follows: the run has read everything once this one is written.
     pub is_last: bool,
+    /// Should this page hold exactly the records of the page before, the
+    /// API is clamping positions past the end to its last page (json-server
+    /// 1.x does): that is the end of pagination, not an API that ignores the
+    /// page parameter. True for `page` and `offset` pagination from the
+    /// third page on, after a page shorter than the size asked for, and for
+    /// a request that confirms a stated end.
+    pub repeat_ends_paging: bool,
 }
 
 /// Why the run could not get its next page.
@@ -127,10 +139,14 @@ pub enum SourceErrorKind {
         #[source]
         source: FetchError,
     },
-    #[error("records pointer `{pointer}` found {found}, expected an array of records")]
+    #[error(
+        "records pointer `{pointer}` found {found}, expected an array of records; the \
+         response has {present}"
+    )]
     Records {
         pointer: String,
         found: &'static str,
+        present: String,
     },
     #[error("pagination failed")]
     Pagination(#[source] PaginationError),
@@ -150,8 +166,12 @@ pub enum SourceErrorKind {
 pub struct Pages {
     fetcher: Arc<Fetcher>,
     paginator: Paginator,
-    /// The URL of the next request, `None` after the last page.
-    next: Option<Url>,
+    /// The next request, `None` after the last page.
+    next: Option<Request>,
+    /// The previous page's record count.
+    previous_records: Option<usize>,
+    /// The API served records past its stated total (logged once).
+    total_was_low: bool,
     /// Fingerprints of every URL requested in this run, with its page number,
     /// to stop a cursor or next link that comes back around.
     visited: HashMap<u128, u64>,
@@ -162,6 +182,13 @@ pub struct Pages {
     prefetch: Option<Prefetch>,
     /// A response told how much of a quota is left.
     quota_announced: bool,
+}
+
+/// The next request of a run.
+struct Request {
+    url: Url,
+    /// It asks past a stated end, to confirm it (see [`paginate::Step`]).
+    confirms_end: bool,
 }
 
 /// What a request needs, owned, so that a prefetch can run as a task.
@@ -181,7 +208,7 @@ impl Prefetch {
     fn start(fetcher: &Arc<Fetcher>, url: Url) -> Self {
         let task = tokio::spawn({
             let (fetcher, url) = (Arc::clone(fetcher), url.clone());
-            async move { fetcher.fetch_with_retries(&url).await }
+            async move { fetcher.fetch_page(&url).await }
         });
         Self { url, task }
     }
@@ -209,7 +236,7 @@ impl Pages {
     /// # Errors
     /// A [`SourceError`] naming the page and what went wrong; the run ends.
     pub async fn next_page(&mut self) -> Result<Option<Page>, SourceError> {
-        let Some(url) = self.next.take() else {
+        let Some(Request { url, confirms_end }) = self.next.take() else {
             return Ok(None);
         };
         let number = self.fetched + 1;
@@ -230,6 +257,16 @@ impl Pages {
         {
             return Err(error(SourceErrorKind::Loop { first_seen }));
         }
+        if number == 1 && spec.pagination.total_method == TotalMethod::Head {
+            let headers = self
+                .fetcher
+                .with_retries(|| http::fetch_head(&self.fetcher.client, &spec.request, &url))
+                .await
+                .map_err(error)?;
+            self.paginator
+                .note_head(&headers)
+                .map_err(|e| error(SourceErrorKind::Pagination(e)))?;
+        }
 
         // One request ahead at most: the page after this one is asked for
         // while this one is read, when its URL is certain. It is started once
@@ -242,18 +279,30 @@ impl Pages {
                 prefetch.response().await
             }
             None => {
-                let response = self.fetcher.fetch_with_retries(&url).await;
+                let response = self.fetcher.fetch_page(&url).await;
                 if response.is_ok() {
                     self.start_prefetch(number);
                 }
                 response
             }
-        }
-        .map_err(|kind| {
-            // The run ends here: the request sent ahead is called off.
-            self.prefetch = None;
-            error(kind)
-        })?;
+        };
+        let response = match response {
+            Ok(response) => response,
+            Err(kind) => {
+                // The run ends here: the request sent ahead is called off.
+                self.prefetch = None;
+                if number > 1 && self.is_past_the_end(&kind, confirms_end) {
+                    self.fetched = number;
+                    return Ok(Some(Page {
+                        number,
+                        records: RawRecords::default(),
+                        is_last: true,
+                        repeat_ends_paging: false,
+                    }));
+                }
+                return Err(error(kind));
+            }
+        };
         self.fetched = number;
         self.quota_announced |= response.announces_quota;
         let spec = &self.fetcher.spec;
@@ -265,35 +314,85 @@ impl Pages {
                 found: body
                     .pointer(&spec.records_pointer)
                     .map_or("nothing", kind_of),
+                present: paginate::top_level_keys(&body),
             }));
         };
+        if confirms_end && !records.is_empty() && !self.total_was_low {
+            self.total_was_low = true;
+            tracing::warn!(
+                stated = self.paginator.expected(),
+                page = number,
+                "The API serves records past the total it states; reading on until a page \
+                 comes back empty."
+            );
+        }
         let view = paginate::Response {
             url: &url,
-            link: response.link.as_deref(),
+            headers: &response.headers,
             body: &body,
             records: records.len(),
         };
-        self.next = self
+        let step = self
             .paginator
             .next(&view)
             .map_err(|e| error(SourceErrorKind::Pagination(e)))?;
-        if self.next.is_none()
-            && number == 1
-            && !records.is_empty()
-            && let Some(pointer) = self.paginator.pointer_missing(&body)
-        {
-            tracing::warn!(
-                pointer,
-                "The first page has records but no next cursor or URL at the configured \
-                 pointer; treating it as the only page. Check the pointer if the API has more."
-            );
-        }
+        self.next = match step {
+            Step::Next(url) => Some(Request {
+                url,
+                confirms_end: false,
+            }),
+            Step::Confirm(url) => Some(Request {
+                url,
+                confirms_end: true,
+            }),
+            Step::End => None,
+        };
+        let shorter_than_asked = |count: usize| {
+            self.paginator
+                .size_asked()
+                .is_some_and(|size| (count as u64) < size)
+        };
+        let repeat_ends_paging = spec.pagination.kind.is_positional()
+            && (number >= 3
+                || confirms_end
+                || self.previous_records.is_some_and(shorter_than_asked));
+        self.previous_records = Some(records.len());
 
         Ok(Some(Page {
             number,
             records,
             is_last: self.next.is_none(),
+            repeat_ends_paging,
         }))
+    }
+
+    /// The record count the API last stated (`None` when it states none).
+    pub fn expected(&self) -> Option<u64> {
+        self.paginator.expected()
+    }
+
+    /// Whether a failed request after the first page means "past the end":
+    /// a status of `end_on_status`, or a client error answering a request
+    /// that confirms a stated end.
+    fn is_past_the_end(&self, kind: &SourceErrorKind, confirms_end: bool) -> bool {
+        let SourceErrorKind::Fetch {
+            source: source @ FetchError::Status { status, .. },
+            ..
+        } = kind
+        else {
+            return false;
+        };
+        let pagination = &self.fetcher.spec.pagination;
+        let listed =
+            pagination.kind.is_positional() && pagination.end_on_status.contains(&status.as_u16());
+        let confirmed = confirms_end && status.is_client_error() && !source.is_retriable();
+        if listed || confirmed {
+            tracing::info!(
+                status = status.as_u16(),
+                "The API answered past the last page; pagination ends here."
+            );
+        }
+        listed || confirmed
     }
 
     /// Sends the request for the page after page `number` ahead, when the
@@ -312,8 +411,26 @@ impl Pages {
 }
 
 impl Fetcher {
-    /// One request, paced by the job's throttle and retried while the
-    /// failure is transient.
+    /// One page's request, retried while the failure is transient; a spent
+    /// quota the response announces pauses the job's later requests.
+    async fn fetch_page(&self, url: &Url) -> Result<http::JsonResponse, SourceErrorKind> {
+        let response = self
+            .with_retries(|| http::fetch_json(&self.client, &self.spec.request, url))
+            .await?;
+        if let Some(reset) = response.quota_reset {
+            tracing::info!(
+                wait_ms = reset.as_millis() as u64,
+                "The API's quota is spent; pausing until it resets."
+            );
+            self.spec
+                .throttle
+                .pause_for(reset.min(self.spec.retry.max_retry_after));
+        }
+        Ok(response)
+    }
+
+    /// Runs `attempt` (one request), paced by the job's throttle, until it
+    /// succeeds, fails for good, or the retry policy gives up.
     ///
     /// Policy: at most `retry.max_attempts` attempts. Before attempt n+1 wait
     /// a random time between zero and `initial_backoff × 2^(n-1)`, capped at
@@ -322,7 +439,11 @@ impl Fetcher {
     /// `max_retry_after`; a longer one ends the retries, since retrying early
     /// would only be refused again. Retries also end when the waits would
     /// add up to more than `max_elapsed`.
-    async fn fetch_with_retries(&self, url: &Url) -> Result<http::JsonResponse, SourceErrorKind> {
+    async fn with_retries<T, F, Fut>(&self, mut attempt: F) -> Result<T, SourceErrorKind>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, FetchError>>,
+    {
         let retry = &self.spec.retry;
         let backoff = ExponentialBuilder::default()
             .with_min_delay(retry.initial_backoff)
@@ -334,9 +455,10 @@ impl Fetcher {
         let mut gave_up = None;
         let result = (|| {
             attempts += 1;
+            let request = attempt();
             async {
                 self.spec.throttle.ready().await;
-                http::fetch_json(&self.client, &self.spec.request, url).await
+                request.await
             }
         })
         .retry(backoff)
@@ -371,18 +493,7 @@ impl Fetcher {
         })
         .await;
         match result {
-            Ok(response) => {
-                if let Some(reset) = response.quota_reset {
-                    tracing::info!(
-                        wait_ms = reset.as_millis() as u64,
-                        "The API's quota is spent; pausing until it resets."
-                    );
-                    self.spec
-                        .throttle
-                        .pause_for(reset.min(retry.max_retry_after));
-                }
-                Ok(response)
-            }
+            Ok(response) => Ok(response),
             Err(source) => Err(SourceErrorKind::Fetch {
                 attempts,
                 gave_up: gave_up

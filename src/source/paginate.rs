@@ -1,21 +1,46 @@
 //! Where the next page is: one small pure function per pagination kind, given
 //! what the last response said. No I/O here, so every rule is unit-tested.
+//!
+//! The rules that keep a walk complete (guarantee 7):
+//! - `offset` advances by the page size asked for, or by what came back when
+//!   that is less (an API that caps `limit`), never by a count that includes
+//!   records repeated from the page before: records inserted while paging
+//!   shift later ones back, and advancing past them would skip as many.
+//! - A short page does not end `page` or `offset` pagination: APIs cap page
+//!   sizes. An empty page does, or the stated total, and a stated end is
+//!   confirmed by one request past it ([`Step::Confirm`]).
+//! - A pointer that finds nothing at all is not "the end" where that could
+//!   silently drop the rest (see [`Paginator::next`] for the exact rules).
 
 use reqwest::Url;
+use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-use crate::config::Pagination;
+use crate::config::{Locator, Pagination, PaginationKind};
 use crate::record::kind_of;
 
 /// What the paginator needs to know about one response.
 pub struct Response<'a> {
     /// The URL that was requested (relative next links resolve against it).
     pub url: &'a Url,
-    /// Every `Link` header of the response, joined with `,`.
-    pub link: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    /// The body with the records array emptied.
     pub body: &'a Value,
     /// How many records the page held.
     pub records: usize,
+}
+
+/// What to do after a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Ask for this URL next.
+    Next(Url),
+    /// The stated total says this was the last page: ask for this URL once
+    /// to confirm. An empty page or a client error there confirms the end;
+    /// records mean the total was wrong, and paging goes on.
+    Confirm(Url),
+    /// No page follows.
+    End,
 }
 
 /// Why the next page cannot be determined. Each ends the run: guessing would
@@ -28,11 +53,23 @@ pub enum PaginationError {
         found: &'static str,
         expected: &'static str,
     },
-    #[error("{has_more} says there is more, but there is no cursor at {cursor_path}")]
-    MoreWithoutCursor {
-        has_more: String,
-        cursor_path: String,
+    #[error("{has_more} says there is more, but {cursor} is null or empty")]
+    MoreWithoutCursor { has_more: String, cursor: String },
+    #[error(
+        "{what} finds nothing {why}; the response has {present} (a wrong pointer or header \
+         name would silently end the run here{hint})"
+    )]
+    Missing {
+        what: String,
+        why: String,
+        present: String,
+        hint: &'static str,
     },
+    #[error(
+        "{what} finds no total in the first response, which has {present}; a total that is \
+         configured must be there (a misspelt name must not pass as \"no total\")"
+    )]
+    TotalMissing { what: String, present: String },
     #[error("cannot parse the Link header: {0}")]
     LinkHeader(String),
     #[error("the next URL `{0}` is not a valid URL")]
@@ -44,148 +81,433 @@ pub enum PaginationError {
     OtherOrigin { found: String, expected: String },
 }
 
+/// What a locator found in a response.
+enum Found<'a> {
+    /// No such member or header.
+    Absent,
+    Null,
+    Json(&'a Value),
+    Header(&'a str),
+}
+
+impl Found<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Found::Absent => "nothing",
+            Found::Null => "null",
+            Found::Json(value) => kind_of(value),
+            Found::Header(_) => "a header",
+        }
+    }
+}
+
+fn find<'a>(locator: &Locator, response: &Response<'a>) -> Result<Found<'a>, PaginationError> {
+    match locator {
+        Locator::Body(pointer) => Ok(match response.body.pointer(pointer) {
+            None => Found::Absent,
+            Some(Value::Null) => Found::Null,
+            Some(value) => Found::Json(value),
+        }),
+        Locator::Header(name) => match response.headers.get(name.as_str()) {
+            None => Ok(Found::Absent),
+            Some(value) => value
+                .to_str()
+                .map(|text| Found::Header(text.trim()))
+                .map_err(|_| PaginationError::BadValue {
+                    what: format!("header `{name}`"),
+                    found: "not ASCII text",
+                    expected: "text",
+                }),
+        },
+    }
+}
+
+/// What a response has, for messages: the body's top-level keys, or the
+/// header names when the locator is a header (names only: values may be
+/// credentials).
+fn present(locator: &Locator, response: &Response) -> String {
+    match locator {
+        Locator::Body(_) => top_level_keys(response.body),
+        Locator::Header(_) => {
+            let mut names: Vec<&str> = response.headers.keys().map(|n| n.as_str()).collect();
+            names.dedup();
+            if names.is_empty() {
+                "no headers".to_owned()
+            } else {
+                format!("the headers {}", names.join(", "))
+            }
+        }
+    }
+}
+
+/// `the keys "count", "next", "results"`, or what the body is instead.
+pub fn top_level_keys(body: &Value) -> String {
+    match body {
+        Value::Object(map) if map.is_empty() => "an empty object as body".to_owned(),
+        Value::Object(map) => {
+            let mut keys: Vec<String> = map.keys().take(20).map(|k| format!("\"{k}\"")).collect();
+            if map.len() > 20 {
+                keys.push(format!("… ({} in all)", map.len()));
+            }
+            format!("the top-level keys {}", keys.join(", "))
+        }
+        other => format!("{} as body, not an object", kind_of(other)),
+    }
+}
+
 /// Walks the pages of one run.
 #[derive(Debug)]
 pub struct Paginator {
-    kind: Pagination,
+    settings: Pagination,
     /// The configured URL with the configured query; page, offset and cursor
     /// parameters are set on a copy of it.
     base: Url,
     /// The page number or offset of the last request.
     position: u64,
-    /// `page` pagination: the total page count the last response gave.
+    /// Responses read so far.
+    responses: u64,
+    /// Records read so far, on every page.
+    records_seen: u64,
+    /// The first non-empty page's record count: the API's own page size,
+    /// when none is asked for.
+    first_page_size: Option<u64>,
+    /// `page` pagination: the page count, stated or derived from the total.
     total_pages: Option<u64>,
+    /// The record count the API last stated.
+    expected: Option<u64>,
 }
 
 impl Paginator {
-    pub fn new(kind: Pagination, base: Url) -> Self {
-        let position = match &kind {
-            Pagination::Page { start, .. } => *start,
+    pub fn new(settings: Pagination, base: Url) -> Self {
+        let position = match &settings.kind {
+            PaginationKind::Page { start, .. } => *start,
             _ => 0,
         };
         Self {
-            kind,
+            settings,
             base,
             position,
+            responses: 0,
+            records_seen: 0,
+            first_page_size: None,
             total_pages: None,
+            expected: None,
+        }
+    }
+
+    /// The record count the API last stated, if it states one.
+    pub fn expected(&self) -> Option<u64> {
+        self.expected
+    }
+
+    /// Reads the total from the headers of a HEAD request to the first URL
+    /// (`total_method = "HEAD"`).
+    ///
+    /// # Errors
+    /// When the configured total header is absent or not a number.
+    pub fn note_head(&mut self, headers: &HeaderMap) -> Result<(), PaginationError> {
+        let Some(total) = &self.settings.total else {
+            return Ok(());
+        };
+        let response = Response {
+            url: &self.base,
+            headers,
+            body: &Value::Null,
+            records: 0,
+        };
+        match count_at(total, "total", &response)? {
+            Some(count) => self.expected = Some(count),
+            None => {
+                return Err(PaginationError::TotalMissing {
+                    what: total.describe("total"),
+                    present: present(total, &response),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings this paginator walks by.
+    pub fn settings(&self) -> &Pagination {
+        &self.settings
+    }
+
+    /// The page size or limit sent with every request, if configured.
+    pub fn size_asked(&self) -> Option<u64> {
+        match &self.settings.kind {
+            PaginationKind::Page { size, .. } => *size,
+            PaginationKind::Offset { limit, .. } => *limit,
+            _ => None,
         }
     }
 
     /// The URL of the first request.
     pub fn first(&self) -> Url {
-        match &self.kind {
-            Pagination::Page {
-                page_param,
-                size_param,
-                size,
-                start,
-                ..
-            } => {
-                let mut params = vec![(page_param.as_str(), start.to_string())];
-                if let Some(size) = size {
-                    params.push((size_param.as_str(), size.to_string()));
-                }
-                with_params(&self.base, &params)
-            }
-            Pagination::Offset {
-                offset_param,
-                limit_param,
-                limit,
-                ..
-            } => {
-                let mut params = vec![(offset_param.as_str(), "0".to_owned())];
-                if let Some(limit) = limit {
-                    params.push((limit_param.as_str(), limit.to_string()));
-                }
-                with_params(&self.base, &params)
-            }
-            Pagination::None {}
-            | Pagination::Cursor { .. }
-            | Pagination::LinkHeader {}
-            | Pagination::NextUrl { .. } => self.base.clone(),
+        match &self.settings.kind {
+            PaginationKind::Page { start, .. } => self.page_url(*start),
+            PaginationKind::Offset { .. } => self.offset_url(0),
+            PaginationKind::None
+            | PaginationKind::Cursor { .. }
+            | PaginationKind::LinkHeader
+            | PaginationKind::NextUrl { .. } => self.base.clone(),
         }
     }
 
-    /// The URL of the page after `response`, or `None` when it was the last.
-    pub fn next(&mut self, response: &Response) -> Result<Option<Url>, PaginationError> {
-        let next = match &self.kind {
-            Pagination::None {} => None,
-            Pagination::Page {
-                page_param,
-                size_param,
-                size,
-                start,
-                total_pages_path,
+    fn page_url(&self, page: u64) -> Url {
+        let PaginationKind::Page {
+            page_param,
+            size_param,
+            size,
+            ..
+        } = &self.settings.kind
+        else {
+            return self.base.clone();
+        };
+        let mut params = vec![(page_param.as_str(), page.to_string())];
+        if let Some(size) = size {
+            params.push((size_param.as_str(), size.to_string()));
+        }
+        with_params(&self.base, &params)
+    }
+
+    fn offset_url(&self, offset: u64) -> Url {
+        let PaginationKind::Offset {
+            offset_param,
+            limit_param,
+            limit,
+        } = &self.settings.kind
+        else {
+            return self.base.clone();
+        };
+        let mut params = vec![(offset_param.as_str(), offset.to_string())];
+        if let Some(limit) = limit {
+            params.push((limit_param.as_str(), limit.to_string()));
+        }
+        with_params(&self.base, &params)
+    }
+
+    /// What follows `response`.
+    ///
+    /// A cursor or next pointer that finds nothing at all (no such member,
+    /// as opposed to `null` or `""`) fails the run while `has_more` says
+    /// true, while the stated total says more records exist, or on a first
+    /// page that holds records (unless `end_when_missing`: some APIs drop
+    /// the member on their last page). A header that is absent ends paging,
+    /// as a missing `Link` does, under the same `has_more` and total checks.
+    ///
+    /// # Errors
+    /// A [`PaginationError`]: the run cannot know its next page.
+    pub fn next(&mut self, response: &Response) -> Result<Step, PaginationError> {
+        self.responses += 1;
+        let first = self.responses == 1;
+        let records = response.records as u64;
+        self.records_seen += records;
+        if records > 0 && self.first_page_size.is_none() {
+            self.first_page_size = Some(records);
+        }
+        if let Some(total) = &self.settings.total {
+            match count_at(total, "total", response)? {
+                Some(count) => self.expected = Some(count),
+                None if first
+                    && self.expected.is_none()
+                    && !matches!(find(total, response)?, Found::Null) =>
+                {
+                    return Err(PaginationError::TotalMissing {
+                        what: total.describe("total"),
+                        present: present(total, response),
+                    });
+                }
+                None => {}
+            }
+        }
+
+        let step = match &self.settings.kind {
+            PaginationKind::None => Step::End,
+            PaginationKind::Page {
+                size, total_pages, ..
             } => {
-                let total = total_pages_path
-                    .as_deref()
-                    .map(|path| number_at(response.body, path, "total_pages_path"))
-                    .transpose()?
-                    .flatten();
-                self.total_pages = total;
-                let fetched_pages = self.position - start + 1;
-                match next_page(self.position, fetched_pages, response.records, total) {
-                    None => None,
-                    Some(page) => {
-                        self.position = page;
-                        let mut params = vec![(page_param.as_str(), page.to_string())];
-                        if let Some(size) = size {
-                            params.push((size_param.as_str(), size.to_string()));
+                if let Some(locator) = total_pages {
+                    match count_at(locator, "total_pages", response)? {
+                        Some(pages) => self.total_pages = Some(pages),
+                        None if first && !matches!(find(locator, response)?, Found::Null) => {
+                            return Err(PaginationError::TotalMissing {
+                                what: locator.describe("total_pages"),
+                                present: present(locator, response),
+                            });
                         }
-                        Some(with_params(&self.base, &params))
+                        None => {}
+                    }
+                } else if let (Some(count), Some(size)) =
+                    (self.expected, size.or(self.first_page_size))
+                {
+                    self.total_pages = Some(count.div_ceil(size.max(1)));
+                }
+                if records == 0 {
+                    Step::End
+                } else {
+                    let start = match &self.settings.kind {
+                        PaginationKind::Page { start, .. } => *start,
+                        _ => 0,
+                    };
+                    let pages_read = self.position - start + 1;
+                    self.position += 1;
+                    let url = self.page_url(self.position);
+                    if self.total_pages.is_some_and(|total| pages_read >= total) {
+                        Step::Confirm(url)
+                    } else {
+                        Step::Next(url)
                     }
                 }
             }
-            Pagination::Offset {
-                offset_param,
-                limit_param,
-                limit,
-                total_path,
-            } => {
-                let total = total_path
-                    .as_deref()
-                    .map(|path| number_at(response.body, path, "total_path"))
-                    .transpose()?
-                    .flatten();
-                match next_offset(self.position, response.records, *limit, total) {
-                    None => None,
-                    Some(offset) => {
-                        self.position = offset;
-                        let mut params = vec![(offset_param.as_str(), offset.to_string())];
-                        if let Some(limit) = limit {
-                            params.push((limit_param.as_str(), limit.to_string()));
-                        }
-                        Some(with_params(&self.base, &params))
+            PaginationKind::Offset { limit, .. } => {
+                if records == 0 {
+                    Step::End
+                } else {
+                    let page_size = limit.or(self.first_page_size).unwrap_or(records);
+                    self.position += records.min(page_size);
+                    let url = self.offset_url(self.position);
+                    if self.expected.is_some_and(|total| self.position >= total) {
+                        Step::Confirm(url)
+                    } else {
+                        Step::Next(url)
                     }
                 }
             }
-            Pagination::Cursor {
+            PaginationKind::Cursor {
                 cursor_param,
-                cursor_path,
-                has_more_path,
-            } => next_cursor(response.body, cursor_path, has_more_path.as_deref())?
-                .map(|cursor| with_params(&self.base, &[(cursor_param.as_str(), cursor)])),
-            Pagination::LinkHeader {} => match response.link {
-                None => None,
-                Some(header) => find_rel_next(header)
-                    .map_err(PaginationError::LinkHeader)?
-                    .map(|link| self.resolve(response.url, &link))
-                    .transpose()?,
-            },
-            Pagination::NextUrl { next_path } => match response.body.pointer(next_path) {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) if s.is_empty() => None,
-                Some(Value::String(s)) => Some(self.resolve(response.url, s)?),
-                Some(other) => {
+                cursor,
+                has_more,
+                end_when_missing,
+            } => {
+                let more = has_more
+                    .as_ref()
+                    .map(|locator| flag_at(locator, response))
+                    .transpose()?;
+                if more == Some(false) {
+                    Step::End
+                } else {
+                    match find(cursor, response)? {
+                        Found::Json(Value::String(s)) if !s.is_empty() => Step::Next(with_params(
+                            &self.base,
+                            &[(cursor_param.as_str(), s.clone())],
+                        )),
+                        Found::Json(Value::Number(n)) => Step::Next(with_params(
+                            &self.base,
+                            &[(cursor_param.as_str(), n.to_string())],
+                        )),
+                        Found::Header(text) if !text.is_empty() => Step::Next(with_params(
+                            &self.base,
+                            &[(cursor_param.as_str(), text.to_owned())],
+                        )),
+                        Found::Null | Found::Json(Value::String(_)) | Found::Header(_) => {
+                            if more == Some(true) {
+                                return Err(PaginationError::MoreWithoutCursor {
+                                    has_more: has_more
+                                        .as_ref()
+                                        .map(|l| l.describe("has_more"))
+                                        .unwrap_or_default(),
+                                    cursor: cursor.describe("cursor"),
+                                });
+                            }
+                            Step::End
+                        }
+                        Found::Json(other) => {
+                            return Err(PaginationError::BadValue {
+                                what: cursor.describe("cursor"),
+                                found: kind_of(other),
+                                expected: "a string, a number or null",
+                            });
+                        }
+                        Found::Absent => {
+                            self.when_missing(cursor, "cursor", more, *end_when_missing, response)?
+                        }
+                    }
+                }
+            }
+            PaginationKind::LinkHeader => {
+                let link = join_headers(response.headers, reqwest::header::LINK);
+                match link {
+                    None => Step::End,
+                    Some(header) => {
+                        match find_rel_next(&header).map_err(PaginationError::LinkHeader)? {
+                            None => Step::End,
+                            Some(link) => Step::Next(self.resolve(response.url, &link)?),
+                        }
+                    }
+                }
+            }
+            PaginationKind::NextUrl {
+                next,
+                end_when_missing,
+            } => match find(next, response)? {
+                Found::Null => Step::End,
+                Found::Json(Value::String(s)) if s.is_empty() => Step::End,
+                Found::Header("") => Step::End,
+                Found::Json(Value::String(s)) => Step::Next(self.resolve(response.url, s)?),
+                Found::Header(text) => Step::Next(self.resolve(response.url, text)?),
+                Found::Json(other) => {
                     return Err(PaginationError::BadValue {
-                        what: format!("next_path {next_path}"),
+                        what: next.describe("next"),
                         found: kind_of(other),
                         expected: "a URL string or null",
                     });
                 }
+                Found::Absent => {
+                    self.when_missing(next, "next", None, *end_when_missing, response)?
+                }
             },
         };
-        Ok(next)
+        Ok(step)
+    }
+
+    /// A cursor or next locator found nothing: the end, or an error (see
+    /// [`Paginator::next`]).
+    fn when_missing(
+        &self,
+        locator: &Locator,
+        value: &str,
+        has_more: Option<bool>,
+        end_when_missing: bool,
+        response: &Response,
+    ) -> Result<Step, PaginationError> {
+        let why = if has_more == Some(true) {
+            Some("although has_more says there is more".to_owned())
+        } else if let Some(total) = self.expected.filter(|&total| self.records_seen < total) {
+            Some(format!(
+                "although the API states {total} records and {} were read",
+                self.records_seen
+            ))
+        } else if self.responses == 1
+            && response.records > 0
+            && !end_when_missing
+            && matches!(locator, Locator::Body(_))
+        {
+            Some("on a first page that holds records".to_owned())
+        } else {
+            None
+        };
+        match why {
+            Some(why) => Err(PaginationError::Missing {
+                what: locator.describe(value),
+                why,
+                present: present(locator, response),
+                hint: if end_when_missing || matches!(locator, Locator::Header(_)) {
+                    ""
+                } else {
+                    "; if the API leaves it out on its last page, set end_when_missing = true"
+                },
+            }),
+            None => {
+                if self.responses == 1 && response.records > 0 {
+                    tracing::warn!(
+                        what = %locator.describe(value),
+                        "The first page has records but no next page address; treating it \
+                         as the only page. Check the setting if the API has more."
+                    );
+                }
+                Ok(Step::End)
+            }
+        }
     }
 
     /// The URL [`Paginator::next`] will give after the page last requested,
@@ -194,38 +516,14 @@ impl Paginator {
     /// end it sooner). `None` for every other kind: their next URL depends on
     /// the response.
     pub fn predicted_next(&self) -> Option<Url> {
-        let Pagination::Page {
-            page_param,
-            size_param,
-            size,
-            start,
-            ..
-        } = &self.kind
-        else {
+        let PaginationKind::Page { start, .. } = &self.settings.kind else {
             return None;
         };
-        let fetched_pages = self.position - start + 1;
-        if fetched_pages >= self.total_pages? {
+        let pages_read = self.position - start + 1;
+        if pages_read >= self.total_pages? {
             return None;
         }
-        let mut params = vec![(page_param.as_str(), (self.position + 1).to_string())];
-        if let Some(size) = size {
-            params.push((size_param.as_str(), size.to_string()));
-        }
-        Some(with_params(&self.base, &params))
-    }
-
-    /// The pointer that ended the pagination by finding nothing at all in
-    /// `body`, for `cursor` and `next_url`. Some APIs drop the field on the
-    /// last page, so it is not an error; but on the first page it more often
-    /// means a wrong pointer, which callers should warn about.
-    pub fn pointer_missing<'a>(&'a self, body: &Value) -> Option<&'a str> {
-        let path = match &self.kind {
-            Pagination::Cursor { cursor_path, .. } => cursor_path,
-            Pagination::NextUrl { next_path } => next_path,
-            _ => return None,
-        };
-        body.pointer(path).is_none().then_some(path.as_str())
+        Some(self.page_url(self.position + 1))
     }
 
     /// Resolves a next link given by the API and refuses other hosts: the
@@ -244,99 +542,69 @@ impl Paginator {
     }
 }
 
-/// `page` pagination: the next page number, unless the page was empty or the
-/// total page count is reached.
-fn next_page(
-    page: u64,
-    fetched_pages: u64,
-    records: usize,
-    total_pages: Option<u64>,
-) -> Option<u64> {
-    if records == 0 || total_pages.is_some_and(|total| fetched_pages >= total) {
-        None
-    } else {
-        Some(page + 1)
-    }
-}
-
-/// `offset` pagination: the offset advances by what was received (not by
-/// `limit`, in case the API caps the page size lower). It stops on an empty
-/// page or at the total; without a total, also on a page shorter than `limit`.
-/// With a total, a short page does not stop it: the API may cap the page size
-/// below `limit`, and stopping there would silently lose the rest.
-fn next_offset(offset: u64, records: usize, limit: Option<u64>, total: Option<u64>) -> Option<u64> {
-    let records = records as u64;
-    let next = offset + records;
-    let done = match total {
-        Some(total) => next >= total,
-        None => limit.is_some_and(|limit| records < limit),
-    };
-    if records == 0 || done {
-        None
-    } else {
-        Some(next)
-    }
-}
-
-/// `cursor` pagination: the cursor for the next request, if any.
-fn next_cursor(
-    body: &Value,
-    cursor_path: &str,
-    has_more_path: Option<&str>,
-) -> Result<Option<String>, PaginationError> {
-    // A flag the API always sends: finding nothing is a wrong pointer, not
-    // the end (treating it as the end would silently stop after page 1).
-    let has_more = match has_more_path {
-        None => None,
-        Some(path) => match body.pointer(path) {
-            Some(Value::Bool(b)) => Some(*b),
-            other => {
-                return Err(PaginationError::BadValue {
-                    what: format!("has_more_path {path}"),
-                    found: other.map_or("nothing", kind_of),
-                    expected: "a boolean",
-                });
-            }
-        },
-    };
-    if has_more == Some(false) {
-        return Ok(None);
-    }
-    let cursor = match body.pointer(cursor_path) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        Some(other) => {
-            return Err(PaginationError::BadValue {
-                what: format!("cursor_path {cursor_path}"),
-                found: kind_of(other),
-                expected: "a string, a number or null",
-            });
-        }
-    };
-    if cursor.is_none() && has_more == Some(true) {
-        return Err(PaginationError::MoreWithoutCursor {
-            has_more: format!("has_more_path {}", has_more_path.unwrap_or_default()),
-            cursor_path: cursor_path.to_owned(),
-        });
-    }
-    Ok(cursor)
-}
-
-/// A whole number at `path` (numbers as strings accepted), `None` when absent or null.
-fn number_at(body: &Value, path: &str, knob: &str) -> Result<Option<u64>, PaginationError> {
+/// A whole number at `locator` (numbers as strings accepted; in a header,
+/// the part after the last `/`, so `Content-Range: items 0-99/1234` gives
+/// 1234), `None` when absent, null or `*` (a range of unknown length).
+fn count_at(
+    locator: &Locator,
+    value: &str,
+    response: &Response,
+) -> Result<Option<u64>, PaginationError> {
     let bad = |found| PaginationError::BadValue {
-        what: format!("{knob} {path}"),
+        what: locator.describe(value),
         found,
         expected: "a whole number",
     };
-    match body.pointer(path) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| bad("a number")),
-        Some(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| bad("a string")),
-        Some(other) => Err(bad(kind_of(other))),
+    match find(locator, response)? {
+        Found::Absent | Found::Null => Ok(None),
+        Found::Json(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| bad("a number")),
+        Found::Json(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| bad("a string")),
+        Found::Json(other) => Err(bad(kind_of(other))),
+        Found::Header(text) => {
+            let count = text.rsplit('/').next().unwrap_or(text).trim();
+            if count == "*" {
+                return Ok(None);
+            }
+            count.parse().map(Some).map_err(|_| bad("not a number"))
+        }
     }
+}
+
+/// A boolean at `locator`: JSON `true`/`false`, or a header `true`, `false`,
+/// `1`, `0`. A body member that is absent or not a boolean is an error (a
+/// flag the API always sends: finding nothing is a wrong pointer, and taking
+/// it for "no more" would silently stop after page 1); an absent header ends
+/// paging, as a missing `Link` does.
+fn flag_at(locator: &Locator, response: &Response) -> Result<bool, PaginationError> {
+    let found = find(locator, response)?;
+    match found {
+        Found::Json(Value::Bool(b)) => Ok(*b),
+        Found::Absent if matches!(locator, Locator::Header(_)) => Ok(false),
+        Found::Header(text) => match text.to_ascii_lowercase().as_str() {
+            "true" | "1" => Ok(true),
+            "false" | "0" => Ok(false),
+            _ => Err(PaginationError::BadValue {
+                what: locator.describe("has_more"),
+                found: "another text",
+                expected: "true, false, 1 or 0",
+            }),
+        },
+        other => Err(PaginationError::BadValue {
+            what: locator.describe("has_more"),
+            found: other.kind(),
+            expected: "a boolean",
+        }),
+    }
+}
+
+/// Every value of header `name`, joined with `, `.
+pub fn join_headers(headers: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
 }
 
 /// `url` with each of `params` set, replacing any earlier value of that name.
@@ -456,10 +724,67 @@ fn excerpt(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reqwest::header::{HeaderName, HeaderValue};
     use serde_json::json;
 
     fn url(s: &str) -> Url {
         Url::parse(s).unwrap()
+    }
+
+    fn settings(toml: &str) -> Pagination {
+        toml::from_str(toml).unwrap()
+    }
+
+    /// Feeds responses to a paginator and collects the steps.
+    struct Walk {
+        paginator: Paginator,
+        current: Url,
+    }
+
+    impl Walk {
+        fn new(toml: &str) -> Walk {
+            let paginator = Paginator::new(settings(toml), url("http://h/x"));
+            let current = paginator.first();
+            Walk { paginator, current }
+        }
+
+        fn answer(&mut self, body: Value, records: usize) -> Result<Step, PaginationError> {
+            self.answer_with(body, records, &[])
+        }
+
+        fn answer_with(
+            &mut self,
+            body: Value,
+            records: usize,
+            headers: &[(&str, &str)],
+        ) -> Result<Step, PaginationError> {
+            let mut map = HeaderMap::new();
+            for (name, value) in headers {
+                map.append(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            let response = Response {
+                url: &self.current,
+                headers: &map,
+                body: &body,
+                records,
+            };
+            let step = self.paginator.next(&response)?;
+            if let Step::Next(next) | Step::Confirm(next) = &step {
+                self.current = next.clone();
+            }
+            Ok(step)
+        }
+    }
+
+    fn next(s: &str) -> Step {
+        Step::Next(url(s))
+    }
+
+    fn confirm(s: &str) -> Step {
+        Step::Confirm(url(s))
     }
 
     #[test]
@@ -495,71 +820,301 @@ mod tests {
     }
 
     #[test]
-    fn page_numbers_stop_on_empty_page_or_total() {
-        assert_eq!(next_page(1, 1, 10, None), Some(2));
-        assert_eq!(next_page(4, 4, 0, None), None);
-        assert_eq!(next_page(3, 3, 10, Some(3)), None);
-        assert_eq!(next_page(0, 1, 10, Some(2)), Some(1), "start = 0");
+    fn offsets_advance_by_the_size_asked_for_never_by_repeats() {
+        let mut walk = Walk::new("kind = \"offset\"\nlimit = 100");
+        assert_eq!(walk.current.as_str(), "http://h/x?offset=0&limit=100");
+        assert_eq!(
+            walk.answer(json!({}), 100).unwrap(),
+            next("http://h/x?offset=100&limit=100")
+        );
+        assert_eq!(
+            walk.answer(json!({}), 103).unwrap(),
+            next("http://h/x?offset=200&limit=100"),
+            "a page with 3 records repeated from the page before still moves by 100"
+        );
+        assert_eq!(
+            walk.answer(json!({}), 40).unwrap(),
+            next("http://h/x?offset=240&limit=100"),
+            "a short page is not the end: the API may cap the limit"
+        );
+        assert_eq!(walk.answer(json!({}), 0).unwrap(), Step::End);
     }
 
     #[test]
-    fn offsets_advance_by_records_received() {
-        assert_eq!(next_offset(0, 100, Some(100), None), Some(100));
-        assert_eq!(next_offset(100, 40, Some(100), None), None, "short page");
-        assert_eq!(next_offset(100, 0, None, None), None, "empty page");
-        assert_eq!(next_offset(0, 50, None, None), Some(50), "no limit");
-        assert_eq!(next_offset(200, 100, Some(100), Some(300)), None, "total");
+    fn offsets_follow_an_api_that_caps_the_limit() {
+        let mut walk = Walk::new("kind = \"offset\"\nlimit = 1000");
         assert_eq!(
-            next_offset(0, 50, Some(100), Some(300)),
-            Some(50),
-            "a short page is not the end while the total says more"
+            walk.answer(json!({}), 500).unwrap(),
+            next("http://h/x?offset=500&limit=1000")
+        );
+        assert_eq!(
+            walk.answer(json!({}), 500).unwrap(),
+            next("http://h/x?offset=1000&limit=1000")
         );
     }
 
     #[test]
-    fn cursors_stop_when_missing_or_has_more_is_false() {
-        let cases = [
-            (
-                json!({"next_cursor": "abc"}),
-                None,
-                Ok(Some("abc".to_owned())),
+    fn without_a_limit_the_offset_moves_by_the_first_pages_size() {
+        let mut walk = Walk::new("kind = \"offset\"");
+        assert_eq!(
+            walk.answer(json!({}), 50).unwrap(),
+            next("http://h/x?offset=50")
+        );
+        assert_eq!(
+            walk.answer(json!({}), 52).unwrap(),
+            next("http://h/x?offset=100"),
+            "2 repeats do not move it further"
+        );
+    }
+
+    #[test]
+    fn a_stated_total_is_confirmed_by_one_request_past_it() {
+        let mut walk = Walk::new("kind = \"offset\"\nlimit = 100\ntotal_path = \"/total\"");
+        let body = json!({"total": 150});
+        assert_eq!(
+            walk.answer(body.clone(), 100).unwrap(),
+            next("http://h/x?offset=100&limit=100")
+        );
+        assert_eq!(
+            walk.answer(body.clone(), 50).unwrap(),
+            confirm("http://h/x?offset=150&limit=100")
+        );
+        assert_eq!(walk.paginator.expected(), Some(150));
+        assert_eq!(
+            walk.answer(body.clone(), 7).unwrap(),
+            confirm("http://h/x?offset=157&limit=100"),
+            "records past the total: paging goes on, each page a confirmation"
+        );
+        assert_eq!(walk.answer(body, 0).unwrap(), Step::End);
+    }
+
+    #[test]
+    fn page_counts_come_from_a_page_total_or_the_record_count() {
+        let mut walk = Walk::new("kind = \"page\"\nsize = 10\ntotal_pages_path = \"/pages\"");
+        assert_eq!(walk.current.as_str(), "http://h/x?page=1&per_page=10");
+        let body = json!({"pages": 2});
+        assert_eq!(
+            walk.answer(body.clone(), 10).unwrap(),
+            next("http://h/x?page=2&per_page=10")
+        );
+        assert_eq!(
+            walk.paginator.predicted_next(),
+            None,
+            "page 2 is the last by the total"
+        );
+        assert_eq!(
+            walk.answer(body.clone(), 10).unwrap(),
+            confirm("http://h/x?page=3&per_page=10")
+        );
+
+        // DRF: a record count, and the server's own page size.
+        let mut walk = Walk::new("kind = \"page\"\ntotal_path = \"/count\"");
+        let body = json!({"count": 250});
+        assert_eq!(
+            walk.answer(body.clone(), 100).unwrap(),
+            next("http://h/x?page=2")
+        );
+        assert_eq!(
+            walk.paginator.predicted_next(),
+            Some(url("http://h/x?page=3"))
+        );
+        assert_eq!(
+            walk.answer(body.clone(), 100).unwrap(),
+            next("http://h/x?page=3")
+        );
+        assert_eq!(walk.answer(body, 50).unwrap(), confirm("http://h/x?page=4"));
+    }
+
+    #[test]
+    fn a_short_page_does_not_end_page_pagination() {
+        let mut walk = Walk::new("kind = \"page\"\nsize = 100");
+        assert_eq!(
+            walk.answer(json!({}), 60).unwrap(),
+            next("http://h/x?page=2&per_page=100")
+        );
+        assert_eq!(walk.answer(json!({}), 0).unwrap(), Step::End);
+        let mut walk = Walk::new("kind = \"page\"\nstart = 0");
+        assert_eq!(walk.current.as_str(), "http://h/x?page=0");
+        assert_eq!(
+            walk.answer(json!({}), 5).unwrap(),
+            next("http://h/x?page=1")
+        );
+    }
+
+    #[test]
+    fn totals_come_from_headers_and_content_range() {
+        let mut walk = Walk::new("kind = \"page\"\nsize = 2\ntotal_header = \"X-Total-Count\"");
+        assert_eq!(
+            walk.answer_with(json!([]), 2, &[("x-total-count", "3")])
+                .unwrap(),
+            next("http://h/x?page=2&per_page=2")
+        );
+        assert_eq!(walk.paginator.expected(), Some(3));
+
+        let mut walk =
+            Walk::new("kind = \"offset\"\nlimit = 100\ntotal_header = \"Content-Range\"");
+        walk.answer_with(json!([]), 100, &[("content-range", "items 0-99/1234")])
+            .unwrap();
+        assert_eq!(walk.paginator.expected(), Some(1234));
+        walk.answer_with(json!([]), 100, &[("content-range", "items 100-199/*")])
+            .unwrap();
+        assert_eq!(
+            walk.paginator.expected(),
+            Some(1234),
+            "`*` states nothing new"
+        );
+    }
+
+    #[test]
+    fn a_configured_total_that_the_first_response_lacks_fails() {
+        let mut walk = Walk::new("kind = \"page\"\ntotal_path = \"/cuont\"");
+        let error = walk
+            .answer(json!({"count": 5, "results": []}), 5)
+            .unwrap_err();
+        assert!(
+            error.to_string().contains(
+                "total_path `/cuont` finds no total in the first response, which has the \
+                 top-level keys \"count\", \"results\""
             ),
-            (json!({"next_cursor": 17}), None, Ok(Some("17".to_owned()))),
-            (json!({"next_cursor": null}), None, Ok(None)),
-            (json!({"next_cursor": ""}), None, Ok(None)),
-            (json!({}), None, Ok(None)),
+            "{error}"
+        );
+        let mut walk = Walk::new("kind = \"page\"\ntotal_header = \"X-Total\"");
+        let error = walk
+            .answer_with(json!([]), 5, &[("x-total-count", "5")])
+            .unwrap_err();
+        assert!(
+            error.to_string().contains("the headers x-total-count"),
+            "{error}"
+        );
+        let mut walk = Walk::new("kind = \"page\"\ntotal_path = \"/count\"");
+        assert!(
+            walk.answer(json!({"count": null}), 5).is_ok(),
+            "null: the API states no total, under the right name"
+        );
+    }
+
+    #[test]
+    fn cursors_follow_body_or_header_and_stop_on_null_or_has_more_false() {
+        let cases = [
+            (json!({"next_cursor": "abc"}), None, Some("abc")),
+            (json!({"next_cursor": 17}), None, Some("17")),
+            (json!({"next_cursor": null}), None, None),
+            (json!({"next_cursor": ""}), None, None),
             (
                 json!({"next_cursor": "x", "more": false}),
                 Some("/more"),
-                Ok(None),
+                None,
             ),
             (
                 json!({"next_cursor": "x", "more": true}),
                 Some("/more"),
-                Ok(Some("x".to_owned())),
+                Some("x"),
             ),
         ];
         for (body, has_more, expected) in cases {
-            assert_eq!(
-                next_cursor(&body, "/next_cursor", has_more),
-                expected,
-                "body {body}"
+            let toml = match has_more {
+                Some(p) => format!("kind = \"cursor\"\nhas_more_path = \"{p}\""),
+                None => "kind = \"cursor\"".to_owned(),
+            };
+            let mut walk = Walk::new(&toml);
+            let step = walk.answer(body.clone(), 3).unwrap();
+            let expected = match expected {
+                Some(c) => next(&format!("http://h/x?cursor={c}")),
+                None => Step::End,
+            };
+            assert_eq!(step, expected, "body {body}");
+        }
+        let mut walk = Walk::new(
+            "kind = \"cursor\"\ncursor_header = \"X-Next\"\nhas_more_header = \"X-More\"",
+        );
+        assert_eq!(
+            walk.answer_with(json!([]), 3, &[("x-next", "c2"), ("x-more", "true")])
+                .unwrap(),
+            next("http://h/x?cursor=c2")
+        );
+        assert_eq!(
+            walk.answer_with(json!([]), 3, &[("x-next", "c3")]).unwrap(),
+            Step::End,
+            "an absent has_more header ends paging"
+        );
+    }
+
+    #[test]
+    fn a_cursor_that_finds_nothing_fails_where_it_could_drop_records() {
+        // A wrong pointer on a first page that holds records.
+        let mut walk = Walk::new("kind = \"cursor\"\ncursor_path = \"/next\"");
+        let error = walk
+            .answer(
+                json!({"next_cursor": "c2", "has_more": true, "data": []}),
+                100,
+            )
+            .unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("cursor_path `/next` finds nothing on a first page that holds records"),
+            "{text}"
+        );
+        assert!(
+            text.contains("the top-level keys \"data\", \"has_more\", \"next_cursor\""),
+            "{text}"
+        );
+        assert!(text.contains("end_when_missing = true"), "{text}");
+
+        // An API that drops the member on its last page says so.
+        let mut walk = Walk::new("kind = \"cursor\"\nend_when_missing = true");
+        assert_eq!(walk.answer(json!({}), 100).unwrap(), Step::End);
+
+        // Not on a later page, unless has_more or the total says more.
+        let mut walk = Walk::new("kind = \"cursor\"");
+        walk.answer(json!({"next_cursor": "c2"}), 10).unwrap();
+        assert_eq!(walk.answer(json!({}), 10).unwrap(), Step::End);
+
+        let mut walk =
+            Walk::new("kind = \"cursor\"\nhas_more_path = \"/more\"\nend_when_missing = true");
+        let error = walk.answer(json!({"more": true}), 10).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("although has_more says there is more"),
+            "{error}"
+        );
+
+        let mut walk =
+            Walk::new("kind = \"next_url\"\nend_when_missing = true\ntotal_path = \"/count\"");
+        walk.answer(json!({"count": 30, "next": "/x?p=2"}), 10)
+            .unwrap();
+        let error = walk.answer(json!({"count": 30}), 10).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("although the API states 30 records and 20 were read"),
+            "{error}"
+        );
+        assert!(
+            walk.answer(json!({"count": 30}), 0).is_err(),
+            "still short of the total"
+        );
+    }
+
+    #[test]
+    fn has_more_without_a_cursor_or_a_readable_flag_fails() {
+        let mut walk = Walk::new("kind = \"cursor\"\nhas_more_path = \"/more\"");
+        assert!(matches!(
+            walk.answer(json!({"more": true, "next_cursor": null}), 1),
+            Err(PaginationError::MoreWithoutCursor { .. })
+        ));
+        for body in [
+            json!({"next_cursor": "x"}),
+            json!({"next_cursor": "x", "more": null}),
+        ] {
+            let mut walk = Walk::new("kind = \"cursor\"\nhas_more_path = \"/more\"");
+            assert!(
+                walk.answer(body.clone(), 1).is_err(),
+                "a has_more pointer that finds no boolean is an error, not the end: {body}"
             );
         }
-        assert!(next_cursor(&json!({"more": true}), "/next_cursor", Some("/more")).is_err());
-        assert!(
-            next_cursor(&json!({"next_cursor": "x"}), "/next_cursor", Some("/more")).is_err(),
-            "a has_more pointer that finds nothing is an error, not the end"
-        );
-        assert!(
-            next_cursor(
-                &json!({"next_cursor": "x", "more": null}),
-                "/next_cursor",
-                Some("/more")
-            )
-            .is_err()
-        );
-        assert!(next_cursor(&json!({"next_cursor": [1]}), "/next_cursor", None).is_err());
+        let mut walk = Walk::new("kind = \"cursor\"");
+        assert!(walk.answer(json!({"next_cursor": [1]}), 1).is_err());
     }
 
     #[test]
@@ -576,63 +1131,28 @@ mod tests {
     }
 
     #[test]
-    fn page_kind_walks_from_start() {
-        let kind = Pagination::Page {
-            page_param: "p".into(),
-            size_param: "n".into(),
-            size: Some(10),
-            start: 1,
-            total_pages_path: Some("/pages".into()),
-        };
-        let mut paginator = Paginator::new(kind, url("http://h/x"));
-        let first = paginator.first();
-        assert_eq!(first.as_str(), "http://h/x?p=1&n=10");
-        let body = json!({"pages": 2});
-        let response = Response {
-            url: &first,
-            link: None,
-            body: &body,
-            records: 10,
-        };
-        let second = paginator.next(&response).unwrap().unwrap();
-        assert_eq!(second.as_str(), "http://h/x?p=2&n=10");
-        let response = Response {
-            url: &second,
-            link: None,
-            body: &body,
-            records: 10,
-        };
-        assert_eq!(paginator.next(&response).unwrap(), None);
-    }
-
-    #[test]
     fn next_urls_resolve_relative_and_refuse_other_hosts() {
-        let kind = Pagination::NextUrl {
-            next_path: "/next".into(),
-        };
-        let mut paginator = Paginator::new(kind, url("http://h:8080/v1/items?a=1"));
-        let current = paginator.first();
-        let body = json!({"next": "/v1/items?after=5"});
-        let response = Response {
-            url: &current,
-            link: None,
-            body: &body,
-            records: 3,
-        };
+        let mut walk = Walk::new("kind = \"next_url\"");
+        walk.current = url("http://h/v1/items?a=1");
         assert_eq!(
-            paginator.next(&response).unwrap().unwrap().as_str(),
-            "http://h:8080/v1/items?after=5"
+            walk.answer(json!({"next": "/v1/items?after=5"}), 3)
+                .unwrap(),
+            next("http://h/v1/items?after=5")
         );
-        let body = json!({"next": "http://evil.test/steal"});
-        let response = Response {
-            url: &current,
-            link: None,
-            body: &body,
-            records: 3,
-        };
         assert!(matches!(
-            paginator.next(&response),
+            walk.answer(json!({"next": "http://evil.test/steal"}), 3),
             Err(PaginationError::OtherOrigin { .. })
         ));
+        let mut walk = Walk::new("kind = \"next_url\"\nnext_header = \"Next-Page\"");
+        assert_eq!(
+            walk.answer_with(json!({}), 3, &[("next-page", "http://h/x?_token=2")])
+                .unwrap(),
+            next("http://h/x?_token=2")
+        );
+        assert_eq!(
+            walk.answer(json!({}), 3).unwrap(),
+            Step::End,
+            "no header: the end"
+        );
     }
 }

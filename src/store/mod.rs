@@ -109,23 +109,88 @@ fn classify(existing: Option<&ContentHash>, new: &ContentHash) -> Outcome {
     }
 }
 
-/// What a page needs, once compared with what is stored: its counts, and
-/// which rows (indexes into `PageBatch::rows`) are new or changed.
+/// What a page needs, once compared with what is stored: its counts, which
+/// rows (indexes into `PageBatch::rows`) are new or changed, and which
+/// rejects (indexes into `PageBatch::rejects`) are not stored yet.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PagePlan {
     pub counts: Counts,
     pub inserts: Vec<usize>,
     pub updates: Vec<usize>,
+    pub new_rejects: Vec<usize>,
 }
 
 impl PagePlan {
-    /// Whether the page needs a transaction: rows or rejects to write, or a
-    /// watermark to move. A page of unchanged rows needs none.
-    pub fn needs_commit(&self, batch: &PageBatch, moves_watermark: bool) -> bool {
+    /// Whether the page needs a transaction: rows or new rejects to write,
+    /// or a watermark to move. A page of unchanged rows and known rejects
+    /// needs none.
+    pub fn needs_commit(&self, moves_watermark: bool) -> bool {
         !self.inserts.is_empty()
             || !self.updates.is_empty()
-            || !batch.rejects.is_empty()
+            || !self.new_rejects.is_empty()
             || moves_watermark
+    }
+}
+
+/// The rejects of `batch` whose hash is not in `stored`, each once.
+fn new_rejects(batch: &PageBatch, stored: &HashSet<ContentHash>) -> Vec<usize> {
+    let mut seen = HashSet::new();
+    (0..batch.rejects.len())
+        .filter(|&i| {
+            let hash = batch.rejects[i].content_hash;
+            !stored.contains(&hash) && seen.insert(hash)
+        })
+        .collect()
+}
+
+/// The longest key a store can index, checked before a page is written: a
+/// key over it would fail the whole page's write, on every run.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyLimit {
+    store: &'static str,
+    /// Bytes of one index entry, headers included.
+    max_entry_bytes: usize,
+    /// What each key part costs besides its bytes (length header, alignment).
+    per_part_bytes: usize,
+    /// What an entry costs besides its parts.
+    per_entry_bytes: usize,
+}
+
+impl KeyLimit {
+    /// PostgreSQL's B-tree holds index entries of at most 2,704 bytes (a
+    /// third of a page, less headers). An entry is an 8-byte header plus,
+    /// per text column, a length header of up to 4 bytes and up to 3 of
+    /// alignment: counting 8 per part keeps the check on the safe side.
+    /// (PostgreSQL may compress a long key and fit it; a key that long is
+    /// refused here all the same, so the outcome never depends on how well
+    /// it compresses.)
+    const POSTGRES: KeyLimit = KeyLimit {
+        store: "PostgreSQL",
+        max_entry_bytes: 2_704,
+        per_part_bytes: 8,
+        per_entry_bytes: 8,
+    };
+
+    /// Why `key` cannot be stored, or `None` when it fits.
+    pub fn check(&self, key: &[String]) -> Option<String> {
+        let entry = self.per_entry_bytes
+            + key
+                .iter()
+                .map(|part| part.len() + self.per_part_bytes)
+                .sum::<usize>();
+        (entry > self.max_entry_bytes).then(|| {
+            let bytes: usize = key.iter().map(String::len).sum();
+            format!(
+                "the key is {bytes} bytes long; {} indexes keys of at most {} bytes{}",
+                self.store,
+                self.max_entry_bytes - self.per_entry_bytes - self.per_part_bytes * key.len(),
+                if key.len() > 1 {
+                    " (all key fields together)"
+                } else {
+                    ""
+                }
+            )
+        })
     }
 }
 
@@ -150,8 +215,13 @@ fn note_stored(
     }
 }
 
-fn plan_page(batch: &PageBatch, existing: &[Option<ContentHash>]) -> PagePlan {
+fn plan_page(
+    batch: &PageBatch,
+    existing: &[Option<ContentHash>],
+    stored_rejects: &HashSet<ContentHash>,
+) -> PagePlan {
     let mut plan = PagePlan {
+        new_rejects: new_rejects(batch, stored_rejects),
         counts: Counts {
             fetched: batch.fetched,
             duplicate: batch.collapsed,
@@ -212,6 +282,18 @@ fn table_shape_verdict(
     }
 }
 
+/// What the end of a run records in its row.
+#[derive(Debug)]
+pub struct RunEnd<'a> {
+    pub status: RunStatus,
+    /// Secrets already redacted.
+    pub error: Option<&'a str>,
+    /// Counts of the last pages that needed no transaction.
+    pub unsaved: Counts,
+    /// The record count the API stated.
+    pub expected: Option<u64>,
+}
+
 /// One row of `apisync.runs`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct RunRecord {
@@ -227,7 +309,22 @@ pub struct RunRecord {
     pub duplicate: i64,
     pub rejected: i64,
     pub pages: i64,
+    /// The record count the API stated; `None` when it states none.
+    pub expected: Option<i64>,
     pub error: Option<String>,
+}
+
+/// One row of `apisync.rejects`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RejectRecord {
+    pub id: i64,
+    pub job: String,
+    /// The run that first stored it.
+    pub run_id: RunId,
+    pub rejected_at: DateTime<Utc>,
+    pub reason: String,
+    /// The record as received (JSON text).
+    pub record: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -382,19 +479,43 @@ impl Store {
         }
     }
 
-    /// Compares a page with what is stored (no transaction, no write).
+    /// Compares a page with what is stored (no transaction, no write): the
+    /// rows' hashes, and whether the job's rejects are stored already.
     /// `empty_at_start`: the table held no row when the run began, so only
     /// keys repeated within the run need looking up (a first load skips the
     /// lookups). Sound because no one else writes the job's table meanwhile.
     pub async fn plan_page(
         &self,
+        job: &str,
         table: &TableSpec,
         batch: &PageBatch,
         empty_at_start: bool,
     ) -> Result<PagePlan, StoreError> {
         match self {
-            Store::Postgres(pg) => pg.plan_page(table, batch, empty_at_start).await,
-            Store::Sqlite(db) => db.plan_page(table, batch, empty_at_start).await,
+            Store::Postgres(pg) => pg.plan_page(job, table, batch, empty_at_start).await,
+            Store::Sqlite(db) => db.plan_page(job, table, batch, empty_at_start).await,
+        }
+    }
+
+    /// The longest key this store can index, when it has a limit a record
+    /// could reach (PostgreSQL's B-tree does; SQLite's does not).
+    pub fn key_limit(&self) -> Option<KeyLimit> {
+        match self {
+            Store::Postgres(_) => Some(KeyLimit::POSTGRES),
+            Store::Sqlite(_) => None,
+        }
+    }
+
+    /// The latest rejects, newest first, of one job or all, of one run or all.
+    pub async fn recent_rejects(
+        &self,
+        job: Option<&str>,
+        run: Option<RunId>,
+        limit: i64,
+    ) -> Result<Vec<RejectRecord>, StoreError> {
+        match self {
+            Store::Postgres(pg) => pg.recent_rejects(job, run, limit).await,
+            Store::Sqlite(db) => db.recent_rejects(job, run, limit).await,
         }
     }
 
@@ -442,16 +563,10 @@ impl Store {
 
     /// Records the end of a run, adding `unsaved`: the counts of its last
     /// pages that needed no transaction (the others are stored already).
-    pub async fn finish_run(
-        &self,
-        run: RunId,
-        status: RunStatus,
-        error: Option<&str>,
-        unsaved: &Counts,
-    ) -> Result<(), StoreError> {
+    pub async fn finish_run(&self, run: RunId, end: &RunEnd<'_>) -> Result<(), StoreError> {
         match self {
-            Store::Postgres(pg) => pg.finish_run(run, status, error, unsaved).await,
-            Store::Sqlite(db) => db.finish_run(run, status, error, unsaved).await,
+            Store::Postgres(pg) => pg.finish_run(run, end).await,
+            Store::Sqlite(db) => db.finish_run(run, end).await,
         }
     }
 
@@ -502,7 +617,7 @@ mod tests {
         second.fetched += 1;
         batch.append(second).unwrap();
 
-        let plan = plan_page(&batch, &[None, None, None, Some([0; 16])]);
+        let plan = plan_page(&batch, &[None, None, None, Some([0; 16])], &HashSet::new());
         assert_eq!(
             plan.counts,
             Counts {
@@ -539,17 +654,17 @@ mod tests {
                 row(json!({"id": 4, "v": 2}), true),
                 row(json!({"id": 5, "v": 2}), true),
             ],
-            rejects: vec![crate::record::Rejected {
-                json: json!({"v": 1}),
-                reason: shape.read(&json!({"v": 1})).unwrap_err(),
-            }],
+            rejects: vec![crate::record::Rejected::of_text(
+                br#"{"v": 1}"#,
+                shape.read(&json!({"v": 1})).unwrap_err(),
+            )],
             fetched: 7,
             collapsed: 1,
             appended_pages: 0,
         };
         let same = |i: usize| Some(batch.rows[i].record.content_hash);
         let stored = [None, same(1), Some([0; 16]), Some([0; 16]), same(4)];
-        let plan = plan_page(&batch, &stored);
+        let plan = plan_page(&batch, &stored, &HashSet::new());
         assert_eq!(
             plan.counts,
             Counts {
@@ -568,12 +683,19 @@ mod tests {
             vec![2, 3],
             "the changed row and a changed repeat"
         );
-        assert!(plan.needs_commit(&batch, false));
+        assert!(plan.needs_commit(false));
         let quiet = PageBatch::default();
-        assert!(!plan_page(&quiet, &[]).needs_commit(&quiet, false));
+        let none = HashSet::new();
+        assert!(!plan_page(&quiet, &[], &none).needs_commit(false));
         assert!(
-            plan_page(&quiet, &[]).needs_commit(&quiet, true),
+            plan_page(&quiet, &[], &none).needs_commit(true),
             "a watermark to move"
+        );
+        assert_eq!(plan.new_rejects, vec![0]);
+        let known: HashSet<ContentHash> = [batch.rejects[0].content_hash].into();
+        assert!(
+            plan_page(&batch, &stored, &known).new_rejects.is_empty(),
+            "a reject stored by an earlier run is not stored again"
         );
     }
 }

@@ -14,6 +14,7 @@
 //! too (sqlx has none for SQLite). In-memory databases are refused by the
 //! configuration: nothing would persist, and there is no file to lock.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -27,9 +28,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{PageBatch, PagePlan, RunRecord, StoreError, TableSpec};
+use super::{PageBatch, PagePlan, RejectRecord, RunEnd, RunRecord, StoreError, TableSpec};
 use crate::record::ContentHash;
-use crate::run::{Counts, RunId, RunStatus};
+use crate::run::{Counts, RunId};
 
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
@@ -250,6 +251,7 @@ impl SqliteStore {
 
     pub(super) async fn plan_page(
         &self,
+        job: &str,
         table: &TableSpec,
         batch: &PageBatch,
         empty_at_start: bool,
@@ -264,7 +266,23 @@ impl SqliteStore {
         for chunk in asked.chunks(LOOKUP_CHUNK) {
             lookup(&mut conn, table, batch, chunk, &mut existing).await?;
         }
-        Ok(super::plan_page(batch, &existing))
+        let mut stored_rejects = HashSet::new();
+        for chunk in batch.rejects.chunks(LOOKUP_CHUNK) {
+            let sql = format!(
+                "SELECT content_hash FROM apisync_rejects WHERE job = ? AND content_hash IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut query = sqlx::query_scalar::<_, Vec<u8>>(AssertSqlSafe(sql)).bind(job);
+            for reject in chunk {
+                query = query.bind(reject.content_hash.as_slice());
+            }
+            for hash in query.fetch_all(&mut *conn).await? {
+                if let Ok(hash) = hash.try_into() {
+                    stored_rejects.insert(hash);
+                }
+            }
+        }
+        Ok(super::plan_page(batch, &existing, &stored_rejects))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -294,14 +312,16 @@ impl SqliteStore {
         for chunk in written.chunks(WRITE_CHUNK) {
             upsert(&mut tx, table, run, batch, chunk).await?;
         }
-        for reject in &batch.rejects {
+        for reject in plan.new_rejects.iter().map(|&i| &batch.rejects[i]) {
             sqlx::query(
-                "INSERT INTO apisync_rejects (job, run_id, record, reason) VALUES (?, ?, ?, ?)",
+                "INSERT INTO apisync_rejects (job, run_id, record, reason, content_hash) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (job, content_hash) DO NOTHING",
             )
             .bind(job)
             .bind(run)
             .bind(reject.json.to_string())
             .bind(&reject.reason)
+            .bind(reject.content_hash.as_slice())
             .execute(&mut *tx)
             .await?;
         }
@@ -338,26 +358,21 @@ impl SqliteStore {
             .and_then(|state| state.get("watermark").cloned()))
     }
 
-    pub(super) async fn finish_run(
-        &self,
-        run: RunId,
-        status: RunStatus,
-        error: Option<&str>,
-        unsaved: &Counts,
-    ) -> Result<(), StoreError> {
+    pub(super) async fn finish_run(&self, run: RunId, end: &RunEnd<'_>) -> Result<(), StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let sql = format!(
-            "UPDATE apisync_runs SET status = ?, error = ?, finished_at = {NOW} \
+            "UPDATE apisync_runs SET status = ?, error = ?, expected = ?, finished_at = {NOW} \
              WHERE id = ? AND status = 'running'"
         );
         let finished = sqlx::query(AssertSqlSafe(sql))
-            .bind(status.as_str())
-            .bind(error)
+            .bind(end.status.as_str())
+            .bind(end.error)
+            .bind(end.expected.map(|n| i64::try_from(n).unwrap_or(i64::MAX)))
             .bind(run)
             .execute(&mut *tx)
             .await?;
         if finished.rows_affected() > 0 {
-            add_counts(&mut tx, run, unsaved).await?;
+            add_counts(&mut tx, run, &end.unsaved).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -389,21 +404,13 @@ impl SqliteStore {
     ) -> Result<Vec<RunRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, job, status, started_at, finished_at, fetched, inserted, updated, \
-             unchanged, duplicate, rejected, pages, error \
+             unchanged, duplicate, rejected, pages, expected, error \
              FROM apisync_runs WHERE ?1 IS NULL OR job = ?1 ORDER BY id DESC LIMIT ?2",
         )
         .bind(job)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        let time = |row: &sqlx::sqlite::SqliteRow,
-                    column: &str|
-         -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-            let text: Option<String> = row.try_get(column)?;
-            Ok(text
-                .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-                .map(|t| t.to_utc()))
-        };
         rows.iter()
             .map(|row| {
                 Ok(RunRecord {
@@ -421,12 +428,54 @@ impl SqliteStore {
                     duplicate: row.try_get("duplicate")?,
                     rejected: row.try_get("rejected")?,
                     pages: row.try_get("pages")?,
+                    expected: row.try_get("expected")?,
                     error: row.try_get("error")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
+
+    pub(super) async fn recent_rejects(
+        &self,
+        job: Option<&str>,
+        run: Option<RunId>,
+        limit: i64,
+    ) -> Result<Vec<RejectRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, job, run_id, rejected_at, reason, record FROM apisync_rejects \
+             WHERE (?1 IS NULL OR job = ?1) AND (?2 IS NULL OR run_id = ?2) \
+             ORDER BY id DESC LIMIT ?3",
+        )
+        .bind(job)
+        .bind(run)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(RejectRecord {
+                    id: row.try_get("id")?,
+                    job: row.try_get("job")?,
+                    run_id: row.try_get("run_id")?,
+                    rejected_at: time(row, "rejected_at")?.ok_or_else(|| {
+                        sqlx::Error::Decode("rejected_at is not an RFC 3339 time".into())
+                    })?,
+                    reason: row.try_get("reason")?,
+                    record: row.try_get("record")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+}
+
+/// A timestamp column (RFC 3339 text) of a row.
+fn time(row: &sqlx::sqlite::SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    let text: Option<String> = row.try_get(column)?;
+    Ok(text
+        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.to_utc()))
 }
 
 /// `"k0" = ? AND …` over the key columns.

@@ -15,9 +15,9 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
-use super::{PageBatch, PagePlan, RunRecord, StoreError, TableSpec};
+use super::{PageBatch, PagePlan, RejectRecord, RunEnd, RunRecord, StoreError, TableSpec};
 use crate::config::DatabaseSettings;
-use crate::run::{Counts, RunId, RunStatus};
+use crate::run::{Counts, RunId};
 
 /// The internal schema. The migrations table lives in it too, so apisync
 /// leaves nothing in `public` but the job tables.
@@ -230,6 +230,7 @@ impl PgStore {
 
     pub(super) async fn plan_page(
         &self,
+        job: &str,
         table: &TableSpec,
         batch: &PageBatch,
         empty_at_start: bool,
@@ -240,7 +241,8 @@ impl PgStore {
             .filter(|&i| !empty_at_start || batch.rows[i].repeat)
             .collect();
         let existing = page::stored_hashes(&self.pool, table, batch, &asked).await?;
-        Ok(super::plan_page(batch, &existing))
+        let stored_rejects = page::stored_rejects(&self.pool, job, batch).await?;
+        Ok(super::plan_page(batch, &existing, &stored_rejects))
     }
 
     pub(super) async fn table_is_empty(&self, table: &TableSpec) -> Result<bool, StoreError> {
@@ -296,26 +298,21 @@ impl PgStore {
         Ok(watermark.flatten())
     }
 
-    pub(super) async fn finish_run(
-        &self,
-        run: RunId,
-        status: RunStatus,
-        error: Option<&str>,
-        unsaved: &Counts,
-    ) -> Result<(), StoreError> {
+    pub(super) async fn finish_run(&self, run: RunId, end: &RunEnd<'_>) -> Result<(), StoreError> {
         // Only a run still `running`: one closed by another process that took
         // over the job keeps what that process recorded. `unsaved` holds the
         // counts of pages that needed no write (and so no transaction).
         let finish = sqlx::query(
-            "UPDATE apisync.runs SET status = $2, error = $3, finished_at = now(), \
-             fetched = fetched + $4, inserted = inserted + $5, updated = updated + $6, \
-             unchanged = unchanged + $7, duplicate = duplicate + $8, rejected = rejected + $9, \
-             pages = pages + $10 WHERE id = $1 AND status = 'running'",
+            "UPDATE apisync.runs SET status = $2, error = $3, expected = $4, finished_at = now(), \
+             fetched = fetched + $5, inserted = inserted + $6, updated = updated + $7, \
+             unchanged = unchanged + $8, duplicate = duplicate + $9, rejected = rejected + $10, \
+             pages = pages + $11 WHERE id = $1 AND status = 'running'",
         )
         .bind(run)
-        .bind(status.as_str())
-        .bind(error);
-        page::bind_counts(finish, unsaved)
+        .bind(end.status.as_str())
+        .bind(end.error)
+        .bind(end.expected.map(|n| i64::try_from(n).unwrap_or(i64::MAX)));
+        page::bind_counts(finish, &end.unsaved)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -344,7 +341,7 @@ impl PgStore {
     ) -> Result<Vec<RunRecord>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, job, status, started_at, finished_at, fetched, inserted, updated, \
-             unchanged, duplicate, rejected, pages, error \
+             unchanged, duplicate, rejected, pages, expected, error \
              FROM apisync.runs WHERE $1::text IS NULL OR job = $1 \
              ORDER BY id DESC LIMIT $2",
         )
@@ -367,7 +364,39 @@ impl PgStore {
                     duplicate: row.try_get("duplicate")?,
                     rejected: row.try_get("rejected")?,
                     pages: row.try_get("pages")?,
+                    expected: row.try_get("expected")?,
                     error: row.try_get("error")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
+    pub(super) async fn recent_rejects(
+        &self,
+        job: Option<&str>,
+        run: Option<RunId>,
+        limit: i64,
+    ) -> Result<Vec<RejectRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, job, run_id, rejected_at, reason, record FROM apisync.rejects \
+             WHERE ($1::text IS NULL OR job = $1) AND ($2::bigint IS NULL OR run_id = $2) \
+             ORDER BY id DESC LIMIT $3",
+        )
+        .bind(job)
+        .bind(run)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(RejectRecord {
+                    id: row.try_get("id")?,
+                    job: row.try_get("job")?,
+                    run_id: row.try_get("run_id")?,
+                    rejected_at: row.try_get("rejected_at")?,
+                    reason: row.try_get("reason")?,
+                    record: row.try_get("record")?,
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

@@ -23,6 +23,8 @@
 //! statements keep their guards (`IS DISTINCT FROM`, the primary key)
 //! regardless.
 
+use std::collections::HashSet;
+
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgArguments, PgPool};
 use sqlx::query::Query;
@@ -103,28 +105,28 @@ impl PageWrite<'_> {
                 }
             }
         }
-        if !self.batch.rejects.is_empty() {
-            let records: Vec<String> = self
-                .batch
-                .rejects
-                .iter()
-                .map(|r| r.json.to_string())
-                .collect();
-            let reasons: Vec<&str> = self
-                .batch
-                .rejects
-                .iter()
-                .map(|r| r.reason.as_str())
-                .collect();
+        if !self.plan.new_rejects.is_empty() {
+            let rejects = || {
+                self.plan
+                    .new_rejects
+                    .iter()
+                    .map(|&i| &self.batch.rejects[i])
+            };
+            let records: Vec<String> = rejects().map(|r| r.json.to_string()).collect();
+            let reasons: Vec<&str> = rejects().map(|r| r.reason.as_str()).collect();
+            let hashes: Vec<&[u8]> = rejects().map(|r| r.content_hash.as_slice()).collect();
+            // DO NOTHING: stored by an earlier run meanwhile is stored all the same.
             sqlx::query(
-                "INSERT INTO apisync.rejects (job, run_id, record, reason) \
-                 SELECT $1, $2, r.record, r.reason FROM UNNEST($3::text[], $4::text[]) \
-                 AS r(record, reason)",
+                "INSERT INTO apisync.rejects (job, run_id, record, reason, content_hash) \
+                 SELECT $1, $2, r.record, r.reason, r.hash \
+                 FROM UNNEST($3::text[], $4::text[], $5::bytea[]) AS r(record, reason, hash) \
+                 ON CONFLICT (job, content_hash) DO NOTHING",
             )
             .bind(self.job)
             .bind(self.run)
             .bind(&records)
             .bind(&reasons)
+            .bind(&hashes)
             .execute(&mut *tx)
             .await?;
         }
@@ -227,6 +229,33 @@ pub(super) async fn stored_hashes(
 
 /// Keys asked about in one statement.
 const LOOKUP_CHUNK: usize = 1_000;
+
+/// Which of the batch's rejects the job has stored already (by content hash).
+pub(super) async fn stored_rejects(
+    pool: &PgPool,
+    job: &str,
+    batch: &PageBatch,
+) -> Result<HashSet<ContentHash>, StoreError> {
+    if batch.rejects.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let hashes: Vec<&[u8]> = batch
+        .rejects
+        .iter()
+        .map(|r| r.content_hash.as_slice())
+        .collect();
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT content_hash FROM apisync.rejects WHERE job = $1 AND content_hash = ANY($2)",
+    )
+    .bind(job)
+    .bind(hashes)
+    .fetch_all(pool)
+    .await?;
+    Ok(stored
+        .into_iter()
+        .filter_map(|hash| hash.try_into().ok())
+        .collect())
+}
 
 async fn lookup(
     pool: &PgPool,
