@@ -175,7 +175,10 @@ fn invalid_cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
         (
             "knob of another pagination kind",
             format!("{MINIMAL}[jobs.pagination]\nkind = \"cursor\"\nsize = 10\n"),
-            vec!["job \"orders\", key \"pagination\"", "unknown field `size`"],
+            vec![
+                "job \"orders\", key \"pagination\"",
+                "`size` is not a setting of kind = \"cursor\" (its settings: cursor_param",
+            ],
         ),
         (
             "pagination pointer inside the records",
@@ -199,7 +202,75 @@ fn invalid_cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
         (
             "knob without a pagination kind",
             format!("{MINIMAL}[jobs.pagination]\nkind = \"none\"\nsize = 10\n"),
-            vec!["job \"orders\", key \"pagination\"", "unknown field `size`"],
+            vec![
+                "job \"orders\", key \"pagination\"",
+                "`size` is not a setting of kind = \"none\"",
+            ],
+        ),
+        (
+            "a total read from two places",
+            format!(
+                "{MINIMAL}[jobs.pagination]\nkind = \"page\"\ntotal_path = \"/count\"\n\
+                 total_header = \"X-Total-Count\"\n"
+            ),
+            vec![
+                "job \"orders\", key \"pagination\"",
+                "set total_path or total_header, not both",
+            ],
+        ),
+        (
+            "a server error as the end of the pages",
+            format!("{MINIMAL}[jobs.pagination]\nkind = \"page\"\nend_on_status = [404, 503]\n"),
+            vec![
+                "job \"orders\", key \"pagination.end_on_status\"",
+                "503 cannot mean \"past the end\"",
+            ],
+        ),
+        (
+            "a HEAD request for a total in the body",
+            format!(
+                "{MINIMAL}[jobs.pagination]\nkind = \"offset\"\ntotal_path = \"/count\"\n\
+                 total_method = \"HEAD\"\n"
+            ),
+            vec![
+                "job \"orders\", key \"pagination.total_method\"",
+                "set total_header",
+            ],
+        ),
+        (
+            "a header name that is not one",
+            format!("{MINIMAL}[jobs.pagination]\nkind = \"page\"\ntotal_header = \"X Total\"\n"),
+            vec![
+                "job \"orders\", key \"pagination.total_header\"",
+                "`X Total` is not a valid header name",
+            ],
+        ),
+        (
+            "a share of rejects over 100%",
+            with("max_rejected = \"150%\""),
+            vec![
+                "job \"orders\", key \"max_rejected\"",
+                "not a share between 0% and 100%",
+            ],
+        ),
+        (
+            "an incremental format that is not strftime",
+            format!(
+                "{MINIMAL}[jobs.incremental]\nfield = \"updated_at\"\nparam = \"since\"\n\
+                 format = \"%Y-%m-%d %Q\"\n"
+            ),
+            vec![
+                "job \"orders\", key \"incremental.format\"",
+                "is not a strftime pattern",
+            ],
+        ),
+        (
+            "an incremental time zone that does not exist",
+            format!(
+                "{MINIMAL}[jobs.incremental]\nfield = \"updated_at\"\nparam = \"since\"\n\
+                 timezone = \"Mars/Olympus\"\n"
+            ),
+            vec!["job \"orders\", key \"incremental.timezone\""],
         ),
         (
             "malformed cron line",

@@ -164,7 +164,7 @@ async fn metrics_cover_the_catalogue_and_agree_with_the_runs_table(pool: PgPool)
         job(
             "m_messy",
             "/page",
-            "[jobs.pagination]\nkind = \"page\"\nsize = 50\n"
+            "[jobs.pagination]\nkind = \"page\"\nsize = 50\ntotal_path = \"/total\"\n"
         ),
         job(
             "m_failing",
@@ -210,6 +210,8 @@ async fn metrics_cover_the_catalogue_and_agree_with_the_runs_table(pool: PgPool)
         ("apisync_http_retries_total", "counter"),
         ("apisync_http_request_duration_seconds", "histogram"),
         ("apisync_db_write_duration_seconds", "histogram"),
+        ("apisync_run_failures_total", "counter"),
+        ("apisync_records_expected", "gauge"),
         ("apisync_build_info", "gauge"),
     ];
     assert_eq!(types.len(), apisync::metrics::CATALOGUE.len());
@@ -304,6 +306,24 @@ async fn metrics_cover_the_catalogue_and_agree_with_the_runs_table(pool: PgPool)
         None,
         "a failed run is not a success"
     );
+    // …failures by reason, and the total the API stated, only where it states one…
+    let failures = |job: &str, reason: &str| {
+        sample(
+            &scrape,
+            "apisync_run_failures_total",
+            &[("job_name", job), ("reason", reason)],
+        )
+    };
+    assert_eq!(failures("m_failing", "fetch"), Some(1.0));
+    assert_eq!(failures("m_failing", "incomplete"), Some(0.0));
+    assert_eq!(failures("m_clean", "fetch"), Some(0.0));
+    let expected = |job: &str| sample(&scrape, "apisync_records_expected", &[("job_name", job)]);
+    assert_eq!(
+        expected("m_messy"),
+        Some(151.0),
+        "150 products and a reject"
+    );
+    assert_eq!(expected("m_clean"), None, "the cursor API states no total");
     // …and promtool finds nothing to complain about.
     let lint = promtool_check_metrics(&scrape).await;
     assert!(lint.is_empty(), "promtool check metrics: {lint}");

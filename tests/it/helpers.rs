@@ -152,6 +152,16 @@ impl TestEnv {
         Job::from_settings(&settings.jobs[0]).expect("job builds")
     }
 
+    /// Like [`TestEnv::job`] with another natural key than `id`: `key` is
+    /// the TOML value, as `["ID"]`.
+    pub fn job_keyed(&self, key: &str, body: &str) -> Job {
+        let text = job_config(&body.replace("{api}", &self.api.url("")))
+            .replace("key = [\"id\"]", &format!("key = {key}"));
+        let settings = config::load_str(&text, Path::new("test.toml"), &HashMap::new())
+            .unwrap_or_else(|e| panic!("test configuration is valid: {e}\n{text}"));
+        Job::from_settings(&settings.jobs[0]).expect("job builds")
+    }
+
     /// Like [`TestEnv::job`], with variables for `${VAR}` references; also
     /// returns the loaded settings' redactor.
     pub fn job_with_env(&self, body: &str, env: &HashMap<String, String>) -> (Job, Redactor) {
@@ -215,6 +225,26 @@ impl TestEnv {
         rows.into_iter()
             .map(|(id, version, changed_at, run_id)| (id, (version, changed_at, run_id)))
             .collect()
+    }
+
+    /// `expected` of a run in the runs table.
+    pub async fn run_expected(&self, run_id: Option<i64>) -> Option<i64> {
+        let run_id = run_id.expect("the run was not skipped");
+        match &self.sqlite {
+            None => {
+                sqlx::query_scalar("SELECT expected FROM apisync.runs WHERE id = $1")
+                    .bind(run_id)
+                    .fetch_one(&self.pool)
+                    .await
+            }
+            Some(sqlite) => {
+                sqlx::query_scalar("SELECT expected FROM apisync_runs WHERE id = ?")
+                    .bind(run_id)
+                    .fetch_one(sqlite)
+                    .await
+            }
+        }
+        .expect("the run is in the runs table")
     }
 
     /// `(status, error)` of a run in the runs table.

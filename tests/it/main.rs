@@ -2,6 +2,7 @@
 
 mod binary;
 mod cli;
+mod completeness;
 mod config;
 mod daemon;
 mod deploy;

@@ -117,7 +117,7 @@ store_tests! {
     "#,
         )
         .await;
-        assert_eq!(pages, 26, "no extra request for an empty page");
+        assert_eq!(pages, 27, "26 pages, then one request past the total confirms it");
         assert_eq!(
             requests.first().unwrap(),
             "/page?status=all&page=1&per_page=99"
@@ -125,13 +125,13 @@ store_tests! {
         // The request sent ahead may overtake the one before it.
         let mut requests = requests;
         requests.sort();
-        let mut expected: Vec<String> = (1..=26)
+        let mut expected: Vec<String> = (1..=27)
             .map(|page| format!("/page?status=all&page={page}&per_page=99"))
             .collect();
         expected.sort();
         assert_eq!(
             requests, expected,
-            "each page once, none past the total (the requests sent ahead included)"
+            "each page once, one past the total (the requests sent ahead included)"
         );
     }
 
@@ -148,7 +148,10 @@ store_tests! {
     "#,
         )
         .await;
-        assert_eq!(pages, 28, "the short 28th page ends it");
+        assert_eq!(
+            pages, 29,
+            "a short 28th page is not the end (APIs cap limits): the empty 29th is"
+        );
     }
 
     async fn cursor_pagination_copies_every_record_once(backend: Backend) {
@@ -396,10 +399,11 @@ store_tests! {
         let arrivals = env.api.arrivals();
         let mut pages: Vec<String> = arrivals.iter().map(|(_, uri)| uri.clone()).collect();
         pages.sort();
-        let expected: Vec<String> = (1..=6)
+        let mut expected: Vec<String> = (1..=7)
             .map(|page| format!("/page?page={page}&per_page=10"))
             .collect();
-        assert_eq!(pages, expected);
+        expected.sort();
+        assert_eq!(pages, expected, "6 pages and the one that confirms the end");
         assert_eq!(env.api.max_in_flight(), 2, "one request ahead, no more");
     }
 
@@ -416,7 +420,7 @@ store_tests! {
         // Assert: each request waited for the answer before it.
         assert_eq!(report.error, None);
         assert_eq!(env.rows("products").await.len(), 60);
-        assert_eq!(env.api.arrivals().len(), 6);
+        assert_eq!(env.api.arrivals().len(), 7);
         assert_eq!(env.api.max_in_flight(), 1);
     }
 }

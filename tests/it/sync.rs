@@ -176,7 +176,12 @@ async fn a_key_that_appears_between_plan_and_write_falls_back_to_the_upsert(pool
         ..PageBatch::default()
     };
     let run = env.ctx.store.start_run("products").await.unwrap();
-    let plan = env.ctx.store.plan_page(&table, &batch, true).await.unwrap();
+    let plan = env
+        .ctx
+        .store
+        .plan_page("products", &table, &batch, true)
+        .await
+        .unwrap();
     assert_eq!(plan.inserts.len(), 2, "both planned as new");
 
     // Act

@@ -4,7 +4,7 @@
 //! | path            | style                                                            |
 //! |-----------------|------------------------------------------------------------------|
 //! | `/none`         | one page: `{"data": [...]}`                                      |
-//! | `/page`         | `?page=N&per_page=S` → `{"data": [...], "total_pages": T}`       |
+//! | `/page`         | `?page=N&per_page=S` → `{"data": [...], "total_pages": T, "total": N}` |
 //! | `/offset`       | `?offset=O&limit=L` → `{"items": [...], "total": T}`; L capped at 100 |
 //! | `/cursor`       | `?cursor=C` → `{"data": [...], "next_cursor": C2 \| null}`       |
 //! | `/link`         | `?page=N` → bare array, `Link: <…>; rel="next"` (relative)       |
@@ -20,8 +20,12 @@
 //!
 //! `/page` also filters on `?updated_since=T` (records whose `updated_at` is
 //! at least T), and every route can be slowed down or hit by `faults`.
+//! `/offset` can overlap its pages, and states its total in a
+//! `Content-Range` header too; `/link` states it in `X-Total-Count`; `/page`
+//! can state a wrong total. `shapes` has routes shaped like real servers.
 
 pub mod faults;
+mod shapes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -65,6 +69,13 @@ struct ApiState {
     /// Requests arrived and not yet answered, and the most there ever were.
     in_flight: usize,
     max_in_flight: usize,
+    /// `/offset` starts each page after the first this many records early,
+    /// repeating the end of the page before (what an API does when records
+    /// are inserted while it is paged).
+    offset_overlap: usize,
+    /// `/page` states these totals instead of the true ones.
+    stated_total: Option<usize>,
+    stated_total_pages: Option<usize>,
 }
 
 /// Counts a request as answered when dropped (also if the client went away).
@@ -110,6 +121,9 @@ impl FakeApi {
             .route("/search", post(search))
             .route("/redirect", get(redirect))
             .route("/gzip", get(gzip))
+            .route("/drf", get(shapes::drf))
+            .route("/clamp", get(shapes::clamp))
+            .route("/kinto", get(shapes::kinto))
             .layer(axum::middleware::from_fn(
                 move |request: axum::extract::Request, next: axum::middleware::Next| {
                     let (delay, fault, quota_headers) = {
@@ -219,6 +233,20 @@ impl FakeApi {
     pub fn set_reorder_and_indent(&self, on: bool) {
         let mut state = self.state.lock().unwrap();
         state.reorder_and_indent = on;
+        state.page_cache.clear();
+    }
+
+    /// `/offset` repeats the last `records` of the previous page at the
+    /// start of every later page.
+    pub fn set_offset_overlap(&self, records: usize) {
+        self.state.lock().unwrap().offset_overlap = records;
+    }
+
+    /// `/page` states `total` records and `total_pages` pages, whatever it holds.
+    pub fn state_totals(&self, total: Option<usize>, total_pages: Option<usize>) {
+        let mut state = self.state.lock().unwrap();
+        state.stated_total = total;
+        state.stated_total_pages = total_pages;
         state.page_cache.clear();
     }
 
@@ -342,10 +370,13 @@ async fn page(State(state): Shared, Query(params): Params, uri: Uri) -> Response
     if let Some(extra) = s.extra_on_page.get(&page) {
         data.extend(extra.iter().cloned());
     }
-    let total_pages = s.records.len().div_ceil(size);
+    let total_pages = s
+        .stated_total_pages
+        .unwrap_or(s.records.len().div_ceil(size));
+    let total = s.stated_total.unwrap_or(s.records.len());
     let body = axum::body::Bytes::from(render(
         &s,
-        &json!({ "data": data, "total_pages": total_pages }),
+        &json!({ "data": data, "total_pages": total_pages, "total": total }),
     ));
     if cacheable {
         s.page_cache.insert(key, body.clone());
@@ -358,9 +389,26 @@ async fn offset(State(state): Shared, Query(params): Params, uri: Uri) -> Respon
     let offset = param(&params, "offset", 0);
     // Like many APIs, a larger limit is quietly capped.
     let limit = param(&params, "limit", 50).clamp(1, 100);
-    let items = slice(&mut s, &uri, offset, limit);
+    let start = if offset > 0 {
+        offset.saturating_sub(s.offset_overlap)
+    } else {
+        0
+    };
+    let items = slice(&mut s, &uri, start, offset + limit - start);
     let total = s.records.len();
-    json_response(&s, json!({ "items": items, "total": total }))
+    let shown = items.len();
+    let mut response = json_response(&s, json!({ "items": items, "total": total }));
+    // `Content-Range: items 0-99/2500`, as PostgREST and others state it.
+    let range = if shown == 0 {
+        format!("items */{total}")
+    } else {
+        format!("items {start}-{}/{total}", start + shown - 1)
+    };
+    response.headers_mut().insert(
+        header::CONTENT_RANGE,
+        HeaderValue::from_str(&range).unwrap(),
+    );
+    response
 }
 
 async fn cursor(State(state): Shared, Query(params): Params, uri: Uri) -> Response {
@@ -391,11 +439,16 @@ async fn link(State(state): Shared, Query(params): Params, uri: Uri) -> Response
     if page < last {
         links.insert(0, format!("</link?page={}>; rel=\"next\"", page + 1));
     }
+    let total = s.records.len();
     let mut response = json_response(&s, Value::Array(data));
     response.headers_mut().insert(
         header::LINK,
         HeaderValue::from_str(&links.join(", ")).unwrap(),
     );
+    // json-server 0.17 states the total in a header.
+    response
+        .headers_mut()
+        .insert("x-total-count", HeaderValue::from(total));
     response
 }
 
