@@ -318,7 +318,7 @@ struct Prepared {
 impl Prepared {
     /// Appends the next page, unless it shares a key with this batch (then
     /// it is handed back, to be written after it).
-    fn append(&mut self, next: Prepared) -> Result<(), Prepared> {
+    fn append(&mut self, next: Prepared) -> Result<(), Box<Prepared>> {
         let Prepared {
             number,
             batch,
@@ -332,12 +332,12 @@ impl Prepared {
                 self.expected = expected;
                 Ok(())
             }
-            Err(batch) => Err(Prepared {
+            Err(batch) => Err(Box::new(Prepared {
                 number,
                 batch,
                 watermark,
                 expected,
-            }),
+            })),
         }
     }
 }
@@ -433,7 +433,7 @@ async fn read_pages(
     writer: tokio::sync::mpsc::Sender<Prepared>,
 ) -> Result<(), SyncError> {
     let mut pages = job.source.pages(&ctx.client, &ctx.redactor, since);
-    let mut stage = ReaderStage::Idle(ReaderState {
+    let mut stage = ReaderStage::Idle(Box::new(ReaderState {
         job: job.name.clone(),
         shape: Arc::clone(&job.shape),
         key_limit: ctx.store.key_limit(),
@@ -444,7 +444,7 @@ async fn read_pages(
         fetched: 0,
         rejected: 0,
         first_reject: None,
-    });
+    }));
     loop {
         // Waiting for a response (retries included) is abandoned on shutdown:
         // nothing of that page is written yet.
@@ -500,8 +500,8 @@ async fn read_pages(
 /// The reader between two fetches: idle, or reading a page on the blocking
 /// pool (which holds its state until it is done).
 enum ReaderStage {
-    Idle(ReaderState),
-    Reading(tokio::task::JoinHandle<(ReadStep, ReaderState)>),
+    Idle(Box<ReaderState>),
+    Reading(tokio::task::JoinHandle<(ReadStep, Box<ReaderState>)>),
 }
 
 /// One page, read.
@@ -663,7 +663,7 @@ async fn write_pages(
         {
             if let Err(next) = prepared.append(next) {
                 // It shares a key with these pages: it goes after them.
-                held_back = Some(next);
+                held_back = Some(*next);
                 break;
             }
         }
