@@ -357,3 +357,112 @@ async fn processes_share_one_sqlite_file_safely() {
         );
     }
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_run_with_too_many_rejects_says_why_and_apisync_rejects_lists_them(pool: PgPool) {
+    // Arrange: a key typo (`ID` for `id`), and a job whose API states a total.
+    let env = TestEnv::start(pool, products(30)).await;
+    let dir = scratch("rejects");
+    let config = job_config(&format!(
+        "records = \"/data\"\n[jobs.request]\nurl = \"{}\"\n[jobs.pagination]\nkind = \"page\"\n\
+         size = 10\ntotal_path = \"/total\"\n",
+        env.api.url("/page")
+    ))
+    .replace(
+        "postgres://unused@127.0.0.1/unused",
+        &database_url(&env.pool),
+    )
+    .replace("key = [\"id\"]", "key = [\"ID\"]");
+    std::fs::write(dir.join("apisync.toml"), &config).unwrap();
+
+    // Act
+    let sync = apisync(&dir, &["sync", "products"], &[]).await;
+    let again = apisync(&dir, &["sync", "products"], &[]).await;
+    let listed = apisync(&dir, &["rejects", "products", "--limit", "2"], &[]).await;
+    let as_json = apisync(&dir, &["rejects", "--json", "--run", "1"], &[]).await;
+    let runs = apisync(&dir, &["runs", "products", "--json"], &[]).await;
+    let nosuch = apisync(&dir, &["rejects", "nosuch"], &[]).await;
+
+    // Assert: exit 1, the reason and where to look on the summary line…
+    assert_eq!(sync.status.code(), Some(1), "{}", stderr(&sync));
+    let line = stdout(&sync);
+    assert!(
+        line.starts_with("products failed fetched=30 inserted=0") && line.contains("expected=30"),
+        "{line}"
+    );
+    assert!(
+        line.contains("first reject: key field `ID` is missing (all: apisync rejects products)"),
+        "{line}"
+    );
+    assert!(
+        line.contains("30 of 30 records were rejected, more than max_rejected = 10%"),
+        "{line}"
+    );
+    assert!(
+        stderr(&sync).contains("reason=\"rejects\""),
+        "the run's log line names the reason: {}",
+        stderr(&sync)
+    );
+    assert_eq!(again.status.code(), Some(1));
+    // …`apisync rejects` shows them, newest first, stored once…
+    assert_eq!(listed.status.code(), Some(0), "{}", stderr(&listed));
+    let text = stdout(&listed);
+    assert_eq!(
+        text.matches("key field `ID` is missing").count(),
+        2,
+        "{text}"
+    );
+    assert!(text.contains("products run 1 #30"), "{text}");
+    let rows: Vec<serde_json::Value> = stdout(&as_json)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 20, "the default limit");
+    assert_eq!(rows[0]["reason"], "key field `ID` is missing");
+    assert_eq!(rows[0]["run_id"], 1);
+    assert!(rows[0]["record"].as_str().unwrap().contains("\"id\":30"));
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM apisync.rejects")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 30, "the second run stored none again");
+    // …and `runs --json` has the stated total.
+    let last: serde_json::Value =
+        serde_json::from_str(stdout(&runs).lines().next().unwrap()).unwrap();
+    assert_eq!(last["expected"], 30);
+    assert_eq!(last["status"], "failed");
+    assert_eq!(nosuch.status.code(), Some(2));
+    assert!(stderr(&nosuch).contains("no job named nosuch; configured jobs: products"));
+}
+
+#[sqlx::test(migrations = false)]
+async fn check_connect_fails_on_a_pagination_pointer_that_finds_nothing(pool: PgPool) {
+    // Arrange: a cursor API, configured with a pointer it does not have.
+    let env = TestEnv::start(pool, products(300)).await;
+    let dir = scratch("check-pointer");
+    let config = job_config(&format!(
+        "records = \"/data\"\n[jobs.request]\nurl = \"{}\"\n[jobs.pagination]\nkind = \"cursor\"\n\
+         cursor_path = \"/meta/next\"\n",
+        env.api.url("/cursor")
+    ))
+    .replace(
+        "postgres://unused@127.0.0.1/unused",
+        &database_url(&env.pool),
+    );
+    std::fs::write(dir.join("apisync.toml"), &config).unwrap();
+
+    // Act
+    let check = apisync(&dir, &["check", "--connect"], &[]).await;
+
+    // Assert
+    assert_eq!(check.status.code(), Some(1), "{}", stdout(&check));
+    let text = stdout(&check);
+    assert!(
+        text.contains("job products: page 1 (http://127.0.0.1:")
+            && text.contains(
+                "cursor_path `/meta/next` finds nothing on a first page that holds records; the \
+             response has the top-level keys \"data\", \"next_cursor\""
+            ),
+        "{text}"
+    );
+}
