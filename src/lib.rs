@@ -4,7 +4,7 @@
 //!
 //! # Layout
 //!
-//! - `cli`: the command line (`run`, `sync`, `check`, `migrate`, `runs`) and exit codes.
+//! - `cli`: the command line (`run`, `sync`, `check`, `migrate`, `runs`, `rejects`, `demo`) and exit codes.
 //! - `demo`: `apisync demo`, a sample API synced into SQLite, explained run by run.
 //! - `app`: the daemon: endpoints, migrations, one scheduled task per job, drain on shutdown.
 //! - `scheduler`: the per-job loop (no overlap, skipped ticks counted); `schedule`: cron + zone.
