@@ -183,7 +183,7 @@ impl<'a> TextCanonical<'a> {
             return None;
         }
         let base = self.members.len();
-        for member in raw_json::members(text)? {
+        for member in raw_json::members_within(text, raw_json::MAX_DEPTH - depth)? {
             self.members.push(member?);
         }
         self.write_members(base, exclude, depth)
@@ -243,7 +243,9 @@ impl<'a> TextCanonical<'a> {
         }
         self.bytes.push(b'[');
         let mut first = true;
-        for (index, item) in raw_json::elements(text)?.enumerate() {
+        for (index, item) in
+            raw_json::elements_within(text, raw_json::MAX_DEPTH - depth)?.enumerate()
+        {
             let item = item?;
             let sub = exclude.and_then(|tree| tree.child(&index.to_string()));
             if left_out(item, sub)? {
