@@ -12,7 +12,7 @@ use serde_json::Value;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::json_pointer;
-use crate::raw_json;
+use crate::raw_json::{self, Flaw, Invalid};
 use crate::store::ident::Ident;
 use canonical::ExcludeTree;
 
@@ -84,6 +84,30 @@ pub struct Record {
     pub text: String,
 }
 
+/// Why serde_json cannot read a record on its own, for the reject: what
+/// [`raw_json::check_strict`] finds, in words, or serde_json's error.
+fn unreadable(text: &[u8], error: &serde_json::Error) -> String {
+    let Err(Invalid { offset, flaw }) = raw_json::check_strict(text) else {
+        return format!("the record is not valid JSON: {error}");
+    };
+    match flaw {
+        Flaw::InvalidUtf8 { byte } => {
+            format!("the record is not valid UTF-8 (byte 0x{byte:02x} at offset {offset})")
+        }
+        Flaw::LoneSurrogate { escape } => format!(
+            "the record holds a lone UTF-16 surrogate escape `{}` at offset {offset} (half of \
+             a pair, no character on its own)",
+            String::from_utf8_lossy(&escape)
+        ),
+        Flaw::TooDeep => format!(
+            "the record nests deeper than {} levels (level {} opens at offset {offset})",
+            raw_json::MAX_DEPTH,
+            raw_json::MAX_DEPTH + 1
+        ),
+        Flaw::Syntax => format!("the record is not valid JSON: {error}"),
+    }
+}
+
 /// A value that cannot be stored as a record, with the reason.
 #[derive(Debug, Clone)]
 pub struct Rejected {
@@ -102,6 +126,12 @@ impl Rejected {
         Self::new(Self::value_of(text), reason, None)
     }
 
+    /// The record as its value, or, if serde_json cannot read it (not UTF-8,
+    /// a lone surrogate escape, too deep, not JSON), as a string of its text,
+    /// so it stays recognisable. Either way it is written out
+    /// (`json.to_string()`) as UTF-8 without a NUL byte, which PostgreSQL's
+    /// `text` needs: a byte that is not UTF-8 becomes U+FFFD, the rest is
+    /// kept, `\ud800` as written, NUL and control characters escaped.
     fn value_of(text: &[u8]) -> Value {
         serde_json::from_slice(text)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(text).into_owned()))
@@ -158,22 +188,38 @@ impl RecordShape {
         Rejected::new(Rejected::value_of(text), reason, Some(&self.exclude))
     }
 
-    /// Reads one record from its JSON text (one element of a checked
-    /// response): its key, its content hash and the text to store. `Err`
-    /// holds the reason it cannot be stored.
+    /// Reads one record from its JSON text (one element of a response whose
+    /// syntax was checked): its key, its content hash and the text to store.
+    /// `Err` holds the reason it cannot be stored.
     ///
     /// Most records are read straight from the text; the few the text
     /// reader declines (see [`canonical::of_members`]), and every record with a
     /// problem, go through a `serde_json::Value`, which gives the reason.
+    ///
+    /// The text need not be UTF-8, free of lone surrogate escapes or nested
+    /// within serde_json's limit: a body with such a record was checked for
+    /// its syntax alone (see `ResponseBody::parse`), and the text reader
+    /// checks the rest of what a `Value` would refuse as it goes (see
+    /// `read_text_directly`), so such a record is refused with the reason
+    /// and its neighbours are read as usual.
     pub fn read_text(&self, text: &[u8]) -> Result<Record, String> {
         if let Some(record) = self.read_text_directly(text) {
             return Ok(record);
         }
-        let value: Value = serde_json::from_slice(text)
-            .map_err(|e| format!("the record is not valid JSON: {e}"))?;
+        let value: Value = serde_json::from_slice(text).map_err(|e| unreadable(text, &e))?;
         self.read(&value)
     }
 
+    /// The text reader: `None` for whatever it leaves to the `Value`.
+    ///
+    /// **Invariant:** it accepts nothing a `Value` refuses, given text whose
+    /// syntax is checked (all it takes on trust). It checks the rest itself,
+    /// since a record of a body that went the tolerant way was not checked
+    /// for them: every escape is undone by serde_json (a lone surrogate
+    /// fails there), the nesting is counted against [`raw_json::MAX_DEPTH`],
+    /// and the text it stores and the key it reads are checked as UTF-8 (not
+    /// taken unchecked: that is where a stray byte is refused). A
+    /// randomized test feeds it records holding each of these.
     fn read_text_directly(&self, text: &[u8]) -> Option<Record> {
         // The record's members are read once, for the key and the hash.
         let text = raw_json::trim(text);
@@ -191,6 +237,9 @@ impl RecordShape {
             key_fingerprint: key_fingerprint(&key),
             content_hash,
             key,
+            // Checked, not `from_utf8_unchecked`: every string of the record
+            // is in `stored`, and this is where a byte that is not UTF-8 sends
+            // the record to the `Value`, which refuses it.
             text: String::from_utf8(stored).ok()?,
         })
     }
@@ -483,9 +532,14 @@ mod tests {
     struct RandomJson {
         rng: fastrand::Rng,
         text: String,
+        /// Now and then a [`RandomJson::FLAW`] in a string or key, and
+        /// nesting around serde_json's limit.
+        flaws: bool,
     }
 
     impl RandomJson {
+        /// Stands for a flaw, put in by [`spoil`] once the text is written.
+        const FLAW: &str = "\u{e000}";
         const KEYS: [&str; 9] = ["id", "name", "a", "B", "é", "meta", "items", "x y", "_"];
         const CHARS: [&str; 12] = [
             "a", "Z", " ", "\"", "\\", "/", "\n", "\u{1}", "é", "😀", "\u{7f}", "\u{0}",
@@ -534,6 +588,9 @@ mod tests {
         fn random_string(&mut self) {
             let content: String = (0..self.rng.usize(0..6))
                 .map(|_| {
+                    if self.flaws && self.rng.u8(0..10) == 0 {
+                        return Self::FLAW;
+                    }
                     // NUL is rare, so most records are storable.
                     let pick = self.rng.usize(0..Self::CHARS.len() * 8);
                     Self::CHARS.get(pick).copied().unwrap_or("k")
@@ -575,7 +632,11 @@ mod tests {
                 }
                 self.space();
                 // Now and then a key twice: the last one counts.
-                let key = Self::KEYS[self.rng.usize(0..Self::KEYS.len())];
+                let key = if self.flaws && self.rng.u8(0..12) == 0 {
+                    Self::FLAW
+                } else {
+                    Self::KEYS[self.rng.usize(0..Self::KEYS.len())]
+                };
                 self.string(key);
                 self.space();
                 self.text.push(':');
@@ -594,8 +655,22 @@ mod tests {
                 self.object(0);
             } else {
                 let id = self.rng.u32(1..1000);
-                self.text
-                    .push_str(&format!("{{\"id\": {id}, \"meta\": {{\"a\": \"r{id}\"}},"));
+                let flaw = if self.flaws && self.rng.u8(0..8) == 0 {
+                    Self::FLAW
+                } else {
+                    ""
+                };
+                self.text.push_str(&format!(
+                    "{{\"id\": {id}, \"meta\": {{\"a\": \"r{id}{flaw}\"}},"
+                ));
+                if self.flaws && self.rng.u8(0..8) == 0 {
+                    // The record is one level: 121 to 131 in all.
+                    let levels = self.rng.usize(120..=130);
+                    self.text.push_str("\"deep\": ");
+                    self.text.push_str(&"[".repeat(levels));
+                    self.text.push_str(&"]".repeat(levels));
+                    self.text.push(',');
+                }
                 self.string("rest");
                 self.text.push(':');
                 self.object(1);
@@ -620,6 +695,7 @@ mod tests {
         let mut random = RandomJson {
             rng: fastrand::Rng::with_seed(7),
             text: String::new(),
+            flaws: false,
         };
         let (mut direct, mut total) = (0, 0);
         for _ in 0..20_000 {
@@ -661,5 +737,85 @@ mod tests {
         ] {
             assert!(s.read_text_directly(declined).is_none(), "{declined:?}");
         }
+    }
+
+    /// `text` with each [`RandomJson::FLAW`] replaced by something a body
+    /// checked only for its syntax may hold in a string: mostly what
+    /// serde_json refuses, sometimes what only looks like it.
+    fn spoil(text: &str, rng: &mut fastrand::Rng) -> Vec<u8> {
+        const FLAWS: [&[u8]; 11] = [
+            b"\xff",
+            b"\xc3",
+            b"a\xc3(",
+            b"\xed\xa0\x80",
+            b"\xc0\x80",
+            br"\ud800",
+            br"\uDFFF",
+            br"\ud800\u0041",
+            br"\\ud800",
+            br"\ud83d\ude00",
+            "😀".as_bytes(),
+        ];
+        let mut out = Vec::with_capacity(text.len());
+        for (i, piece) in text.split(RandomJson::FLAW).enumerate() {
+            if i > 0 {
+                out.extend_from_slice(FLAWS[rng.usize(0..FLAWS.len())]);
+            }
+            out.extend_from_slice(piece.as_bytes());
+        }
+        out
+    }
+
+    #[test]
+    fn the_text_reader_accepts_nothing_a_value_refuses() {
+        // Records as a body that went the tolerant way holds them: the syntax
+        // checked, nothing else.
+        let shapes = [
+            shape(&["id"], &[]),
+            shape(&["id", "/meta/a"], &["/meta/B", "/items/1", "/é", "/deep"]),
+        ];
+        let mut random = RandomJson {
+            rng: fastrand::Rng::with_seed(11),
+            text: String::new(),
+            flaws: true,
+        };
+        let mut rng = fastrand::Rng::with_seed(12);
+        let (mut refused, mut read) = (0, 0);
+        for _ in 0..10_000 {
+            let text = spoil(&random.record(), &mut rng);
+            let shown = String::from_utf8_lossy(&text);
+            assert_eq!(raw_json::check_syntax(&text), Ok(()), "{shown}");
+            let value = serde_json::from_slice::<Value>(&text);
+            for s in &shapes {
+                let outcome_of_text = outcome(s.read_text(&text));
+                let Ok(value) = &value else {
+                    refused += 1;
+                    let reason = outcome_of_text.expect_err(&shown);
+                    assert!(
+                        [
+                            "the record is not valid UTF-8 (byte 0x",
+                            "the record holds a lone UTF-16 surrogate escape `\\",
+                            "the record nests deeper than 127 levels (level 128 opens at offset ",
+                        ]
+                        .iter()
+                        .any(|start| reason.starts_with(start)),
+                        "{reason}: {shown}"
+                    );
+                    // Kept as a string of its text, which PostgreSQL's `text` takes.
+                    let kept = s.reject(&text, reason).json.to_string();
+                    assert!(!kept.contains('\0'), "{kept}");
+                    let kept: Value = serde_json::from_str(&kept).unwrap();
+                    assert_eq!(kept, Value::String(shown.clone().into_owned()));
+                    continue;
+                };
+                read += usize::from(outcome_of_text.is_ok());
+                assert_eq!(outcome_of_text, outcome(s.read(value)), "record {shown}");
+            }
+        }
+        // Both verdicts are common: the test is not all refusals.
+        assert!(
+            refused > 2_000 && read > 2_000,
+            "{refused} refused, {read} read"
+        );
     }
 }
