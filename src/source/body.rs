@@ -2,9 +2,16 @@
 //! as text for the record reader, and the rest (the envelope), parsed for
 //! pagination. Parsing every record into a `serde_json::Value` only to read
 //! its key and hash cost more than anything else in a re-sync.
+//!
+//! One record serde_json cannot read (a byte that is not UTF-8, a lone
+//! surrogate escape, nesting beyond its limit) does not fail the page: such
+//! a body is split all the same when its syntax holds, and the record is
+//! refused on its own by the record reader, with the reason. Only a body
+//! whose records cannot be told apart, or whose envelope is at fault, fails.
 
 use std::ops::Range;
 
+use serde::de::IgnoredAny;
 use serde_json::Value;
 
 use crate::raw_json;
@@ -63,14 +70,31 @@ impl ResponseBody {
     /// Checks `body` as JSON and finds the array at `records_pointer` (as
     /// segments) in it.
     ///
+    /// A body serde_json refuses only for what its strings hold or how deep
+    /// it nests (the tolerant way) still splits: its syntax is checked whole
+    /// ([`raw_json::check_syntax`]), which is all the split relies on, and the
+    /// envelope is parsed strictly as always. Its records are left to
+    /// `RecordShape::read_text`, which checks what the body check did not
+    /// and refuses the one at fault. A clean body pays nothing for this: the
+    /// syntax check runs only after [`raw_json::check_document`] failed.
+    ///
     /// # Errors
-    /// serde_json's error for a body that is not JSON, with the body back
-    /// (for the error excerpt).
+    /// serde_json's error for a body that is not JSON (a syntax error, cut
+    /// short) or whose envelope (the body but its records) serde_json
+    /// cannot read, with the body back (for the error excerpt).
     pub fn parse(
         body: Vec<u8>,
         records_pointer: &[String],
     ) -> Result<Self, (serde_json::Error, Vec<u8>)> {
-        if let Err(e) = raw_json::check_document(&body) {
+        if let Err(e) = raw_json::check_document(&body)
+            && raw_json::check_syntax(&body).is_err()
+        {
+            // `e` is about the first problem, which may be a record's: the
+            // syntax error, which is what fails the page, is serde_json's
+            // word without a tree (it agrees with `check_syntax`, tested).
+            let e = serde_json::from_slice::<IgnoredAny>(&body)
+                .err()
+                .unwrap_or(e);
             return Err((e, body));
         }
         let array = raw_json::pointer(&body, records_pointer)
@@ -85,8 +109,9 @@ impl ResponseBody {
                 Err(e) => Err((e, body)),
             };
         };
-        // The body was checked, so the array splits; were it ever not to,
-        // its records come from a full parse rather than being cut short.
+        // The body's syntax was checked, so the array splits; were it ever
+        // not to, its records come from a full parse rather than being cut
+        // short (which fails the page if the body went the tolerant way).
         let spans: Option<Vec<Range<usize>>> =
             raw_json::elements(&body[array.clone()]).and_then(|elements| {
                 elements
@@ -206,5 +231,145 @@ mod tests {
         let records = RawRecords::from_values(&[json!({"id": 1}), json!("x")]);
         assert_eq!(texts(&records), [r#"{"id":1}"#, r#""x""#]);
         assert_eq!(records.len(), 2);
+    }
+
+    /// Each record's key, or why it is refused.
+    fn outcomes(records: &RawRecords) -> Vec<Result<String, String>> {
+        let shape = crate::record::RecordShape::new(&["id".to_owned()], &[]).unwrap();
+        records
+            .iter()
+            .map(|text| shape.read_text(text).map(|record| record.key.join(",")))
+            .collect()
+    }
+
+    fn parse_bytes(body: &[u8], pointer: &str) -> Result<ResponseBody, String> {
+        let segments = crate::json_pointer::segments(pointer);
+        ResponseBody::parse(body.to_vec(), &segments).map_err(|(e, _)| e.to_string())
+    }
+
+    #[test]
+    fn a_record_serde_json_cannot_read_is_refused_and_its_neighbours_are_read() {
+        // Arrange: a lone surrogate (JavaScript's cut), a byte that is not
+        // UTF-8, nesting beyond serde_json's limit, and a pair that is fine.
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let records: [&[u8]; 6] = [
+            br#"{"id": 1, "name": "caf\u00e9"}"#,
+            br#"{"id": 2, "name": "cut \ud800"}"#,
+            br#"{"id": 3, "tags": ["a", "b"]}"#,
+            b"{\"id\": 4, \"name\": \"a\xffb\"}",
+            &[br#"{"id": 5, "deep": "#, deep.as_bytes(), b"}"].concat(),
+            br#"{"id": 6, "emoji": "\ud83d\ude00"}"#,
+        ];
+        let body = [
+            &br#"{"meta": {"next": "c2"}, "data": [ "#[..],
+            &records.join(&b", "[..]),
+            br#" ], "total": 6}"#,
+        ]
+        .concat();
+
+        // Act
+        let parsed = parse_bytes(&body, "/data").expect("the page is read");
+
+        // Assert
+        assert_eq!(
+            parsed.envelope,
+            json!({"meta": {"next": "c2"}, "data": [], "total": 6})
+        );
+        let split = parsed.records.unwrap();
+        assert_eq!(split.iter().collect::<Vec<_>>(), records);
+        assert_eq!(
+            outcomes(&split),
+            [
+                Ok("1".to_owned()),
+                Err(
+                    "the record holds a lone UTF-16 surrogate escape `\\ud800` at offset 23 \
+                     (half of a pair, no character on its own)"
+                        .to_owned()
+                ),
+                Ok("3".to_owned()),
+                Err("the record is not valid UTF-8 (byte 0xff at offset 20)".to_owned()),
+                Err(
+                    "the record nests deeper than 127 levels (level 128 opens at offset 144)"
+                        .to_owned()
+                ),
+                Ok("6".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_record_nested_a_million_deep_is_refused_without_recursion() {
+        let levels = 1_000_000;
+        let body = format!(
+            r#"[{{"id": 1}}, {{"id": 2, "deep": {}{}}}, {{"id": 3}}]"#,
+            "[".repeat(levels),
+            "]".repeat(levels)
+        );
+        let parsed = parse_bytes(body.as_bytes(), "").expect("the page is read");
+        let reasons = outcomes(&parsed.records.unwrap());
+        assert_eq!(reasons[0], Ok("1".to_owned()));
+        assert_eq!(
+            reasons[1],
+            Err(
+                "the record nests deeper than 127 levels (level 128 opens at offset 144)"
+                    .to_owned()
+            )
+        );
+        assert_eq!(reasons[2], Ok("3".to_owned()));
+    }
+
+    #[test]
+    fn records_are_judged_on_their_own_depth() {
+        // Arrange: 127 levels in the record, 129 in the body.
+        let record = format!(
+            r#"{{"id": 1, "deep": {}{}}}"#,
+            "[".repeat(126),
+            "]".repeat(126)
+        );
+        let body = format!(r#"{{"data": [{record}]}}"#);
+        assert!(raw_json::check_document(body.as_bytes()).is_err());
+
+        // Act
+        let parsed = parse_bytes(body.as_bytes(), "/data").expect("the page is read");
+
+        // Assert
+        let records = parsed.records.unwrap();
+        assert_eq!(outcomes(&records), [Ok("1".to_owned())]);
+    }
+
+    #[test]
+    fn a_body_whose_records_cannot_be_told_apart_or_whose_envelope_is_bad_still_fails() {
+        let cases: [(&[u8], &str); 5] = [
+            // After a bad record, the error is the one that fails the page.
+            (
+                b"{\"data\": [{\"id\": \"\xff\"} {\"id\": 2}]}",
+                "expected `,` or `]` at line 1 column 23",
+            ),
+            (
+                br#"{"data": [{"id": 1}, {"id": "\ud800"}, {"id": 3"#,
+                "EOF while parsing an object",
+            ),
+            (
+                br#"{"data": [{"id": "\ud800"}], "#,
+                "EOF while parsing an object",
+            ),
+            (
+                br#"{"data": [{"id": 1}], "next": "\ud800"}"#,
+                "unexpected end of hex escape",
+            ),
+            // No records array: the whole body is the envelope.
+            (
+                br#"{"data": {"id": "\ud800"}}"#,
+                "unexpected end of hex escape",
+            ),
+        ];
+        for (body, message) in cases {
+            let shown = String::from_utf8_lossy(body);
+            let error = parse_bytes(body, "/data").err();
+            assert!(
+                error.as_ref().is_some_and(|e| e.contains(message)),
+                "{shown}: {error:?}"
+            );
+        }
     }
 }
