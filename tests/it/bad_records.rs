@@ -1,7 +1,7 @@
 //! A page with records serde_json cannot read on their own (a lone surrogate
 //! escape, a byte that is not UTF-8, nesting beyond its limit), served as raw
 //! bytes: those records are rejected with the reason, the rest of the page is
-//! stored, and a second run writes nothing, on both stores.
+//! stored, and a second run writes nothing (no row, no reject), on both stores.
 
 use axum::Router;
 use axum::http::header;
@@ -128,6 +128,7 @@ store_tests! {
             (47, 3)
         );
         assert_eq!(env.writes().await, 0, "no row was written again");
+        assert_eq!(env.rejects().await, rejects, "the rejects are stored once");
         assert_eq!(env.rows("products").await, expected_rows(&good));
     }
 }
