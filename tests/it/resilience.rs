@@ -24,6 +24,11 @@ fn paged_job(size: usize, extra: &str) -> String {
     )
 }
 
+/// One page, all the records: a bad record in it is read once (with page
+/// pagination, a fault that answers every page with the same rejected record
+/// would be read until `max_pages`).
+const ONE_PAGE_JOB: &str = "records = \"/data\"\n[jobs.request]\nurl = \"{api}/none\"\n";
+
 /// Runs a good sync, then one against `fault`; checks the failure names
 /// `expected` and the committed rows are untouched.
 async fn assert_bad_input_fails_cleanly(
@@ -283,12 +288,15 @@ store_tests! {
         .await;
     }
 
-    async fn non_utf8_bytes_fail_the_run_cleanly(backend: Backend) {
+    async fn a_record_with_non_utf8_bytes_is_rejected_and_alone_fails_the_run(backend: Backend) {
+        // The page's one record is rejected (its neighbours would be stored:
+        // see `bad_records`), more than `max_rejected` allows.
         assert_bad_input_fails_cleanly(
             backend,
             Fault::NonUtf8,
-            &paged_job(25, ""),
-            "the response body is not valid JSON",
+            ONE_PAGE_JOB,
+            "1 of 1 records were rejected, more than max_rejected = 10% allows (the first: \
+             the record is not valid UTF-8 (byte 0xff at offset 8))",
         )
         .await;
     }
@@ -303,12 +311,15 @@ store_tests! {
         .await;
     }
 
-    async fn json_nested_thousands_deep_fails_the_run_cleanly(backend: Backend) {
+    async fn a_record_nested_thousands_deep_is_rejected_and_alone_fails_the_run(
+        backend: Backend
+    ) {
         assert_bad_input_fails_cleanly(
             backend,
             Fault::Deep,
-            &paged_job(25, ""),
-            "recursion limit exceeded",
+            ONE_PAGE_JOB,
+            "1 of 1 records were rejected, more than max_rejected = 10% allows (the first: \
+             the record nests deeper than 127 levels (level 128 opens at offset 141))",
         )
         .await;
     }
