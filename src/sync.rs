@@ -722,8 +722,9 @@ async fn write_pages(
 /// counted as a duplicate. An incremental job's `tracker` sees the records
 /// kept, as before the values are dropped here.
 ///
-/// Also returns a fingerprint of the page's keys in order (`None` when it has
-/// none), to notice an API that serves the same page again and again.
+/// Also returns a fingerprint of the page's keys and rejects in order (`None`
+/// when it has neither), to notice an API that serves the same page again
+/// and again.
 fn build_batch(
     shape: &RecordShape,
     key_limit: Option<&KeyLimit>,
@@ -739,6 +740,8 @@ fn build_batch(
     // The incremental field of each kept row: a copy replaced later in the
     // page must not move the watermark.
     let mut marks: Vec<Option<serde_json::Value>> = Vec::new();
+    // Rejects count too: a page of nothing but rejects served again and
+    // again must not be read until `max_pages`.
     let mut keys = Xxh3::new();
     let mut any_key = false;
     for text in page.records.iter() {
@@ -751,7 +754,10 @@ fn build_batch(
         let record = match checked {
             Ok(record) => record,
             Err(reason) => {
-                batch.rejects.push(shape.reject(text, reason));
+                let reject = shape.reject(text, reason);
+                keys.update(&reject.content_hash);
+                any_key = true;
+                batch.rejects.push(reject);
                 continue;
             }
         };

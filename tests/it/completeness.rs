@@ -517,4 +517,24 @@ store_tests! {
             assert_eq!(rows.len(), 60, "SQLite has no such limit");
         }
     }
+
+    /// A page of nothing but rejects served again and again was read until
+    /// `max_pages`: the repeated-page guard saw no key to compare.
+    async fn a_repeated_page_of_rejects_is_caught_as_a_repeat(backend: Backend) {
+        let env = TestEnv::start_on(backend, products(30)).await;
+        let job = env.job_keyed(
+            r#"["ID"]"#,
+            "records = \"/data\"\n[jobs.request]\nurl = \"{api}/same\"\n\
+             [jobs.pagination]\nkind = \"page\"\n",
+        );
+
+        let report = env.run(&job).await;
+
+        let error = report.error.expect("the run fails");
+        assert!(
+            error.contains("page 2 holds exactly the records of page 1"),
+            "{error}"
+        );
+        assert_eq!(report.counts.pages, 1);
+    }
 }
