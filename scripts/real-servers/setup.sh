@@ -18,7 +18,7 @@
 #
 #   eval "$(scripts/real-servers/setup.sh)"   # exports APISYNC_REAL_SERVERS
 #
-# APISYNC_REAL_SERVERS names a directory of fixed names (python, json-server-0.17,
+# APISYNC_REAL_SERVERS names a directory of fixed names (venv, json-server-0.17,
 # json-server-1, drf.sqlite3, json-server.json) linking into the cache.
 #
 # Environment:
@@ -129,7 +129,10 @@ fi
 set_key="$(echo "$python_key $data_key ${json_server_bin[*]}" | digest)"
 servers="$cache/servers-$set_key"
 mkdir -p "$servers"
-ln -sfn "$venv/bin/python" "$servers/python"
+# A link to the venv, not to its bin/python: Python finds its venv from the
+# path it was started by, and a link elsewhere would hide pyvenv.cfg.
+rm -f "$servers/python"
+ln -sfn "$venv" "$servers/venv"
 ln -sfn "${json_server_bin[0.17.4]}" "$servers/json-server-0.17"
 ln -sfn "${json_server_bin[1.0.0-beta.3]}" "$servers/json-server-1"
 ln -sfn "$data/drf.sqlite3" "$servers/drf.sqlite3"
