@@ -121,6 +121,9 @@ async fn json_server(name: &'static str, bin: &str, extra: &[&str]) -> RealServe
     start(name, "/tickets", |port, dir| {
         let db = dir.join("db.json");
         std::fs::copy(installed.join("json-server.json"), &db).expect("copy db.json");
+        // In production mode (below) 1.x serves ./public and fails to start
+        // without one.
+        std::fs::create_dir_all(dir.join("public")).expect("public directory");
         let mut command = Command::new("node");
         command
             .arg(installed.join(bin))
