@@ -3,7 +3,8 @@
 # from, into a cache outside the clone, and builds their seed data:
 #
 #   - Django REST Framework (a Ticket model, 5,002 rows in a template SQLite
-#     file each test copies) and FastAPI + fastapi-pagination, in one venv;
+#     file each test copies), FastAPI + fastapi-pagination, and Datasette
+#     (serving a copy of that same file), in one venv;
 #   - json-server 0.17.4 and 1.0.0-beta.3, one node_modules each.
 #
 # Versions are pinned in requirements.txt and in each json-server-*/
@@ -65,7 +66,7 @@ else
   log "python: creating a venv in $venv ($("$python" --version 2>&1))"
   rm -rf "$venv"
   "$python" -m venv "$venv" || die "python -m venv $venv"
-  log "python: installing requirements.txt (Django, DRF, FastAPI, fastapi-pagination, uvicorn)"
+  log "python: installing requirements.txt (Django, DRF, FastAPI, fastapi-pagination, uvicorn, Datasette)"
   # --no-deps: requirements.txt pins the whole tree; pip check proves it does.
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
     -r "$here/requirements.txt" || die "pip install -r requirements.txt"

@@ -15,8 +15,6 @@ use crate::helpers::{Backend, TestEnv, store_tests};
 
 /// The tickets the template holds.
 const N: u64 = 5_002;
-/// Everything in one response (the endpoint without pagination).
-const ALL: &str = "/all/tickets/";
 
 /// Page-number pagination walked by its `next` links, which DRF sets to null
 /// on the last page: the shape today's code already reads.
@@ -30,7 +28,7 @@ next_path = "/next"
 "#;
 
 fn changes() -> Changes {
-    Changes {
+    Changes::Http {
         // Ticket 7 is "open", 2500 "low", 5002 assigned: each patch changes it
         // (and DRF moves updated_at too).
         patches: vec![
@@ -67,18 +65,18 @@ async fn run_once(backend: Backend, body: &str) -> (TestEnv, RealServer, RunRepo
 store_tests! {
     async fn archive_is_exact(backend: Backend) {
         let server = servers::drf().await;
-        let report = assert_archive_is_exact(backend, &server, PAGES_BY_NEXT_URL, ALL).await;
+        let report = assert_archive_is_exact(backend, &server, PAGES_BY_NEXT_URL).await;
         assert_eq!(report.counts.pages, 51, "50 pages of 100 and one of 2");
     }
 
     async fn resync_writes_nothing(backend: Backend) {
         let server = servers::drf().await;
-        assert_resync_writes_nothing(backend, &server, PAGES_BY_NEXT_URL, ALL).await;
+        assert_resync_writes_nothing(backend, &server, PAGES_BY_NEXT_URL).await;
     }
 
     async fn changes_are_applied_exactly(backend: Backend) {
         let server = servers::drf().await;
-        assert_changes_applied_exactly(backend, &server, PAGES_BY_NEXT_URL, ALL, changes()).await;
+        assert_changes_applied_exactly(backend, &server, PAGES_BY_NEXT_URL, changes()).await;
     }
 
     /// DRF answers 404 `{"detail": "Invalid page."}` for the page after the
@@ -104,7 +102,7 @@ store_tests! {
         // Assert
         assert_succeeded(&report);
         assert_eq!(report.counts.fetched, N);
-        assert_table_is_source(&env, &server, ALL).await;
+        assert_table_is_source(&env, &server).await;
     }
 
     /// Without `end_on_status` the 404 past the last page is an error like
@@ -130,7 +128,7 @@ store_tests! {
         // Assert
         assert_failed_with(&env, &report, "404").await;
         assert_eq!(report.counts.inserted, N, "the 51 pages before the 404 are kept");
-        assert_table_is_source(&env, &server, ALL).await;
+        assert_table_is_source(&env, &server).await;
     }
 
     /// `page_size=1000` is cut to max_page_size 500 without a word, so the
@@ -155,7 +153,7 @@ store_tests! {
         .await;
 
         // Assert
-        assert_complete_or_loud(&env, &server, &report, ALL).await;
+        assert_complete_or_loud(&env, &server, &report).await;
     }
 
     /// `limit=1000` is cut to max_limit 500 without a word (the `next` link
@@ -179,7 +177,7 @@ store_tests! {
         // Assert
         assert_succeeded(&report);
         assert_eq!(report.counts.fetched, N, "each ticket once, none skipped");
-        assert_table_is_source(&env, &server, ALL).await;
+        assert_table_is_source(&env, &server).await;
     }
 
     /// The same cap with no total configured: a 500-record answer to
@@ -202,7 +200,7 @@ store_tests! {
         .await;
 
         // Assert
-        assert_complete_or_loud(&env, &server, &report, ALL).await;
+        assert_complete_or_loud(&env, &server, &report).await;
     }
 
     /// CursorPagination: `next` carries an opaque `?cursor=`, null at the end.
@@ -218,9 +216,7 @@ store_tests! {
     [jobs.pagination]
     kind = "next_url"
     next_path = "/next"
-    "#,
-            ALL,
-        )
+    "#)
         .await;
         assert_eq!(report.counts.pages, 51);
     }

@@ -12,9 +12,6 @@ use super::{
 };
 use crate::helpers::store_tests;
 
-/// Everything in one response.
-const ALL: &str = "/all/orders";
-
 /// Pages of 100 up to the page count the body states.
 const PAGES_WITH_COUNT: &str = r#"
 records = "/items"
@@ -28,7 +25,7 @@ total_pages_path = "/pages"
 "#;
 
 fn changes() -> Changes {
-    Changes {
+    Changes::Http {
         // Order 7 is "open"; 600 and 1234 get values they do not hold.
         patches: vec![
             ("/orders/7".to_owned(), json!({"status": "solved"})),
@@ -52,18 +49,18 @@ fn changes() -> Changes {
 store_tests! {
     async fn archive_is_exact(backend: Backend) {
         let server = servers::fastapi().await;
-        let report = assert_archive_is_exact(backend, &server, PAGES_WITH_COUNT, ALL).await;
+        let report = assert_archive_is_exact(backend, &server, PAGES_WITH_COUNT).await;
         assert_eq!(report.counts.pages, 13, "12 pages of 100 and one of 34");
     }
 
     async fn resync_writes_nothing(backend: Backend) {
         let server = servers::fastapi().await;
-        assert_resync_writes_nothing(backend, &server, PAGES_WITH_COUNT, ALL).await;
+        assert_resync_writes_nothing(backend, &server, PAGES_WITH_COUNT).await;
     }
 
     async fn changes_are_applied_exactly(backend: Backend) {
         let server = servers::fastapi().await;
-        assert_changes_applied_exactly(backend, &server, PAGES_WITH_COUNT, ALL, changes()).await;
+        assert_changes_applied_exactly(backend, &server, PAGES_WITH_COUNT, changes()).await;
     }
 
     /// The record count from `total`.
@@ -81,9 +78,7 @@ store_tests! {
     size_param = "size"
     size = 100
     total_path = "/total"
-    "#,
-            ALL,
-        )
+    "#)
         .await;
     }
 
@@ -101,9 +96,7 @@ store_tests! {
     kind = "page"
     size_param = "size"
     size = 100
-    "#,
-            ALL,
-        )
+    "#)
         .await;
         assert_eq!(report.counts.pages, 14, "13 pages, then the empty one");
     }
@@ -121,9 +114,7 @@ store_tests! {
     kind = "offset"
     limit = 100
     total_path = "/total"
-    "#,
-            ALL,
-        )
+    "#)
         .await;
     }
 

@@ -11,9 +11,6 @@ use super::{
 };
 use crate::helpers::store_tests;
 
-/// The whole collection: without `_page` or `_limit` json-server pages nothing.
-const ALL: &str = "/tickets";
-
 /// The `Link` header, from a first request that asks for pages of 50 (without
 /// `_page` json-server sends no Link at all).
 const LINK_HEADER: &str = r#"
@@ -26,7 +23,7 @@ kind = "link_header"
 "#;
 
 fn changes() -> Changes {
-    Changes {
+    Changes::Http {
         // Ticket 7 is "open"; 100 and 320 get values they do not hold.
         patches: vec![
             ("/tickets/7".to_owned(), json!({"status": "solved"})),
@@ -56,18 +53,18 @@ fn changes() -> Changes {
 store_tests! {
     async fn archive_is_exact(backend: Backend) {
         let server = servers::json_server_0_17().await;
-        let report = assert_archive_is_exact(backend, &server, LINK_HEADER, ALL).await;
+        let report = assert_archive_is_exact(backend, &server, LINK_HEADER).await;
         assert_eq!(report.counts.pages, 7, "6 pages of 50 and one of 20; no rel=next on the last");
     }
 
     async fn resync_writes_nothing(backend: Backend) {
         let server = servers::json_server_0_17().await;
-        assert_resync_writes_nothing(backend, &server, LINK_HEADER, ALL).await;
+        assert_resync_writes_nothing(backend, &server, LINK_HEADER).await;
     }
 
     async fn changes_are_applied_exactly(backend: Backend) {
         let server = servers::json_server_0_17().await;
-        assert_changes_applied_exactly(backend, &server, LINK_HEADER, ALL, changes()).await;
+        assert_changes_applied_exactly(backend, &server, LINK_HEADER, changes()).await;
     }
 
     /// `page` with the record count from `X-Total-Count`.
@@ -86,9 +83,7 @@ store_tests! {
     size_param = "_limit"
     size = 50
     total_header = "X-Total-Count"
-    "#,
-            ALL,
-        )
+    "#)
         .await;
     }
 
@@ -110,9 +105,7 @@ store_tests! {
     size = 50
     total_header = "X-Total-Count"
     total_method = "HEAD"
-    "#,
-            ALL,
-        )
+    "#)
         .await;
     }
 
@@ -131,9 +124,7 @@ store_tests! {
     page_param = "_page"
     size_param = "_limit"
     size = 50
-    "#,
-            ALL,
-        )
+    "#)
         .await;
         assert_eq!(report.counts.pages, 8, "7 pages, then the empty one");
     }
@@ -154,9 +145,7 @@ store_tests! {
     limit_param = "_limit"
     limit = 50
     total_header = "X-Total-Count"
-    "#,
-            ALL,
-        )
+    "#)
         .await;
     }
 }

@@ -12,9 +12,6 @@ use super::{
 };
 use crate::helpers::store_tests;
 
-/// The whole collection, as a bare array.
-const ALL: &str = "/tickets";
-
 /// Pages of 50 up to the page count the body states: the shape today's code
 /// already stops on.
 const PAGES_WITH_COUNT: &str = r#"
@@ -30,7 +27,7 @@ total_pages_path = "/pages"
 "#;
 
 fn changes() -> Changes {
-    Changes {
+    Changes::Http {
         // Ticket 7 is "open"; 100 and 320 get values they do not hold.
         patches: vec![
             ("/tickets/7".to_owned(), json!({"status": "solved"})),
@@ -60,18 +57,18 @@ fn changes() -> Changes {
 store_tests! {
     async fn archive_is_exact(backend: Backend) {
         let server = servers::json_server_1().await;
-        let report = assert_archive_is_exact(backend, &server, PAGES_WITH_COUNT, ALL).await;
+        let report = assert_archive_is_exact(backend, &server, PAGES_WITH_COUNT).await;
         assert_eq!(report.counts.pages, 7, "6 pages of 50 and one of 20");
     }
 
     async fn resync_writes_nothing(backend: Backend) {
         let server = servers::json_server_1().await;
-        assert_resync_writes_nothing(backend, &server, PAGES_WITH_COUNT, ALL).await;
+        assert_resync_writes_nothing(backend, &server, PAGES_WITH_COUNT).await;
     }
 
     async fn changes_are_applied_exactly(backend: Backend) {
         let server = servers::json_server_1().await;
-        assert_changes_applied_exactly(backend, &server, PAGES_WITH_COUNT, ALL, changes()).await;
+        assert_changes_applied_exactly(backend, &server, PAGES_WITH_COUNT, changes()).await;
     }
 
     /// With no total configured, page 8 of 7 answers page 7 again. That is
@@ -93,9 +90,7 @@ store_tests! {
     page_param = "_page"
     size_param = "_per_page"
     size = 50
-    "#,
-            ALL,
-        )
+    "#)
         .await;
     }
 
@@ -115,9 +110,7 @@ store_tests! {
     size_param = "_per_page"
     size = 50
     total_path = "/items"
-    "#,
-            ALL,
-        )
+    "#)
         .await;
     }
 }

@@ -26,14 +26,31 @@ const START_ATTEMPTS: usize = 3;
 
 static SCRATCH_DIRS: AtomicUsize = AtomicUsize::new(0);
 
+/// The name of the SQLite copy in a server's scratch directory.
+const DATA_FILE: &str = "tickets.sqlite3";
+
+/// How a test asks a server for its whole collection without apisync: what
+/// the table must equal.
+#[derive(Clone, Copy)]
+pub enum Everything {
+    /// One GET of this path answers every record as a bare array.
+    Array(&'static str),
+    /// Datasette caps every answer at 1,000 rows (a 400 above): this path
+    /// with `_size=1000`, its `next_url` links followed to the end.
+    DatasetteRows(&'static str),
+}
+
 /// A running server. Dropping it kills the process and removes its data.
 pub struct RealServer {
     /// `http://127.0.0.1:PORT`, no trailing slash.
     pub url: String,
+    pub everything: Everything,
     name: &'static str,
     child: Child,
     /// The data copy and `server.log`.
     dir: PathBuf,
+    /// The SQLite file the server reads, for the servers that have one.
+    data_file: Option<PathBuf>,
     http: reqwest::Client,
 }
 
@@ -72,8 +89,8 @@ fn sources() -> PathBuf {
 /// Django REST Framework's dev server over a copy of the 5,002-ticket template.
 pub async fn drf() -> RealServer {
     let installed = installed();
-    start("DRF", "/all/tickets/", |port, dir| {
-        let db = dir.join("drf.sqlite3");
+    start("DRF", Everything::Array("/all/tickets/"), |port, dir| {
+        let db = dir.join(DATA_FILE);
         std::fs::copy(installed.join("drf.sqlite3"), &db).expect("copy the DRF template");
         let mut command = Command::new(installed.join("venv/bin/python"));
         // --noreload: one process, no file watcher to outlive the kill.
@@ -94,13 +111,33 @@ pub async fn drf() -> RealServer {
 /// in the process, so each server has its own.
 pub async fn fastapi() -> RealServer {
     let installed = installed();
-    start("FastAPI", "/all/orders", |port, _dir| {
+    start("FastAPI", Everything::Array("/all/orders"), |port, _dir| {
         let mut command = Command::new(installed.join("venv/bin/python"));
         command
             .args(["-m", "uvicorn", "app:app", "--host", "127.0.0.1"])
             .args(["--port", &port.to_string(), "--log-level", "warning"])
             .current_dir(sources().join("fastapi"))
             .env("PYTHONDONTWRITEBYTECODE", "1");
+        command
+    })
+    .await
+}
+
+/// Datasette over a copy of the DRF template (database `tickets`, table
+/// `tickets_ticket`): read-only over HTTP, so tests change the file itself.
+pub async fn datasette() -> RealServer {
+    let installed = installed();
+    let everything = Everything::DatasetteRows("/tickets/tickets_ticket.json?_shape=objects");
+    start("Datasette", everything, |port, dir| {
+        // Datasette names the database after the file: /tickets/….
+        let db = dir.join(DATA_FILE);
+        std::fs::copy(installed.join("drf.sqlite3"), &db).expect("copy the DRF template");
+        let mut command = Command::new(installed.join("venv/bin/python"));
+        command
+            .args(["-m", "datasette", "serve", "--host", "127.0.0.1"])
+            .args(["--port", &port.to_string()])
+            .arg(db)
+            .current_dir(dir);
         command
     })
     .await
@@ -118,7 +155,7 @@ pub async fn json_server_1() -> RealServer {
 
 async fn json_server(name: &'static str, bin: &str, extra: &[&str]) -> RealServer {
     let installed = installed();
-    start(name, "/tickets", |port, dir| {
+    start(name, Everything::Array("/tickets"), |port, dir| {
         let db = dir.join("db.json");
         std::fs::copy(installed.join("json-server.json"), &db).expect("copy db.json");
         // In production mode (below) 1.x serves ./public and fails to start
@@ -142,12 +179,15 @@ async fn json_server(name: &'static str, bin: &str, extra: &[&str]) -> RealServe
 }
 
 /// Starts the process `command` builds for a port and a scratch directory and
-/// waits until `probe` answers 200.
+/// waits until the path `everything` names answers 200.
 async fn start(
     name: &'static str,
-    probe: &str,
+    everything: Everything,
     command: impl Fn(u16, &Path) -> Command,
 ) -> RealServer {
+    let probe = match everything {
+        Everything::Array(path) | Everything::DatasetteRows(path) => path,
+    };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -180,11 +220,14 @@ async fn start(
         let child = command
             .spawn()
             .unwrap_or_else(|e| panic!("{name} does not start: {e}"));
+        let data_file = Some(dir.join(DATA_FILE)).filter(|f| f.exists());
         let mut server = RealServer {
             url: format!("http://127.0.0.1:{port}"),
+            everything,
             name,
             child,
             dir,
+            data_file,
             http: http.clone(),
         };
         match server.wait_ready(probe).await {
@@ -236,6 +279,13 @@ impl RealServer {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The SQLite file this server reads (DRF, Datasette).
+    pub fn data_file(&self) -> &Path {
+        self.data_file
+            .as_deref()
+            .unwrap_or_else(|| panic!("{} keeps no SQLite file", self.name))
     }
 
     /// What the server printed, for failure messages.
