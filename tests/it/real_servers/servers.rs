@@ -67,7 +67,7 @@ impl Drop for RealServer {
 fn installed() -> PathBuf {
     let dir = std::env::var_os("APISYNC_REAL_SERVERS").map(PathBuf::from).unwrap_or_else(|| {
         panic!(
-            "APISYNC_REAL_SERVERS is not set, so the real API servers (DRF, FastAPI, json-server) \
+            "APISYNC_REAL_SERVERS is not set, so the real API servers (DRF, FastAPI, Datasette, json-server) \
              cannot be found. Install them and export it with \
              `eval \"$(scripts/real-servers/setup.sh)\"` (scripts/test.sh does both)"
         )
