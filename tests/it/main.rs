@@ -11,6 +11,7 @@ mod fake_api;
 mod helpers;
 mod pagination;
 mod process;
+mod real_servers;
 mod resilience;
 mod store;
 mod sync;

@@ -1,0 +1,8 @@
+"""WSGI entry point (runserver uses it through WSGI_APPLICATION's default)."""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "archive.settings")
+application = get_wsgi_application()

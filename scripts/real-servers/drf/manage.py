@@ -1,0 +1,11 @@
+#!/usr/bin/env python
+"""Django's command-line utility for the DRF test server (migrate, seed_tickets, runserver)."""
+
+import os
+import sys
+
+if __name__ == "__main__":
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "archive.settings")
+    from django.core.management import execute_from_command_line
+
+    execute_from_command_line(sys.argv)
