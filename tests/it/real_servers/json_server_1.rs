@@ -58,7 +58,10 @@ store_tests! {
     async fn archive_is_exact(backend: Backend) {
         let server = servers::json_server_1().await;
         let report = assert_archive_is_exact(backend, &server, PAGES_WITH_COUNT).await;
-        assert_eq!(report.counts.pages, 7, "6 pages of 50 and one of 20");
+        assert_eq!(
+            report.counts.pages, 8,
+            "6 pages of 50, one of 20, and page 8, which confirms the end by serving page 7 again"
+        );
     }
 
     async fn resync_writes_nothing(backend: Backend) {
