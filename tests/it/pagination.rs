@@ -315,7 +315,8 @@ store_tests! {
     [jobs.pagination]
     kind = "page"
     "#,
-            "records pointer `/total_pages` found a number, expected an array of records",
+            "records pointer `/total_pages` found a number, expected an array of records; the \
+             response has the top-level keys \"data\", \"total\", \"total_pages\"",
             0,
         )
         .await;
