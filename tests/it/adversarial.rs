@@ -494,6 +494,63 @@ store_tests! {
         assert_eq!(ids(&env).await, vec![1, 2, 3, 4, 5]);
         assert_eq!(report.error, None);
     }
+
+    /// A local time in a DST gap (Europe/Berlin skips 02:00–03:00 on
+    /// 2026-03-29) is read as no time at all: with `format` and `timezone`
+    /// set and a value that matches the format, the run fails "none of the 1
+    /// records read has a readable incremental field … set incremental.format
+    /// (and incremental.timezone)", and so does every later run while it is
+    /// the only record in the window.
+    async fn a_local_time_in_a_dst_gap_is_a_readable_incremental_field(backend: Backend) {
+        let env = TestEnv::start_on(backend, vec![]).await;
+        let url = serve(Arc::new(|_, _| {
+            ok(json!({"data": [{"id": 1, "updated_at": "2026-03-29 02:30:00"}]}))
+        }))
+        .await;
+        let job = env.job(&format!(
+            r#"
+    records = "/data"
+    [jobs.request]
+    url = "{url}"
+    [jobs.incremental]
+    field = "updated_at"
+    param = "since"
+    format = "%Y-%m-%d %H:%M:%S"
+    timezone = "Europe/Berlin"
+    "#
+        ));
+
+        let report = env.run(&job).await;
+
+        assert_eq!(report.error, None);
+    }
+
+    /// Secrets stay out of errors: a header value written in the file (not
+    /// through `${VAR}`) is not redacted, and the new "the response has the
+    /// top-level keys …" lists whatever the API echoes, here the token.
+    async fn a_header_value_echoed_by_the_api_stays_out_of_the_error(backend: Backend) {
+        let env = TestEnv::start_on(backend, vec![]).await;
+        let url = serve(Arc::new(|_, _| {
+            ok(json!({"data": [rec(1)], "next_cursor": "c2", "unknown token s3cr3tTOKENvalue": true}))
+        }))
+        .await;
+        let job = env.job(&format!(
+            r#"
+    records = "/data"
+    [jobs.request]
+    url = "{url}"
+    headers = {{ Authorization = "Bearer s3cr3tTOKENvalue" }}
+    [jobs.pagination]
+    kind = "cursor"
+    cursor_path = "/nxt"
+    "#
+        ));
+
+        let report = env.run(&job).await;
+
+        let error = report.error.expect("the pointer finds nothing: the run fails");
+        assert!(!error.contains("s3cr3tTOKENvalue"), "{error}");
+    }
 }
 
 /// A number PostgreSQL's `numeric` (hence `jsonb`) cannot hold — beyond
