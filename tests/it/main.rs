@@ -1,5 +1,6 @@
 //! The one integration test binary (one link step for all suites).
 
+mod adversarial;
 mod bad_records;
 mod binary;
 mod cli;
