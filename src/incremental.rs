@@ -27,7 +27,9 @@ use std::cmp::Ordering;
 use std::time::Duration;
 
 use chrono::format::{Item, StrftimeItems};
-use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{
+    DateTime, FixedOffset, NaiveDate, NaiveDateTime, Offset, SecondsFormat, TimeZone, Utc,
+};
 use chrono_tz::Tz;
 use serde_json::Value;
 
@@ -58,10 +60,17 @@ struct TimeFormat {
 impl TimeFormat {
     fn parse(&self, text: &str) -> Option<DateTime<FixedOffset>> {
         let zone = self.zone.unwrap_or(Tz::UTC);
+        // A time the clocks skipped (a DST gap) is still a time the API
+        // wrote: read it with the offset in force at that moment in UTC.
+        // Of a time that occurs twice, the earlier.
         let in_zone = |naive: NaiveDateTime| {
             zone.from_local_datetime(&naive)
                 .earliest()
                 .map(|t| t.fixed_offset())
+                .or_else(|| {
+                    let offset = zone.offset_from_utc_datetime(&naive).fix();
+                    offset.from_local_datetime(&naive).single()
+                })
         };
         match &self.pattern {
             Some(pattern) if self.pattern_has_offset => {

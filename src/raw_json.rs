@@ -633,6 +633,107 @@ pub fn push_number(out: &mut Vec<u8>, number: &[u8]) {
     out.extend_from_slice(exponent);
 }
 
+/// Whether PostgreSQL's `numeric`, which `jsonb` stores numbers as, holds
+/// the number (checked JSON text): at most 131,072 digits before the
+/// decimal point and 16,383 after, once the exponent is applied (found by
+/// trying PostgreSQL 15: `1e131071` and `1e-16383` fit, one more does not,
+/// and `0e-20000` does not either). A record with a number beyond that fails
+/// the whole page's write, on every run.
+pub fn fits_numeric(number: &[u8]) -> bool {
+    const MAX_BEFORE: i64 = 131_072;
+    const MAX_AFTER: i64 = 16_383;
+    let unsigned = number.strip_prefix(b"-").unwrap_or(number);
+    let (mantissa, exponent) = match unsigned.iter().position(|&b| b == b'e' || b == b'E') {
+        None => (unsigned, 0i64),
+        Some(e) => {
+            let digits = &unsigned[e + 1..];
+            let (negative, digits) = match digits.split_first() {
+                Some((b'-', rest)) => (true, rest),
+                Some((b'+', rest)) => (false, rest),
+                _ => (false, digits),
+            };
+            // Saturates: an exponent of 20 digits is far past either limit.
+            let magnitude = digits.iter().fold(0i64, |n, &d| {
+                n.saturating_mul(10).saturating_add(i64::from(d - b'0'))
+            });
+            (
+                &unsigned[..e],
+                if negative { -magnitude } else { magnitude },
+            )
+        }
+    };
+    let (int, frac) = match mantissa.iter().position(|&b| b == b'.') {
+        None => (mantissa, &b""[..]),
+        Some(dot) => (&mantissa[..dot], &mantissa[dot + 1..]),
+    };
+    let significant_int = int.iter().skip_while(|&&b| b == b'0').count() as i64;
+    let zero = significant_int == 0 && frac.iter().all(|&b| b == b'0');
+    let before = if zero {
+        0
+    } else {
+        significant_int.saturating_add(exponent)
+    };
+    let after = (frac.len() as i64).saturating_sub(exponent);
+    before <= MAX_BEFORE && after <= MAX_AFTER
+}
+
+/// `text` with every `\uD800`-`\uDFFF` escape written `\uFFFD`: for hashing
+/// or reading text serde_json refuses, never for storing it (a paired
+/// escape is replaced too: both halves).
+pub fn replace_surrogate_escapes(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = bytes.get(i..i + 6).filter(|e| {
+            e[0] == b'\\'
+                && e[1] == b'u'
+                && matches!(e[2], b'd' | b'D')
+                && matches!(e[3], b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F')
+                && e[4].is_ascii_hexdigit()
+                && e[5].is_ascii_hexdigit()
+        });
+        if escape.is_some() {
+            out.push_str("\\ufffd");
+            i += 6;
+        } else {
+            let c = text[i..].chars().next().unwrap_or('\u{fffd}');
+            out.push(c);
+            i += c.len_utf8();
+        }
+    }
+    out
+}
+
+/// `bytes` (syntax checked) with every array or object nested deeper than
+/// `max` written `null`: for reading an envelope serde_json refuses.
+pub fn truncate_depth(bytes: &[u8], max: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                let end = string_end(bytes, i).unwrap_or(bytes.len());
+                out.extend_from_slice(&bytes[i..end]);
+                i = end;
+                continue;
+            }
+            b'{' | b'[' if depth >= max => {
+                out.extend_from_slice(b"null");
+                i = container_end(bytes, i, usize::MAX).unwrap_or(bytes.len());
+                continue;
+            }
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
 /// The span of `inner` within `outer`, which it borrows from.
 pub fn span_in(outer: &[u8], inner: &[u8]) -> Range<usize> {
     let start = inner.as_ptr() as usize - outer.as_ptr() as usize;
@@ -642,6 +743,40 @@ pub fn span_in(outer: &[u8], inner: &[u8]) -> Range<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_that_postgresql_numeric_holds() {
+        let long_int = format!("1{}", "0".repeat(131_071));
+        let longer_int = format!("1{}", "0".repeat(131_072));
+        let long_frac = format!("0.{}1", "0".repeat(16_382));
+        let longer_frac = format!("0.{}1", "0".repeat(16_383));
+        let cases: [(&str, bool); 16] = [
+            ("12", true),
+            ("-0.5e-3", true),
+            ("1e131071", true),
+            ("1.5e131071", true),
+            ("15e131070", true),
+            ("1e131072", false),
+            ("1e-16383", true),
+            ("1e-16384", false),
+            ("0e2000", true),
+            ("0e-20000", false),
+            ("1E+999999", false),
+            ("1e99999999999999999999999", false),
+            (&long_int, true),
+            (&longer_int, false),
+            (&long_frac, true),
+            (&longer_frac, false),
+        ];
+        for (number, fits) in cases {
+            assert_eq!(
+                fits_numeric(number.as_bytes()),
+                fits,
+                "{}",
+                &number[..number.len().min(20)]
+            );
+        }
+    }
 
     fn segments(pointer: &str) -> Vec<String> {
         crate::json_pointer::segments(pointer)

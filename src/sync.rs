@@ -14,13 +14,16 @@ use xxhash_rust::xxh3::Xxh3;
 use crate::config::{JobSettings, Threshold};
 use crate::incremental::{Incremental, WatermarkTracker};
 use crate::metrics;
+use crate::record::ContentHash;
 use crate::record::RecordShape;
 use crate::redact::Redactor;
 use crate::run::{Counts, FailureReason, RunId, RunStatus};
 use crate::seen_keys::SeenKeys;
-use crate::source::{ApiClient, Page, SourceError, SourceErrorKind, SourceSpec};
+use crate::source::{
+    ApiClient, IfRepeated, Page, SourceError, SourceErrorKind, SourceSpec, Stated,
+};
 use crate::store::{
-    BatchRow, Ident, JobLock, KeyLimit, PageBatch, RunEnd, Store, StoreError, TableSpec,
+    BatchRow, Ident, JobLock, PageBatch, RunEnd, Store, StoreError, StoreLimits, TableSpec,
 };
 
 /// A job, checked and ready to run any number of times.
@@ -136,15 +139,25 @@ pub enum SyncError {
     #[error("reading the pages failed unexpectedly: {0}")]
     Reader(String),
     #[error(
-        "incomplete: the API states {expected} records, but the run read {read} distinct \
+        "incomplete: the API states {expected} records{}, but the run read {read} distinct \
          keys{}; the rows read are stored, the watermark did not move",
+        later_note(*.expected, *.last),
         rejects_note(*.rejected)
     )]
     Incomplete {
+        /// The count stated first, when the run began.
         expected: u64,
+        /// The count stated last.
+        last: u64,
         read: u64,
+        /// Distinct rejects.
         rejected: u64,
     },
+    #[error(
+        "incomplete: the API states {stated} pages, but the walk ended after {read} pages \
+         with records; the rows read are stored, the watermark did not move"
+    )]
+    IncompletePages { stated: u64, read: u64 },
     #[error(
         "{rejected} of {fetched} records were rejected, more than max_rejected = \
          {max_rejected} allows (the first: {first}); the good rows are stored; \
@@ -161,6 +174,14 @@ pub enum SyncError {
     Watermark(String),
 }
 
+fn later_note(first: u64, last: u64) -> String {
+    if first == last {
+        String::new()
+    } else {
+        format!(" (when the run began; {last} at its end)")
+    }
+}
+
 fn rejects_note(rejected: u64) -> String {
     if rejected == 0 {
         String::new()
@@ -174,7 +195,7 @@ impl SyncError {
     pub fn reason(&self) -> Option<FailureReason> {
         Some(match self {
             SyncError::Source(error) => match error.kind {
-                SourceErrorKind::Fetch { .. } => FailureReason::Fetch,
+                SourceErrorKind::Fetch { .. } | SourceErrorKind::Head(_) => FailureReason::Fetch,
                 SourceErrorKind::Records { .. }
                 | SourceErrorKind::Pagination(_)
                 | SourceErrorKind::Loop { .. }
@@ -184,7 +205,9 @@ impl SyncError {
             SyncError::RepeatedPage { .. } | SyncError::Watermark(_) => FailureReason::Pagination,
             SyncError::Interrupted => return None,
             SyncError::Reader(_) => FailureReason::Internal,
-            SyncError::Incomplete { .. } => FailureReason::Incomplete,
+            SyncError::Incomplete { .. } | SyncError::IncompletePages { .. } => {
+                FailureReason::Incomplete
+            }
             SyncError::Rejects { .. } => FailureReason::Rejects,
         })
     }
@@ -436,7 +459,7 @@ async fn read_pages(
     let mut stage = ReaderStage::Idle(Box::new(ReaderState {
         job: job.name.clone(),
         shape: Arc::clone(&job.shape),
-        key_limit: ctx.store.key_limit(),
+        limits: ctx.store.limits(),
         max_rejected: job.max_rejected,
         seen: SeenKeys::default(),
         tracker,
@@ -444,6 +467,8 @@ async fn read_pages(
         fetched: 0,
         rejected: 0,
         first_reject: None,
+        distinct_rejects: HashSet::new(),
+        suspect_repeat: None,
     }));
     loop {
         // Waiting for a response (retries included) is abandoned on shutdown:
@@ -485,13 +510,13 @@ async fn read_pages(
             fetch_ms = fetch_started.elapsed().as_secs_f64() * 1e3,
             "Page fetched."
         );
-        let expected = pages.expected();
+        let stated = pages.stated();
         // Reading a page's records takes milliseconds of CPU: on the blocking
         // pool, like the parse, so the runtime's workers stay free for the
         // writer's I/O. The parsed values are dropped there too.
         let mut state = state;
         stage = ReaderStage::Reading(tokio::task::spawn_blocking(move || {
-            let step = state.prepare(page, expected);
+            let step = state.prepare(page, stated);
             (step, state)
         }));
     }
@@ -518,7 +543,7 @@ struct ReadStep {
 struct ReaderState {
     job: String,
     shape: Arc<RecordShape>,
-    key_limit: Option<KeyLimit>,
+    limits: Option<StoreLimits>,
     max_rejected: Threshold,
     /// Every key of the run so far.
     seen: SeenKeys,
@@ -529,6 +554,12 @@ struct ReaderState {
     fetched: u64,
     rejected: u64,
     first_reject: Option<String>,
+    /// The distinct rejects: a reject served twice is one record of the
+    /// source, as a key seen twice is.
+    distinct_rejects: HashSet<ContentHash>,
+    /// A full page served again, from page 3 on: `(page, previous)`. The
+    /// next page tells clamping from a stale API (see `IfRepeated`).
+    suspect_repeat: Option<(u64, u64)>,
 }
 
 impl ReaderState {
@@ -537,45 +568,65 @@ impl ReaderState {
     /// ends the walk and nothing of it is written (its records are not part
     /// of the source, and counting them as duplicates would skew the
     /// duplicate ratio). The last page carries the verdict.
-    fn prepare(&mut self, page: Page, expected: Option<u64>) -> ReadStep {
-        let (number, mut ends, clamps) = (page.number, page.is_last, page.repeat_ends_paging);
+    fn prepare(&mut self, page: Page, stated: Stated) -> ReadStep {
+        let (number, mut ends, if_repeated) = (page.number, page.is_last, page.if_repeated);
         let (mut batch, fingerprint) = build_batch(
             &self.shape,
-            self.key_limit.as_ref(),
+            self.limits.as_ref(),
             page,
             &mut self.seen,
             self.tracker.as_mut(),
         );
-        if let (Some((previous, last)), Some(current)) = (self.previous_page, fingerprint)
-            && last == current
+        let repeats = matches!(
+            (self.previous_page, fingerprint),
+            (Some((_, last)), Some(current)) if last == current
+        );
+        let previous = self.previous_page.map_or(0, |(previous, _)| previous);
+        let fail = |page, previous| ReadStep {
+            prepared: None,
+            ends: true,
+            failure: Some(SyncError::RepeatedPage { page, previous }),
+        };
+        let suspect = self.suspect_repeat.take();
+        if let Some((page, previous)) = suspect
+            && !repeats
+            && fingerprint.is_some()
         {
-            if !clamps {
-                return ReadStep {
-                    prepared: None,
-                    ends: true,
-                    failure: Some(SyncError::RepeatedPage {
-                        page: number,
-                        previous,
-                    }),
-                };
-            }
-            tracing::info!(
-                page = number,
-                previous,
-                "The API served the previous page again for a position past its end; \
-                 pagination ends here."
-            );
-            batch = PageBatch::default();
-            ends = true;
+            // Page N served again as N+1, then other records: N+1's own
+            // records were never seen.
+            return fail(page, previous);
         }
-        self.previous_page = fingerprint.map(|f| (number, f));
+        if repeats {
+            match if_repeated {
+                IfRepeated::Fails => return fail(number, previous),
+                IfRepeated::EndsIfRepeatedAgain if suspect.is_none() && !ends => {
+                    self.suspect_repeat = Some((number, previous));
+                }
+                _ => {
+                    tracing::info!(
+                        page = number,
+                        previous,
+                        "The API served the previous page again for a position past its end; \
+                         pagination ends here."
+                    );
+                    ends = true;
+                }
+            }
+            batch = PageBatch {
+                appended_pages: 0,
+                ..PageBatch::default()
+            };
+        }
+        self.previous_page = fingerprint.map(|f| (number, f)).or(self.previous_page);
         self.fetched += batch.fetched;
         self.rejected += batch.rejects.len() as u64;
+        self.distinct_rejects
+            .extend(batch.rejects.iter().map(|r| r.content_hash));
         if self.first_reject.is_none() {
             self.first_reject = batch.rejects.first().map(|r| r.reason.clone());
         }
         let failure = if ends {
-            self.verdict(expected).err()
+            self.verdict(stated).err()
         } else {
             None
         };
@@ -591,7 +642,7 @@ impl ReaderState {
                 number,
                 batch,
                 watermark,
-                expected,
+                expected: stated.last_records,
             }),
             ends,
             failure,
@@ -601,16 +652,26 @@ impl ReaderState {
     /// Whether a run that read every page may say `succeeded`: at least as
     /// many distinct keys (and rejects) as the API states, no more rejects
     /// than `max_rejected`, and, for an incremental job, a field it can read.
-    fn verdict(&self, expected: Option<u64>) -> Result<(), SyncError> {
+    fn verdict(&self, stated: Stated) -> Result<(), SyncError> {
         let read = self.seen.len() as u64;
         // Rejects count as read: they came, and `max_rejected` judges them.
-        if let Some(expected) = expected
-            && read + self.rejected < expected
+        let rejected = self.distinct_rejects.len() as u64;
+        if let Some(expected) = stated.first_records
+            && read + rejected < expected
         {
             return Err(SyncError::Incomplete {
                 expected,
+                last: stated.last_records.unwrap_or(expected),
                 read,
-                rejected: self.rejected,
+                rejected,
+            });
+        }
+        if let Some(pages) = stated.pages
+            && stated.pages_with_records < pages
+        {
+            return Err(SyncError::IncompletePages {
+                stated: pages,
+                read: stated.pages_with_records,
             });
         }
         if self.max_rejected.exceeded_by(self.rejected, self.fetched) {
@@ -715,8 +776,8 @@ async fn write_pages(
     }
 }
 
-/// Reads a page's records into a batch: rejects apart (a key longer than
-/// `key_limit` among them), one row per key. Inside a page the later copy of
+/// Reads a page's records into a batch: rejects apart (what the store cannot
+/// hold by its `limits` among them), one row per key. Inside a page the later copy of
 /// a key wins (it replaces the earlier one in place); a key already seen on
 /// an earlier page is flagged as a repeat: written only if it changed, and
 /// counted as a duplicate. An incremental job's `tracker` sees the records
@@ -727,7 +788,7 @@ async fn write_pages(
 /// and again.
 fn build_batch(
     shape: &RecordShape,
-    key_limit: Option<&KeyLimit>,
+    limits: Option<&StoreLimits>,
     page: Page,
     seen: &mut SeenKeys,
     tracker: Option<&mut WatermarkTracker>,
@@ -746,7 +807,7 @@ fn build_batch(
     let mut any_key = false;
     for text in page.records.iter() {
         let checked = shape.read_text(text).and_then(|record| {
-            match key_limit.and_then(|limit| limit.check(&record.key)) {
+            match limits.and_then(|limits| limits.check(&record)) {
                 Some(reason) => Err(reason),
                 None => Ok(record),
             }
@@ -851,7 +912,7 @@ mod tests {
                 json!({"id": 1, "updated_at": 20}),
             ]),
             is_last: true,
-            repeat_ends_paging: false,
+            if_repeated: IfRepeated::Fails,
         };
         build_batch(
             &shape,
@@ -875,7 +936,7 @@ mod tests {
             number: 1,
             records: RawRecords::from_values(&[json!({"id": 1}), json!({"id": 2})]),
             is_last: false,
-            repeat_ends_paging: false,
+            if_repeated: IfRepeated::Fails,
         };
         let (_, first_fingerprint) = build_batch(&shape, None, first, &mut seen, None);
         let second = Page {
@@ -887,7 +948,7 @@ mod tests {
                 json!({"no_id": true}),
             ]),
             is_last: false,
-            repeat_ends_paging: false,
+            if_repeated: IfRepeated::Fails,
         };
         let (batch, second_fingerprint) = build_batch(&shape, None, second, &mut seen, None);
         assert_ne!(first_fingerprint, second_fingerprint);
@@ -913,7 +974,7 @@ mod tests {
                 json!({"id": 4, "v": "new"}),
             ]),
             is_last: true,
-            repeat_ends_paging: false,
+            if_repeated: IfRepeated::Fails,
         };
         let (batch, _) = build_batch(&shape, None, third, &mut seen, None);
         let rows: Vec<_> = batch.rows.iter().map(|r| r.record.text.as_str()).collect();

@@ -84,6 +84,21 @@ pub fn load_str(
     if !problems.is_empty() {
         return Err(ConfigError::new(origin, problems));
     }
+    // Header values written in the file are secrets too (`Authorization =
+    // "Bearer …"`): the redactor masks them wherever an API echoes them.
+    // So is the credential of `Bearer …`, `Token …`, `Basic …`: APIs echo
+    // it without its scheme.
+    for value in settings
+        .jobs
+        .iter()
+        .flat_map(|job| job.request.headers.values())
+    {
+        let value = secrecy::ExposeSecret::expose_secret(value).trim();
+        if let Some((_, credential)) = value.split_once(' ') {
+            secrets.push(credential.trim().to_owned());
+        }
+        secrets.push(value.to_owned());
+    }
     settings.redactor = Redactor::new(secrets, settings.database.password());
     Ok(settings)
 }

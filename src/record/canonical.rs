@@ -166,6 +166,8 @@ impl<'a> TextCanonical<'a> {
                 self.bytes.extend_from_slice(text);
                 Some(())
             }
+            // A number PostgreSQL cannot hold: the `Value` path marks it.
+            _ if !raw_json::fits_numeric(text) => None,
             _ => {
                 raw_json::push_number(&mut self.bytes, text);
                 Some(())

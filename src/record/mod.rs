@@ -82,6 +82,9 @@ pub struct Record {
     pub content_hash: ContentHash,
     /// The record as compact JSON, what the `record` column receives.
     pub text: String,
+    /// It holds a number beyond what PostgreSQL's `numeric` holds (see
+    /// [`raw_json::fits_numeric`]); the store decides.
+    pub wide_number: bool,
 }
 
 /// Why serde_json cannot read a record on its own, for the reject: what
@@ -138,7 +141,18 @@ impl Rejected {
     }
 
     fn new(json: Value, reason: String, exclude: Option<&ExcludeTree>) -> Self {
-        let (mut canonical, _) = canonical::of_value(&json, exclude);
+        Self::hashed_as(json, None, reason, exclude)
+    }
+
+    /// A reject whose hash is taken over `hashed` (a reading of the record
+    /// that could be parsed) rather than `json`, when given.
+    fn hashed_as(
+        json: Value,
+        hashed: Option<&Value>,
+        reason: String,
+        exclude: Option<&ExcludeTree>,
+    ) -> Self {
+        let (mut canonical, _) = canonical::of_value(hashed.unwrap_or(&json), exclude);
         // A byte no JSON text holds keeps record and reason apart.
         canonical.push(0xff);
         canonical.extend_from_slice(reason.as_bytes());
@@ -184,8 +198,21 @@ impl RecordShape {
     /// A record refused for `reason`, hashed with this job's `hash_exclude`
     /// left out, so a volatile field does not make it a new reject on every
     /// run.
+    ///
+    /// A record that is not JSON to serde_json (bytes that are not UTF-8, a
+    /// lone surrogate escape) is kept as a string of its text; its hash is
+    /// taken over the record read with those replaced by U+FFFD, so that
+    /// `hash_exclude` still applies to it.
     pub fn reject(&self, text: &[u8], reason: String) -> Rejected {
-        Rejected::new(Rejected::value_of(text), reason, Some(&self.exclude))
+        let json = Rejected::value_of(text);
+        let readable = match &json {
+            Value::String(_) => serde_json::from_str::<Value>(
+                &raw_json::replace_surrogate_escapes(&String::from_utf8_lossy(text)),
+            )
+            .ok(),
+            _ => None,
+        };
+        Rejected::hashed_as(json, readable.as_ref(), reason, Some(&self.exclude))
     }
 
     /// Reads one record from its JSON text (one element of a response whose
@@ -241,6 +268,8 @@ impl RecordShape {
             // is in `stored`, and this is where a byte that is not UTF-8 sends
             // the record to the `Value`, which refuses it.
             text: String::from_utf8(stored).ok()?,
+            // The text reader declines such numbers.
+            wide_number: false,
         })
     }
 
@@ -305,6 +334,7 @@ impl RecordShape {
             content_hash,
             key,
             text,
+            wide_number: holds_wide_number(json),
         })
     }
 
@@ -361,6 +391,16 @@ fn parse_key(key: &[String]) -> Result<Vec<KeyField>, String> {
         }
     }
     Ok(key)
+}
+
+/// Whether a number in `value` is beyond PostgreSQL's `numeric`.
+fn holds_wide_number(value: &Value) -> bool {
+    match value {
+        Value::Number(n) => !raw_json::fits_numeric(n.to_string().as_bytes()),
+        Value::Array(items) => items.iter().any(holds_wide_number),
+        Value::Object(map) => map.values().any(holds_wide_number),
+        Value::Null | Value::Bool(_) | Value::String(_) => false,
+    }
 }
 
 /// "an object", "a string", … for messages.

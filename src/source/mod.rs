@@ -22,6 +22,7 @@ use crate::record::kind_of;
 use crate::redact::Redactor;
 pub use body::RawRecords;
 pub use http::{ApiClient, FetchError, RequestSpec};
+pub use paginate::Stated;
 use paginate::{PaginationError, Paginator, Step, strip_query};
 use throttle::Throttle;
 
@@ -109,13 +110,27 @@ pub struct Page {
     pub records: RawRecords,
     /// No page follows: the run has read everything once this one is written.
     pub is_last: bool,
-    /// Should this page hold exactly the records of the page before, the
-    /// API is clamping positions past the end to its last page (json-server
-    /// 1.x does): that is the end of pagination, not an API that ignores the
-    /// page parameter. True for `page` and `offset` pagination from the
-    /// third page on, after a page shorter than the size asked for, and for
-    /// a request that confirms a stated end.
-    pub repeat_ends_paging: bool,
+    /// What it means should this page hold exactly the records of the page
+    /// before.
+    pub if_repeated: IfRepeated,
+}
+
+/// A page that holds exactly the records of the page before is, by where
+/// it comes in the walk:
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfRepeated {
+    /// An API that ignores the page parameter, or loops: the run fails.
+    /// For cursors and next links, and a full first page served again.
+    Fails,
+    /// An API clamping positions past its end to its last page
+    /// (json-server 1.x): the end. For `page` and `offset` pagination after
+    /// a page shorter than the size asked for, and on a request that
+    /// confirms a stated end.
+    Ends,
+    /// A full page served again from page 3 on: clamping if the next page
+    /// repeats it too, else a stale or unstable API that hid a page (the
+    /// run fails).
+    EndsIfRepeatedAgain,
 }
 
 /// Why the run could not get its next page.
@@ -150,6 +165,8 @@ pub enum SourceErrorKind {
     },
     #[error("pagination failed")]
     Pagination(#[source] PaginationError),
+    #[error("the HEAD request for the total (total_method = \"HEAD\") failed")]
+    Head(#[source] Box<SourceErrorKind>),
     #[error(
         "the API sent the address of page {first_seen} again (a repeating cursor or next \
          link); stopping instead of looping"
@@ -297,7 +314,7 @@ impl Pages {
                         number,
                         records: RawRecords::default(),
                         is_last: true,
-                        repeat_ends_paging: false,
+                        if_repeated: IfRepeated::Fails,
                     }));
                 }
                 return Err(error(kind));
@@ -337,6 +354,11 @@ impl Pages {
             .next(&view)
             .map_err(|e| error(SourceErrorKind::Pagination(e)))?;
         self.next = match step {
+            // An empty page that points at itself is the end of a feed
+            // (CouchDB's `_changes` answers past its end with no records and
+            // the same `last_seq`): nothing is skipped by stopping, and
+            // asking again would only trip the loop guard.
+            Step::Next(next) if records.is_empty() && next == url => None,
             Step::Next(url) => Some(Request {
                 url,
                 confirms_end: false,
@@ -352,28 +374,34 @@ impl Pages {
                 .size_asked()
                 .is_some_and(|size| (count as u64) < size)
         };
-        let repeat_ends_paging = spec.pagination.kind.is_positional()
-            && (number >= 3
-                || confirms_end
-                || self.previous_records.is_some_and(shorter_than_asked));
+        let if_repeated = if !spec.pagination.kind.is_positional() {
+            IfRepeated::Fails
+        } else if confirms_end || self.previous_records.is_some_and(shorter_than_asked) {
+            IfRepeated::Ends
+        } else if number >= 3 {
+            IfRepeated::EndsIfRepeatedAgain
+        } else {
+            IfRepeated::Fails
+        };
         self.previous_records = Some(records.len());
 
         Ok(Some(Page {
             number,
             records,
             is_last: self.next.is_none(),
-            repeat_ends_paging,
+            if_repeated,
         }))
     }
 
-    /// The record count the API last stated (`None` when it states none).
-    pub fn expected(&self) -> Option<u64> {
-        self.paginator.expected()
+    /// What the API stated about the collection so far.
+    pub fn stated(&self) -> paginate::Stated {
+        self.paginator.stated()
     }
 
     /// Whether a failed request after the first page means "past the end":
     /// a status of `end_on_status`, or a client error answering a request
-    /// that confirms a stated end.
+    /// that confirms a stated end (unless the API already served records
+    /// past that total: then only an empty page ends the walk).
     fn is_past_the_end(&self, kind: &SourceErrorKind, confirms_end: bool) -> bool {
         let SourceErrorKind::Fetch {
             source: source @ FetchError::Status { status, .. },
@@ -385,7 +413,10 @@ impl Pages {
         let pagination = &self.fetcher.spec.pagination;
         let listed =
             pagination.kind.is_positional() && pagination.end_on_status.contains(&status.as_u16());
-        let confirmed = confirms_end && status.is_client_error() && !source.is_retriable();
+        let confirmed = confirms_end
+            && !self.total_was_low
+            && status.is_client_error()
+            && !source.is_retriable();
         if listed || confirmed {
             tracing::info!(
                 status = status.as_u16(),

@@ -155,6 +155,23 @@ pub fn top_level_keys(body: &Value) -> String {
     }
 }
 
+/// What the API stated about the size of the collection during a run.
+///
+/// The record count a run is checked against is the first one stated (when
+/// the run began): records added while paging only raise later totals, and
+/// a total that falls while pages are walked by position means records
+/// moved back past the walk (a deletion), which can have skipped one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stated {
+    /// The record count the API stated first, and last.
+    pub first_records: Option<u64>,
+    pub last_records: Option<u64>,
+    /// The page count the API stated first (`total_pages_*`).
+    pub pages: Option<u64>,
+    /// Responses that held records.
+    pub pages_with_records: u64,
+}
+
 /// Walks the pages of one run.
 #[derive(Debug)]
 pub struct Paginator {
@@ -175,6 +192,8 @@ pub struct Paginator {
     total_pages: Option<u64>,
     /// The record count the API last stated.
     expected: Option<u64>,
+    /// What the API stated, for the run's verdict.
+    stated: Stated,
 }
 
 impl Paginator {
@@ -192,12 +211,24 @@ impl Paginator {
             first_page_size: None,
             total_pages: None,
             expected: None,
+            stated: Stated::default(),
         }
     }
 
     /// The record count the API last stated, if it states one.
     pub fn expected(&self) -> Option<u64> {
         self.expected
+    }
+
+    /// What the API stated so far.
+    pub fn stated(&self) -> Stated {
+        self.stated
+    }
+
+    fn note_records(&mut self, count: u64) {
+        self.expected = Some(count);
+        self.stated.first_records.get_or_insert(count);
+        self.stated.last_records = Some(count);
     }
 
     /// Reads the total from the headers of a HEAD request to the first URL
@@ -216,7 +247,8 @@ impl Paginator {
             records: 0,
         };
         match count_at(total, "total", &response)? {
-            Some(count) => self.expected = Some(count),
+            Some(count) => self.note_records(count),
+            None if header_states_no_count(total, &response) => {}
             None => {
                 return Err(PaginationError::TotalMissing {
                     what: total.describe("total"),
@@ -302,15 +334,18 @@ impl Paginator {
         let first = self.responses == 1;
         let records = response.records as u64;
         self.records_seen += records;
-        if records > 0 && self.first_page_size.is_none() {
-            self.first_page_size = Some(records);
+        if records > 0 {
+            self.stated.pages_with_records += 1;
+            self.first_page_size.get_or_insert(records);
         }
-        if let Some(total) = &self.settings.total {
+        if let Some(total) = self.settings.total.clone() {
+            let total = &total;
             match count_at(total, "total", response)? {
-                Some(count) => self.expected = Some(count),
+                Some(count) => self.note_records(count),
                 None if first
                     && self.expected.is_none()
-                    && !matches!(find(total, response)?, Found::Null) =>
+                    && !matches!(find(total, response)?, Found::Null)
+                    && !header_states_no_count(total, response) =>
                 {
                     return Err(PaginationError::TotalMissing {
                         what: total.describe("total"),
@@ -328,7 +363,10 @@ impl Paginator {
             } => {
                 if let Some(locator) = total_pages {
                     match count_at(locator, "total_pages", response)? {
-                        Some(pages) => self.total_pages = Some(pages),
+                        Some(pages) => {
+                            self.total_pages = Some(pages);
+                            self.stated.pages.get_or_insert(pages);
+                        }
                         None if first && !matches!(find(locator, response)?, Found::Null) => {
                             return Err(PaginationError::TotalMissing {
                                 what: locator.describe("total_pages"),
@@ -557,6 +595,8 @@ fn count_at(
     };
     match find(locator, response)? {
         Found::Absent | Found::Null => Ok(None),
+        // Some APIs say -1 for "not counted".
+        Found::Json(Value::Number(n)) if n.as_i64().is_some_and(|n| n < 0) => Ok(None),
         Found::Json(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| bad("a number")),
         Found::Json(Value::String(s)) => s.trim().parse().map(Some).map_err(|_| bad("a string")),
         Found::Json(other) => Err(bad(kind_of(other))),
@@ -568,6 +608,16 @@ fn count_at(
             count.parse().map(Some).map_err(|_| bad("not a number"))
         }
     }
+}
+
+/// Whether a header is there but states no count: `Content-Range: items
+/// 0-9/*` (PostgREST without `Prefer: count=exact`). Not a misspelt name.
+fn header_states_no_count(locator: &Locator, response: &Response) -> bool {
+    matches!(locator, Locator::Header(name) if response
+        .headers
+        .get(name.as_str())
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().ends_with("/*")))
 }
 
 /// A boolean at `locator`: JSON `true`/`false`, or a header `true`, `false`,

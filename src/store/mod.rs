@@ -143,10 +143,11 @@ fn new_rejects(batch: &PageBatch, stored: &HashSet<ContentHash>) -> Vec<usize> {
         .collect()
 }
 
-/// The longest key a store can index, checked before a page is written: a
-/// key over it would fail the whole page's write, on every run.
+/// What a store cannot hold, checked before a page is written: the longest
+/// key it can index, and numbers beyond PostgreSQL's `numeric`. A record
+/// over either would fail the whole page's write, on every run.
 #[derive(Debug, Clone, Copy)]
-pub struct KeyLimit {
+pub struct StoreLimits {
     store: &'static str,
     /// Bytes of one index entry, headers included.
     max_entry_bytes: usize,
@@ -156,7 +157,7 @@ pub struct KeyLimit {
     per_entry_bytes: usize,
 }
 
-impl KeyLimit {
+impl StoreLimits {
     /// PostgreSQL's B-tree holds index entries of at most 2,704 bytes (a
     /// third of a page, less headers). An entry is an 8-byte header plus,
     /// per text column, a length header of up to 4 bytes and up to 3 of
@@ -164,15 +165,23 @@ impl KeyLimit {
     /// (PostgreSQL may compress a long key and fit it; a key that long is
     /// refused here all the same, so the outcome never depends on how well
     /// it compresses.)
-    const POSTGRES: KeyLimit = KeyLimit {
+    const POSTGRES: StoreLimits = StoreLimits {
         store: "PostgreSQL",
         max_entry_bytes: 2_704,
         per_part_bytes: 8,
         per_entry_bytes: 8,
     };
 
-    /// Why `key` cannot be stored, or `None` when it fits.
-    pub fn check(&self, key: &[String]) -> Option<String> {
+    /// Why `record` cannot be stored, or `None` when it fits.
+    pub fn check(&self, record: &Record) -> Option<String> {
+        if record.wide_number {
+            return Some(format!(
+                "the record holds a number {} cannot store (more than 131,072 digits \
+                 before the decimal point or 16,383 after)",
+                self.store
+            ));
+        }
+        let key = &record.key;
         let entry = self.per_entry_bytes
             + key
                 .iter()
@@ -183,7 +192,8 @@ impl KeyLimit {
             format!(
                 "the key is {bytes} bytes long; {} indexes keys of at most {} bytes{}",
                 self.store,
-                self.max_entry_bytes - self.per_entry_bytes - self.per_part_bytes * key.len(),
+                self.max_entry_bytes
+                    .saturating_sub(self.per_entry_bytes + self.per_part_bytes * key.len()),
                 if key.len() > 1 {
                     " (all key fields together)"
                 } else {
@@ -497,11 +507,11 @@ impl Store {
         }
     }
 
-    /// The longest key this store can index, when it has a limit a record
-    /// could reach (PostgreSQL's B-tree does; SQLite's does not).
-    pub fn key_limit(&self) -> Option<KeyLimit> {
+    /// What this store cannot hold, when a record could reach it
+    /// (PostgreSQL's B-tree keys and `numeric`; SQLite has no such limits).
+    pub fn limits(&self) -> Option<StoreLimits> {
         match self {
-            Store::Postgres(_) => Some(KeyLimit::POSTGRES),
+            Store::Postgres(_) => Some(StoreLimits::POSTGRES),
             Store::Sqlite(_) => None,
         }
     }

@@ -534,8 +534,9 @@ store_tests! {
             ok(json!({"data": [rec(1)], "next_cursor": "c2", "unknown token s3cr3tTOKENvalue": true}))
         }))
         .await;
-        let job = env.job(&format!(
-            r#"
+        let (job, redactor) = env.job_with_env(
+            &format!(
+                r#"
     records = "/data"
     [jobs.request]
     url = "{url}"
@@ -544,9 +545,13 @@ store_tests! {
     kind = "cursor"
     cursor_path = "/nxt"
     "#
-        ));
+            ),
+            &HashMap::new(),
+        );
+        let mut ctx = env.ctx.clone();
+        ctx.redactor = redactor;
 
-        let report = env.run(&job).await;
+        let report = apisync::sync::run_once(&job, &ctx).await.unwrap();
 
         let error = report.error.expect("the pointer finds nothing: the run fails");
         assert!(!error.contains("s3cr3tTOKENvalue"), "{error}");
