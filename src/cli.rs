@@ -603,7 +603,17 @@ async fn rejects(
         println!("{line}");
     }
     if rejects.is_empty() && !json {
-        println!("no rejects");
+        match run {
+            // A run's rejects seen before are stored under the run that
+            // first stored them: say so, rather than "none" for a run
+            // whose row counts rejects.
+            Some(run) => println!(
+                "no rejects stored by run {run} (a reject is stored once, under the run that \
+                 first met it; `apisync rejects{}` lists them all)",
+                job.map(|j| format!(" {j}")).unwrap_or_default()
+            ),
+            None => println!("no rejects"),
+        }
     }
     ExitCode::SUCCESS
 }

@@ -279,7 +279,7 @@ impl Pages {
                 .fetcher
                 .with_retries(|| http::fetch_head(&self.fetcher.client, &spec.request, &url))
                 .await
-                .map_err(error)?;
+                .map_err(|kind| error(SourceErrorKind::Head(Box::new(kind))))?;
             self.paginator
                 .note_head(&headers)
                 .map_err(|e| error(SourceErrorKind::Pagination(e)))?;

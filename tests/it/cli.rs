@@ -380,6 +380,7 @@ async fn a_run_with_too_many_rejects_says_why_and_apisync_rejects_lists_them(poo
     let again = apisync(&dir, &["sync", "products"], &[]).await;
     let listed = apisync(&dir, &["rejects", "products", "--limit", "2"], &[]).await;
     let as_json = apisync(&dir, &["rejects", "--json", "--run", "1"], &[]).await;
+    let second_run = apisync(&dir, &["rejects", "products", "--run", "2"], &[]).await;
     let runs = apisync(&dir, &["runs", "products", "--json"], &[]).await;
     let nosuch = apisync(&dir, &["rejects", "nosuch"], &[]).await;
 
@@ -431,6 +432,11 @@ async fn a_run_with_too_many_rejects_says_why_and_apisync_rejects_lists_them(poo
         serde_json::from_str(stdout(&runs).lines().next().unwrap()).unwrap();
     assert_eq!(last["expected"], 30);
     assert_eq!(last["status"], "failed");
+    assert!(
+        stdout(&second_run).contains("no rejects stored by run 2 (a reject is stored once"),
+        "{}",
+        stdout(&second_run)
+    );
     assert_eq!(nosuch.status.code(), Some(2));
     assert!(stderr(&nosuch).contains("no job named nosuch; configured jobs: products"));
 }

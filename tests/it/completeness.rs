@@ -537,4 +537,23 @@ store_tests! {
         );
         assert_eq!(report.counts.pages, 1);
     }
+
+    async fn a_failed_head_request_for_the_total_says_so(backend: Backend) {
+        let env = TestEnv::start_on(backend, products(10)).await;
+        let job = env.job(
+            "records = \"/data\"\n[jobs.request]\nurl = \"{api}/status/405\"\n\
+             [jobs.pagination]\nkind = \"next_url\"\ntotal_header = \"Total-Records\"\n\
+             total_method = \"HEAD\"\n",
+        );
+
+        let report = env.run(&job).await;
+
+        let error = report.error.expect("the run fails");
+        assert!(
+            error.contains("the HEAD request for the total (total_method = \"HEAD\") failed")
+                && error.contains("405"),
+            "{error}"
+        );
+        assert_eq!(report.failure, Some(FailureReason::Fetch));
+    }
 }
