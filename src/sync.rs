@@ -495,8 +495,9 @@ async fn read_pages(
                     return Err(failure);
                 }
                 if step.ends {
-                    // A page the API served again past the end: `next` is
-                    // a request past that, whatever it answered.
+                    // The last page, or one the API served again past its
+                    // end: `next`, a request past that, is not read,
+                    // whatever it answered.
                     return Ok(());
                 }
                 state

@@ -375,9 +375,7 @@ impl Paginator {
                         }
                         None => {}
                     }
-                } else if let (Some(count), Some(size)) =
-                    (self.expected, size.or(self.first_page_size))
-                {
+                } else if let (Some(count), Some(size)) = (self.expected, self.page_size(*size)) {
                     self.total_pages = Some(count.div_ceil(size.max(1)));
                 }
                 if records == 0 {
@@ -496,6 +494,17 @@ impl Paginator {
             },
         };
         Ok(step)
+    }
+
+    /// The page size to derive a page count from: the first non-empty
+    /// page's, when it is smaller than the size asked for (an API that caps
+    /// `page_size`, as DRF does at `max_page_size`; a first page that is
+    /// also the last is short, but then the count fits it exactly).
+    fn page_size(&self, asked: Option<u64>) -> Option<u64> {
+        match (asked, self.first_page_size) {
+            (Some(asked), Some(first)) => Some(asked.min(first)),
+            (asked, first) => asked.or(first),
+        }
     }
 
     /// A cursor or next locator found nothing: the end, or an error (see
@@ -973,6 +982,24 @@ mod tests {
             next("http://h/x?page=3")
         );
         assert_eq!(walk.answer(body, 50).unwrap(), confirm("http://h/x?page=4"));
+    }
+
+    #[test]
+    fn a_page_size_the_api_caps_is_taken_from_the_first_page() {
+        // DRF: page_size=1000 asked, 500 served, 5,002 records: 11 pages.
+        let mut walk = Walk::new("kind = \"page\"\nsize = 1000\ntotal_path = \"/count\"");
+        let body = json!({"count": 5002});
+        for page in 2..=11 {
+            assert_eq!(
+                walk.answer(body.clone(), 500).unwrap(),
+                next(&format!("http://h/x?page={page}&per_page=1000")),
+                "not a confirmation before page 11"
+            );
+        }
+        assert_eq!(
+            walk.answer(body, 2).unwrap(),
+            confirm("http://h/x?page=12&per_page=1000")
+        );
     }
 
     #[test]
