@@ -167,7 +167,11 @@ impl App {
             notify::ready();
             tracing::info!(jobs = jobs.len(), "Ready; scheduling jobs.");
             tasks.spawn(notify::watchdog(shutdown.clone()));
-            let slots = Arc::new(Semaphore::new(max_concurrent_jobs));
+            // Capped: Semaphore::new panics beyond MAX_PERMITS (the
+            // configuration bounds it far lower already).
+            let slots = Arc::new(Semaphore::new(
+                max_concurrent_jobs.min(Semaphore::MAX_PERMITS),
+            ));
             let ctx = SyncContext {
                 store: store.clone(),
                 client,

@@ -195,6 +195,22 @@ pub(super) fn describe_path(path: &SerdePath, job_names: &[Option<String>]) -> S
     place(&steps, job_names)
 }
 
+/// The key a deserialization error is about, without its job and indices:
+/// `retry.max_attempts`, `pagination.end_on_status`.
+pub(super) fn key_of(path: &SerdePath) -> String {
+    let keys: Vec<&str> = path
+        .iter()
+        .filter_map(|segment| match segment {
+            Segment::Map { key } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
+    match keys.as_slice() {
+        ["jobs", rest @ ..] => rest.join("."),
+        all => all.join("."),
+    }
+}
+
 fn place(path: &[Step], job_names: &[Option<String>]) -> String {
     let (job, rest) = match path {
         [Step::Key("jobs"), Step::Index(index), rest @ ..] => {

@@ -6,6 +6,7 @@
 //! values. The environment is passed in as a map so that tests never mutate the
 //! process environment.
 
+mod bounds;
 mod layers;
 mod pagination;
 mod validate;
@@ -18,6 +19,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::redact::Redactor;
+pub use bounds::{LONGEST_WAIT, timer};
 pub use pagination::{Locator, Pagination, PaginationKind, TotalMethod};
 
 /// The file read when neither `--config` nor `$APISYNC_CONFIG` names one.
@@ -76,8 +78,13 @@ pub fn load_str(
     let mut settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(table))
         .map_err(|e| {
             let place = layers::describe_path(e.path(), &job_names);
+            // A number that does not even fit its type (negative, beyond
+            // u32) gets the range it must lie in, as a bounded one would.
+            let allowed = bounds::range(&layers::key_of(e.path()))
+                .map(|range| format!(" (allowed: {})", range.describe()))
+                .unwrap_or_default();
             let message = e.into_inner().message().to_string();
-            ConfigError::single(origin, format!("{place}{message}"))
+            ConfigError::single(origin, format!("{place}{message}{allowed}"))
         })?;
 
     let problems = validate::validate(&settings);

@@ -7,7 +7,8 @@ use std::time::Duration;
 use reqwest::header::{HeaderName, HeaderValue};
 use secrecy::ExposeSecret;
 
-use super::{JobSettings, Locator, Method, PaginationKind, Settings, TotalMethod};
+use super::bounds::{self, Range};
+use super::{JobSettings, Locator, Method, PaginationKind, Settings, Threshold, TotalMethod};
 use crate::json_pointer;
 use crate::record::RecordShape;
 use crate::schedule::Schedule;
@@ -37,11 +38,29 @@ pub(super) fn validate(settings: &Settings) -> Vec<String> {
             );
         }
     }
-    if settings.database.max_connections == 0 {
-        global("database.max_connections", "must be at least 1".into());
+    let counts = [
+        ("max_concurrent_jobs", settings.max_concurrent_jobs as u64),
+        (
+            "database.max_connections",
+            u64::from(settings.database.max_connections),
+        ),
+    ];
+    for (key, value) in counts {
+        if let Err(message) = bounded(key).check_count(value) {
+            global(key, message);
+        }
     }
-    if settings.database.acquire_timeout.is_zero() {
-        global("database.acquire_timeout", "must be longer than 0s".into());
+    let times = [
+        ("shutdown_timeout", settings.shutdown_timeout),
+        (
+            "database.acquire_timeout",
+            settings.database.acquire_timeout,
+        ),
+    ];
+    for (key, value) in times {
+        if let Err(message) = bounded(key).check_time(value) {
+            global(key, message);
+        }
     }
     if settings
         .server
@@ -62,12 +81,6 @@ pub(super) fn validate(settings: &Settings) -> Vec<String> {
             "log.level",
             format!("`{}` is not a log filter: {e}", settings.log.level),
         );
-    }
-    if settings.max_concurrent_jobs == 0 {
-        global("max_concurrent_jobs", "must be at least 1".into());
-    }
-    if settings.shutdown_timeout < Duration::from_secs(1) {
-        global("shutdown_timeout", "must be at least 1s".into());
     }
     if settings.jobs.is_empty() {
         problems.push("no [[jobs]] configured".to_owned());
@@ -163,9 +176,17 @@ impl JobReport<'_> {
         }
     }
 
-    fn positive(&mut self, key: &str, duration: Duration) {
-        if duration.is_zero() {
-            self.bad(key, "must be longer than 0s".into());
+    /// A count or size within the range `bounds` gives `key`.
+    fn count(&mut self, key: &str, value: u64) {
+        if let Err(message) = bounded(key).check_count(value) {
+            self.bad(key, message);
+        }
+    }
+
+    /// A duration within the range `bounds` gives `key`.
+    fn time(&mut self, key: &str, value: Duration) {
+        if let Err(message) = bounded(key).check_time(value) {
+            self.bad(key, message);
         }
     }
 
@@ -214,11 +235,20 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
         report.bad(key, message);
     }
     report.pointer("records", &job.records);
-    if job.max_pages == 0 {
-        report.bad("max_pages", "must be at least 1".into());
+    if let Threshold::Count(count) = job.max_rejected {
+        report.count("max_rejected", count);
     }
-    if job.max_body_bytes < 1024 {
-        report.bad("max_body_bytes", "must be at least 1KiB".into());
+    report.count("max_pages", job.max_pages);
+    report.count("max_body_bytes", job.max_body_bytes);
+    if let Some(limit) = job.rate_limit {
+        let count = bounds::RATE_COUNT.check_count(u64::from(limit.count));
+        let period = bounds::RATE_PERIOD.check_time(limit.period);
+        if let Err(message) = count {
+            report.bad("rate_limit", format!("the request count: {message}"));
+        }
+        if let Err(message) = period {
+            report.bad("rate_limit", format!("the period: {message}"));
+        }
     }
 
     if job.rate_limit_scope == crate::config::RateLimitScope::Host && job.rate_limit.is_none() {
@@ -227,10 +257,12 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
             "\"host\" shares a rate_limit, but this job sets none".into(),
         );
     }
-    if let Some(incremental) = &job.incremental
-        && let Err((key, message)) = crate::incremental::Incremental::new(incremental)
-    {
-        report.bad(key, message);
+    if let Some(incremental) = &job.incremental {
+        report.time("incremental.lookback", incremental.lookback);
+        report.time("incremental.max_future", incremental.max_future);
+        if let Err((key, message)) = crate::incremental::Incremental::new(incremental) {
+            report.bad(key, message);
+        }
     }
 
     let request = &job.request;
@@ -269,14 +301,14 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
             "a body is only sent with method = \"POST\"".into(),
         );
     }
-    report.positive("request.timeout", request.timeout);
+    report.time("request.timeout", request.timeout);
 
     let retry = &job.retry;
-    if retry.max_attempts == 0 {
-        report.bad("retry.max_attempts", "must be at least 1".into());
-    }
-    report.positive("retry.initial_backoff", retry.initial_backoff);
-    report.positive("retry.max_elapsed", retry.max_elapsed);
+    report.count("retry.max_attempts", u64::from(retry.max_attempts));
+    report.time("retry.initial_backoff", retry.initial_backoff);
+    report.time("retry.max_backoff", retry.max_backoff);
+    report.time("retry.max_retry_after", retry.max_retry_after);
+    report.time("retry.max_elapsed", retry.max_elapsed);
     if retry.max_backoff < retry.initial_backoff {
         report.bad(
             "retry.max_backoff",
@@ -314,7 +346,11 @@ fn validate_pagination(job: &JobSettings, report: &mut JobReport) {
         );
     }
     for &status in &pagination.end_on_status {
-        if !(400..500).contains(&status) || matches!(status, 408 | 429) {
+        if bounded("pagination.end_on_status")
+            .check_count(u64::from(status))
+            .is_err()
+            || matches!(status, 408 | 429)
+        {
             report.bad(
                 "pagination.end_on_status",
                 format!(
@@ -330,8 +366,8 @@ fn validate_pagination(job: &JobSettings, report: &mut JobReport) {
             page_param,
             size_param,
             size,
+            start,
             total_pages,
-            ..
         } => {
             report.param("pagination.page_param", page_param);
             report.param("pagination.size_param", size_param);
@@ -341,9 +377,10 @@ fn validate_pagination(job: &JobSettings, report: &mut JobReport) {
                     "must differ from pagination.page_param".into(),
                 );
             }
-            if *size == Some(0) {
-                report.bad("pagination.size", "must be at least 1".into());
+            if let Some(size) = size {
+                report.count("pagination.size", *size);
             }
+            report.count("pagination.start", *start);
             if let Some(total_pages) = total_pages {
                 locator(report, "total_pages", total_pages);
             }
@@ -361,8 +398,8 @@ fn validate_pagination(job: &JobSettings, report: &mut JobReport) {
                     "must differ from pagination.offset_param".into(),
                 );
             }
-            if *limit == Some(0) {
-                report.bad("pagination.limit", "must be at least 1".into());
+            if let Some(limit) = limit {
+                report.count("pagination.limit", *limit);
             }
         }
         PaginationKind::Cursor {
@@ -379,4 +416,9 @@ fn validate_pagination(job: &JobSettings, report: &mut JobReport) {
         }
         PaginationKind::NextUrl { next, .. } => locator(report, "next", next),
     }
+}
+
+/// The range of a key `bounds` knows.
+fn bounded(key: &str) -> Range {
+    bounds::range(key).unwrap_or_else(|| unreachable!("`{key}` has a range in bounds.rs"))
 }

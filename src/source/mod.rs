@@ -503,7 +503,7 @@ impl Fetcher {
                     return None;
                 }
             };
-            if waited + wait > retry.max_elapsed {
+            if waited.saturating_add(wait) > retry.max_elapsed {
                 gave_up = Some(format!(
                     "the retry budget retry.max_elapsed = {} is spent",
                     humantime::format_duration(retry.max_elapsed)

@@ -64,7 +64,8 @@ impl Throttle {
                 if let Some(slot) = state.next_slot {
                     at = at.max(slot);
                 }
-                state.next_slot = Some(at + interval);
+                // Saturating: a slot beyond what an Instant holds is "never".
+                state.next_slot = Some(later(at, interval));
             }
             at
         };
@@ -78,10 +79,19 @@ impl Throttle {
 
     /// No request before `now + wait`.
     pub fn pause_for(&self, wait: Duration) {
-        let until = Instant::now() + wait;
+        let until = later(Instant::now(), wait);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.paused_until = Some(state.paused_until.map_or(until, |p| p.max(until)));
     }
+}
+
+/// `at + wait`, at most [`crate::config::LONGEST_WAIT`] ahead: a wait too
+/// long for an `Instant` (a bound forgotten, a server's absurd reset) must
+/// not panic.
+fn later(at: Instant, wait: Duration) -> Instant {
+    at.checked_add(crate::config::timer(wait))
+        .or_else(|| at.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(at)
 }
 
 /// Whether the response tells how much of a quota is left (whatever the
@@ -193,6 +203,26 @@ mod tests {
         throttle.pause_for(Duration::from_secs(2));
         throttle.ready().await;
         assert_eq!((Instant::now() - start).as_secs(), 2);
+    }
+
+    /// `rate_limit = "1/300000000000y"` panicked with "overflow when adding
+    /// duration to instant" when the first request booked the next slot;
+    /// the configuration refuses it now, and the throttle saturates anyway.
+    #[tokio::test(start_paused = true)]
+    async fn waits_too_long_for_an_instant_saturate_instead_of_panicking() {
+        let endless = RateLimit {
+            count: 1,
+            period: Duration::MAX,
+        };
+        let throttle = Throttle::new(Some(endless));
+        let start = Instant::now();
+        throttle.ready().await;
+        assert_eq!(Instant::now(), start, "the first request goes out at once");
+        throttle.pause_for(Duration::MAX);
+        let booked = throttle.state.lock().unwrap().next_slot.unwrap();
+        assert!(booked - start >= Duration::from_secs(86_400), "{booked:?}");
+        let second = tokio::time::timeout(Duration::from_secs(3600), throttle.ready()).await;
+        assert!(second.is_err(), "the second request waits");
     }
 
     #[test]

@@ -74,7 +74,7 @@ impl SqliteStore {
         let file = options.get_filename().to_path_buf();
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(acquire_timeout)
+            .acquire_timeout(crate::config::timer(acquire_timeout))
             .connect_lazy_with(options);
         Self { pool, file }
     }

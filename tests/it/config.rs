@@ -288,7 +288,7 @@ fn invalid_cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
         (
             "shutdown_timeout too short",
             format!("shutdown_timeout = \"100ms\"\n{MINIMAL}"),
-            vec!["key \"shutdown_timeout\": must be at least 1s"],
+            vec!["key \"shutdown_timeout\": `100ms` is outside the allowed range, 1s to 1h"],
         ),
         (
             "out-of-range cron field",

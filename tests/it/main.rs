@@ -3,6 +3,7 @@
 mod adversarial;
 mod bad_records;
 mod binary;
+mod bounds;
 mod cli;
 mod completeness;
 mod config;

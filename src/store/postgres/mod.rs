@@ -44,7 +44,7 @@ impl PgStore {
         let options = PgConnectOptions::from_str(url.expose_secret())?.application_name("apisync");
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
-            .acquire_timeout(settings.acquire_timeout)
+            .acquire_timeout(crate::config::timer(settings.acquire_timeout))
             // Recycle connections so a failover or a restarted server is
             // picked up without restarting apisync.
             .idle_timeout(Duration::from_secs(300))
