@@ -123,16 +123,56 @@ fn expand_str(
     Ok(Some((out, values)))
 }
 
+/// The keys set from the environment, and by which variable, so that a
+/// problem with one names the variable rather than the file.
+#[derive(Debug, Default)]
+pub(super) struct EnvOverrides {
+    /// `(variable, dotted key)`, in the order applied: a later one wins.
+    set: Vec<(String, String)>,
+}
+
+impl EnvOverrides {
+    /// The variable that set `key`, a section holding it, or a key inside
+    /// it (`APISYNC__DATABSE__URL` made the section `databse` that a
+    /// problem about `databse` names).
+    pub(super) fn source_of(&self, key: &str) -> Option<&str> {
+        let within = |outer: &str, inner: &str| {
+            inner == outer
+                || inner
+                    .strip_prefix(outer)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        };
+        self.set
+            .iter()
+            .rev()
+            .find(|(_, set)| within(key, set) || within(set, key))
+            .map(|(name, _)| name.as_str())
+    }
+
+    /// `environment variable NAME (key "KEY"): ` when the environment set
+    /// `key`, else `key "KEY": `.
+    pub(super) fn place(&self, key: &str) -> String {
+        match self.source_of(key) {
+            Some(name) => format!("environment variable {name} (key \"{key}\"): "),
+            None => format!("key \"{key}\": "),
+        }
+    }
+}
+
 /// Applies `DATABASE_URL` and then every `APISYNC__SECTION__KEY` variable.
 pub(super) fn apply_env_overrides(
     table: &mut toml::Table,
     env: &HashMap<String, String>,
+    applied: &mut EnvOverrides,
 ) -> Vec<String> {
     let mut problems = Vec::new();
-    if let Some(url) = env.get("DATABASE_URL").filter(|url| !url.is_empty())
-        && let Err(problem) = set_path(table, &["database", "url"], url.clone())
-    {
-        problems.push(format!("environment variable DATABASE_URL: {problem}"));
+    if let Some(url) = env.get("DATABASE_URL").filter(|url| !url.is_empty()) {
+        match set_path(table, &["database", "url"], url.clone()) {
+            Ok(()) => applied
+                .set
+                .push(("DATABASE_URL".to_owned(), "database.url".to_owned())),
+            Err(problem) => problems.push(format!("environment variable DATABASE_URL: {problem}")),
+        }
     }
     // Sorted so that the outcome does not depend on the map's order.
     let mut overrides: Vec<_> = env
@@ -159,8 +199,9 @@ pub(super) fn apply_env_overrides(
             continue;
         }
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-        if let Err(problem) = set_path(table, &keys, value.clone()) {
-            problems.push(format!("environment variable {name}: {problem}"));
+        match set_path(table, &keys, value.clone()) {
+            Ok(()) => applied.set.push((name.clone(), keys.join("."))),
+            Err(problem) => problems.push(format!("environment variable {name}: {problem}")),
         }
     }
     problems
@@ -284,6 +325,7 @@ mod tests {
                 ("APISYNC__LOG__LEVEL", "debug"),
                 ("DATABASE_URL", "postgres://env"),
             ]),
+            &mut EnvOverrides::default(),
         );
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(table["database"]["url"].as_str(), Some("postgres://env"));
@@ -300,6 +342,7 @@ mod tests {
                 ("APISYNC__DATABASE__URL", "postgres://apisync"),
                 ("DATABASE_URL", "postgres://generic"),
             ]),
+            &mut EnvOverrides::default(),
         );
         assert_eq!(
             table["database"]["url"].as_str(),
@@ -310,8 +353,47 @@ mod tests {
     #[test]
     fn jobs_cannot_be_overridden_from_env() {
         let mut table = toml::Table::new();
-        let problems = apply_env_overrides(&mut table, &env(&[("APISYNC__JOBS__NAME", "x")]));
+        let problems = apply_env_overrides(
+            &mut table,
+            &env(&[("APISYNC__JOBS__NAME", "x")]),
+            &mut EnvOverrides::default(),
+        );
         assert_eq!(problems.len(), 1);
         assert!(problems[0].contains("APISYNC__JOBS__NAME"), "{problems:?}");
+    }
+
+    #[test]
+    fn a_key_set_from_the_environment_names_its_variable() {
+        let mut table = toml::Table::new();
+        let mut overrides = EnvOverrides::default();
+        apply_env_overrides(
+            &mut table,
+            &env(&[
+                ("APISYNC__DATABSE__URL", "x"),
+                ("APISYNC__LOG__LEVEL", "debug"),
+                ("DATABASE_URL", "postgres://env"),
+            ]),
+            &mut overrides,
+        );
+        assert_eq!(
+            overrides.source_of("databse"),
+            Some("APISYNC__DATABSE__URL")
+        );
+        assert_eq!(
+            overrides.source_of("databse.url"),
+            Some("APISYNC__DATABSE__URL")
+        );
+        assert_eq!(overrides.source_of("database.url"), Some("DATABASE_URL"));
+        assert_eq!(
+            overrides.source_of("log.level"),
+            Some("APISYNC__LOG__LEVEL")
+        );
+        assert_eq!(overrides.source_of("log.format"), None);
+        assert_eq!(overrides.source_of("data"), None);
+        assert_eq!(
+            overrides.place("log.level"),
+            "environment variable APISYNC__LOG__LEVEL (key \"log.level\"): "
+        );
+        assert_eq!(overrides.place("log.format"), "key \"log.format\": ");
     }
 }

@@ -70,24 +70,30 @@ pub fn load_str(
 
     let mut secrets = Vec::new();
     let mut problems = layers::expand_variables(&mut table, env, &mut secrets, &job_names);
-    problems.extend(layers::apply_env_overrides(&mut table, env));
+    let mut overrides = layers::EnvOverrides::default();
+    problems.extend(layers::apply_env_overrides(&mut table, env, &mut overrides));
     if !problems.is_empty() {
         return Err(ConfigError::new(origin, problems));
     }
 
     let mut settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(table))
         .map_err(|e| {
-            let place = layers::describe_path(e.path(), &job_names);
+            let key = layers::key_of(e.path());
+            // A value from the environment is not the file's fault.
+            let place = match overrides.source_of(&key) {
+                Some(_) => overrides.place(&key),
+                None => layers::describe_path(e.path(), &job_names),
+            };
             // A number that does not even fit its type (negative, beyond
             // u32) gets the range it must lie in, as a bounded one would.
-            let allowed = bounds::range(&layers::key_of(e.path()))
+            let allowed = bounds::range(&key)
                 .map(|range| format!(" (allowed: {})", range.describe()))
                 .unwrap_or_default();
             let message = e.into_inner().message().to_string();
             ConfigError::single(origin, format!("{place}{message}{allowed}"))
         })?;
 
-    let problems = validate::validate(&settings);
+    let problems = validate::validate(&settings, &overrides);
     if !problems.is_empty() {
         return Err(ConfigError::new(origin, problems));
     }

@@ -8,16 +8,19 @@ use reqwest::header::{HeaderName, HeaderValue};
 use secrecy::ExposeSecret;
 
 use super::bounds::{self, Range};
+use super::layers::EnvOverrides;
 use super::{JobSettings, Locator, Method, PaginationKind, Settings, Threshold, TotalMethod};
 use crate::json_pointer;
 use crate::record::RecordShape;
 use crate::schedule::Schedule;
 use crate::store::ident::Ident;
 
-pub(super) fn validate(settings: &Settings) -> Vec<String> {
+pub(super) fn validate(settings: &Settings, overrides: &EnvOverrides) -> Vec<String> {
     let mut problems = Vec::new();
+    // Keys outside [[jobs]] may come from the environment: then the
+    // variable is named, not the file.
     let mut global =
-        |key: &str, message: String| problems.push(format!("key \"{key}\": {message}"));
+        |key: &str, message: String| problems.push(format!("{}{message}", overrides.place(key)));
 
     if let Some(url) = &settings.database.url {
         let url = url.expose_secret();

@@ -363,3 +363,55 @@ fn invalid_configurations_name_the_job_and_key() {
         );
     }
 }
+
+#[test]
+fn a_bad_key_from_the_environment_names_the_variable_not_the_file() {
+    let cases = [
+        (
+            "APISYNC__DATABSE__URL",
+            "x",
+            "environment variable APISYNC__DATABSE__URL (key \"databse\"): unknown field `databse`",
+        ),
+        (
+            "APISYNC__DATABASE__MAX_CONNECTIONS",
+            "-3",
+            "environment variable APISYNC__DATABASE__MAX_CONNECTIONS \
+             (key \"database.max_connections\"): expected a non-negative whole number \
+             (allowed: 1 to 1000)",
+        ),
+        (
+            "APISYNC__DATABASE__ACQUIRE_TIMEOUT",
+            "0s",
+            "environment variable APISYNC__DATABASE__ACQUIRE_TIMEOUT \
+             (key \"database.acquire_timeout\"): `0s` is outside the allowed range, 1ms to 1h",
+        ),
+        (
+            "DATABASE_URL",
+            "mysql://u@h/d",
+            "environment variable DATABASE_URL (key \"database.url\"): must be a postgres://",
+        ),
+    ];
+    for (name, value, expected) in cases {
+        let error = match config::load_str(MINIMAL, Path::new("t.toml"), &env(&[(name, value)])) {
+            Ok(_) => panic!("{name}={value} should be refused"),
+            Err(error) => error,
+        };
+        assert!(
+            error.problems.iter().any(|p| p.contains(expected)),
+            "{name}: expected {expected:?} in {:?}",
+            error.problems
+        );
+    }
+    // The same mistake in the file is still the file's.
+    let error = config::load_str(
+        &format!("[databse]\nurl = \"x\"\n{MINIMAL}"),
+        Path::new("t.toml"),
+        &env(&[]),
+    )
+    .map(drop)
+    .unwrap_err();
+    assert!(
+        error.problems[0].starts_with("key \"databse\": unknown field"),
+        "{error}"
+    );
+}
