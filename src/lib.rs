@@ -26,6 +26,8 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
+#[cfg(test)]
+mod fuzz;
 pub mod incremental;
 pub mod json_pointer;
 pub mod metrics;

@@ -653,8 +653,11 @@ pub fn fits_numeric(number: &[u8]) -> bool {
                 _ => (false, digits),
             };
             // Saturates: an exponent of 20 digits is far past either limit.
+            // A byte that is no digit (text not checked after all) counts
+            // as one rather than overflowing.
             let magnitude = digits.iter().fold(0i64, |n, &d| {
-                n.saturating_mul(10).saturating_add(i64::from(d - b'0'))
+                n.saturating_mul(10)
+                    .saturating_add(i64::from(d.saturating_sub(b'0')))
             });
             (
                 &unsigned[..e],
