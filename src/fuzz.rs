@@ -100,6 +100,53 @@ impl Fuzz {
     }
 }
 
+impl Fuzz {
+    /// A random JSON value: odd numbers, strings with escapes and
+    /// non-ASCII, keys that repeat across levels, empty containers.
+    pub(crate) fn json(&mut self, depth: usize) -> serde_json::Value {
+        use serde_json::Value;
+        const KEYS: [&str; 10] = ["id", "data", "next", "count", "a", "é", "", "~", "/", "x y"];
+        const STRINGS: [&str; 10] = [
+            "",
+            "x",
+            "é😀",
+            "\"",
+            "\\",
+            "a\u{0}b",
+            "\u{1b}[31m",
+            "https://h/?p=2",
+            "/rel",
+            "%zz",
+        ];
+        let numbers = || -> [serde_json::Value; 8] {
+            [
+                0.into(),
+                (-1).into(),
+                u64::MAX.into(),
+                i64::MIN.into(),
+                1.5.into(),
+                1e300.into(),
+                (-0.0).into(),
+                123_456_789.into(),
+            ]
+        };
+        match self.rng.u8(0..if depth >= 4 { 5 } else { 7 }) {
+            0 => Value::Null,
+            1 => Value::Bool(self.rng.bool()),
+            2 => numbers()[self.rng.usize(0..8)].clone(),
+            3 | 4 => Value::String(self.pick(&STRINGS).to_owned()),
+            5 => (0..self.rng.usize(0..4))
+                .map(|_| self.json(depth + 1))
+                .collect(),
+            _ => Value::Object(
+                (0..self.rng.usize(0..5))
+                    .map(|_| (self.pick(&KEYS).to_owned(), self.json(depth + 1)))
+                    .collect(),
+            ),
+        }
+    }
+}
+
 impl Drop for Fuzz {
     fn drop(&mut self) {
         if std::thread::panicking() {

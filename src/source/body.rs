@@ -416,4 +416,77 @@ mod tests {
             assert_eq!(parsed.records.unwrap().len(), 1);
         }
     }
+
+    /// Arbitrary and spoilt bodies never panic the reader; a body serde_json
+    /// reads is split exactly: the records are the array's elements, and
+    /// the envelope is the body with that array emptied.
+    #[test]
+    fn fuzz_bodies_split_as_serde_json_reads_them() {
+        let mut fuzz =
+            crate::fuzz::Fuzz::new("fuzz_bodies_split_as_serde_json_reads_them", 17, 6_000);
+        let pointers = ["", "/data", "/data/0", "/a/b", "/~1", "/é"];
+        let (mut split, mut compared) = (0, 0);
+        for _ in 0..fuzz.iterations {
+            let pointer = if fuzz.rng.bool() {
+                "/data"
+            } else {
+                fuzz.pick(&pointers)
+            };
+            let mut value = fuzz.json(0);
+            if fuzz.rng.bool() {
+                let records: Vec<Value> = (0..fuzz.rng.usize(0..5)).map(|_| fuzz.json(1)).collect();
+                value = json!({"data": records, "next": value, "count": 3});
+            }
+            let text = if fuzz.rng.bool() {
+                serde_json::to_vec(&value).unwrap()
+            } else {
+                serde_json::to_vec_pretty(&value).unwrap()
+            };
+            let body = match fuzz.rng.u8(0..8) {
+                0 => fuzz.bytes(64),
+                1..=3 => fuzz.mutate(&text),
+                _ => text,
+            };
+            let shown = String::from_utf8_lossy(&body).into_owned();
+            let segments = crate::json_pointer::segments(pointer);
+            let parsed = ResponseBody::parse(body.clone(), &segments);
+            let Ok(whole) = serde_json::from_slice::<Value>(&body) else {
+                if let Ok(parsed) = &parsed {
+                    for record in parsed.records.iter().flat_map(|r| r.iter()) {
+                        assert_eq!(crate::raw_json::check_syntax(record), Ok(()), "{shown}");
+                    }
+                }
+                continue;
+            };
+            compared += 1;
+            let parsed = parsed.unwrap_or_else(|(e, _)| panic!("{e}: {shown}"));
+            let mut expected = whole;
+            let array = match expected.pointer_mut(pointer) {
+                Some(Value::Array(items)) => Some(std::mem::take(items)),
+                _ => None,
+            };
+            assert_eq!(
+                parsed.envelope, expected,
+                "envelope of {shown} at {pointer:?}"
+            );
+            match (array, &parsed.records) {
+                (None, None) => {}
+                (Some(items), Some(records)) => {
+                    split += 1;
+                    let read: Vec<Value> = records
+                        .iter()
+                        .map(|r| {
+                            serde_json::from_slice(r).unwrap_or_else(|e| panic!("{e}: {shown}"))
+                        })
+                        .collect();
+                    assert_eq!(read, items, "records of {shown} at {pointer:?}");
+                }
+                (items, records) => panic!("{shown} at {pointer:?}: {items:?} vs {records:?}"),
+            }
+        }
+        assert!(
+            compared >= fuzz.iterations / 2 && split >= fuzz.iterations / 8,
+            "{compared} compared, {split} split"
+        );
+    }
 }

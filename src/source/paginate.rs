@@ -1232,4 +1232,216 @@ mod tests {
             "no header: the end"
         );
     }
+
+    /// Pagination settings of every kind, with totals and cursors read from
+    /// the body or from headers.
+    fn random_settings(fuzz: &mut crate::fuzz::Fuzz) -> Pagination {
+        let body_or_header = |fuzz: &mut crate::fuzz::Fuzz, path: &str, header: &str| {
+            if fuzz.rng.bool() {
+                Locator::Body(path.to_owned())
+            } else {
+                Locator::Header(header.to_owned())
+            }
+        };
+        let sizes = [None, Some(1), Some(3), Some(100), Some(1_000_000)];
+        let kind = match fuzz.rng.u8(0..6) {
+            0 => PaginationKind::None,
+            1 => PaginationKind::Page {
+                page_param: "page".into(),
+                size_param: "size".into(),
+                size: sizes[fuzz.rng.usize(0..sizes.len())],
+                start: [0, 1, 1_000_000_000][fuzz.rng.usize(0..3)],
+                total_pages: fuzz
+                    .rng
+                    .bool()
+                    .then(|| body_or_header(fuzz, "/meta/pages", "X-Total-Pages")),
+            },
+            2 => PaginationKind::Offset {
+                offset_param: "offset".into(),
+                limit_param: "limit".into(),
+                limit: sizes[fuzz.rng.usize(0..sizes.len())],
+            },
+            3 => PaginationKind::Cursor {
+                cursor_param: "cursor".into(),
+                cursor: body_or_header(fuzz, "/next", "X-Next"),
+                has_more: fuzz
+                    .rng
+                    .bool()
+                    .then(|| body_or_header(fuzz, "/has_more", "X-Has-More")),
+                end_when_missing: fuzz.rng.bool(),
+            },
+            4 => PaginationKind::LinkHeader,
+            _ => PaginationKind::NextUrl {
+                next: body_or_header(fuzz, "/next", "X-Next"),
+                end_when_missing: fuzz.rng.bool(),
+            },
+        };
+        let totals = ["X-Total-Count", "Content-Range"];
+        Pagination {
+            kind,
+            total: fuzz.rng.bool().then(|| {
+                let header = fuzz.pick(&totals);
+                body_or_header(fuzz, "/meta/count", header)
+            }),
+            total_method: Default::default(),
+            end_on_status: Vec::new(),
+        }
+    }
+
+    /// Header values an API may send, and some it should not.
+    const HEADER_VALUES: [&str; 22] = [
+        "",
+        "0",
+        "1",
+        "-1",
+        "7",
+        "18446744073709551615",
+        "18446744073709551616",
+        " 12 ",
+        "true",
+        "FALSE",
+        "items 0-99/1234",
+        "items 0-9/*",
+        "*/",
+        "/",
+        "0-0/0",
+        "https://h/x?page=2",
+        "https://elsewhere/x",
+        "/x?cursor=%zz",
+        "../../..//x",
+        "<https://h/x?p=3>; rel=\"next\"",
+        "<a>;rel=next,<b>;rel=\"next\"",
+        "<https://h/x?p=2>; rel=\"last\", <",
+    ];
+
+    /// A Link header from pieces, valid or not.
+    fn random_link(fuzz: &mut crate::fuzz::Fuzz) -> String {
+        const PIECES: [&str; 16] = [
+            "<",
+            ">",
+            ";",
+            ",",
+            " ",
+            "\t",
+            "rel",
+            "=",
+            "\"",
+            "next",
+            "last",
+            "\\",
+            "https://h/x?page=9",
+            "/y",
+            "é",
+            "title",
+        ];
+        (0..fuzz.rng.usize(0..14))
+            .map(|_| fuzz.pick(&PIECES))
+            .collect()
+    }
+
+    /// Random settings walked over random responses (bodies, headers,
+    /// record counts): no panic, and every next URL stays on the origin.
+    #[test]
+    fn fuzz_pagination_never_panics_and_stays_on_the_origin() {
+        let mut fuzz = crate::fuzz::Fuzz::new(
+            "fuzz_pagination_never_panics_and_stays_on_the_origin",
+            19,
+            3_000,
+        );
+        let header_names = [
+            "X-Total-Count",
+            "Content-Range",
+            "X-Total-Pages",
+            "X-Next",
+            "X-Has-More",
+            "Link",
+        ];
+        let (mut steps, mut nexts) = (0, 0);
+        for _ in 0..fuzz.iterations {
+            let base = url("http://h/x?q=1");
+            let mut paginator = Paginator::new(random_settings(&mut fuzz), base.clone());
+            let mut current = paginator.first();
+            for _ in 0..fuzz.rng.usize(1..12) {
+                let mut body = fuzz.json(0);
+                if !body.is_object() || fuzz.rng.bool() {
+                    body = json!({});
+                }
+                for path in ["/next", "/has_more"] {
+                    if fuzz.rng.bool() {
+                        body[&path[1..]] = match fuzz.rng.u8(0..4) {
+                            0 => json!(fuzz.pick(&HEADER_VALUES)),
+                            1 => json!(fuzz.rng.bool()),
+                            _ => fuzz.json(2),
+                        };
+                    }
+                }
+                if fuzz.rng.bool() {
+                    body["meta"] = json!({"count": fuzz.json(3), "pages": fuzz.json(3)});
+                }
+                let mut headers = HeaderMap::new();
+                for name in header_names {
+                    for _ in 0..fuzz.rng.usize(0..3) {
+                        let value = match name {
+                            "Link" if fuzz.rng.bool() => random_link(&mut fuzz),
+                            _ => fuzz.pick(&HEADER_VALUES).to_owned(),
+                        };
+                        if let Ok(value) = HeaderValue::from_str(&value) {
+                            headers.append(HeaderName::from_bytes(name.as_bytes()).unwrap(), value);
+                        }
+                    }
+                }
+                let response = Response {
+                    url: &current,
+                    headers: &headers,
+                    body: &body,
+                    records: fuzz.rng.usize(0..6),
+                };
+                let _ = paginator.note_head(&headers);
+                let _ = paginator.predicted_next();
+                steps += 1;
+                match paginator.next(&response) {
+                    Ok(Step::Next(next) | Step::Confirm(next)) => {
+                        nexts += 1;
+                        assert_eq!(next.origin(), base.origin(), "{next}");
+                        current = next;
+                    }
+                    Ok(Step::End) | Err(_) => break,
+                }
+            }
+            let _ = (paginator.expected(), paginator.stated());
+        }
+        assert!(nexts * 4 >= steps, "{nexts} next pages in {steps} steps");
+    }
+
+    /// Any text as a Link header: no panic, and a target found is a part
+    /// of the header; a next link among others is found.
+    #[test]
+    fn fuzz_link_headers() {
+        let mut fuzz = crate::fuzz::Fuzz::new("fuzz_link_headers", 23, 20_000);
+        for _ in 0..fuzz.iterations {
+            let header = match fuzz.rng.u8(0..3) {
+                0 => String::from_utf8_lossy(&fuzz.bytes(40)).into_owned(),
+                1 => random_link(&mut fuzz),
+                _ => {
+                    let links: Vec<String> = (0..fuzz.rng.usize(0..4))
+                        .map(|i| format!("</p{i}>; rel=\"last\"; title=\"a, b; c\""))
+                        .collect();
+                    let at = fuzz.rng.usize(0..=links.len());
+                    let mut links = links;
+                    links.insert(at, "</next?a=1,2>; REL=\"prev next\"".to_owned());
+                    let joined = links.join(fuzz.pick(&[",", ", ", " ,\t", ",,"]));
+                    assert_eq!(
+                        find_rel_next(&joined),
+                        Ok(Some("/next?a=1,2".to_owned())),
+                        "{joined}"
+                    );
+                    let spoilt = fuzz.mutate(joined.as_bytes());
+                    String::from_utf8_lossy(&spoilt).into_owned()
+                }
+            };
+            if let Ok(Some(target)) = find_rel_next(&header) {
+                assert!(header.contains(&target), "{target:?} from {header:?}");
+            }
+        }
+    }
 }
