@@ -7,6 +7,8 @@
 //! process environment.
 
 mod bounds;
+#[cfg(test)]
+mod fuzz;
 mod layers;
 mod pagination;
 mod validate;
