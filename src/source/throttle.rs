@@ -234,4 +234,54 @@ mod tests {
         assert!(Arc::ptr_eq(&a.state, &b.state));
         assert!(!Arc::ptr_eq(&a.state, &c.state));
     }
+
+    /// Any quota or Retry-After header: no panic, and the wait asked for
+    /// stays a duration a timer can hold.
+    #[tokio::test(start_paused = true)]
+    async fn fuzz_quota_and_retry_after_headers() {
+        // A Retry-After of u64::MAX seconds panicked `pause_for` before it
+        // saturated.
+        const VALUES: [&str; 15] = [
+            "0",
+            "-0",
+            "0.0",
+            "-1",
+            "1e308",
+            "inf",
+            "NaN",
+            "18446744073709551616",
+            "18446744073709551615",
+            "9999999999999",
+            "1.5",
+            " 3 ",
+            "Tue, 01 Dec 2999 00:00:00 GMT",
+            "Mon, 01 Jan 1900 00:00:00 GMT",
+            "soon",
+        ];
+        let mut fuzz = crate::fuzz::Fuzz::new("fuzz_quota_and_retry_after_headers", 31, 5_000);
+        let throttle = Throttle::new(None);
+        for _ in 0..fuzz.iterations {
+            let mut value = || match fuzz.rng.u8(0..4) {
+                0 => String::from_utf8_lossy(&fuzz.bytes(12)).into_owned(),
+                _ => VALUES[fuzz.rng.usize(0..VALUES.len())].to_owned(),
+            };
+            let (remaining, reset, retry_after) = (value(), value(), value());
+            let mut map = HeaderMap::new();
+            for (name, value) in [
+                ("x-ratelimit-remaining", &remaining),
+                ("x-ratelimit-reset", &reset),
+            ] {
+                if let Ok(value) = HeaderValue::from_str(value) {
+                    map.insert(name, value);
+                }
+            }
+            if let Some(wait) = quota_reset(&map) {
+                assert!(wait <= Duration::from_secs(86_400), "{remaining} {reset}");
+                throttle.pause_for(wait);
+            }
+            if let Some(wait) = crate::source::http::parse_retry_after(&retry_after) {
+                throttle.pause_for(wait);
+            }
+        }
+    }
 }
