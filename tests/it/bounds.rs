@@ -119,7 +119,7 @@ async fn durations_and_counts_beyond_their_range_exit_2_naming_key_and_range() {
             ),
             vec![
                 "job \"products\", key \"retry.max_attempts\"",
-                "(allowed: 1 to 100)",
+                "(allowed: 1 to 10000)",
             ],
         ),
     ];
