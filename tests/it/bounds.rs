@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::process::Output;
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -183,4 +184,17 @@ store_tests! {
         assert_eq!(env.ctx.store.watermark("products").await.unwrap(), watermark);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+}
+
+/// A pool given a wait too long for an `Instant` (a bound forgotten some
+/// day) saturates it instead of panicking in sqlx on first use.
+#[tokio::test]
+async fn a_store_given_an_endless_acquire_timeout_does_not_panic() {
+    let dir = scratch("endless-acquire");
+    let url = format!("sqlite://{}", dir.join("apisync.db").display());
+    let store = apisync::store::SqliteStore::connect_lazy(&url, Duration::MAX).unwrap();
+    let store = apisync::store::Store::Sqlite(store);
+    store.migrate().await.expect("migrations apply");
+    drop(store);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
