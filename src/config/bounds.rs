@@ -273,6 +273,29 @@ mod tests {
     }
 
     #[test]
+    fn a_key_of_more_fields_than_a_primary_key_holds_is_refused() {
+        let env = std::collections::HashMap::new();
+        let origin = std::path::Path::new("t.toml");
+        let fields = |n: usize| {
+            let list: Vec<String> = (0..n).map(|i| format!("\"f{i}\"")).collect();
+            format!("[{}]", list.join(", "))
+        };
+        let text = with("", "x", "1").replace("key = [\"id\"]", &format!("key = {}", fields(33)));
+        let text = text.replace("x = 1\n", "");
+        let error = super::super::load_str(&text, origin, &env).unwrap_err();
+        assert!(
+            error.problems.iter().any(|p| p
+                .contains("job \"orders\", key \"key\": 33 fields are more than a primary key")
+                && p.contains("allowed: 1 to 32")),
+            "{:?}",
+            error.problems
+        );
+        let text = with("", "x", "1").replace("key = [\"id\"]", &format!("key = {}", fields(32)));
+        super::super::load_str(&text.replace("x = 1\n", ""), origin, &env)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[test]
     fn rate_limits_are_bounded_in_count_and_period() {
         let env = std::collections::HashMap::new();
         let origin = std::path::Path::new("t.toml");

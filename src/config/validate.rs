@@ -15,6 +15,10 @@ use crate::record::RecordShape;
 use crate::schedule::Schedule;
 use crate::store::ident::Ident;
 
+/// The most fields a natural key may have (PostgreSQL's `INDEX_MAX_KEYS`;
+/// SQLite is held to the same rule, so a job moves between stores).
+const MAX_KEY_FIELDS: usize = 32;
+
 pub(super) fn validate(settings: &Settings, overrides: &EnvOverrides) -> Vec<String> {
     let mut problems = Vec::new();
     // Keys outside [[jobs]] may come from the environment: then the
@@ -233,6 +237,17 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
     }
     if let Err(e) = Ident::table(&job.table) {
         report.bad("table", e);
+    }
+    // PostgreSQL's INDEX_MAX_KEYS: a primary key of more columns fails
+    // every run, not `check`.
+    if job.key.len() > MAX_KEY_FIELDS {
+        report.bad(
+            "key",
+            format!(
+                "{} fields are more than a primary key can have; allowed: 1 to {MAX_KEY_FIELDS}",
+                job.key.len()
+            ),
+        );
     }
     if let Err((key, message)) = RecordShape::new(&job.key, &job.hash_exclude) {
         report.bad(key, message);
