@@ -10,6 +10,7 @@
 //! a page with nothing to write opens no transaction.
 
 pub mod ident;
+mod migrations;
 mod postgres;
 mod sqlite;
 
