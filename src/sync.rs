@@ -463,20 +463,7 @@ async fn read_pages(
     writer: tokio::sync::mpsc::Sender<Prepared>,
 ) -> Result<(), SyncError> {
     let mut pages = job.source.pages(&ctx.client, &ctx.redactor, since);
-    let mut stage = ReaderStage::Idle(Box::new(ReaderState {
-        job: job.name.clone(),
-        shape: Arc::clone(&job.shape),
-        limits: ctx.store.limits(),
-        max_rejected: job.max_rejected,
-        seen: SeenKeys::default(),
-        tracker,
-        previous_page: None,
-        fetched: 0,
-        rejected: 0,
-        first_reject: None,
-        distinct_rejects: HashSet::new(),
-        suspect_repeat: None,
-    }));
+    let mut stage = ReaderStage::Idle(Box::new(ReaderState::new(job, ctx.store.limits(), tracker)));
     loop {
         // Waiting for a response (retries included) is abandoned on shutdown:
         // nothing of that page is written yet.
@@ -572,6 +559,23 @@ struct ReaderState {
 }
 
 impl ReaderState {
+    fn new(job: &Job, limits: Option<StoreLimits>, tracker: Option<WatermarkTracker>) -> Self {
+        Self {
+            job: job.name.clone(),
+            shape: Arc::clone(&job.shape),
+            limits,
+            max_rejected: job.max_rejected,
+            seen: SeenKeys::default(),
+            tracker,
+            previous_page: None,
+            fetched: 0,
+            rejected: 0,
+            first_reject: None,
+            distinct_rejects: HashSet::new(),
+            suspect_repeat: None,
+        }
+    }
+
     /// Reads `page` into a batch. A page that repeats the previous one fails
     /// the run, unless it is an API clamping positions past its end: then it
     /// ends the walk and nothing of it is written (its records are not part
@@ -1145,5 +1149,76 @@ mod tests {
             scan_page(&shape, None, RawRecords::default().iter()).fingerprint,
             None
         );
+    }
+
+    /// A job keyed on `id`, built from TOML as a user writes it.
+    fn job() -> Job {
+        let text = r#"
+            [database]
+            url = "sqlite://unused.db"
+            [[jobs]]
+            name = "parts"
+            schedule = "0 0 * * *"
+            table = "parts"
+            key = ["id"]
+            [jobs.request]
+            url = "http://127.0.0.1:9/"
+        "#;
+        let settings =
+            crate::config::load_str(text, std::path::Path::new("t.toml"), &HashMap::new()).unwrap();
+        Job::from_settings(&settings.jobs[0]).unwrap()
+    }
+
+    fn large_page(number: u64, if_repeated: IfRepeated) -> Page {
+        let values: Vec<_> = (0..12_000).map(|id| json!({ "id": id })).collect();
+        Page {
+            number,
+            records: RawRecords::from_values(&values),
+            is_last: false,
+            if_repeated,
+        }
+    }
+
+    #[test]
+    fn a_large_page_goes_to_the_writer_in_parts_and_counts_as_one_page() {
+        let mut reader = ReaderState::new(&job(), None, None);
+        let (writer, mut parts) = tokio::sync::mpsc::channel(10);
+        let step = reader.prepare(large_page(1, IfRepeated::Fails), Stated::default(), &writer);
+        let mut sent = Vec::new();
+        while let Ok(part) = parts.try_recv() {
+            sent.push(part.batch);
+        }
+        let last = step.prepared.expect("the last part").batch;
+        assert!(step.failure.is_none() && !step.ends);
+        assert_eq!(sent.len(), 2, "12,000 records in parts of 5,000");
+        assert!(
+            sent.iter()
+                .all(|part| part.pages == 0 && part.rows.len() == 5_000)
+        );
+        assert_eq!((last.pages, last.rows.len()), (1, 2_000));
+        assert_eq!(reader.fetched, 12_000);
+    }
+
+    #[test]
+    fn a_large_page_served_again_writes_none_of_its_parts() {
+        let mut reader = ReaderState::new(&job(), None, None);
+        let (writer, mut parts) = tokio::sync::mpsc::channel(10);
+        reader.prepare(large_page(1, IfRepeated::Fails), Stated::default(), &writer);
+        while parts.try_recv().is_ok() {}
+
+        let step = reader.prepare(large_page(2, IfRepeated::Fails), Stated::default(), &writer);
+
+        assert!(
+            parts.try_recv().is_err(),
+            "no part of page 2 was handed over"
+        );
+        assert!(step.prepared.is_none());
+        assert!(matches!(
+            step.failure,
+            Some(SyncError::RepeatedPage {
+                page: 2,
+                previous: 1
+            })
+        ));
     }
 }
