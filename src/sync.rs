@@ -1221,4 +1221,36 @@ mod tests {
             })
         ));
     }
+
+    #[test]
+    fn a_copy_replaced_in_a_later_part_does_not_move_the_watermark() {
+        let incremental = Incremental::new(&crate::config::IncrementalSettings {
+            field: "updated_at".into(),
+            param: "updated_since".into(),
+            lookback: Duration::ZERO,
+            max_future: Duration::from_secs(86_400),
+            format: None,
+            timezone: None,
+        })
+        .unwrap();
+        let mut reader = ReaderState::new(&job(), None, Some(incremental.tracker(None)));
+        let values: Vec<_> = std::iter::once(json!({"id": 0, "updated_at": 99_999}))
+            .chain((0..12_000).map(|id| json!({ "id": id, "updated_at": id })))
+            .collect();
+        let page = Page {
+            number: 1,
+            records: RawRecords::from_values(&values),
+            is_last: true,
+            if_repeated: IfRepeated::Fails,
+        };
+        let (writer, _parts) = tokio::sync::mpsc::channel(10);
+
+        let step = reader.prepare(page, Stated::default(), &writer);
+
+        assert_eq!(
+            step.prepared.expect("the last part").watermark,
+            Some(json!(11_999)),
+            "id 0 is stored as its later copy (0), not the replaced one (99,999)"
+        );
+    }
 }
