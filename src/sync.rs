@@ -385,7 +385,11 @@ async fn copy_pages(
     ctx.store.prepare_table(&job.table).await?;
     let empty_at_start = ctx.store.table_is_empty(&job.table).await?;
     let tracker = match &job.incremental {
-        Some(incremental) => Some(incremental.tracker(ctx.store.watermark(&job.name).await?)),
+        Some(incremental) => Some(
+            incremental
+                .tracker(ctx.store.watermark(&job.name).await?)
+                .with_redactor(ctx.redactor.clone()),
+        ),
         None => None,
     };
     let since = match (&job.incremental, &tracker) {
@@ -460,6 +464,7 @@ async fn read_pages(
         job: job.name.clone(),
         shape: Arc::clone(&job.shape),
         limits: ctx.store.limits(),
+        redactor: ctx.redactor.clone(),
         max_rejected: job.max_rejected,
         seen: SeenKeys::default(),
         tracker,
@@ -545,6 +550,8 @@ struct ReaderState {
     job: String,
     shape: Arc<RecordShape>,
     limits: Option<StoreLimits>,
+    /// Reject reasons are redacted before they are stored.
+    redactor: Redactor,
     max_rejected: Threshold,
     /// Every key of the run so far.
     seen: SeenKeys,
@@ -574,6 +581,7 @@ impl ReaderState {
         let (mut batch, fingerprint) = build_batch(
             &self.shape,
             self.limits.as_ref(),
+            &self.redactor,
             page,
             &mut self.seen,
             self.tracker.as_mut(),
@@ -790,6 +798,7 @@ async fn write_pages(
 fn build_batch(
     shape: &RecordShape,
     limits: Option<&StoreLimits>,
+    redactor: &Redactor,
     page: Page,
     seen: &mut SeenKeys,
     tracker: Option<&mut WatermarkTracker>,
@@ -816,7 +825,10 @@ fn build_batch(
         let record = match checked {
             Ok(record) => record,
             Err(reason) => {
-                let reject = shape.reject(text, reason);
+                // A reason may quote the record. The record itself is the
+                // API's data and is archived as it came; the reason is ours
+                // and is printed, so it is redacted.
+                let reject = shape.reject(text, redactor.redact(&reason));
                 keys.update(&reject.content_hash);
                 any_key = true;
                 batch.rejects.push(reject);
@@ -918,6 +930,7 @@ mod tests {
         build_batch(
             &shape,
             None,
+            &Redactor::default(),
             page,
             &mut SeenKeys::default(),
             Some(&mut tracker),
@@ -939,7 +952,8 @@ mod tests {
             is_last: false,
             if_repeated: IfRepeated::Fails,
         };
-        let (_, first_fingerprint) = build_batch(&shape, None, first, &mut seen, None);
+        let (_, first_fingerprint) =
+            build_batch(&shape, None, &Redactor::default(), first, &mut seen, None);
         let second = Page {
             number: 2,
             records: RawRecords::from_values(&[
@@ -951,7 +965,8 @@ mod tests {
             is_last: false,
             if_repeated: IfRepeated::Fails,
         };
-        let (batch, second_fingerprint) = build_batch(&shape, None, second, &mut seen, None);
+        let (batch, second_fingerprint) =
+            build_batch(&shape, None, &Redactor::default(), second, &mut seen, None);
         assert_ne!(first_fingerprint, second_fingerprint);
         assert_eq!(batch.fetched, 4);
         assert_eq!(batch.collapsed, 1, "id 2 twice on page 2");
@@ -977,7 +992,7 @@ mod tests {
             is_last: true,
             if_repeated: IfRepeated::Fails,
         };
-        let (batch, _) = build_batch(&shape, None, third, &mut seen, None);
+        let (batch, _) = build_batch(&shape, None, &Redactor::default(), third, &mut seen, None);
         let rows: Vec<_> = batch.rows.iter().map(|r| r.record.text.as_str()).collect();
         assert_eq!(
             rows,
