@@ -82,12 +82,20 @@ impl Redactor {
 
     /// At most `chars` characters of `text` from byte `start` on, redacted
     /// before it is cut (a secret that begins before `start` or runs past
-    /// the cut is still masked whole), with `…` when something was cut.
+    /// the cut is still masked whole, and the mask itself is not cut), with
+    /// `…` when something was cut.
     pub fn excerpt(&self, text: &str, start: usize, chars: usize) -> String {
         let start = floor_char_boundary(text, start);
         let ranges = self.ranges(text);
         let redacted = splice(text, &ranges, start);
         let mut cut: String = redacted.chars().take(chars).collect();
+        // A mask is not cut in two.
+        let rest = &redacted[cut.len()..];
+        if let Some(k) =
+            (1..MASK.len()).find(|&k| cut.ends_with(&MASK[..k]) && rest.starts_with(&MASK[k..]))
+        {
+            cut.push_str(&MASK[k..]);
+        }
         if cut.len() < redacted.len() {
             cut.push('…');
         }
@@ -536,6 +544,11 @@ mod tests {
         let from = text.find("0123").unwrap();
         assert_eq!(redactor.excerpt(&text, from, 12), "[redacted]>;…");
         assert_eq!(redactor.excerpt("short", 0, 40), "short");
+        assert_eq!(
+            redactor.excerpt(&text, 0, 22),
+            "<https://api/x?key=[redacted]…",
+            "the mask is not cut"
+        );
     }
 
     #[test]
