@@ -206,7 +206,10 @@ async fn control_characters_from_an_api_are_escaped_in_every_output(pool: PgPool
         ("runs --json", stdout(&json)),
     ];
     for (what, text) in &outputs {
-        assert!(!text.is_empty() || what.starts_with("sync stderr"), "{what}");
+        assert!(
+            !text.is_empty() || what.starts_with("sync stderr"),
+            "{what}"
+        );
         let raw: Vec<char> = text
             .chars()
             .filter(|c| c.is_control() && *c != '\n')

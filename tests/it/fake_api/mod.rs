@@ -554,7 +554,10 @@ async fn echo(
 async fn bad_link(uri: Uri) -> Response {
     let link = format!("<{uri}; rel=\"next\"");
     (
-        [(header::LINK, link), (header::CONTENT_TYPE, "application/json".to_owned())],
+        [
+            (header::LINK, link),
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+        ],
         json!([{"id": 1}]).to_string(),
     )
         .into_response()
