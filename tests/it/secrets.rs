@@ -18,9 +18,9 @@ fn job(name: &str, rest: &str) -> String {
 
 const LITERAL: &str = "literal-header-secret/9876+Zz==";
 const REGION: &str = "q7";
-/// As written in the environment, percent-encoded as a URL's userinfo must
-/// be; it travels decoded, as `apiuser:s3cr/pa55` in base64.
-const PASSWORD: &str = "s3cr%2Fpa55";
+/// Characters a URL's userinfo percent-encodes (`%5E`, `%20`, `%C3%B6`),
+/// which neither a query's nor a path's encoding would produce.
+const PASSWORD: &str = "s3cr^pa55 wörd";
 const CUT_TOKEN: &str = "cut-token-0123456789-abcdef";
 const LINK_KEY: &str = "Zq9LinkKeyXv0123456789";
 
@@ -70,13 +70,56 @@ async fn secrets_echoed_by_an_api_stay_out_of_every_output(pool: PgPool) {
     let sync = apisync(&dir, &["sync", "--all"], &vars).await;
     let table = apisync(&dir, &["runs"], &vars).await;
     let json = apisync(&dir, &["runs", "--json"], &vars).await;
+    let check = apisync(&dir, &["check", "--connect"], &vars).await;
     let stored: Vec<(String, Option<String>)> =
         sqlx::query_as("SELECT job, error FROM apisync.runs ORDER BY id")
             .fetch_all(&env.pool)
             .await
             .unwrap();
 
-    // Assert: every run failed, for the reason expected, with the echo masked.
+    // Assert: no secret, nor a prefix of one, in any output.
+    let stored_errors: String = stored
+        .iter()
+        .filter_map(|(_, error)| error.clone())
+        .collect::<Vec<_>>()
+        .join("\n");
+    // base64("apiuser:s3cr^pa55 wörd"), as `Authorization: Basic` carries it.
+    let basic = "YXBpdXNlcjpzM2NyXnBhNTUgd8O2cmQ=".to_owned();
+    let escaped = |s: &str| s.replace('/', "\\/");
+    let leaks = [
+        // Whole, escaped, and a prefix left by a cut.
+        LITERAL.to_owned(),
+        escaped(LITERAL),
+        "literal-header".to_owned(),
+        REGION.to_owned(),
+        PASSWORD.to_owned(),
+        "s3cr".to_owned(),
+        "%5Epa55".to_owned(),
+        basic,
+        "cut-token".to_owned(),
+        "Zq9Li".to_owned(),
+    ];
+    let outputs = [
+        ("sync stdout", stdout(&sync)),
+        ("sync stderr", stderr(&sync)),
+        ("runs", stdout(&table)),
+        ("runs --json", stdout(&json)),
+        ("check --connect", stdout(&check)),
+        ("check --connect stderr", stderr(&check)),
+        ("apisync.runs.error", stored_errors),
+    ];
+    // All leaks at once, so that a failure lists every one.
+    let shown: Vec<String> = outputs
+        .iter()
+        .flat_map(|(what, text)| {
+            leaks
+                .iter()
+                .filter(|leak| text.contains(leak.as_str()))
+                .map(move |leak| format!("{what} shows {leak}"))
+        })
+        .collect();
+    assert!(shown.is_empty(), "{shown:#?}\n{outputs:#?}");
+    // …every run failed, for the reason expected, with the echo masked…
     assert_eq!(sync.status.code(), Some(1), "{}", stderr(&sync));
     let summary = stdout(&sync);
     for name in ["literal", "userinfo", "cut"] {
@@ -119,35 +162,12 @@ async fn secrets_echoed_by_an_api_stay_out_of_every_output(pool: PgPool) {
     for error in &json_errors {
         assert!(error.contains("[redacted]"), "{error}");
     }
+    assert!(
+        stdout(&check).matches("[redacted]").count() >= 4,
+        "check shows each job's echo, masked: {}",
+        stdout(&check)
+    );
 
-    // base64("apiuser:s3cr/pa55"), as `Authorization: Basic` carries it.
-    let basic = "YXBpdXNlcjpzM2NyL3BhNTU=".to_owned();
-    let escaped = |s: &str| s.replace('/', "\\/");
-    let leaks = [
-        // Whole, escaped, and a prefix left by a cut.
-        LITERAL.to_owned(),
-        escaped(LITERAL),
-        "literal-header".to_owned(),
-        REGION.to_owned(),
-        PASSWORD.to_owned(),
-        "s3cr".to_owned(),
-        basic.clone(),
-        escaped(&basic),
-        "cut-token".to_owned(),
-        "Zq9Li".to_owned(),
-    ];
-    let outputs = [
-        ("sync stdout", summary.clone()),
-        ("sync stderr", stderr(&sync)),
-        ("runs", stdout(&table)),
-        ("runs --json", json_out.clone()),
-        ("apisync.runs.error", errors.join("\n")),
-    ];
-    for (what, text) in &outputs {
-        for leak in &leaks {
-            assert!(!text.contains(leak.as_str()), "{what} shows {leak}: {text}");
-        }
-    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
