@@ -61,9 +61,19 @@ pub fn load_str(
     origin: &Path,
     env: &HashMap<String, String>,
 ) -> Result<Settings, ConfigError> {
-    let mut table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| ConfigError::single(origin, e.to_string()))?;
+    // The position and the reason, not the line itself: it may hold a
+    // header value written in the file, and nothing parsed says which.
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let at = e.span().map_or(0, |span| span.start).min(text.len());
+        let before = &text.as_bytes()[..at];
+        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+        let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+        let message = e.message().trim_end();
+        ConfigError::single(
+            origin,
+            format!("not valid TOML at line {line}, column {column}: {message}"),
+        )
+    })?;
     let job_names = layers::job_names(&table);
 
     let mut secrets = Vec::new();

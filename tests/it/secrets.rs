@@ -271,3 +271,25 @@ async fn validation_errors_do_not_echo_variable_values() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_toml_error_does_not_echo_the_line_it_is_on() {
+    // Arrange: an unclosed inline table on the line of a literal header value.
+    let dir = scratch("secrets-toml");
+    let config = "[[jobs]]\nname = \"x\"\n[jobs.request]\n\
+                  headers = { Authorization = \"Bearer literal-secret-123\" \n";
+    std::fs::write(dir.join("apisync.toml"), config).unwrap();
+
+    // Act
+    let check = apisync(&dir, &["check"], &[]).await;
+
+    // Assert: where and why, not the line.
+    assert_eq!(check.status.code(), Some(2));
+    let text = stderr(&check);
+    assert!(
+        text.contains("not valid TOML at line 4, column 56: unclosed inline table"),
+        "{text}"
+    );
+    assert!(!text.contains("literal-secret"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
