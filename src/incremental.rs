@@ -436,6 +436,22 @@ mod tests {
     }
 
     #[test]
+    fn examples_in_messages_are_redacted_before_they_are_cut() {
+        // A value that is no time, with a secret where the cut at 60
+        // characters falls.
+        let secret = "tok-0123456789abcdefghij";
+        let redactor = crate::redact::Redactor::new([secret.to_owned()], None);
+        let mut tracker = incremental(0).tracker(None).with_redactor(redactor);
+        let value = format!("{}{secret}", "x".repeat(45));
+        tracker.observe(json!({"id": 1, "updated_at": value}).to_string().as_bytes());
+
+        let error = tracker.verdict().unwrap_err();
+
+        assert!(!error.contains("tok-0123"), "{error}");
+        assert!(error.contains("[redacted]"), "{error}");
+    }
+
+    #[test]
     fn since_subtracts_the_lookback_in_the_watermarks_format() {
         let cases = [
             (
