@@ -392,7 +392,11 @@ async fn copy_pages(
     ctx.store.prepare_table(&job.table).await?;
     let empty_at_start = ctx.store.table_is_empty(&job.table).await?;
     let tracker = match &job.incremental {
-        Some(incremental) => Some(incremental.tracker(ctx.store.watermark(&job.name).await?)),
+        Some(incremental) => Some(
+            incremental
+                .tracker(ctx.store.watermark(&job.name).await?)
+                .with_redactor(ctx.redactor.clone()),
+        ),
         None => None,
     };
     let since = match (&job.incremental, &tracker) {
@@ -463,7 +467,10 @@ async fn read_pages(
     writer: tokio::sync::mpsc::Sender<Prepared>,
 ) -> Result<(), SyncError> {
     let mut pages = job.source.pages(&ctx.client, &ctx.redactor, since);
-    let mut stage = ReaderStage::Idle(Box::new(ReaderState::new(job, ctx.store.limits(), tracker)));
+    let mut stage = ReaderStage::Idle(Box::new(ReaderState {
+        redactor: ctx.redactor.clone(),
+        ..ReaderState::new(job, ctx.store.limits(), tracker)
+    }));
     loop {
         // Waiting for a response (retries included) is abandoned on shutdown:
         // nothing of that page is written yet.
@@ -540,6 +547,8 @@ struct ReaderState {
     job: String,
     shape: Arc<RecordShape>,
     limits: Option<StoreLimits>,
+    /// Reject reasons are redacted before they are stored.
+    redactor: Redactor,
     max_rejected: Threshold,
     /// Every key of the run so far.
     seen: SeenKeys,
@@ -564,6 +573,7 @@ impl ReaderState {
             job: job.name.clone(),
             shape: Arc::clone(&job.shape),
             limits,
+            redactor: Redactor::default(),
             max_rejected: job.max_rejected,
             seen: SeenKeys::default(),
             tracker,
@@ -573,6 +583,16 @@ impl ReaderState {
             first_reject: None,
             distinct_rejects: HashSet::new(),
             suspect_repeat: None,
+        }
+    }
+
+    /// A reason may quote the record. The record itself is the API's data
+    /// and is archived as it came; the reason is ours and is printed, so it
+    /// is redacted (after the reject's content hash was taken, so that the
+    /// hash, like the page fingerprint, does not depend on the secrets).
+    fn redact_reasons(&self, batch: &mut PageBatch) {
+        for reject in &mut batch.rejects {
+            reject.reason = self.redactor.redact(&reject.reason);
         }
     }
 
@@ -605,6 +625,7 @@ impl ReaderState {
                 None,
             )
         };
+        self.redact_reasons(&mut batch);
         let repeats = matches!(
             (self.previous_page, fingerprint),
             (Some((_, last)), Some(current)) if last == current
@@ -651,7 +672,7 @@ impl ReaderState {
             let mut parts = page.records.parts(PART_ROWS, PART_BYTES).peekable();
             let mut first = 0;
             while let Some(part) = parts.next() {
-                let (part, _) = build_batch(
+                let (mut part, _) = build_batch(
                     &self.shape,
                     self.limits.as_ref(),
                     part,
@@ -659,6 +680,7 @@ impl ReaderState {
                     self.tracker.as_mut(),
                     Some((&scan.last_copy, first)),
                 );
+                self.redact_reasons(&mut part);
                 first += usize::try_from(part.fetched).unwrap_or(usize::MAX);
                 if parts.peek().is_none() {
                     batch = part;
