@@ -23,10 +23,13 @@ use crate::fake_api::FakeApi;
 /// Logs only when `TEST_LOG` is set, and installed once per test binary.
 static TRACING: LazyLock<()> = LazyLock::new(|| {
     if std::env::var_os("TEST_LOG").is_some() {
-        apisync::telemetry::init(&LogSettings {
-            level: "debug".to_owned(),
-            format: LogFormat::Text,
-        });
+        apisync::telemetry::init(
+            &LogSettings {
+                level: "debug".to_owned(),
+                format: LogFormat::Text,
+            },
+            Redactor::default(),
+        );
     }
 });
 
@@ -88,8 +91,7 @@ impl TestEnv {
             }
             Backend::Sqlite => {
                 let n = SQLITE_FILES.fetch_add(1, Ordering::SeqCst);
-                let dir =
-                    std::env::temp_dir().join(format!("apisync-sqlite-{}", std::process::id()));
+                let dir = crate::binary::temp_root().join("sqlite");
                 std::fs::create_dir_all(&dir).unwrap();
                 let file = dir.join(format!("test-{n}.db"));
                 let _ = std::fs::remove_file(&file);
