@@ -527,4 +527,74 @@ mod tests {
         assert_eq!(tracker.watermark(), Some(&json!("2026-03-02T00:00:00Z")));
         assert_eq!(tracker.unreadable, 2);
     }
+
+    /// Any watermark (edge times, numbers beyond every unit, text), any
+    /// lookback and max_future (also beyond their bounds), every format:
+    /// `since`, the tracker and its verdict never panic.
+    #[test]
+    fn fuzz_watermarks_and_lookbacks_never_panic() {
+        const WATERMARKS: [&str; 16] = [
+            "\"2026-03-01T10:00:00Z\"",
+            "\"0000-01-01T00:03:00Z\"",
+            "\"+262142-12-31T23:59:59Z\"",
+            "\"-262143-01-01T00:00:00Z\"",
+            "\"9999-12-31 23:59:59\"",
+            "\"2026-03-29 02:30:00\"",
+            "\"\"",
+            "\"1700000000\"",
+            "1700000000",
+            "1700000000123456789",
+            "9223372036854775807",
+            "-9223372036854775808",
+            "18446744073709551615",
+            "1e300",
+            "-0.0",
+            "null",
+        ];
+        let lookbacks = [
+            Duration::ZERO,
+            Duration::from_nanos(1),
+            Duration::from_secs(300),
+            Duration::from_secs(3650 * 86_400),
+            Duration::from_secs(31_557_600 * 1_000_000),
+            Duration::MAX,
+        ];
+        let formats = [
+            None,
+            Some("%Y-%m-%d %H:%M:%S"),
+            Some("%s"),
+            Some("%Y"),
+            Some("%d.%m.%Y %z"),
+        ];
+        let mut fuzz =
+            crate::fuzz::Fuzz::new("fuzz_watermarks_and_lookbacks_never_panic", 37, 3_000);
+        let mut built = 0;
+        for _ in 0..fuzz.iterations {
+            let settings = IncrementalSettings {
+                field: "updated_at".into(),
+                param: "since".into(),
+                lookback: lookbacks[fuzz.rng.usize(0..lookbacks.len())],
+                max_future: lookbacks[fuzz.rng.usize(0..lookbacks.len())],
+                format: formats[fuzz.rng.usize(0..formats.len())].map(str::to_owned),
+                timezone: fuzz.rng.bool().then(|| "Europe/Berlin".to_owned()),
+            };
+            let Ok(incremental) = Incremental::new(&settings) else {
+                continue;
+            };
+            built += 1;
+            let watermark: Value =
+                serde_json::from_str(WATERMARKS[fuzz.rng.usize(0..WATERMARKS.len())]).unwrap();
+            let _ = incremental.since(&watermark);
+            let mut tracker = incremental.tracker(Some(watermark));
+            for _ in 0..fuzz.rng.usize(0..4) {
+                let value = WATERMARKS[fuzz.rng.usize(0..WATERMARKS.len())];
+                tracker.observe(format!("{{\"id\": 1, \"updated_at\": {value}}}").as_bytes());
+            }
+            let _ = tracker.verdict();
+            if let Some(mark) = tracker.watermark() {
+                let _ = incremental.since(mark);
+            }
+        }
+        assert!(built * 2 >= fuzz.iterations, "{built} built");
+    }
 }
