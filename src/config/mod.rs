@@ -555,15 +555,12 @@ impl std::str::FromStr for Threshold {
 
 impl<'de> Deserialize<'de> for Threshold {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Count(u64),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)? {
-            Raw::Count(n) => Ok(Threshold::Count(n)),
-            Raw::Text(text) => text.parse().map_err(serde::de::Error::custom),
+        match number_or_text(
+            deserializer,
+            "a count such as 50 or a share such as \"10%\"",
+        )? {
+            NumberOrText::Number(n) => Ok(Threshold::Count(n)),
+            NumberOrText::Text(text) => text.parse().map_err(serde::de::Error::custom),
         }
     }
 }
@@ -616,20 +613,32 @@ pub struct ScalarString(pub String);
 
 impl<'de> Deserialize<'de> for ScalarString {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Scalar {
-            String(String),
-            Integer(i64),
-            Float(f64),
-            Bool(bool),
+        // A visitor rather than an untagged enum: a table or an array is
+        // then refused as "invalid type: map, expected …", not as "data did
+        // not match any variant".
+        struct Scalar;
+        impl serde::de::Visitor<'_> for Scalar {
+            type Value = String;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string, a number or a boolean")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<String, E> {
+                Ok(s.to_owned())
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<String, E> {
+                Ok(n.to_string())
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<String, E> {
+                Ok(n.to_string())
+            }
+            fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<String, E> {
+                Ok(n.to_string())
+            }
+            fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<String, E> {
+                Ok(b.to_string())
+            }
         }
-        Ok(ScalarString(match Scalar::deserialize(deserializer)? {
-            Scalar::String(s) => s,
-            Scalar::Integer(i) => i.to_string(),
-            Scalar::Float(f) => f.to_string(),
-            Scalar::Bool(b) => b.to_string(),
-        }))
+        deserializer.deserialize_any(Scalar).map(ScalarString)
     }
 }
 
@@ -699,30 +708,57 @@ where
     D: serde::Deserializer<'de>,
     T: TryFrom<u64> + std::str::FromStr,
 {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Number(u64),
-        Text(String),
+    let invalid = |found: &str| {
+        serde::de::Error::custom(format!("`{found}` is not a non-negative whole number"))
+    };
+    match number_or_text(deserializer, "a non-negative whole number")? {
+        NumberOrText::Number(n) => {
+            T::try_from(n).map_err(|_| serde::de::Error::custom(format!("`{n}` is too large")))
+        }
+        NumberOrText::Text(s) => s.trim().parse().map_err(|_| invalid(&s)),
     }
-    let invalid = || serde::de::Error::custom("expected a non-negative whole number");
-    match Raw::deserialize(deserializer)? {
-        Raw::Number(n) => T::try_from(n).map_err(|_| invalid()),
-        Raw::Text(s) => s.trim().parse().map_err(|_| invalid()),
+}
+
+/// A whole number or a text, as the file or the environment gives it.
+enum NumberOrText {
+    Number(u64),
+    Text(String),
+}
+
+/// Reads a [`NumberOrText`]; anything else (a negative number, a float, a
+/// boolean, a table) is refused in serde's words, saying what was found and
+/// that `expected` was (an untagged enum would only say that "data did not
+/// match any variant").
+fn number_or_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+    expected: &'static str,
+) -> Result<NumberOrText, D::Error> {
+    struct Visitor(&'static str);
+    impl serde::de::Visitor<'_> for Visitor {
+        type Value = NumberOrText;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<NumberOrText, E> {
+            Ok(NumberOrText::Number(n))
+        }
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<NumberOrText, E> {
+            u64::try_from(n)
+                .map(NumberOrText::Number)
+                .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(n), &self))
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<NumberOrText, E> {
+            Ok(NumberOrText::Text(s.to_owned()))
+        }
     }
+    deserializer.deserialize_any(Visitor(expected))
 }
 
 /// Accepts a byte count (`1048576`) or a size with a unit (`"64MiB"`, `"500kB"`).
 fn byte_size<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Number(u64),
-        Text(String),
-    }
-    match Raw::deserialize(deserializer)? {
-        Raw::Number(n) => Ok(n),
-        Raw::Text(s) => parse_byte_size(&s).map_err(serde::de::Error::custom),
+    match number_or_text(deserializer, "a byte count or a size such as \"64MiB\"")? {
+        NumberOrText::Number(n) => Ok(n),
+        NumberOrText::Text(s) => parse_byte_size(&s).map_err(serde::de::Error::custom),
     }
 }
 

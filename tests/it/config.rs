@@ -369,6 +369,38 @@ fn invalid_cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
             ],
         ),
         (
+            "a float for a count",
+            format!("max_concurrent_jobs = 4.5\n{MINIMAL}"),
+            vec![
+                "key \"max_concurrent_jobs\": invalid type: floating point `4.5`, \
+                 expected a non-negative whole number (allowed: 1 to 1024)",
+            ],
+        ),
+        (
+            "a boolean for a threshold",
+            with("max_rejected = true"),
+            vec![
+                "job \"orders\", key \"max_rejected\": invalid type: boolean `true`, \
+                 expected a count such as 50 or a share such as \"10%\"",
+            ],
+        ),
+        (
+            "a negative size",
+            with("max_body_bytes = -1"),
+            vec![
+                "job \"orders\", key \"max_body_bytes\": invalid value: integer `-1`",
+                "(allowed: 1KiB to 4GiB)",
+            ],
+        ),
+        (
+            "an array for a query value",
+            MINIMAL.replace("status = \"all\"", "status = [\"all\"]"),
+            vec![
+                "job \"orders\", key \"request.query.status\": invalid type: sequence, \
+                 expected a string, a number or a boolean",
+            ],
+        ),
+        (
             "in-memory SQLite",
             MINIMAL.replace("postgres://file@127.0.0.1/file", "sqlite::memory:"),
             vec!["key \"database.url\": an in-memory SQLite database keeps nothing"],
@@ -415,7 +447,7 @@ fn a_bad_key_from_the_environment_names_the_variable_not_the_file() {
             "APISYNC__DATABASE__MAX_CONNECTIONS",
             "-3",
             "environment variable APISYNC__DATABASE__MAX_CONNECTIONS \
-             (key \"database.max_connections\"): expected a non-negative whole number \
+             (key \"database.max_connections\"): `-3` is not a non-negative whole number \
              (allowed: 1 to 1000)",
         ),
         (
