@@ -155,9 +155,19 @@ pub async fn run(cli: Cli) -> ExitCode {
 /// The problems are redacted where they are made (`config::load`); here
 /// they are made printable.
 fn print_config_error(error: &ConfigError) {
+    // A problem may be with a value the environment set, not the file.
+    let environment = error
+        .problems
+        .iter()
+        .any(|problem| problem.starts_with("environment variable "));
     eprintln!(
-        "apisync: invalid configuration in {}:",
-        printable(&error.path.display().to_string())
+        "apisync: invalid configuration in {}{}:",
+        printable(&error.path.display().to_string()),
+        if environment {
+            " and the environment"
+        } else {
+            ""
+        }
     );
     for problem in &error.problems {
         eprintln!("  - {}", printable(problem));

@@ -1,6 +1,7 @@
 //! Numbers and durations beyond their allowed range are refused when the
 //! configuration is loaded (exit 2, naming the job, the key and the range),
-//! through the real binary: each case here once panicked a command.
+//! through the real binary: each case here once panicked a command. And a
+//! problem with a value from the environment names its variable.
 
 use std::path::Path;
 use std::process::Output;
@@ -196,5 +197,31 @@ async fn a_store_given_an_endless_acquire_timeout_does_not_panic() {
     let store = apisync::store::Store::Sqlite(store);
     store.migrate().await.expect("migrations apply");
     drop(store);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A misspelt variable is reported as the environment's, not the file's.
+#[tokio::test]
+async fn a_bad_key_from_the_environment_is_reported_under_its_variable() {
+    let dir = scratch("bounds-env");
+    let database = format!("sqlite://{}", dir.join("apisync.db").display());
+    std::fs::write(
+        dir.join("apisync.toml"),
+        config(&database, "http://127.0.0.1:9", "", ""),
+    )
+    .unwrap();
+    let output = apisync(&dir, &["check"], &[("APISYNC__DATABSE__URL", "x")]).await;
+    let stderr = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("apisync: invalid configuration in apisync.toml and the environment:"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "environment variable APISYNC__DATABSE__URL (key \"databse\"): unknown field `databse`"
+        ),
+        "{stderr}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
