@@ -34,10 +34,10 @@ pub fn stopping() {
 /// The pings come from the runtime itself, so a wedged runtime stops them and
 /// systemd restarts the service.
 pub async fn watchdog(cancel: CancellationToken) {
-    let Some(interval) = sd_notify::watchdog_enabled() else {
+    let Some(period) = ping_period(sd_notify::watchdog_enabled()) else {
         return;
     };
-    let mut ticks = tokio::time::interval(interval / 2);
+    let mut ticks = tokio::time::interval(period);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -46,8 +46,34 @@ pub async fn watchdog(cancel: CancellationToken) {
     }
 }
 
+/// Half the watchdog interval; `None` without a watchdog, or for an
+/// interval of zero (`WATCHDOG_USEC=0`): `tokio::time::interval`
+/// panics on a zero period.
+fn ping_period(interval: Option<std::time::Duration>) -> Option<std::time::Duration> {
+    interval
+        .map(|interval| interval / 2)
+        .filter(|period| !period.is_zero())
+}
+
 fn send(state: NotifyState) {
     if let Err(e) = sd_notify::notify(&[state]) {
         tracing::warn!(error = %e, "Could not notify systemd.");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_watchdog_interval_too_short_to_halve_pings_nothing_rather_than_panicking() {
+        assert_eq!(ping_period(None), None);
+        assert_eq!(ping_period(Some(Duration::ZERO)), None);
+        assert_eq!(ping_period(Some(Duration::from_nanos(1))), None);
+        assert_eq!(
+            ping_period(Some(Duration::from_secs(30))),
+            Some(Duration::from_secs(15))
+        );
     }
 }
