@@ -303,6 +303,7 @@ mod tests {
             ("\"1/300000000000y\"", "the period", "1ms to 1d"),
             ("\"1/2d\"", "the period", "1ms to 1d"),
             ("\"1000001/s\"", "the request count", "1 to 1000000"),
+            ("\"4294967296/s\"", "the request count", "1 to 1000000"),
             ("\"1/500us\"", "the period", "1ms to 1d"),
         ];
         for (value, part, range) in cases {

@@ -438,7 +438,13 @@ impl std::str::FromStr for RateLimit {
             format!("`{text}` is not a rate such as \"10/s\", \"600/m\", \"1/5s\" or \"5000/h\"")
         };
         let (count, per) = text.split_once('/').ok_or_else(bad)?;
-        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        let count: u64 = count.trim().parse().map_err(|_| bad())?;
+        let count = u32::try_from(count).map_err(|_| {
+            format!(
+                "the request count of `{text}` is outside the allowed range, {}",
+                bounds::RATE_COUNT.describe()
+            )
+        })?;
         let per = per.trim();
         let period = match per {
             "s" => Duration::from_secs(1),
