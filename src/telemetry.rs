@@ -18,12 +18,26 @@ use tracing_subscriber::fmt::MakeWriter;
 use crate::config::{LogFormat, LogSettings};
 use crate::redact::Redactor;
 
+/// A log filter (`log.level`, `RUST_LOG`) with each directive trimmed
+/// before `EnvFilter` reads it: tracing-subscriber 0.3 cuts a directive at
+/// offsets counted in its trimmed form, which panics ("not a char
+/// boundary") on ` é=info` and refuses ` apisync=debug`.
+///
+/// # Errors
+/// Why the text is not a filter.
+pub fn log_filter(text: &str) -> Result<EnvFilter, String> {
+    let directives: Vec<&str> = text.split(',').map(str::trim).collect();
+    EnvFilter::try_new(directives.join(",")).map_err(|e| e.to_string())
+}
+
 /// Installs the global subscriber. `RUST_LOG`, when set, replaces `log.level`.
 /// Calling it again is harmless (the first subscriber stays).
 pub fn init(settings: &LogSettings, redactor: Redactor) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|filter| log_filter(&filter).ok())
+        .or_else(|| log_filter(&settings.level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
     let ansi = settings.format == LogFormat::Text && std::io::stderr().is_terminal();
     let writer = SafeStderr {
         redactor: Arc::new(redactor),
@@ -153,5 +167,24 @@ mod tests {
         assert_eq!(line, "{\"error\":\"[redacted] \\u009b\\u202e\"}\n");
         let parsed: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(parsed["error"], "[redacted] \u{9b}\u{202e}");
+    }
+
+    /// Found by the configuration fuzz test: `log.level = " 9é=x"` (a
+    /// directive after whitespace, with a character of several bytes)
+    /// panicked inside tracing-subscriber when validated.
+    #[test]
+    fn log_filters_with_spaces_and_non_ascii_do_not_panic() {
+        for text in [
+            " é=info",
+            "9\u{fffd}\u{fffd}j=\u{fffd}",
+            " 9\u{fffd}\u{fffd}j=\u{fffd}",
+            "info, é=debug",
+        ] {
+            let _ = log_filter(text);
+        }
+        assert_eq!(
+            log_filter(" apisync=debug , warn").unwrap().to_string(),
+            log_filter("apisync=debug,warn").unwrap().to_string()
+        );
     }
 }

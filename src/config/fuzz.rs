@@ -202,6 +202,8 @@ const STRINGS: &[&str] = &[
     "[::1]:0",
     "999.1.1.1:1",
     "apisync=debug,warn",
+    " é=info",
+    "info, [span{a=é}]=debug",
     "json",
     "host",
 ];

@@ -83,7 +83,7 @@ pub(super) fn validate(settings: &Settings, overrides: &EnvOverrides) -> Vec<Str
             ),
         );
     }
-    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&settings.log.level) {
+    if let Err(e) = crate::telemetry::log_filter(&settings.log.level) {
         global(
             "log.level",
             format!("`{}` is not a log filter: {e}", settings.log.level),
