@@ -43,6 +43,16 @@ pub(super) fn validate(settings: &Settings) -> Vec<String> {
     if settings.database.acquire_timeout.is_zero() {
         global("database.acquire_timeout", "must be longer than 0s".into());
     }
+    let lock_timeout = settings.database.lock_timeout;
+    if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&lock_timeout) {
+        global(
+            "database.lock_timeout",
+            format!(
+                "`{}` is out of range: allowed 1s to 1h",
+                humantime::format_duration(lock_timeout)
+            ),
+        );
+    }
     if settings
         .server
         .listen
@@ -210,7 +220,7 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
     if let Err(e) = Ident::table(&job.table) {
         report.bad("table", e);
     }
-    if let Err((key, message)) = RecordShape::new(&job.key, &job.hash_exclude) {
+    if let Err((key, message)) = RecordShape::with_key_entries(&job.key, &job.hash_exclude) {
         report.bad(key, message);
     }
     report.pointer("records", &job.records);

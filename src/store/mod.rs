@@ -339,10 +339,29 @@ pub struct RejectRecord {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the database request failed")]
-    Database(#[from] sqlx::Error),
-    #[error("applying the internal schema migrations failed")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A statement failed. Rendered by [`describe_sqlx`]: the server's
+    /// message without the line of its C source that sqlx appends.
+    #[error("the database request failed: {}", describe_sqlx(.0))]
+    Database(sqlx::Error),
+    /// Reaching the database failed before any statement ran: `stage` says
+    /// what failed (connecting, authenticating), `target` where to.
+    #[error("{stage} {target} failed: {detail}")]
+    Connect {
+        stage: &'static str,
+        target: String,
+        detail: String,
+    },
+    #[error("migrating the internal schema failed: {}", describe_migrate(.0))]
+    Migrate(sqlx::migrate::MigrateError),
+    /// A statement waited longer than `database.lock_timeout` for a lock
+    /// another session holds.
+    #[error(
+        "a lock held by another session blocked the statement for longer than \
+         database.lock_timeout ({detail}); another session holds a lock on the job's table \
+         or on apisync's own tables (LOCK TABLE, ALTER TABLE, VACUUM FULL, a long \
+         transaction): let it finish, or raise database.lock_timeout"
+    )]
+    LockTimeout { detail: String },
     /// The connection holding the job's lock failed; another process may
     /// take the job now, so this run must stop writing.
     #[error(
@@ -357,6 +376,73 @@ pub enum StoreError {
     /// The target table exists but cannot hold the job's rows safely.
     #[error("table {table} exists but does not fit this job: {problems}")]
     TableShape { table: String, problems: String },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match lock_wait_detail(&error) {
+            Some(detail) => StoreError::LockTimeout { detail },
+            None => StoreError::Database(error),
+        }
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        match &error {
+            sqlx::migrate::MigrateError::Execute(inner) => match lock_wait_detail(inner) {
+                Some(detail) => StoreError::LockTimeout { detail },
+                None => StoreError::Migrate(error),
+            },
+            _ => StoreError::Migrate(error),
+        }
+    }
+}
+
+/// Whether `error` is a statement given up waiting for another session's
+/// lock: PostgreSQL's `lock_not_available` (55P03, what `lock_timeout`
+/// raises), or SQLite's `SQLITE_BUSY` (any of its extended codes: the busy
+/// timeout ran out). The store's own words, for the message.
+fn lock_wait_detail(error: &sqlx::Error) -> Option<String> {
+    let sqlx::Error::Database(db) = error else {
+        return None;
+    };
+    let code = db.code()?;
+    if code == "55P03" {
+        return Some(format!(
+            "PostgreSQL: {}, SQLSTATE 55P03 lock_not_available",
+            db.message()
+        ));
+    }
+    let sqlite_busy = db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some()
+        && code.parse::<u32>().is_ok_and(|code| code & 0xff == 5);
+    sqlite_busy.then(|| format!("SQLite: {}, SQLITE_BUSY", db.message()))
+}
+
+/// An sqlx error in a sentence: the server's message and SQLSTATE (without
+/// the "at line N" of PostgreSQL's own source that sqlx appends), or the
+/// error chain.
+pub fn describe_sqlx(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => match db.code() {
+            Some(code) => format!("{} (SQLSTATE {code})", db.message()),
+            None => db.message().to_owned(),
+        },
+        sqlx::Error::PoolTimedOut => "no connection to the database became free within \
+             database.acquire_timeout (pool timed out while waiting for an open connection)"
+            .to_owned(),
+        other => crate::error_chain(other),
+    }
+}
+
+fn describe_migrate(error: &sqlx::migrate::MigrateError) -> String {
+    match error {
+        sqlx::migrate::MigrateError::Execute(inner) => describe_sqlx(inner),
+        sqlx::migrate::MigrateError::ExecuteMigration(inner, version) => {
+            format!("migration {version}: {}", describe_sqlx(inner))
+        }
+        other => crate::error_chain(other),
+    }
 }
 
 /// Exclusive right to run one job, across processes.
@@ -402,7 +488,11 @@ impl Store {
         use secrecy::ExposeSecret;
         let url = settings.url();
         if url.expose_secret().starts_with("sqlite:") {
-            let store = SqliteStore::connect_lazy(url.expose_secret(), settings.acquire_timeout)?;
+            let store = SqliteStore::connect_lazy_with_lock_timeout(
+                url.expose_secret(),
+                settings.acquire_timeout,
+                settings.lock_timeout,
+            )?;
             Ok(Store::Sqlite(store))
         } else {
             Ok(Store::Postgres(PgStore::connect_lazy(settings)?))
@@ -421,7 +511,7 @@ impl Store {
     /// Which store this is, for the log line at start.
     pub fn describe(&self) -> String {
         match self {
-            Store::Postgres(_) => "PostgreSQL".to_owned(),
+            Store::Postgres(pg) => pg.describe(),
             Store::Sqlite(db) => format!("SQLite ({})", db.path().display()),
         }
     }

@@ -40,6 +40,10 @@ fn migrator() -> Migrator {
     migrator
 }
 
+/// The busy timeout of a store opened without settings (the default of
+/// `database.lock_timeout`).
+const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
@@ -56,21 +60,49 @@ impl SqliteStore {
         Ok(Self::with_options(
             SqliteConnectOptions::from_str(url)?,
             acquire_timeout,
+            DEFAULT_BUSY_TIMEOUT,
+        ))
+    }
+
+    /// Like [`SqliteStore::connect_lazy`], waiting at most `lock_timeout`
+    /// for another connection's lock on the file (SQLite's busy timeout,
+    /// the analogue of PostgreSQL's `lock_timeout`: SQLite locks the whole
+    /// database, so it covers apisync's own tables too).
+    ///
+    /// # Errors
+    /// When the URL cannot be used.
+    pub fn connect_lazy_with_lock_timeout(
+        url: &str,
+        acquire_timeout: Duration,
+        lock_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        Ok(Self::with_options(
+            SqliteConnectOptions::from_str(url)?,
+            acquire_timeout,
+            lock_timeout,
         ))
     }
 
     /// Opens (creating when missing) the database file at `path`, taken as
     /// it is (no URL syntax to escape).
     pub fn open_file(path: &std::path::Path, acquire_timeout: Duration) -> Self {
-        Self::with_options(SqliteConnectOptions::new().filename(path), acquire_timeout)
+        Self::with_options(
+            SqliteConnectOptions::new().filename(path),
+            acquire_timeout,
+            DEFAULT_BUSY_TIMEOUT,
+        )
     }
 
-    fn with_options(options: SqliteConnectOptions, acquire_timeout: Duration) -> Self {
+    fn with_options(
+        options: SqliteConnectOptions,
+        acquire_timeout: Duration,
+        busy_timeout: Duration,
+    ) -> Self {
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(busy_timeout);
         let file = options.get_filename().to_path_buf();
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
