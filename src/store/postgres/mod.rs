@@ -78,6 +78,7 @@ fn connect_error(options: &PgConnectOptions, error: sqlx::Error) -> StoreError {
 pub struct PgStore {
     pool: PgPool,
     path: WritePath,
+    writers: page::Writers,
 }
 
 impl PgStore {
@@ -114,6 +115,7 @@ impl PgStore {
         Ok(Self {
             pool,
             path: WritePath::Fast,
+            writers: page::Writers::default(),
         })
     }
 
@@ -122,6 +124,7 @@ impl PgStore {
         Self {
             pool,
             path: WritePath::Fast,
+            writers: page::Writers::default(),
         }
     }
 
@@ -375,7 +378,7 @@ impl PgStore {
             counts,
             watermark,
         };
-        match write.commit(&self.pool, self.path).await {
+        match write.commit(&self.pool, self.path, &self.writers).await {
             // A row inserted since the plan was made (not by apisync: two
             // processes never write one job): redo the page with the upsert,
             // which resolves the conflict row by row.
@@ -383,7 +386,9 @@ impl PgStore {
                 if self.path == WritePath::Fast && e.code().as_deref() == Some("23505") =>
             {
                 tracing::warn!(error = %e, "A key appeared during the page write; writing the page with the upsert.");
-                write.commit(&self.pool, WritePath::Simple).await
+                write
+                    .commit(&self.pool, WritePath::Simple, &self.writers)
+                    .await
             }
             other => other,
         }
@@ -426,6 +431,19 @@ impl PgStore {
         runs: &[RunId],
         error: &str,
     ) -> Result<(), StoreError> {
+        // A page write given up on still holds its run's row (and waits,
+        // say, on a lock another session holds): end its session, or the
+        // update below would wait behind it.
+        let pids = self.writers.pids(runs);
+        if !pids.is_empty() {
+            sqlx::query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE pid = ANY($1) AND application_name = 'apisync'",
+            )
+            .bind(&pids)
+            .execute(&self.pool)
+            .await?;
+        }
         sqlx::query(
             "UPDATE apisync.runs SET status = 'interrupted', error = $2, finished_at = now() \
              WHERE id = ANY($1) AND status = 'running'",
