@@ -366,9 +366,10 @@ pub enum StoreError {
     /// take the job now, so this run must stop writing.
     #[error(
         "lost the connection that holds the job's lock; stopping so that two processes \
-         never write one job at once"
+         never write one job at once: {}",
+        describe_sqlx(.0)
     )]
-    LockLost(#[source] sqlx::Error),
+    LockLost(sqlx::Error),
     /// The run's row is no longer `running`: another process took the job
     /// over and closed it, so this run must not write.
     #[error("another process took over the job and closed this run; stopping without writing")]

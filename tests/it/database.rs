@@ -661,3 +661,24 @@ fn the_url_origin_is_the_layer_that_set_it() {
         "the default (sqlite://apisync.db)"
     );
 }
+
+#[tokio::test]
+async fn apisync_check_refuses_a_system_column_as_key() {
+    // Arrange
+    let dir = scratch("db-check-xmin");
+    let text = job_config("[jobs.request]\nurl = \"http://127.0.0.1:1/\"\n")
+        .replace("key = [\"id\"]", "key = [\"xmin\"]");
+    std::fs::write(dir.join("apisync.toml"), text).unwrap();
+
+    // Act
+    let output = run(&dir, &["check"], &[]).await;
+
+    // Assert: a configuration error (exit 2), before any run could fail on it.
+    let stderr = binary::stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("job \"products\", key \"key\": `xmin` cannot be a key column"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -185,7 +185,7 @@ impl PgStore {
             }
             Ok(Err(e)) => Err(format!(
                 "the database is unreachable: {}",
-                crate::error_chain(&e)
+                super::describe_sqlx(&e)
             )),
             Ok(Ok(applied)) if applied.unwrap_or(0) >= wanted => Ok(()),
             Ok(Ok(_)) => Err("migrations not applied yet".to_owned()),
