@@ -226,6 +226,57 @@ async fn a_statement_waiting_past_lock_timeout_fails_the_run_saying_a_lock_block
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[sqlx::test(migrations = false)]
+async fn under_apisync_run_a_run_blocked_past_lock_timeout_is_failed_not_left_running(
+    pool: PgPool,
+) {
+    // Arrange
+    let env = TestEnv::start(pool, products(30)).await;
+    let dir = scratch("db-lock-daemon");
+    let text = locked_config(
+        &database_url(&env.pool),
+        &env.api.url(""),
+        "lock_timeout = \"1s\"",
+    )
+    .replace(
+        "[[jobs]]",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\n[[jobs]]\nrun_on_start = true",
+            free_port()
+        ),
+    );
+    std::fs::write(dir.join("apisync.toml"), text).unwrap();
+    let lock = lock_the_table(&env, &dir).await;
+
+    // Act
+    let mut daemon = spawn(&dir, &["run"], &[]);
+    wait_until("the daemon's run has ended", async || {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM apisync.runs WHERE job = 'locked' AND status <> 'running'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+            >= 2
+    })
+    .await;
+
+    // Assert: failed, saying why, while the lock is still held.
+    assert!(lock_is_held(&env.pool).await);
+    let (status, error) = last_run(&env.pool).await;
+    let error = error.unwrap_or_default();
+    assert_eq!(status, "failed", "{error}");
+    assert!(
+        error.contains("a lock held by another session blocked the statement"),
+        "{error}"
+    );
+    binary::signal(&daemon, libc::SIGTERM);
+    let stopped = wait_exit(&mut daemon, Duration::from_secs(60)).await;
+    assert_eq!(stopped.and_then(|s| s.code()), Some(0));
+    lock.rollback().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[tokio::test]
 async fn on_sqlite_the_busy_timeout_is_the_lock_timeout_and_says_a_lock_blocked_it() {
     // Arrange: another connection holds the file's write lock.

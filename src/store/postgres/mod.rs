@@ -31,12 +31,19 @@ fn migrator() -> Migrator {
 /// `PostgreSQL at HOST:PORT, database DB, user USER`.
 fn describe_target(options: &PgConnectOptions) -> String {
     format!(
-        "PostgreSQL at {}:{}, database {}, user {}",
-        options.get_host(),
-        options.get_port(),
+        "PostgreSQL at {}, database {}, user {}",
+        server_address(options),
         options.get_database().unwrap_or(options.get_username()),
         options.get_username()
     )
+}
+
+/// `HOST:PORT`, or the Unix socket's directory and port.
+fn server_address(options: &PgConnectOptions) -> String {
+    match options.get_socket() {
+        Some(dir) => format!("socket {} port {}", dir.display(), options.get_port()),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    }
 }
 
 /// A failed connection attempt, saying what failed: reaching the server,
@@ -47,11 +54,18 @@ fn connect_error(options: &PgConnectOptions, error: sqlx::Error) -> StoreError {
         sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => (
             "connecting to",
             format!(
-                "connection refused: nothing listens on {}:{}",
-                options.get_host(),
-                options.get_port()
+                "connection refused: nothing listens on {}",
+                server_address(options)
             ),
         ),
+        sqlx::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::NotFound && options.get_socket().is_some() =>
+        {
+            (
+                "connecting to",
+                format!("no server socket there ({io}); is PostgreSQL running?"),
+            )
+        }
         sqlx::Error::Io(io) => ("connecting to", io.to_string()),
         sqlx::Error::Tls(tls) => ("connecting (TLS) to", tls.to_string()),
         sqlx::Error::Database(db) => {
@@ -436,13 +450,20 @@ impl PgStore {
         // update below would wait behind it.
         let pids = self.writers.pids(runs);
         if !pids.is_empty() {
-            sqlx::query(
+            let ended = sqlx::query(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
                  WHERE pid = ANY($1) AND application_name = 'apisync'",
             )
             .bind(&pids)
             .execute(&self.pool)
-            .await?;
+            .await;
+            if let Err(e) = ended {
+                tracing::warn!(
+                    error = %super::describe_sqlx(&e),
+                    "Could not end the session of a page write given up on; marking its run \
+                     may wait for it."
+                );
+            }
         }
         sqlx::query(
             "UPDATE apisync.runs SET status = 'interrupted', error = $2, finished_at = now() \
