@@ -401,7 +401,11 @@ async fn check(settings: &Settings, path: &std::path::Path, connect: bool) -> Ex
     let mut ok = true;
     match Store::connect_lazy(&settings.database) {
         Ok(store) => match store.ping(settings.database.acquire_timeout).await {
-            Ok(()) => println!("database: reachable"),
+            Ok(()) => println!(
+                "database: reachable: {} (url from {})",
+                store.describe(),
+                settings.database.url_origin
+            ),
             Err(e) => {
                 ok = false;
                 println!(

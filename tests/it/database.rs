@@ -676,6 +676,20 @@ async fn the_log_names_the_database_and_where_its_url_came_from_and_no_notices(p
     );
     assert!(!stderr.contains("env-pass-7781"), "{stderr}");
     assert!(!stderr.contains("already exists, skipping"), "{stderr}");
+    // `check --connect` says which database it reached, and why that one.
+    let checked = run(&dir, &["check", "--connect"], &envs).await;
+    let stdout = binary::stdout(&checked);
+    assert!(
+        stdout.contains(&format!(
+            "database: reachable: PostgreSQL at {host}, database {database}"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(url from the environment variable DATABASE_URL)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("env-pass-7781"), "{stdout}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
