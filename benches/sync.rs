@@ -7,6 +7,12 @@
 //!     BENCH_RECORDS=1000000 BENCH_ROUNDS=1 cargo bench --bench sync
 //!     BENCH_STORE=sqlite cargo bench --bench sync      # apisync into SQLite
 //!     BENCH_LOG=debug cargo bench --bench sync         # apisync's log (per-page timings)
+//!     BENCH_ONLY=large-page cargo bench --bench sync    # the large page alone
+//!     BENCH_LARGE_PAGE=4500000 cargo bench --bench sync # of 4.5 M records
+//!
+//! After the throughput table, a second one: peak memory on one large page
+//! (1.5 million records of ~14 bytes in one 21 MB response, the most rows per
+//! byte of body), against the goal of 3 × the body + 48 MiB.
 //!
 //! With `BENCH_STORE=sqlite` apisync writes a SQLite file; rows written and
 //! WAL are PostgreSQL statistics and show as `-`; COPY still runs on
@@ -169,6 +175,23 @@ impl Bench {
 
     /// Runs `apisync sync bench` once with the release binary.
     async fn sync(&self, api_url: &str) -> (Figures, String) {
+        let job = format!(
+            r#"records = "/data"
+max_pages = 100000
+[jobs.request]
+url = "{api_url}/page"
+timeout = "60s"
+[jobs.pagination]
+kind = "page"
+size = {PAGE_SIZE}
+total_pages_path = "/total_pages"
+"#
+        );
+        self.sync_job(&job).await
+    }
+
+    /// Runs the job `bench` described by `job` (the TOML after its key).
+    async fn sync_job(&self, job: &str) -> (Figures, String) {
         let config = format!(
             r#"
 [database]
@@ -180,16 +203,7 @@ name = "bench"
 schedule = "0 0 1 1 *"
 table = "{TABLE}"
 key = ["id"]
-records = "/data"
-max_pages = 100000
-[jobs.request]
-url = "{api_url}/page"
-timeout = "60s"
-[jobs.pagination]
-kind = "page"
-size = {PAGE_SIZE}
-total_pages_path = "/total_pages"
-"#,
+{job}"#,
             db = self.store_url,
             log = std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".to_owned()),
         );
@@ -355,10 +369,14 @@ async fn main() {
         println!("the throughput benchmark runs with `cargo bench --bench sync`");
         return;
     }
-    let n = env_number("BENCH_RECORDS", 200_000);
-    let rounds = env_number("BENCH_ROUNDS", 3).max(1);
     let server = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "large-page") {
+        large_page(&server).await;
+        return;
+    }
+    let n = env_number("BENCH_RECORDS", 200_000);
+    let rounds = env_number("BENCH_ROUNDS", 3).max(1);
     println!(
         "apisync benchmark: N = {n} records of ~400 B, pages of {PAGE_SIZE}, {rounds} round(s)"
     );
@@ -429,6 +447,50 @@ async fn main() {
             or_dash(inserted, format!("{inserted:.0}")),
             or_dash(updated, format!("{updated:.0}")),
             or_dash(wal, format!("{:.1}", wal / 1e6)),
+        );
+    }
+    large_page(&server).await;
+}
+
+/// Peak memory on one large page: `BENCH_LARGE_PAGE` records (default
+/// 1,500,000) as small as records come (`{"id":N}`, about 14 bytes each, the
+/// most rows per byte of body), in one response. The goal: a peak RSS of at
+/// most 3 × the body + 48 MiB, on the first load and on the unchanged re-sync.
+async fn large_page(server: &str) {
+    let n = env_number("BENCH_LARGE_PAGE", 1_500_000);
+    let records: Vec<Value> = (1..=n).map(|id| json!({ "id": id })).collect();
+    let body_bytes = serde_json::to_vec(&json!({ "data": records }))
+        .unwrap()
+        .len();
+    let api = fake_api::FakeApi::start(records).await;
+    let bench = Bench::new(server).await;
+    let job = format!(
+        "records = \"/data\"\n[jobs.request]\nurl = \"{}\"\ntimeout = \"120s\"\n",
+        api.url("/none")
+    );
+    let body_mib = body_bytes as f64 / (1 << 20) as f64;
+    let goal = 3.0 * body_mib + 48.0;
+    println!(
+        "\none page of {n} records, body {body_mib:.1} MiB; goal: peak RSS ≤ 3 × body + 48 MiB = {goal:.0} MiB"
+    );
+    println!(
+        "{:<20} {:>9} {:>9} {:>10}",
+        "scenario", "seconds", "RSS MiB", "× body"
+    );
+    for name in ["first load", "unchanged re-sync"] {
+        let (figures, out) = bench.sync_job(&job).await;
+        eprintln!("  {}", out.trim());
+        println!(
+            "{:<20} {:>9.2} {:>9.1} {:>10.1}{}",
+            name,
+            figures.seconds,
+            figures.peak_rss_mib,
+            figures.peak_rss_mib / body_mib,
+            if figures.peak_rss_mib > goal {
+                "  over the goal"
+            } else {
+                ""
+            }
         );
     }
 }

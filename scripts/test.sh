@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: starts a local PostgreSQL when none answers,
-# points DATABASE_URL at it (each test creates and drops its own database),
-# installs the real API servers (scripts/real-servers/setup.sh, cached), then
-# runs `cargo test`. Extra arguments go to cargo test.
+# Runs the whole test suite on a fresh Debian or Ubuntu machine: installs the
+# tools the tests call when they are missing (scripts/test-tools.sh), starts a
+# local PostgreSQL when none answers, points DATABASE_URL at it (each test
+# creates and drops its own database), installs the real API servers
+# (scripts/real-servers/setup.sh, cached), then runs `cargo test` on every
+# target, past a failing one. Extra arguments go to cargo test.
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh pagination      # tests whose name contains "pagination"
@@ -12,6 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/test-tools.sh
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 scripts/init_db.sh
 
@@ -22,4 +25,14 @@ scripts/init_db.sh
 real_servers="$(scripts/real-servers/setup.sh)"
 eval "$real_servers"
 
-cargo test --all-targets "$@"
+# The tests' temporary files go to a folder of this run's own, which must be
+# empty again when they are done: a test that leaves files behind fails it.
+export TMPDIR="$PWD/target/test-tmp"
+rm -rf "$TMPDIR" && mkdir -p "$TMPDIR"
+cargo test --all-targets --no-fail-fast "$@"
+left="$(find "$TMPDIR" -mindepth 1 -maxdepth 1 | head -n 5)"
+if [ -n "$left" ]; then
+  echo "test.sh: the tests left files behind in $TMPDIR:" >&2
+  echo "$left" >&2
+  exit 1
+fi

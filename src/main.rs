@@ -4,17 +4,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     limit_malloc_arenas();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("apisync: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(apisync::cli::run(apisync::cli::Cli::parse()))
+    apisync::cli::main(apisync::cli::Cli::parse())
 }
 
 /// Two malloc arenas for the whole process. Pages are parsed and read on

@@ -38,6 +38,28 @@ impl RawRecords {
         self.spans.iter().map(|span| &self.body[span.clone()])
     }
 
+    /// The records in runs of consecutive records, each of at most
+    /// `max_records` records and, unless one record is larger on its own,
+    /// `max_bytes` of text: how a large page is read and written in parts.
+    pub fn parts(
+        &self,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> impl Iterator<Item = impl Iterator<Item = &[u8]>> {
+        let mut rest = self.spans.as_slice();
+        std::iter::from_fn(move || {
+            let first = rest.first()?;
+            let end = rest
+                .iter()
+                .take(max_records.max(1))
+                .position(|span| span.end - first.start > max_bytes)
+                .map_or(rest.len().min(max_records.max(1)), |past| past.max(1));
+            let (part, after) = rest.split_at(end);
+            rest = after;
+            Some(part.iter().map(|span| &self.body[span.clone()]))
+        })
+    }
+
     /// Records given as values (tests, and pages not read from HTTP).
     pub fn from_values(values: &[Value]) -> Self {
         let mut body = b"[".to_vec();
@@ -178,6 +200,31 @@ impl ResponseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_are_bounded_by_records_and_bytes_and_hold_every_record_once() {
+        let values: Vec<Value> = (0..10)
+            .map(|i| serde_json::json!({"id": i, "pad": "x".repeat(i * 3)}))
+            .collect();
+        let records = RawRecords::from_values(&values);
+        let all: Vec<&[u8]> = records.iter().collect();
+        for (max_records, max_bytes) in [(1, 1_000), (3, 1_000), (100, 60), (4, 60), (100, 1)] {
+            let parts: Vec<Vec<&[u8]>> = records
+                .parts(max_records, max_bytes)
+                .map(Iterator::collect)
+                .collect();
+            assert_eq!(parts.concat(), all, "{max_records} {max_bytes}");
+            for part in &parts {
+                assert!(!part.is_empty() && part.len() <= max_records);
+                let bytes: usize = part.iter().map(|r| r.len()).sum::<usize>() + part.len() - 1;
+                assert!(
+                    part.len() == 1 || bytes <= max_bytes,
+                    "{max_records} {max_bytes}"
+                );
+            }
+        }
+        assert_eq!(RawRecords::default().parts(10, 10).count(), 0);
+    }
     use serde_json::json;
 
     fn parse(text: &str, pointer: &str) -> ResponseBody {

@@ -10,6 +10,7 @@
 //! a page with nothing to write opens no transaction.
 
 pub mod ident;
+mod migrations;
 mod postgres;
 mod sqlite;
 
@@ -50,8 +51,10 @@ pub struct PageBatch {
     pub fetched: u64,
     /// Copies of a key collapsed inside this batch (the later copy was kept).
     pub collapsed: u64,
-    /// Pages appended to the first one (see [`PageBatch::append`]).
-    pub appended_pages: u64,
+    /// The pages this batch completes: 1 for a page, more once pages are
+    /// appended (see [`PageBatch::append`]), 0 for a part of a large page
+    /// whose last part comes in a later batch.
+    pub pages: u64,
 }
 
 impl PageBatch {
@@ -77,7 +80,7 @@ impl PageBatch {
         self.rejects.extend(next.rejects);
         self.fetched += next.fetched;
         self.collapsed += next.collapsed;
-        self.appended_pages += 1 + next.appended_pages;
+        self.pages += next.pages;
         Ok(())
     }
 }
@@ -236,7 +239,7 @@ fn plan_page(
             fetched: batch.fetched,
             duplicate: batch.collapsed,
             rejected: batch.rejects.len() as u64,
-            pages: 1 + batch.appended_pages,
+            pages: batch.pages,
             ..Counts::default()
         },
         ..PagePlan::default()
@@ -710,6 +713,7 @@ mod tests {
                     repeat,
                 })
                 .collect(),
+            pages: 1,
             ..PageBatch::default()
         };
         let mut batch = page(vec![(json!({"id": 1}), false), (json!({"id": 2}), false)]);
@@ -737,7 +741,7 @@ mod tests {
         let third = batch.append(third).unwrap_err();
         assert_eq!(third.rows.len(), 1, "handed back whole");
         assert_eq!(batch.rows.len(), 4, "the batch is as it was");
-        assert_eq!(batch.appended_pages, 1);
+        assert_eq!(batch.pages, 2);
     }
 
     #[test]
@@ -761,7 +765,7 @@ mod tests {
             )],
             fetched: 7,
             collapsed: 1,
-            appended_pages: 0,
+            pages: 1,
         };
         let same = |i: usize| Some(batch.rows[i].record.content_hash);
         let stored = [None, same(1), Some([0; 16]), Some([0; 16]), same(4)];

@@ -35,7 +35,7 @@ use crate::run::{Counts, RunId};
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
 fn migrator() -> Migrator {
-    let mut migrator = sqlx::migrate!("migrations/sqlite");
+    let mut migrator = super::migrations::migrator(super::migrations::SQLITE);
     migrator.dangerous_set_table_name("apisync_migrations");
     migrator
 }

@@ -7,9 +7,29 @@ use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
-/// A fresh scratch directory for one test's files.
+/// This test process's own folder under the system's temporary directory,
+/// holding every scratch directory, SQLite file and server log of its tests.
+/// It is removed when the process exits, passed or failed (the harness ends
+/// with `exit`, which runs `atexit` handlers), so a run leaves nothing behind.
+pub fn temp_root() -> &'static Path {
+    static ROOT: std::sync::LazyLock<PathBuf> = std::sync::LazyLock::new(|| {
+        let root = std::env::temp_dir().join(format!("apisync-it-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("the tests' temporary folder");
+        extern "C" fn remove_root() {
+            let root = std::env::temp_dir().join(format!("apisync-it-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(root);
+        }
+        // SAFETY: registers a plain function, which touches only the file system.
+        unsafe { libc::atexit(remove_root) };
+        root
+    });
+    &ROOT
+}
+
+/// A fresh scratch directory for one test's files, under [`temp_root`].
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("apisync-it-{}-{name}", std::process::id()));
+    let dir = temp_root().join(name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir

@@ -10,7 +10,7 @@ fn analyze(args: &[&str]) -> (bool, String) {
     )
     .unwrap()
     .replace("/usr/bin/apisync", env!("CARGO_BIN_EXE_apisync"));
-    let dir = std::env::temp_dir().join(format!("apisync-unit-{}", std::process::id()));
+    let dir = crate::binary::temp_root().join("systemd-unit");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("apisync.service");
     std::fs::write(&path, unit).unwrap();

@@ -88,8 +88,7 @@ impl TestEnv {
             }
             Backend::Sqlite => {
                 let n = SQLITE_FILES.fetch_add(1, Ordering::SeqCst);
-                let dir =
-                    std::env::temp_dir().join(format!("apisync-sqlite-{}", std::process::id()));
+                let dir = crate::binary::temp_root().join("sqlite");
                 std::fs::create_dir_all(&dir).unwrap();
                 let file = dir.join(format!("test-{n}.db"));
                 let _ = std::fs::remove_file(&file);

@@ -173,6 +173,7 @@ async fn a_key_that_appears_between_plan_and_write_falls_back_to_the_upsert(pool
             })
             .collect(),
         fetched: 2,
+        pages: 1,
         ..PageBatch::default()
     };
     let run = env.ctx.store.start_run("products").await.unwrap();
@@ -521,5 +522,48 @@ store_tests! {
             assert!(!text.contains("tok-very-secret-1"), "{text}");
             assert!(!text.contains("key-very-secret-2"), "{text}");
         }
+    }
+}
+
+const ONE_PAGE_JOB: &str = "records = \"/data\"\n[jobs.request]\nurl = \"{api}/none\"\n";
+
+store_tests! {
+    async fn a_page_too_large_to_hold_as_rows_is_written_in_parts_and_counted_as_one(backend: Backend) {
+        // Arrange: one page of 12,000 records (the reader splits pages of more
+        // than 5,000), with copies of two keys across its parts (one of them
+        // changed), one copy within a part and one record without a key.
+        let mut records = products(12_000);
+        let mut changed = product(7);
+        changed["name"] = json!("seven, later");
+        records.push(changed.clone());
+        records.insert(9_000, product(100));
+        records.insert(3, product(2));
+        records.insert(6_000, json!({"name": "no id"}));
+        let env = TestEnv::start_on(backend, records).await;
+        let job = env.job(ONE_PAGE_JOB);
+
+        // Act
+        let first = env.run(&job).await;
+        env.count_writes("products").await;
+        let second = env.run(&job).await;
+
+        // Assert: counted as if the page were read whole: one page, every
+        // key once, the later copy stored, and a re-run writes nothing.
+        assert_eq!(first.status.as_str(), "succeeded", "{:?}", first.error);
+        assert_eq!(
+            (first.counts.fetched, first.counts.inserted, first.counts.updated, first.counts.duplicate),
+            (12_004, 12_000, 0, 3),
+        );
+        assert_eq!((first.counts.rejected, first.counts.pages), (1, 1));
+        let rows = env.rows("products").await;
+        assert_eq!(rows.len(), 12_000);
+        assert_eq!(rows["7"], changed, "the later copy, from the last part");
+        assert_eq!(
+            (second.counts.unchanged, second.counts.updated, second.counts.duplicate),
+            (12_000, 0, 3),
+            "only the last copy of id 7 is compared, as in a page read whole"
+        );
+        assert_eq!(env.writes().await, 0);
+        assert_eq!(env.rejects().await.len(), 1);
     }
 }

@@ -22,7 +22,7 @@ use crate::run::{Counts, RunId};
 /// The internal schema. The migrations table lives in it too, so apisync
 /// leaves nothing in `public` but the job tables.
 fn migrator() -> Migrator {
-    let mut migrator = sqlx::migrate!("migrations/postgres");
+    let mut migrator = super::migrations::migrator(super::migrations::POSTGRES);
     migrator.create_schema("apisync");
     migrator.dangerous_set_table_name("apisync._sqlx_migrations");
     migrator

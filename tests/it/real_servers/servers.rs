@@ -194,9 +194,8 @@ async fn start(
         .expect("HTTP client");
     for attempt in 1..=START_ATTEMPTS {
         let port = crate::binary::free_port();
-        let dir = std::env::temp_dir().join(format!(
-            "apisync-real-{}-{}",
-            std::process::id(),
+        let dir = crate::binary::temp_root().join(format!(
+            "real-server-{}",
             SCRATCH_DIRS.fetch_add(1, Ordering::SeqCst)
         ));
         let _ = std::fs::remove_dir_all(&dir);
