@@ -446,31 +446,20 @@ impl PgStore {
         error: &str,
     ) -> Result<(), StoreError> {
         // A page write given up on still holds its run's row (and waits,
-        // say, on a lock another session holds): end its session, or the
-        // update below would wait behind it.
+        // say, on a lock another session holds): its session is ended in
+        // the same statement, which then waits for the row. One statement,
+        // so the update is queued for the row before the run, told its
+        // write failed, can record itself `failed` instead.
         let pids = self.writers.pids(runs);
-        if !pids.is_empty() {
-            let ended = sqlx::query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-                 WHERE pid = ANY($1) AND application_name = 'apisync'",
-            )
-            .bind(&pids)
-            .execute(&self.pool)
-            .await;
-            if let Err(e) = ended {
-                tracing::warn!(
-                    error = %super::describe_sqlx(&e),
-                    "Could not end the session of a page write given up on; marking its run \
-                     may wait for it."
-                );
-            }
-        }
         sqlx::query(
             "UPDATE apisync.runs SET status = 'interrupted', error = $2, finished_at = now() \
-             WHERE id = ANY($1) AND status = 'running'",
+             FROM (SELECT count(pg_terminate_backend(pid)) AS ended FROM pg_stat_activity \
+                   WHERE pid = ANY($3) AND application_name = 'apisync') AS writers \
+             WHERE id = ANY($1) AND status = 'running' AND writers.ended >= 0",
         )
         .bind(runs)
         .bind(error)
+        .bind(&pids)
         .execute(&self.pool)
         .await?;
         Ok(())
