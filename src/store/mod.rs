@@ -360,11 +360,19 @@ pub enum StoreError {
     /// another session holds.
     #[error(
         "a lock held by another session blocked the statement for longer than \
-         database.lock_timeout ({detail}); another session holds a lock on the job's table \
-         or on apisync's own tables (LOCK TABLE, ALTER TABLE, VACUUM FULL, a long \
-         transaction): let it finish, or raise database.lock_timeout"
+         database.lock_timeout ({detail}); another session holds a lock on {} \
+         (LOCK TABLE, ALTER TABLE, VACUUM FULL, a long transaction): let it finish, or \
+         raise database.lock_timeout",
+        match table {
+            Some(table) => format!("table {table} or on apisync's own tables"),
+            None => "apisync's own tables or the job's table".to_owned(),
+        }
     )]
-    LockTimeout { detail: String },
+    LockTimeout {
+        detail: String,
+        /// The job's table, when the statement was about it.
+        table: Option<String>,
+    },
     /// The connection holding the job's lock failed; another process may
     /// take the job now, so this run must stop writing.
     #[error(
@@ -382,10 +390,29 @@ pub enum StoreError {
     TableShape { table: String, problems: String },
 }
 
+impl StoreError {
+    /// Names the job's table in a lock timeout of a statement about it.
+    fn on_table(self, table: &TableSpec) -> Self {
+        match self {
+            StoreError::LockTimeout {
+                detail,
+                table: None,
+            } => StoreError::LockTimeout {
+                detail,
+                table: Some(table.name.to_string()),
+            },
+            other => other,
+        }
+    }
+}
+
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         match lock_wait_detail(&error) {
-            Some(detail) => StoreError::LockTimeout { detail },
+            Some(detail) => StoreError::LockTimeout {
+                detail,
+                table: None,
+            },
             None => StoreError::Database(error),
         }
     }
@@ -395,7 +422,10 @@ impl From<sqlx::migrate::MigrateError> for StoreError {
     fn from(error: sqlx::migrate::MigrateError) -> Self {
         match &error {
             sqlx::migrate::MigrateError::Execute(inner) => match lock_wait_detail(inner) {
-                Some(detail) => StoreError::LockTimeout { detail },
+                Some(detail) => StoreError::LockTimeout {
+                    detail,
+                    table: None,
+                },
                 None => StoreError::Migrate(error),
             },
             _ => StoreError::Migrate(error),
@@ -555,6 +585,7 @@ impl Store {
             Store::Postgres(pg) => pg.prepare_table(table).await,
             Store::Sqlite(db) => db.prepare_table(table).await,
         }
+        .map_err(|e| e.on_table(table))
     }
 
     /// Takes the job's lock, held until [`JobLock::release`] or until the
@@ -599,6 +630,7 @@ impl Store {
             Store::Postgres(pg) => pg.plan_page(job, table, batch, empty_at_start).await,
             Store::Sqlite(db) => db.plan_page(job, table, batch, empty_at_start).await,
         }
+        .map_err(|e| e.on_table(table))
     }
 
     /// What this store cannot hold, when a record could reach it
@@ -629,6 +661,7 @@ impl Store {
             Store::Postgres(pg) => pg.table_is_empty(table).await,
             Store::Sqlite(db) => db.table_is_empty(table).await,
         }
+        .map_err(|e| e.on_table(table))
     }
 
     /// Writes one planned page in one transaction: its new and changed rows,
@@ -655,6 +688,7 @@ impl Store {
                     .await
             }
         }
+        .map_err(|e| e.on_table(table))
     }
 
     /// The job's committed watermark, if it has one.

@@ -218,6 +218,7 @@ async fn a_statement_waiting_past_lock_timeout_fails_the_run_saying_a_lock_block
         "a lock held by another session blocked the statement",
         "database.lock_timeout",
         "55P03",
+        "another session holds a lock on table locked",
     ] {
         assert!(error.contains(part), "{part:?} in {error}");
         assert!(stdout.contains(part), "{part:?} in {stdout}");
