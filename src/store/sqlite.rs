@@ -49,6 +49,9 @@ pub struct SqliteStore {
     pool: SqlitePool,
     /// The database file; lock files sit next to it.
     file: PathBuf,
+    /// How long to wait for another connection's lock (the busy timeout,
+    /// `database.lock_timeout`), and for another process's lock file.
+    lock_timeout: Duration,
 }
 
 impl SqliteStore {
@@ -104,11 +107,16 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(busy_timeout);
         let file = options.get_filename().to_path_buf();
+        let lock_timeout = busy_timeout;
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(acquire_timeout)
             .connect_lazy_with(options);
-        Self { pool, file }
+        Self {
+            pool,
+            file,
+            lock_timeout,
+        }
     }
 
     /// The database file, absolute where it can be resolved.
@@ -153,10 +161,21 @@ impl SqliteStore {
     }
 
     /// Takes the exclusive lock `<db>.<name>.lock`, waiting for it.
+    /// Gives up after `lock_timeout`, as a statement would.
     async fn wait_for_lock(&self, name: &str) -> Result<File, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.lock_timeout;
         loop {
             if let Some(file) = self.try_file_lock(name)? {
                 return Ok(file);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::LockTimeout {
+                    detail: format!(
+                        "SQLite: another process holds the lock file {}.{name}.lock",
+                        self.path().display()
+                    ),
+                    table: None,
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

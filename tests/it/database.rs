@@ -317,6 +317,54 @@ async fn on_sqlite_the_busy_timeout_is_the_lock_timeout_and_says_a_lock_blocked_
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[tokio::test]
+async fn on_sqlite_a_migration_lock_held_by_another_process_is_waited_for_at_most_lock_timeout() {
+    use std::os::fd::AsRawFd;
+    // Arrange: the lock file another process would hold while migrating.
+    let dir = scratch("db-sqlite-migrate-lock");
+    let file = dir.join("m.db");
+    let url = format!("sqlite://{}", file.display());
+    let store = Store::Sqlite(
+        SqliteStore::connect_lazy_with_lock_timeout(
+            &url,
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+        )
+        .unwrap(),
+    );
+    store.migrate().await.unwrap();
+    let mut lock_name = std::fs::canonicalize(&file).unwrap().into_os_string();
+    lock_name.push(".migrate.lock");
+    let held = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_name)
+        .unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(
+        unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+
+    // Act
+    let migrated = tokio::time::timeout(Duration::from_secs(60), store.migrate()).await;
+
+    // Assert
+    let error = migrated
+        .expect("migrate gives up waiting")
+        .expect_err("the lock is held");
+    let text = apisync::error_chain(&error);
+    assert!(
+        text.contains("a lock held by another session blocked the statement"),
+        "{text}"
+    );
+    assert!(text.contains("m.db.migrate.lock"), "{text}");
+    drop(held);
+    store.close().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[sqlx::test(migrations = false)]
 async fn an_existing_key_column_with_a_nondeterministic_collation_is_refused(pool: PgPool) {
     // Arrange: an ICU case-insensitive collation on the key column.
