@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, ConfigError, Settings};
 use crate::error_chain;
+use crate::redact::printable;
 use crate::run::RunStatus;
 use crate::source::ApiClient;
 use crate::store::{RunRecord, Store};
@@ -132,7 +133,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    telemetry::init(&settings.log);
+    telemetry::init(&settings.log, settings.redactor.clone());
 
     match cli.command {
         Command::Run => daemon(settings).await,
@@ -151,21 +152,34 @@ pub async fn run(cli: Cli) -> ExitCode {
     }
 }
 
+/// The problems are redacted where they are made (`config::load`); here
+/// they are made printable.
 fn print_config_error(error: &ConfigError) {
     eprintln!(
         "apisync: invalid configuration in {}:",
-        error.path.display()
+        printable(&error.path.display().to_string())
     );
     for problem in &error.problems {
-        eprintln!("  - {problem}");
+        eprintln!("  - {}", printable(problem));
     }
+}
+
+/// Prints a line of command output on stdout, redacted and with control
+/// characters escaped: every line of stdout passes here.
+fn say(settings: &Settings, line: &str) {
+    println!("{}", settings.redactor.clean(line));
+}
+
+/// The same, on stderr.
+fn complain(settings: &Settings, line: &str) {
+    eprintln!("{}", settings.redactor.clean(line));
 }
 
 /// Prints an error that is not about the configuration and picks exit code 1.
 fn fail(settings: &Settings, what: &str, error: &dyn std::error::Error) -> ExitCode {
-    eprintln!(
-        "apisync: {what}: {}",
-        settings.redactor.redact(&error_chain(error))
+    complain(
+        settings,
+        &format!("apisync: {what}: {}", error_chain(error)),
     );
     ExitCode::from(EXIT_FAILED)
 }
@@ -188,10 +202,13 @@ async fn open_store(settings: &Settings) -> Result<Store, ExitCode> {
 
 async fn demo(runs: Option<u64>, db: PathBuf, interval: Duration) -> ExitCode {
     // Quiet logs: the demo explains each run itself.
-    telemetry::init(&config::LogSettings {
-        level: "warn".to_owned(),
-        format: config::LogFormat::Text,
-    });
+    telemetry::init(
+        &config::LogSettings {
+            level: "warn".to_owned(),
+            format: config::LogFormat::Text,
+        },
+        crate::redact::Redactor::default(),
+    );
     let shutdown = CancellationToken::new();
     if let Err(e) = crate::shutdown::listen(shutdown.clone()) {
         eprintln!("apisync: cannot install the signal handlers: {e}");
@@ -201,7 +218,7 @@ async fn demo(runs: Option<u64>, db: PathBuf, interval: Duration) -> ExitCode {
     match crate::demo::run(options, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("apisync: {e:#}");
+            eprintln!("apisync: {}", printable(&format!("{e:#}")));
             ExitCode::from(EXIT_FAILED)
         }
     }
@@ -216,14 +233,14 @@ async fn daemon(settings: Settings) -> ExitCode {
     let app = match crate::app::App::build(settings).await {
         Ok(app) => app,
         Err(e) => {
-            eprintln!("apisync: {}", redactor.redact(&format!("{e:#}")));
+            eprintln!("apisync: {}", redactor.clean(&format!("{e:#}")));
             return ExitCode::from(EXIT_FAILED);
         }
     };
     let code = match app.run_until_stopped(shutdown).await {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("apisync: {}", redactor.redact(&format!("{e:#}")));
+            eprintln!("apisync: {}", redactor.clean(&format!("{e:#}")));
             i32::from(EXIT_FAILED)
         }
     };
@@ -244,10 +261,13 @@ async fn sync(settings: &Settings, names: &[String], all: bool) -> ExitCode {
             .collect();
         if !unknown.is_empty() {
             let known: Vec<&str> = settings.jobs.iter().map(|j| j.name.as_str()).collect();
-            eprintln!(
-                "apisync: no job named {}; configured jobs: {}",
-                unknown.join(", "),
-                known.join(", ")
+            complain(
+                settings,
+                &format!(
+                    "apisync: no job named {}; configured jobs: {}",
+                    unknown.join(", "),
+                    known.join(", ")
+                ),
             );
             return ExitCode::from(EXIT_CONFIG);
         }
@@ -260,7 +280,7 @@ async fn sync(settings: &Settings, names: &[String], all: bool) -> ExitCode {
     let jobs = match jobs {
         Ok(jobs) => jobs,
         Err(e) => {
-            eprintln!("apisync: {e}");
+            complain(settings, &format!("apisync: {e}"));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
@@ -293,7 +313,10 @@ async fn sync(settings: &Settings, names: &[String], all: bool) -> ExitCode {
         for job in &jobs {
             if ctx.cancel.is_cancelled() {
                 all_succeeded = false;
-                println!("{} skipped: apisync is stopping", job.name);
+                say(
+                    settings,
+                    &format!("{} skipped: apisync is stopping", job.name),
+                );
                 continue;
             }
             *current.lock().unwrap_or_else(|e| e.into_inner()) = Some(&job.name);
@@ -303,14 +326,17 @@ async fn sync(settings: &Settings, names: &[String], all: bool) -> ExitCode {
                     // a failure: the job is being run.
                     all_succeeded &=
                         matches!(report.status, RunStatus::Succeeded | RunStatus::Skipped);
-                    println!("{}", summary_line(&report));
+                    say(settings, &summary_line(&report));
                 }
                 Err(e) => {
                     all_succeeded = false;
-                    println!(
-                        "{} failed error: the run could not be recorded: {}",
-                        job.name,
-                        ctx.redactor.redact(&error_chain(&e))
+                    say(
+                        settings,
+                        &format!(
+                            "{} failed error: the run could not be recorded: {}",
+                            job.name,
+                            error_chain(&e)
+                        ),
                     );
                 }
             }
@@ -348,7 +374,7 @@ async fn sync(settings: &Settings, names: &[String], all: bool) -> ExitCode {
                 tracing::warn!("Could not mark it; the next run of the job closes it.");
             }
             let job = current.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or("a job");
-            println!("{job} interrupted error: {error}");
+            say(settings, &format!("{job} interrupted error: {error}"));
             // Exit here: the abandoned statement's connection and the
             // runtime's blocking tasks must not hold the process.
             std::process::exit(i32::from(EXIT_FAILED));
@@ -407,11 +433,14 @@ pub fn summary_line(report: &RunReport) -> String {
 
 async fn check(settings: &Settings, path: &std::path::Path, connect: bool) -> ExitCode {
     let names: Vec<&str> = settings.jobs.iter().map(|j| j.name.as_str()).collect();
-    println!(
-        "configuration {} is valid: {} job(s): {}",
-        path.display(),
-        names.len(),
-        names.join(", ")
+    say(
+        settings,
+        &format!(
+            "configuration {} is valid: {} job(s): {}",
+            path.display(),
+            names.len(),
+            names.join(", ")
+        ),
     );
     if !connect {
         return ExitCode::SUCCESS;
@@ -420,22 +449,25 @@ async fn check(settings: &Settings, path: &std::path::Path, connect: bool) -> Ex
     let mut ok = true;
     match Store::connect_lazy(&settings.database) {
         Ok(store) => match store.ping(settings.database.acquire_timeout).await {
-            Ok(()) => println!(
-                "database: reachable: {} (url from {})",
-                store.describe(),
-                settings.database.url_origin
+            Ok(()) => say(
+                settings,
+                &format!(
+                    "database: reachable: {} (url from {})",
+                    store.describe(),
+                    settings.database.url_origin
+                ),
             ),
             Err(e) => {
                 ok = false;
-                println!(
-                    "database: unreachable: {}",
-                    settings.redactor.redact(&error_chain(&e))
+                say(
+                    settings,
+                    &format!("database: unreachable: {}", error_chain(&e)),
                 );
             }
         },
         Err(e) => {
             ok = false;
-            println!("database: {}", settings.redactor.redact(&error_chain(&e)));
+            say(settings, &format!("database: {}", error_chain(&e)));
         }
     }
     let client = match ApiClient::new() {
@@ -461,15 +493,11 @@ async fn check(settings: &Settings, path: &std::path::Path, connect: bool) -> Ex
                 Ok(None) => format!("job {}: API reachable, no page", job.name),
                 Err(e) => {
                     ok = false;
-                    format!(
-                        "job {}: {}",
-                        job.name,
-                        settings.redactor.redact(&error_chain(&e))
-                    )
+                    format!("job {}: {}", job.name, error_chain(&e))
                 }
             },
         };
-        println!("{line}");
+        say(settings, &line);
     }
     if ok {
         ExitCode::SUCCESS
@@ -483,7 +511,7 @@ async fn check(settings: &Settings, path: &std::path::Path, connect: bool) -> Ex
 /// no curl or wget in the image.
 async fn health(settings: &Settings) -> ExitCode {
     let Ok(mut address) = settings.server.listen.parse::<std::net::SocketAddr>() else {
-        eprintln!("apisync: server.listen is not an address");
+        complain(settings, "apisync: server.listen is not an address");
         return ExitCode::from(EXIT_CONFIG);
     };
     if address.ip().is_unspecified() {
@@ -502,23 +530,32 @@ async fn health(settings: &Settings) -> ExitCode {
     };
     match client.get(format!("http://{address}/healthz")).send().await {
         Ok(response) if response.status().is_success() => {
-            println!(
-                "healthy: http://{address}/healthz answered {}",
-                response.status()
+            say(
+                settings,
+                &format!(
+                    "healthy: http://{address}/healthz answered {}",
+                    response.status()
+                ),
             );
             ExitCode::SUCCESS
         }
         Ok(response) => {
-            println!(
-                "unhealthy: http://{address}/healthz answered {}",
-                response.status()
+            say(
+                settings,
+                &format!(
+                    "unhealthy: http://{address}/healthz answered {}",
+                    response.status()
+                ),
             );
             ExitCode::from(EXIT_FAILED)
         }
         Err(e) => {
-            println!(
-                "unhealthy: http://{address}/healthz: {}",
-                error_chain(&e.without_url())
+            say(
+                settings,
+                &format!(
+                    "unhealthy: http://{address}/healthz: {}",
+                    error_chain(&e.without_url())
+                ),
             );
             ExitCode::from(EXIT_FAILED)
         }
@@ -528,7 +565,7 @@ async fn health(settings: &Settings) -> ExitCode {
 async fn migrate(settings: &Settings) -> ExitCode {
     match open_store(settings).await {
         Ok(_) => {
-            println!("migrations applied");
+            say(settings, "migrations applied");
             ExitCode::SUCCESS
         }
         Err(code) => code,
@@ -544,21 +581,47 @@ async fn runs(settings: &Settings, job: Option<&str>, limit: i64, json: bool) ->
         Ok(runs) => runs,
         Err(e) => return fail(settings, "cannot read apisync.runs", &e),
     };
+    // The error was redacted when it was stored, with the secrets of that
+    // day; it is redacted again with today's.
     if json {
         for run in &runs {
-            match serde_json::to_string(run) {
-                Ok(line) => println!("{line}"),
+            let mut value = match serde_json::to_value(run) {
+                Ok(value) => value,
                 Err(e) => return fail(settings, "cannot print a run as JSON", &e),
+            };
+            if let Some(error) = &run.error {
+                value["error"] = settings.redactor.redact(error).into();
             }
+            println!("{}", json_line(&value));
         }
     } else {
-        print!("{}", runs_table(&runs));
+        print!("{}", runs_table(&runs, &settings.redactor));
     }
     ExitCode::SUCCESS
 }
 
-/// The runs as an aligned text table, newest first.
-fn runs_table(runs: &[RunRecord]) -> String {
+/// A JSON value on one line, with the characters JSON may carry raw but a
+/// terminal acts on (DEL, C1 codes, bidirectional overrides) escaped as
+/// `\uXXXX`: still the same JSON.
+fn json_line(value: &serde_json::Value) -> String {
+    let text = value.to_string();
+    if !text.chars().any(crate::redact::needs_escape) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 12);
+    for c in text.chars() {
+        if crate::redact::needs_escape(c) {
+            out.push_str(&format!("\\u{:04x}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The runs as an aligned text table, newest first; every cell redacted
+/// and printable, the error redacted before it is cut to 80 characters.
+fn runs_table(runs: &[RunRecord], redactor: &crate::redact::Redactor) -> String {
     let header = [
         "ID",
         "JOB",
@@ -584,13 +647,8 @@ fn runs_table(runs: &[RunRecord]) -> String {
                 format!("{:.2}", elapsed.as_secs_f64())
             })
             .unwrap_or_else(|| "-".to_owned());
-        let error: String = run
-            .error
-            .as_deref()
-            .unwrap_or("")
-            .chars()
-            .take(80)
-            .collect();
+        let error = redactor.clean(run.error.as_deref().unwrap_or(""));
+        let error = excerpt(&error, 80);
         rows.push(vec![
             run.id.to_string(),
             run.job.clone(),
@@ -608,6 +666,13 @@ fn runs_table(runs: &[RunRecord]) -> String {
                 .map_or_else(|| "-".to_owned(), |n| n.to_string()),
             error,
         ]);
+        // Job and status; the error is cleaned above. Numbers and times are
+        // ours and left alone: a short secret such as `1` would otherwise
+        // mask every count of 1, which stands alone in its cell.
+        let row = rows.last_mut().expect("just pushed");
+        for cell in row.iter_mut().skip(1).take(2) {
+            *cell = redactor.clean(cell);
+        }
     }
     let widths: Vec<usize> = (0..header.len())
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
@@ -636,9 +701,12 @@ async fn rejects(
         && settings.job(name).is_none()
     {
         let known: Vec<&str> = settings.jobs.iter().map(|j| j.name.as_str()).collect();
-        eprintln!(
-            "apisync: no job named {name}; configured jobs: {}",
-            known.join(", ")
+        complain(
+            settings,
+            &format!(
+                "apisync: no job named {name}; configured jobs: {}",
+                known.join(", ")
+            ),
         );
         return ExitCode::from(EXIT_CONFIG);
     }
@@ -659,16 +727,17 @@ async fn rejects(
             };
             value["reason"] = redact(&reject.reason).into();
             value["record"] = redact(&reject.record).into();
-            value.to_string()
+            json_line(&value)
         } else {
+            // Two lines, each made printable on its own.
             format!(
                 "{} {} run {} #{}: {}\n  {}",
                 reject.rejected_at.format("%Y-%m-%d %H:%M:%S"),
                 reject.job,
                 reject.run_id,
                 reject.id,
-                redact(&reject.reason),
-                excerpt(&redact(&reject.record), 300),
+                settings.redactor.clean(&reject.reason),
+                excerpt(&settings.redactor.clean(&reject.record), 300),
             )
         };
         println!("{line}");
@@ -678,12 +747,15 @@ async fn rejects(
             // A run's rejects seen before are stored under the run that
             // first stored them: say so, rather than "none" for a run
             // whose row counts rejects.
-            Some(run) => println!(
-                "no rejects stored by run {run} (a reject is stored once, under the run that \
-                 first met it; `apisync rejects{}` lists them all)",
-                job.map(|j| format!(" {j}")).unwrap_or_default()
+            Some(run) => say(
+                settings,
+                &format!(
+                    "no rejects stored by run {run} (a reject is stored once, under the run \
+                     that first met it; `apisync rejects{}` lists them all)",
+                    job.map(|j| format!(" {j}")).unwrap_or_default()
+                ),
             ),
-            None => println!("no rejects"),
+            None => say(settings, "no rejects"),
         }
     }
     ExitCode::SUCCESS

@@ -136,7 +136,7 @@ size = {PAGE_SIZE}
         let report = run_once(&job, &ctx)
             .await
             .context("the run could not be recorded")?;
-        println!("{}", explain(number, &report));
+        println!("{}", crate::redact::printable(&explain(number, &report)));
         if options.runs.is_some_and(|runs| number >= runs) || shutdown.is_cancelled() {
             break;
         }

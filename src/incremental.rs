@@ -291,6 +291,7 @@ impl Incremental {
             unreadable_example: None,
             future: 0,
             future_example: None,
+            redactor: crate::redact::Redactor::default(),
         }
     }
 }
@@ -315,20 +316,25 @@ pub struct WatermarkTracker {
     /// one's key and value.
     future: u64,
     future_example: Option<(String, String)>,
+    /// Examples are redacted before they are cut.
+    redactor: crate::redact::Redactor,
 }
 
-/// A value for a message: its JSON text, cut to a readable length.
-fn example(value: Option<&Value>) -> String {
+/// A value for a message: its JSON text, redacted, then cut to a readable
+/// length.
+fn example(value: Option<&Value>, redactor: &crate::redact::Redactor) -> String {
     let text = value.map_or_else(|| "(absent)".to_owned(), Value::to_string);
-    if text.chars().count() > 60 {
-        let cut: String = text.chars().take(60).collect();
-        format!("{cut}…")
-    } else {
-        text
-    }
+    redactor.excerpt(&text, 0, 60)
 }
 
 impl WatermarkTracker {
+    /// Examples of values in messages are redacted by `redactor` before
+    /// they are cut.
+    pub fn with_redactor(mut self, redactor: crate::redact::Redactor) -> Self {
+        self.redactor = redactor;
+        self
+    }
+
     /// Sees one record, as JSON text.
     pub fn observe(&mut self, record: &[u8]) {
         self.observe_field(self.field_of(record).as_ref(), &[]);
@@ -345,7 +351,7 @@ impl WatermarkTracker {
         let Some(mark) = field.and_then(|value| Mark::of(value, &self.format)) else {
             self.unreadable += 1;
             if self.unreadable_example.is_none() {
-                self.unreadable_example = Some(example(field));
+                self.unreadable_example = Some(example(field, &self.redactor));
             }
             return;
         };
@@ -353,7 +359,7 @@ impl WatermarkTracker {
         if mark.is_after(self.future_limit) {
             self.future += 1;
             if self.future_example.is_none() {
-                self.future_example = Some((key.join(", "), example(field)));
+                self.future_example = Some((key.join(", "), example(field, &self.redactor)));
             }
             return;
         }
@@ -427,6 +433,22 @@ mod tests {
             timezone: None,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn examples_in_messages_are_redacted_before_they_are_cut() {
+        // A value that is no time, with a secret where the cut at 60
+        // characters falls.
+        let secret = "tok-0123456789abcdefghij";
+        let redactor = crate::redact::Redactor::new([secret.to_owned()], None);
+        let mut tracker = incremental(0).tracker(None).with_redactor(redactor);
+        let value = format!("{}{secret}", "x".repeat(45));
+        tracker.observe(json!({"id": 1, "updated_at": value}).to_string().as_bytes());
+
+        let error = tracker.verdict().unwrap_err();
+
+        assert!(!error.contains("tok-0123"), "{error}");
+        assert!(error.contains("[redacted]"), "{error}");
     }
 
     #[test]

@@ -18,7 +18,8 @@
 //! - `source`: the pages of a run: HTTP requests, retries, pagination.
 //! - `store`: the database seam: migrations, target tables, page writes, runs.
 //! - `run`: run ids, statuses and counts shared by the above.
-//! - `redact`: keeps secrets out of errors, logs and the runs table.
+//! - `redact`: keeps secrets out of everything that leaves the process, and
+//!   control characters off the terminal.
 //! - `json_pointer`: RFC 6901 pointer syntax as used in the configuration.
 //! - `raw_json`: finding values in checked JSON text without parsing it into a tree.
 

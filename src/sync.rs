@@ -394,9 +394,11 @@ async fn copy_pages(
     until_cancelled(ctx, ctx.store.prepare_table(&job.table)).await?;
     let empty_at_start = until_cancelled(ctx, ctx.store.table_is_empty(&job.table)).await?;
     let tracker = match &job.incremental {
-        Some(incremental) => {
-            Some(incremental.tracker(until_cancelled(ctx, ctx.store.watermark(&job.name)).await?))
-        }
+        Some(incremental) => Some(
+            incremental
+                .tracker(until_cancelled(ctx, ctx.store.watermark(&job.name)).await?)
+                .with_redactor(ctx.redactor.clone()),
+        ),
         None => None,
     };
     let since = match (&job.incremental, &tracker) {
@@ -480,7 +482,10 @@ async fn read_pages(
     writer: tokio::sync::mpsc::Sender<Prepared>,
 ) -> Result<(), SyncError> {
     let mut pages = job.source.pages(&ctx.client, &ctx.redactor, since);
-    let mut stage = ReaderStage::Idle(Box::new(ReaderState::new(job, ctx.store.limits(), tracker)));
+    let mut stage = ReaderStage::Idle(Box::new(ReaderState {
+        redactor: ctx.redactor.clone(),
+        ..ReaderState::new(job, ctx.store.limits(), tracker)
+    }));
     loop {
         // Waiting for a response (retries included) is abandoned on shutdown:
         // nothing of that page is written yet.
@@ -557,6 +562,8 @@ struct ReaderState {
     job: String,
     shape: Arc<RecordShape>,
     limits: Option<StoreLimits>,
+    /// Reject reasons are redacted before they are stored.
+    redactor: Redactor,
     max_rejected: Threshold,
     /// Every key of the run so far.
     seen: SeenKeys,
@@ -581,6 +588,7 @@ impl ReaderState {
             job: job.name.clone(),
             shape: Arc::clone(&job.shape),
             limits,
+            redactor: Redactor::default(),
             max_rejected: job.max_rejected,
             seen: SeenKeys::default(),
             tracker,
@@ -590,6 +598,16 @@ impl ReaderState {
             first_reject: None,
             distinct_rejects: HashSet::new(),
             suspect_repeat: None,
+        }
+    }
+
+    /// A reason may quote the record. The record itself is the API's data
+    /// and is archived as it came; the reason is ours and is printed, so it
+    /// is redacted (after the reject's content hash was taken, so that the
+    /// hash, like the page fingerprint, does not depend on the secrets).
+    fn redact_reasons(&self, batch: &mut PageBatch) {
+        for reject in &mut batch.rejects {
+            reject.reason = self.redactor.redact(&reject.reason);
         }
     }
 
@@ -622,6 +640,7 @@ impl ReaderState {
                 None,
             )
         };
+        self.redact_reasons(&mut batch);
         let repeats = matches!(
             (self.previous_page, fingerprint),
             (Some((_, last)), Some(current)) if last == current
@@ -668,7 +687,7 @@ impl ReaderState {
             let mut parts = page.records.parts(PART_ROWS, PART_BYTES).peekable();
             let mut first = 0;
             while let Some(part) = parts.next() {
-                let (part, _) = build_batch(
+                let (mut part, _) = build_batch(
                     &self.shape,
                     self.limits.as_ref(),
                     part,
@@ -676,6 +695,7 @@ impl ReaderState {
                     self.tracker.as_mut(),
                     Some((&scan.last_copy, first)),
                 );
+                self.redact_reasons(&mut part);
                 first += usize::try_from(part.fetched).unwrap_or(usize::MAX);
                 if parts.peek().is_none() {
                     batch = part;
@@ -1247,5 +1267,37 @@ mod tests {
                 previous: 1
             })
         ));
+    }
+
+    #[test]
+    fn a_copy_replaced_in_a_later_part_does_not_move_the_watermark() {
+        let incremental = Incremental::new(&crate::config::IncrementalSettings {
+            field: "updated_at".into(),
+            param: "updated_since".into(),
+            lookback: Duration::ZERO,
+            max_future: Duration::from_secs(86_400),
+            format: None,
+            timezone: None,
+        })
+        .unwrap();
+        let mut reader = ReaderState::new(&job(), None, Some(incremental.tracker(None)));
+        let values: Vec<_> = std::iter::once(json!({"id": 0, "updated_at": 99_999}))
+            .chain((0..12_000).map(|id| json!({ "id": id, "updated_at": id })))
+            .collect();
+        let page = Page {
+            number: 1,
+            records: RawRecords::from_values(&values),
+            is_last: true,
+            if_repeated: IfRepeated::Fails,
+        };
+        let (writer, _parts) = tokio::sync::mpsc::channel(10);
+
+        let step = reader.prepare(page, Stated::default(), &writer);
+
+        assert_eq!(
+            step.prepared.expect("the last part").watermark,
+            Some(json!(11_999)),
+            "id 0 is stored as its later copy (0), not the replaced one (99,999)"
+        );
     }
 }

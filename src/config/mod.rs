@@ -62,9 +62,19 @@ pub fn load_str(
     origin: &Path,
     env: &HashMap<String, String>,
 ) -> Result<Settings, ConfigError> {
-    let mut table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| ConfigError::single(origin, e.to_string()))?;
+    // The position and the reason, not the line itself: it may hold a
+    // header value written in the file, and nothing parsed says which.
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let at = e.span().map_or(0, |span| span.start).min(text.len());
+        let before = &text.as_bytes()[..at];
+        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+        let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+        let message = e.message().trim_end();
+        ConfigError::single(
+            origin,
+            format!("not valid TOML at line {line}, column {column}: {message}"),
+        )
+    })?;
     let job_names = layers::job_names(&table);
     let url_origin = layers::url_origin(&table, origin, env);
 
@@ -75,35 +85,96 @@ pub fn load_str(
         return Err(ConfigError::new(origin, problems));
     }
 
+    // Messages quote values (`server.listen`, `schedule`, `table` …), and a
+    // value may come from `${VAR}`: every problem passes the redactor.
     let mut settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(table))
         .map_err(|e| {
             let place = layers::describe_path(e.path(), &job_names);
             let message = e.into_inner().message().to_string();
-            ConfigError::single(origin, format!("{place}{message}"))
+            let redactor = Redactor::new(secrets.iter().cloned(), None);
+            ConfigError::single(origin, redactor.redact(&format!("{place}{message}")))
         })?;
 
     settings.database.url_origin = url_origin;
+    secrets.extend(setting_secrets(&settings));
+    settings.redactor = Redactor::new(secrets, None);
     let problems = validate::validate(&settings);
     if !problems.is_empty() {
+        let problems = problems
+            .iter()
+            .map(|problem| settings.redactor.redact(problem))
+            .collect();
         return Err(ConfigError::new(origin, problems));
     }
-    // Header values written in the file are secrets too (`Authorization =
-    // "Bearer …"`): the redactor masks them wherever an API echoes them.
-    // So is the credential of `Bearer …`, `Token …`, `Basic …`: APIs echo
-    // it without its scheme.
-    for value in settings
-        .jobs
-        .iter()
-        .flat_map(|job| job.request.headers.values())
-    {
-        let value = secrecy::ExposeSecret::expose_secret(value).trim();
-        if let Some((_, credential)) = value.split_once(' ') {
-            secrets.push(credential.trim().to_owned());
-        }
-        secrets.push(value.to_owned());
-    }
-    settings.redactor = Redactor::new(secrets, settings.database.password());
     Ok(settings)
+}
+
+/// The secrets written in the settings themselves, beside `${VAR}` values.
+///
+/// - Header values (`Authorization = "Bearer …"`), and the credential after
+///   the scheme (`Bearer `, `Token `, `Basic `): APIs echo it without its
+///   scheme. A `Basic` credential also as the `user:password` it decodes to,
+///   and that password.
+/// - The userinfo of `request.url`: reqwest sends it as `Authorization:
+///   Basic base64(user:password)`, so that form too, and the password (or a
+///   user without one, which is then a token) decoded.
+/// - The database password, as written in the URL and decoded.
+fn setting_secrets(settings: &Settings) -> Vec<String> {
+    use secrecy::ExposeSecret;
+    let mut secrets = Vec::new();
+    for job in &settings.jobs {
+        for value in job.request.headers.values() {
+            let value = value.expose_secret().trim();
+            if let Some((scheme, credential)) = value.split_once(' ') {
+                let credential = credential.trim();
+                if scheme.eq_ignore_ascii_case("basic")
+                    && let Some(plain) = crate::redact::unbase64(credential)
+                    && let Ok(plain) = String::from_utf8(plain)
+                {
+                    if let Some((_, password)) = plain.split_once(':') {
+                        secrets.push(password.to_owned());
+                    }
+                    secrets.push(plain);
+                }
+                secrets.push(credential.to_owned());
+            }
+            secrets.push(value.to_owned());
+        }
+        if let Ok(url) = reqwest::Url::parse(&job.request.url) {
+            secrets.extend(userinfo_secrets(&url));
+        }
+    }
+    if let Some(url) = &settings.database.url
+        && let Ok(url) = reqwest::Url::parse(url.expose_secret())
+        && let Some(password) = url.password()
+    {
+        secrets.push(password.to_owned());
+        secrets.push(percent_decode(password));
+    }
+    secrets
+}
+
+fn userinfo_secrets(url: &reqwest::Url) -> Vec<String> {
+    let user = percent_decode(url.username());
+    match url.password() {
+        Some(password) => {
+            let password = percent_decode(password);
+            let basic = crate::redact::base64(format!("{user}:{password}").as_bytes());
+            vec![password, basic]
+        }
+        None if !user.is_empty() => {
+            let basic = crate::redact::base64(format!("{user}:").as_bytes());
+            vec![user, basic]
+        }
+        None => Vec::new(),
+    }
+}
+
+fn percent_decode(text: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", text.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
 }
 
 /// A configuration that cannot be used, with every problem found.
@@ -152,8 +223,9 @@ pub struct Settings {
     /// The jobs, in file order.
     #[serde(default)]
     pub jobs: Vec<JobSettings>,
-    /// Removes the values of `${VAR}` references and the database password
-    /// from any text that leaves the process (errors, logs, the runs table).
+    /// Removes the values of `${VAR}` references, header values, URL
+    /// userinfo and the database password from any text that leaves the
+    /// process (see `redact`).
     #[serde(skip)]
     pub redactor: Redactor,
 }
@@ -247,13 +319,6 @@ impl DatabaseSettings {
         self.url
             .clone()
             .unwrap_or_else(|| SecretString::from(DEFAULT_DATABASE_URL))
-    }
-
-    /// The password inside `url`, if any, so that it can be redacted.
-    fn password(&self) -> Option<String> {
-        use secrecy::ExposeSecret;
-        let url = reqwest::Url::parse(self.url.as_ref()?.expose_secret()).ok()?;
-        url.password().map(str::to_owned)
     }
 }
 

@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::body::ResponseBody;
 use crate::config::{Method, RequestSettings};
+use crate::redact::Redactor;
 
 /// Longest body excerpt kept in an error: enough to recognise an HTML error
 /// page or an API's error message, short enough for a log line.
@@ -195,10 +196,11 @@ pub async fn fetch_json(
     client: &ApiClient,
     spec: &RequestSpec,
     url: &Url,
+    redactor: &Redactor,
 ) -> Result<JsonResponse, FetchError> {
     let started = std::time::Instant::now();
     let mut status = None;
-    let result = attempt(client, spec, url, &mut status).await;
+    let result = attempt(client, spec, url, redactor, &mut status).await;
     crate::metrics::http_attempt(&spec.job, status, started.elapsed());
     result
 }
@@ -261,6 +263,7 @@ async fn attempt(
     client: &ApiClient,
     spec: &RequestSpec,
     url: &Url,
+    redactor: &Redactor,
     status_seen: &mut Option<u16>,
 ) -> Result<JsonResponse, FetchError> {
     let method = match spec.method {
@@ -317,7 +320,7 @@ async fn attempt(
         return Err(FetchError::Status {
             status,
             retry_after,
-            excerpt: excerpt(&body),
+            excerpt: excerpt(&body, redactor),
         });
     }
     match parse_off_the_runtime(body, spec.records.clone()).await {
@@ -329,7 +332,7 @@ async fn attempt(
         }),
         Err((source, body)) => Err(FetchError::Decode {
             source,
-            excerpt: excerpt(&body),
+            excerpt: excerpt(&body, redactor),
         }),
     }
 }
@@ -360,15 +363,22 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     Some(wait.to_std().unwrap_or(Duration::ZERO))
 }
 
-/// The start of a body, on one line, for error messages.
-fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(EXCERPT_CHARS * 4)]);
+/// Bytes of a body read for an excerpt beyond the most its characters can
+/// take: a secret that begins inside the excerpt and runs past its end is
+/// still found whole, so it is masked, not cut to a prefix.
+const EXCERPT_SECRET_MARGIN: usize = 1024;
+
+/// The start of a body, on one line, for error messages: redacted first,
+/// then cut.
+fn excerpt(body: &[u8], redactor: &Redactor) -> String {
+    let window = &body[..body.len().min(EXCERPT_CHARS * 4 + EXCERPT_SECRET_MARGIN)];
+    let text = redactor.redact(&String::from_utf8_lossy(window));
     let mut out: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(EXCERPT_CHARS)
         .collect();
-    if text.chars().count() > EXCERPT_CHARS {
+    if text.chars().count() > EXCERPT_CHARS || window.len() < body.len() {
         out.push('…');
     }
     out.trim().to_owned()
@@ -420,12 +430,27 @@ mod tests {
 
     #[test]
     fn excerpts_are_short_single_lines() {
+        let none = Redactor::default();
         assert_eq!(
-            excerpt(b"<html>\n<body>oops</body>"),
+            excerpt(b"<html>\n<body>oops</body>", &none),
             "<html> <body>oops</body>"
         );
-        assert_eq!(excerpt(&[0xff, 0xfe, b'a']), "\u{fffd}\u{fffd}a");
+        assert_eq!(excerpt(&[0xff, 0xfe, b'a'], &none), "\u{fffd}\u{fffd}a");
         let long = "x".repeat(500);
-        assert_eq!(excerpt(long.as_bytes()).chars().count(), EXCERPT_CHARS + 1);
+        assert_eq!(
+            excerpt(long.as_bytes(), &none).chars().count(),
+            EXCERPT_CHARS + 1
+        );
+    }
+
+    #[test]
+    fn excerpts_are_redacted_before_they_are_cut() {
+        // A 23-character key that the cut at 200 characters would split.
+        let key = "key-0123456789abcdefghi";
+        let redactor = Redactor::new([key.to_owned()], None);
+        let body = format!("{}{key} and more", "x".repeat(EXCERPT_CHARS - 17));
+        let cut = excerpt(body.as_bytes(), &redactor);
+        assert!(!cut.contains("key-0123"), "{cut}");
+        assert!(cut.contains("[redacted]"), "{cut}");
     }
 }

@@ -23,7 +23,7 @@ use crate::redact::Redactor;
 pub use body::RawRecords;
 pub use http::{ApiClient, FetchError, RequestSpec};
 pub use paginate::Stated;
-use paginate::{PaginationError, Paginator, Step, strip_query};
+use paginate::{PaginationError, Paginator, Step};
 use throttle::Throttle;
 
 /// Everything about a job's API that does not change between runs.
@@ -80,7 +80,8 @@ impl SourceSpec {
         params: &[(&str, String)],
     ) -> Pages {
         let base = paginate::with_params(&self.base_url, params);
-        let paginator = Paginator::new(self.pagination.clone(), base);
+        let paginator =
+            Paginator::new(self.pagination.clone(), base).with_redactor(redactor.clone());
         Pages {
             next: Some(Request {
                 url: paginator.first(),
@@ -138,7 +139,8 @@ pub enum IfRepeated {
 #[error("page {page} ({url})")]
 pub struct SourceError {
     pub page: u64,
-    /// Without the query string, which may hold credentials.
+    /// Without userinfo and query values, which may hold credentials
+    /// (`redact::display_url`).
     pub url: String,
     #[source]
     pub kind: SourceErrorKind,
@@ -259,7 +261,7 @@ impl Pages {
         let number = self.fetched + 1;
         let error = |kind| SourceError {
             page: number,
-            url: strip_query(url.as_str()),
+            url: crate::redact::display_url(url.as_str()),
             kind,
         };
         let spec = &self.fetcher.spec;
@@ -446,7 +448,9 @@ impl Fetcher {
     /// quota the response announces pauses the job's later requests.
     async fn fetch_page(&self, url: &Url) -> Result<http::JsonResponse, SourceErrorKind> {
         let response = self
-            .with_retries(|| http::fetch_json(&self.client, &self.spec.request, url))
+            .with_retries(|| {
+                http::fetch_json(&self.client, &self.spec.request, url, &self.redactor)
+            })
             .await?;
         if let Some(reset) = response.quota_reset {
             tracing::info!(

@@ -18,6 +18,7 @@ use serde_json::Value;
 
 use crate::config::{Locator, Pagination, PaginationKind};
 use crate::record::kind_of;
+use crate::redact::Redactor;
 
 /// What the paginator needs to know about one response.
 pub struct Response<'a> {
@@ -194,6 +195,8 @@ pub struct Paginator {
     expected: Option<u64>,
     /// What the API stated, for the run's verdict.
     stated: Stated,
+    /// Masks secrets in excerpts before they are cut.
+    redactor: Redactor,
 }
 
 impl Paginator {
@@ -212,7 +215,14 @@ impl Paginator {
             total_pages: None,
             expected: None,
             stated: Stated::default(),
+            redactor: Redactor::default(),
         }
+    }
+
+    /// Excerpts in errors are redacted by `redactor` before they are cut.
+    pub fn with_redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     /// The record count the API last stated, if it states one.
@@ -465,7 +475,13 @@ impl Paginator {
                 match link {
                     None => Step::End,
                     Some(header) => {
-                        match find_rel_next(&header).map_err(PaginationError::LinkHeader)? {
+                        // Redacted before it is cut: the header may carry a
+                        // key in a URL.
+                        let next = find_rel_next(&header).map_err(|e| {
+                            let excerpt = self.redactor.excerpt(&header, e.at, LINK_EXCERPT_CHARS);
+                            PaginationError::LinkHeader(format!("{} `{excerpt}`", e.what))
+                        })?;
+                        match next {
                             None => Step::End,
                             Some(link) => Step::Next(self.resolve(response.url, &link)?),
                         }
@@ -578,7 +594,7 @@ impl Paginator {
     fn resolve(&self, current: &Url, link: &str) -> Result<Url, PaginationError> {
         let url = current
             .join(link)
-            .map_err(|_| PaginationError::BadUrl(strip_query(link)))?;
+            .map_err(|_| PaginationError::BadUrl(crate::redact::display_url(link)))?;
         if url.origin() != self.base.origin() {
             return Err(PaginationError::OtherOrigin {
                 found: url.origin().ascii_serialization(),
@@ -686,26 +702,25 @@ pub fn with_params(url: &Url, params: &[(&str, String)]) -> Url {
     url
 }
 
-/// A URL for messages: no query string, which may carry credentials.
-pub fn strip_query(url: &str) -> String {
-    url.split(['?', '#']).next().unwrap_or_default().to_owned()
-}
-
 /// The target of the `rel="next"` link in an RFC 8288 `Link` header, as
 /// GitHub sends it: `<https://api…?page=2>; rel="next", <…>; rel="last"`.
 ///
 /// # Errors
-/// A description of the first thing that is not a link-value, so that a
-/// garbled header ends the run instead of silently ending the pagination.
-pub fn find_rel_next(header: &str) -> Result<Option<String>, String> {
+/// The first thing that is not a link-value, so that a garbled header ends
+/// the run instead of silently ending the pagination.
+pub fn find_rel_next(header: &str) -> Result<Option<String>, LinkError> {
+    let at = |what: &'static str, rest: &str| LinkError {
+        what,
+        at: header.len() - rest.len(),
+    };
     let mut rest = header.trim_start_matches([' ', '\t', ',']);
     while !rest.is_empty() {
         let Some(after_lt) = rest.strip_prefix('<') else {
-            return Err(format!("expected `<` at `{}`", excerpt(rest)));
+            return Err(at("expected `<` at", rest));
         };
         let end = after_lt
             .find('>')
-            .ok_or_else(|| format!("no closing `>` in `{}`", excerpt(rest)))?;
+            .ok_or_else(|| at("no closing `>` in", rest))?;
         let target = &after_lt[..end];
         rest = &after_lt[end + 1..];
         let mut is_next = false;
@@ -721,7 +736,7 @@ pub fn find_rel_next(header: &str) -> Result<Option<String>, String> {
                 .unwrap_or(rest.len());
             let name = &rest[..name_end];
             if name.is_empty() {
-                return Err(format!("a parameter without a name at `{}`", excerpt(rest)));
+                return Err(at("a parameter without a name at", rest));
             }
             rest = rest[name_end..].trim_start_matches([' ', '\t']);
             let mut value = String::new();
@@ -744,9 +759,8 @@ pub fn find_rel_next(header: &str) -> Result<Option<String>, String> {
                             c => value.push(c),
                         }
                     }
-                    let close = closed.ok_or_else(|| {
-                        format!("an unterminated quoted value in `{}`", excerpt(rest))
-                    })?;
+                    let close =
+                        closed.ok_or_else(|| at("an unterminated quoted value in", rest))?;
                     rest = &quoted[close + 1..];
                 } else {
                     let end = rest.find([';', ',']).unwrap_or(rest.len());
@@ -768,7 +782,7 @@ pub fn find_rel_next(header: &str) -> Result<Option<String>, String> {
         rest = rest.trim_start_matches([' ', '\t']);
         if !rest.is_empty() {
             let Some(after_comma) = rest.strip_prefix(',') else {
-                return Err(format!("expected `,` or `;` at `{}`", excerpt(rest)));
+                return Err(at("expected `,` or `;` at", rest));
             };
             rest = after_comma.trim_start_matches([' ', '\t', ',']);
         }
@@ -776,9 +790,17 @@ pub fn find_rel_next(header: &str) -> Result<Option<String>, String> {
     Ok(None)
 }
 
-fn excerpt(text: &str) -> String {
-    text.chars().take(40).collect()
+/// Where a `Link` header stops being a list of link-values.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LinkError {
+    /// `expected \`<\` at` …, followed in messages by an excerpt.
+    pub what: &'static str,
+    /// The byte offset in the header the excerpt starts at.
+    pub at: usize,
 }
+
+/// How much of a garbled `Link` header a message shows.
+const LINK_EXCERPT_CHARS: usize = 40;
 
 #[cfg(test)]
 mod tests {

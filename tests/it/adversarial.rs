@@ -555,6 +555,9 @@ store_tests! {
 
         let error = report.error.expect("the pointer finds nothing: the run fails");
         assert!(!error.contains("s3cr3tTOKENvalue"), "{error}");
+        // The key is listed, masked: without it the check above proves
+        // nothing.
+        assert!(error.contains("\"unknown token [redacted]\""), "{error}");
     }
 }
 

@@ -82,10 +82,22 @@ async fn sync_prints_a_summary_per_job_and_exits_by_outcome(pool: PgPool) {
     assert_eq!(table.lines().count(), 5, "{table}");
     assert!(table.lines().nth(1).unwrap().contains("broken"), "{table}");
     let json = apisync(&dir, &["runs", "products", "--json", "--limit", "1"], &vars).await;
-    assert!(!stdout(&runs).contains(token));
     let run: serde_json::Value = serde_json::from_str(stdout(&json).trim()).unwrap();
     assert_eq!(run["status"], "succeeded");
     assert_eq!(run["unchanged"], 250);
+    // The table cuts errors at 80 characters, before the echo: the whole
+    // error, and its redaction, show in the JSON.
+    let broken = apisync(&dir, &["runs", "broken", "--json"], &vars).await;
+    let run: serde_json::Value = serde_json::from_str(stdout(&broken).trim()).unwrap();
+    let error = run["error"].as_str().expect("the failed run has an error");
+    assert!(
+        error.contains("the API answered 500") && error.contains("[redacted]"),
+        "{error}"
+    );
+    for text in [stdout(&runs), stdout(&broken)] {
+        assert!(!text.contains(token), "{text}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[sqlx::test(migrations = false)]

@@ -88,6 +88,45 @@ fn environment_overrides_beat_the_file() {
 }
 
 #[test]
+fn credentials_written_in_the_file_are_secrets_in_every_form_they_travel() {
+    // Arrange: a Basic header written literally, a token as a URL's user,
+    // and a database password that must be percent-encoded in its URL.
+    let text = MINIMAL
+        .replace(
+            "postgres://file@127.0.0.1/file",
+            "postgres://apisync:db%40pass%2Fword@127.0.0.1/db",
+        )
+        .replace(
+            "url = \"https://api.example.com/orders\"",
+            // base64("svc:basic-pass") is c3ZjOmJhc2ljLXBhc3M=
+            "url = \"https://urltoken123@api.example.com/orders\"\n\
+             headers = { Authorization = \"Basic c3ZjOmJhc2ljLXBhc3M=\" }",
+        );
+
+    // Act
+    let settings = config::load_str(&text, Path::new("t.toml"), &env(&[])).unwrap();
+
+    // Assert
+    let cases = [
+        ("c3ZjOmJhc2ljLXBhc3M=", "the Basic credential"),
+        ("svc:basic-pass", "what it decodes to"),
+        ("basic-pass", "its password"),
+        ("urltoken123", "a URL's user without a password: a token"),
+        // base64("urltoken123:"), as reqwest sends it.
+        ("dXJsdG9rZW4xMjM6", "the token as it travels"),
+        ("db@pass/word", "the database password, decoded"),
+        ("db%40pass%2Fword", "the database password, as written"),
+    ];
+    for (text, what) in cases {
+        assert_eq!(
+            settings.redactor.redact(&format!("echo {text} end")),
+            "echo [redacted] end",
+            "{what}"
+        );
+    }
+}
+
+#[test]
 fn without_a_database_url_the_store_is_a_local_sqlite_file() {
     let text = MINIMAL.replace("[database]\nurl = \"postgres://file@127.0.0.1/file\"\n", "");
     let settings = config::load_str(&text, Path::new("t.toml"), &env(&[])).unwrap();

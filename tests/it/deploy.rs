@@ -97,12 +97,23 @@ fn the_dashboard_has_six_panels_on_catalogue_metrics_only() {
     let dashboard: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
     let panels = dashboard["panels"].as_array().expect("panels");
     assert!(panels.len() >= 6, "{} panels", panels.len());
+    // Each panel on its own: a count over all panels would let one panel
+    // with two queries hide another with none.
+    for panel in panels {
+        let queries = panel["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t["expr"].as_str())
+            .filter(|expr| !expr.trim().is_empty())
+            .count();
+        assert!(queries > 0, "panel {} has a query", panel["title"]);
+    }
     let exprs: Vec<&str> = panels
         .iter()
         .flat_map(|p| p["targets"].as_array().into_iter().flatten())
         .filter_map(|t| t["expr"].as_str())
         .collect();
-    assert!(exprs.len() >= panels.len(), "every panel has a query");
     let names = metric_names(&exprs.join("\n"));
     assert!(!names.is_empty());
     for name in &names {

@@ -23,10 +23,13 @@ use crate::fake_api::FakeApi;
 /// Logs only when `TEST_LOG` is set, and installed once per test binary.
 static TRACING: LazyLock<()> = LazyLock::new(|| {
     if std::env::var_os("TEST_LOG").is_some() {
-        apisync::telemetry::init(&LogSettings {
-            level: "debug".to_owned(),
-            format: LogFormat::Text,
-        });
+        apisync::telemetry::init(
+            &LogSettings {
+                level: "debug".to_owned(),
+                format: LogFormat::Text,
+            },
+            Redactor::default(),
+        );
     }
 });
 

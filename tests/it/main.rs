@@ -15,5 +15,6 @@ mod pagination;
 mod process;
 mod real_servers;
 mod resilience;
+mod secrets;
 mod store;
 mod sync;

@@ -422,8 +422,10 @@ store_tests! {
 
         // Assert: the second request waited for the reset; no 429 was needed.
         assert_eq!(report.error, None);
+        // Two pages (20 and 10 records) and the request that confirms the
+        // stated end; none sent ahead, since the API announces quotas.
         let arrivals = env.api.arrivals();
-        assert!(arrivals.len() >= 2);
+        assert_eq!(arrivals.len(), 3, "{arrivals:?}");
         let waited = arrivals[1].0 - arrivals[0].0;
         assert!(
             waited >= Duration::from_secs(2),
@@ -704,10 +706,18 @@ store_tests! {
             error.contains("the API answered 503 Service Unavailable"),
             "{error}"
         );
+        // Each wait is at most max_backoff = 100ms, so the 1s budget is
+        // spent after no fewer than 10 of them (11 attempts); they average
+        // 50ms, so about 20 are expected, and 60 would need them to average
+        // under 17ms. max_attempts = 1000 is far away either way.
         let attempts = env.api.arrivals().len();
         assert!(
-            attempts < 1000,
+            (11..=60).contains(&attempts),
             "stopped by the budget, not by max_attempts: {attempts}"
+        );
+        assert!(
+            error.contains(&format!("fetching failed after {attempts} attempt(s)")),
+            "{error}"
         );
     }
 }

@@ -487,6 +487,37 @@ store_tests! {
         );
     }
 
+    async fn reject_reasons_are_stored_redacted_and_records_as_they_came(backend: Backend) {
+        // Arrange: the key field's name comes from `${KEY_FIELD}`; no record
+        // has it, so every reason names it.
+        let env = TestEnv::start_on(backend, products(2)).await;
+        let vars: HashMap<String, String> =
+            [("KEY_FIELD".to_owned(), "keyfield_secret_5".to_owned())].into();
+        let text = crate::helpers::job_config(&format!(
+            "records = \"/data\"\nmax_rejected = 5\n[jobs.request]\nurl = \"{}\"\n",
+            env.api.url("/none")
+        ))
+        .replace("key = [\"id\"]", "key = [\"${KEY_FIELD}\"]");
+        let settings =
+            apisync::config::load_str(&text, std::path::Path::new("t.toml"), &vars).unwrap();
+        let job = apisync::sync::Job::from_settings(&settings.jobs[0]).unwrap();
+        let mut ctx = env.ctx.clone();
+        ctx.redactor = settings.redactor;
+
+        // Act
+        let report = apisync::sync::run_once(&job, &ctx).await.unwrap();
+
+        // Assert
+        assert_eq!(report.counts.rejected, 2, "{report:?}");
+        let rejects = env.rejects().await;
+        assert_eq!(rejects.len(), 2);
+        for (record, reason, _) in &rejects {
+            assert_eq!(reason, "key field `[redacted]` is missing");
+            // The API's data, archived as it came.
+            assert!(record.contains("\"name\""), "{record}");
+        }
+    }
+
     async fn secrets_from_variables_stay_out_of_errors_and_the_runs_table(backend: Backend) {
         // Arrange: the API answers 401 and echoes the token and the query string.
         let env = TestEnv::start_on(backend, products(10)).await;

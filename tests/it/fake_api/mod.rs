@@ -14,6 +14,9 @@
 //! | `/endless`      | `?page=N`: fresh records on every page, forever                  |
 //! | `/same`         | ignores `?page`: the same records on every page                  |
 //! | `/status/{code}`| answers `code` with a body that echoes the request's credentials |
+//! | `/echo/{code}`  | answers `code` echoing every request header and the URI, `/` as `\/` (PHP) |
+//! | `/badlink`      | one record and a `Link` header that echoes the URI but never closes its `<` |
+//! | `/ctl`          | one record and a `next` URL holding ESC, BEL and CR                |
 //! | `/redirect`     | 302 to the same API under another origin (`localhost`)           |
 //! | `/gzip`         | all records, gzip-compressed, without `Content-Length`           |
 //! | `/search` (POST)| `{"data": [...]}` when the JSON body and `X-Api-Key` header are right |
@@ -118,6 +121,9 @@ impl FakeApi {
             .route("/endless", get(endless))
             .route("/same", get(same))
             .route("/status/{code}", get(status))
+            .route("/echo/{code}", get(echo))
+            .route("/badlink", get(bad_link))
+            .route("/ctl", get(control))
             .route("/search", post(search))
             .route("/redirect", get(redirect))
             .route("/gzip", get(gzip))
@@ -513,6 +519,59 @@ async fn status(Path(code): Path<u16>, uri: Uri, headers: HeaderMap) -> Response
         .unwrap_or("");
     let body = format!("{{\"error\": \"denied\", \"you_sent\": \"{auth}\", \"uri\": \"{uri}\"}}");
     (StatusCode::from_u16(code).unwrap(), body).into_response()
+}
+
+/// Answers `code` with every request header and the URI in a JSON body,
+/// written as PHP's `json_encode` writes it: `/` as `\/`. `?pad=N` puts N
+/// characters before the headers (to place an echo at a cut).
+async fn echo(
+    Path(code): Path<u16>,
+    Query(params): Params,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let pad = "p".repeat(param(&params, "pad", 0));
+    // Sorted by name, in a fixed order of members: tests place an echo at
+    // a known offset.
+    let headers: std::collections::BTreeMap<String, String> = headers
+        .iter()
+        .map(|(name, value)| {
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            (name.as_str().to_owned(), value)
+        })
+        .collect();
+    let body = format!(
+        "{{\"pad\":\"{pad}\",\"uri\":{},\"headers\":{},\"error\":\"unauthorized\"}}",
+        Value::String(uri.to_string()),
+        serde_json::to_string(&headers).unwrap()
+    )
+    .replace('/', "\\/");
+    (StatusCode::from_u16(code).unwrap(), body).into_response()
+}
+
+/// One record, and a `Link` header that repeats the request URI inside a
+/// `<` it never closes.
+async fn bad_link(uri: Uri) -> Response {
+    let link = format!("<{uri}; rel=\"next\"");
+    (
+        [
+            (header::LINK, link),
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+        ],
+        json!([{"id": 1}]).to_string(),
+    )
+        .into_response()
+}
+
+/// One record and a `next` URL that is not a URL, with terminal controls in
+/// it: ESC (a colour, a screen clear), BEL and CR.
+async fn control() -> Response {
+    json!({
+        "results": [{"id": 1}],
+        "next": "http://\u{1b}[2J\u{1b}[31mevil\u{7}\r:99999/x"
+    })
+    .to_string()
+    .into_response()
 }
 
 /// A POST search endpoint: wants `{"status": "all"}` and `X-Api-Key: k-123`.
