@@ -36,7 +36,7 @@ const MIGRATE_RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Time kept back from `shutdown_timeout` for what follows the drain (marking
 /// runs that did not finish as `interrupted`), so the process exits within it.
-const EXIT_MARGIN: Duration = Duration::from_millis(500);
+pub(crate) const EXIT_MARGIN: Duration = Duration::from_millis(500);
 
 /// How much longer systemd is asked to wait each time the database is retried.
 const START_EXTENSION: Duration = Duration::from_secs(30);
@@ -67,7 +67,11 @@ impl App {
     /// database URL that cannot be used.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
         let store = Store::connect_lazy(&settings.database).context("cannot use database.url")?;
-        tracing::info!(store = %store.describe(), "Using the store.");
+        tracing::info!(
+            store = %store.describe(),
+            url_from = %settings.database.url_origin,
+            "Using the store."
+        );
         Self::build_with_store(settings, store).await
     }
 

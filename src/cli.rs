@@ -198,7 +198,11 @@ fn fail(settings: &Settings, what: &str, error: &dyn std::error::Error) -> ExitC
 async fn open_store(settings: &Settings) -> Result<Store, ExitCode> {
     let store = Store::connect_lazy(&settings.database)
         .map_err(|e| fail(settings, "cannot use database.url", &e))?;
-    tracing::info!(store = %store.describe(), "Using the store.");
+    tracing::info!(
+        store = %store.describe(),
+        url_from = %settings.database.url_origin,
+        "Using the store."
+    );
     store
         .migrate()
         .await
@@ -312,36 +316,80 @@ async fn sync(settings: &Settings, names: &[String], all: bool) -> ExitCode {
         in_flight: Default::default(),
     };
 
-    let mut all_succeeded = true;
-    for job in &jobs {
-        if ctx.cancel.is_cancelled() {
-            all_succeeded = false;
-            say(
-                settings,
-                &format!("{} skipped: apisync is stopping", job.name),
-            );
-            continue;
-        }
-        match run_once(job, &ctx).await {
-            Ok(report) => {
-                // A run skipped because another process holds the job is not
-                // a failure: the job is being run.
-                all_succeeded &= matches!(report.status, RunStatus::Succeeded | RunStatus::Skipped);
-                say(settings, &summary_line(&report));
-            }
-            Err(e) => {
+    // The job being run, for the line printed if shutdown_timeout runs out.
+    let current: std::sync::Mutex<Option<&str>> = std::sync::Mutex::new(None);
+    let runs = async {
+        let mut all_succeeded = true;
+        for job in &jobs {
+            if ctx.cancel.is_cancelled() {
                 all_succeeded = false;
                 say(
                     settings,
-                    &format!(
-                        "{} failed error: the run could not be recorded: {}",
-                        job.name,
-                        error_chain(&e)
-                    ),
+                    &format!("{} skipped: apisync is stopping", job.name),
                 );
+                continue;
+            }
+            *current.lock().unwrap_or_else(|e| e.into_inner()) = Some(&job.name);
+            match run_once(job, &ctx).await {
+                Ok(report) => {
+                    // A run skipped because another process holds the job is not
+                    // a failure: the job is being run.
+                    all_succeeded &=
+                        matches!(report.status, RunStatus::Succeeded | RunStatus::Skipped);
+                    say(settings, &summary_line(&report));
+                }
+                Err(e) => {
+                    all_succeeded = false;
+                    say(
+                        settings,
+                        &format!(
+                            "{} failed error: the run could not be recorded: {}",
+                            job.name,
+                            error_chain(&e)
+                        ),
+                    );
+                }
             }
         }
-    }
+        all_succeeded
+    };
+    // A run stops at its next page once signalled; one whose statement waits
+    // (a lock another session holds, a database that stopped answering) is
+    // abandoned when shutdown_timeout runs out, as `apisync run` does.
+    let drain = settings
+        .shutdown_timeout
+        .saturating_sub(crate::app::EXIT_MARGIN);
+    let out_of_time = async {
+        ctx.cancel.cancelled().await;
+        tokio::time::sleep(drain).await;
+    };
+    let all_succeeded = tokio::select! {
+        all_succeeded = runs => all_succeeded,
+        () = out_of_time => {
+            let unfinished = ctx.in_flight.ids();
+            let error =
+                "interrupted by shutdown: shutdown_timeout ran out while the run was still waiting \
+                 on the database";
+            tracing::warn!(
+                runs = ?unfinished,
+                "A run was still waiting on the database when shutdown_timeout ran out; marking \
+                 it interrupted and exiting."
+            );
+            let marked = tokio::time::timeout(
+                crate::app::EXIT_MARGIN,
+                ctx.store.mark_interrupted(&unfinished, error),
+            )
+            .await;
+            if !matches!(marked, Ok(Ok(()))) {
+                tracing::warn!("Could not mark it; the next run of the job closes it.");
+            }
+            let job = current.lock().unwrap_or_else(|e| e.into_inner()).unwrap_or("a job");
+            say(settings, &format!("{job} interrupted error: {error}"));
+            // Exit here: the abandoned statement's connection and the
+            // runtime's blocking tasks must not hold the process.
+            std::process::exit(i32::from(EXIT_FAILED));
+        }
+    };
     if all_succeeded {
         ExitCode::SUCCESS
     } else {
@@ -411,7 +459,14 @@ async fn check(settings: &Settings, path: &std::path::Path, connect: bool) -> Ex
     let mut ok = true;
     match Store::connect_lazy(&settings.database) {
         Ok(store) => match store.ping(settings.database.acquire_timeout).await {
-            Ok(()) => say(settings, "database: reachable"),
+            Ok(()) => say(
+                settings,
+                &format!(
+                    "database: reachable: {} (url from {})",
+                    store.describe(),
+                    settings.database.url_origin
+                ),
+            ),
             Err(e) => {
                 ok = false;
                 say(

@@ -42,7 +42,7 @@ impl Job {
     /// What is wrong with the job; configuration validation catches all of
     /// these first, so this only fails for settings built by hand.
     pub fn from_settings(settings: &JobSettings) -> Result<Self, String> {
-        let shape = RecordShape::new(&settings.key, &settings.hash_exclude)
+        let shape = RecordShape::with_key_entries(&settings.key, &settings.hash_exclude)
             .map_err(|(key, message)| format!("{key}: {message}"))?;
         let table = TableSpec::new(Ident::table(&settings.table)?, shape.key_fields());
         let incremental = settings
@@ -389,12 +389,14 @@ async fn copy_pages(
     run_id: RunId,
     tally: &mut Tally,
 ) -> Result<(), SyncError> {
-    ctx.store.prepare_table(&job.table).await?;
-    let empty_at_start = ctx.store.table_is_empty(&job.table).await?;
+    // Nothing is written yet: shutdown wins over a statement waiting on a
+    // lock another session holds on the table.
+    until_cancelled(ctx, ctx.store.prepare_table(&job.table)).await?;
+    let empty_at_start = until_cancelled(ctx, ctx.store.table_is_empty(&job.table)).await?;
     let tracker = match &job.incremental {
         Some(incremental) => Some(
             incremental
-                .tracker(ctx.store.watermark(&job.name).await?)
+                .tracker(until_cancelled(ctx, ctx.store.watermark(&job.name)).await?)
                 .with_redactor(ctx.redactor.clone()),
         ),
         None => None,
@@ -429,6 +431,19 @@ async fn copy_pages(
     // A write error comes first: the reader only stopped because of it.
     written?;
     read
+}
+
+/// `work`, unless shutdown comes first: for statements before the first
+/// write, which may wait on a lock without limit but have nothing to commit.
+async fn until_cancelled<T>(
+    ctx: &SyncContext,
+    work: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, SyncError> {
+    tokio::select! {
+        biased;
+        () = ctx.cancel.cancelled() => Err(SyncError::Interrupted),
+        done = work => Ok(done?),
+    }
 }
 
 /// The reader's task, aborted if the run is dropped before it ends.
@@ -1004,8 +1019,9 @@ fn scan_page<'a>(
     }
 }
 
-/// One line per finished run with its counts: info, or error with the
-/// error chain (logged here, where the run's failure is handled, and only here).
+/// One line per finished run with its counts: info, warn for an interrupted
+/// run, or error with the error chain (logged here, where the run's failure
+/// is handled, and only here).
 fn log_finished(report: &RunReport) {
     macro_rules! finished {
         ($level:ident, $($extra:tt)*) => {
@@ -1026,6 +1042,15 @@ fn log_finished(report: &RunReport) {
         };
     }
     let reason = report.failure.map(FailureReason::as_str);
+    if report.status == RunStatus::Interrupted {
+        // A graceful stop is not an error: the pages written are committed
+        // and the next run carries on.
+        finished!(
+            warn,
+            "Run interrupted by shutdown; the pages written so far are committed."
+        );
+        return;
+    }
     match (&report.error, report.counts.rejected) {
         (None, 0) => finished!(info, "Run finished."),
         (None, _) => finished!(

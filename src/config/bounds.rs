@@ -88,6 +88,7 @@ pub(super) fn range(key: &str) -> Option<Range> {
         "shutdown_timeout" => Time(SECOND, HOUR),
         "database.max_connections" => Count(1, 1000),
         "database.acquire_timeout" => Time(MILLISECOND, HOUR),
+        "database.lock_timeout" => Time(SECOND, HOUR),
         // Jobs.
         "max_rejected" => Count(0, 1_000_000_000_000),
         "max_pages" => Count(1, 100_000_000),
@@ -158,6 +159,7 @@ mod tests {
         let keys = [
             "shutdown_timeout",
             "database.acquire_timeout",
+            "database.lock_timeout",
             "request.timeout",
             "retry.initial_backoff",
             "retry.max_backoff",
@@ -187,6 +189,7 @@ mod tests {
         ("", "shutdown_timeout", Some("\"999ms\""), "\"61m\""),
         ("database", "max_connections", Some("0"), "1001"),
         ("database", "acquire_timeout", Some("\"0s\""), "\"61m\""),
+        ("database", "lock_timeout", Some("\"999ms\""), "\"61m\""),
         ("job", "max_rejected", None, "1000000000001"),
         ("job", "max_pages", Some("0"), "100000001"),
         ("job", "max_body_bytes", Some("1023"), "\"5GiB\""),

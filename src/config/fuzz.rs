@@ -18,6 +18,7 @@ shutdown_timeout = "10s"
 url = "postgres://u@127.0.0.1:5432/d"
 max_connections = 5
 acquire_timeout = "10s"
+lock_timeout = "30s"
 
 [server]
 listen = "127.0.0.1:9464"
@@ -81,6 +82,7 @@ const KEYS: &[(&str, &str)] = &[
     ("database", "url"),
     ("database", "max_connections"),
     ("database", "acquire_timeout"),
+    ("database", "lock_timeout"),
     ("server", "listen"),
     ("log", "level"),
     ("log", "format"),
@@ -308,6 +310,7 @@ fn check_ranges(settings: &Settings) -> Result<(), String> {
         "database.acquire_timeout",
         settings.database.acquire_timeout,
     )?;
+    time("database.lock_timeout", settings.database.lock_timeout)?;
     for job in &settings.jobs {
         if let Threshold::Count(n) = job.max_rejected {
             count("max_rejected", n)?;
@@ -349,6 +352,7 @@ const VARIABLES: &[&str] = &[
     "APISYNC__DATABASE__URL",
     "APISYNC__DATABASE__MAX_CONNECTIONS",
     "APISYNC__DATABASE__ACQUIRE_TIMEOUT",
+    "APISYNC__DATABASE__LOCK_TIMEOUT",
     "APISYNC__SERVER__LISTEN",
     "APISYNC__LOG__LEVEL",
     "APISYNC__LOG__FORMAT",

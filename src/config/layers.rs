@@ -159,6 +159,40 @@ impl EnvOverrides {
     }
 }
 
+/// Where `database.url` will come from once [`apply_env_overrides`] ran on
+/// `table` (the file as parsed): the last layer that sets it.
+pub(super) fn url_origin(
+    table: &toml::Table,
+    file: &std::path::Path,
+    env: &HashMap<String, String>,
+) -> super::UrlOrigin {
+    // The last of the variables spelling database.url, as the overrides
+    // apply them in sorted order.
+    let apisync = env
+        .keys()
+        .filter(|name| {
+            name.strip_prefix(ENV_PREFIX).is_some_and(|rest| {
+                rest.split(ENV_SEPARATOR)
+                    .map(str::to_ascii_lowercase)
+                    .eq(["database", "url"])
+            })
+        })
+        .max();
+    if let Some(name) = apisync {
+        super::UrlOrigin::Env(name.clone())
+    } else if env.get("DATABASE_URL").is_some_and(|url| !url.is_empty()) {
+        super::UrlOrigin::Env("DATABASE_URL".to_owned())
+    } else if table
+        .get("database")
+        .and_then(|database| database.get("url"))
+        .is_some()
+    {
+        super::UrlOrigin::File(file.to_path_buf())
+    } else {
+        super::UrlOrigin::Default
+    }
+}
+
 /// Applies `DATABASE_URL` and then every `APISYNC__SECTION__KEY` variable.
 pub(super) fn apply_env_overrides(
     table: &mut toml::Table,

@@ -20,6 +20,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+pub use crate::record::KeyEntry;
 use crate::redact::Redactor;
 pub use bounds::{LONGEST_WAIT, timer};
 pub use pagination::{Locator, Pagination, PaginationKind, TotalMethod};
@@ -79,6 +80,7 @@ pub fn load_str(
         )
     })?;
     let job_names = layers::job_names(&table);
+    let url_origin = layers::url_origin(&table, origin, env);
 
     let mut secrets = Vec::new();
     let mut problems = layers::expand_variables(&mut table, env, &mut secrets, &job_names);
@@ -111,6 +113,7 @@ pub fn load_str(
             )
         })?;
 
+    settings.database.url_origin = url_origin;
     secrets.extend(setting_secrets(&settings));
     settings.redactor = Redactor::new(secrets, None);
     let problems = validate::validate(&settings, &overrides);
@@ -278,6 +281,38 @@ pub struct DatabaseSettings {
     /// How long a run waits for a free connection before it fails.
     #[serde(default = "default_acquire_timeout", with = "humantime_serde")]
     pub acquire_timeout: Duration,
+    /// How long one statement may wait for a lock another session holds
+    /// (`LOCK TABLE`, a long `ALTER TABLE`, another writer on SQLite) before
+    /// the run fails saying so. PostgreSQL's `lock_timeout`; SQLite's busy
+    /// timeout.
+    #[serde(default = "default_lock_timeout", with = "humantime_serde")]
+    pub lock_timeout: Duration,
+    /// Where `url` came from, for the log line at start.
+    #[serde(skip)]
+    pub url_origin: UrlOrigin,
+}
+
+/// Where `database.url` was set: it decides which database is used, so the
+/// log says it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum UrlOrigin {
+    /// Not set anywhere: the embedded default.
+    #[default]
+    Default,
+    /// The configuration file (its path).
+    File(PathBuf),
+    /// An environment variable (`DATABASE_URL`, `APISYNC__DATABASE__URL`).
+    Env(String),
+}
+
+impl std::fmt::Display for UrlOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UrlOrigin::Default => write!(f, "the default ({DEFAULT_DATABASE_URL})"),
+            UrlOrigin::File(path) => write!(f, "database.url in {}", path.display()),
+            UrlOrigin::Env(name) => write!(f, "the environment variable {name}"),
+        }
+    }
 }
 
 impl Default for DatabaseSettings {
@@ -286,6 +321,8 @@ impl Default for DatabaseSettings {
             url: None,
             max_connections: default_max_connections(),
             acquire_timeout: default_acquire_timeout(),
+            lock_timeout: default_lock_timeout(),
+            url_origin: UrlOrigin::Default,
         }
     }
 }
@@ -309,6 +346,10 @@ fn default_max_connections() -> u32 {
 
 fn default_acquire_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+fn default_lock_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// `[server]`: where `/metrics`, `/healthz` and `/readyz` are served by `apisync run`.
@@ -380,8 +421,9 @@ pub struct JobSettings {
     pub run_on_start: bool,
     /// Target table, created when missing.
     pub table: String,
-    /// The natural key: field names (`id`) or JSON pointers (`/meta/id`).
-    pub key: Vec<String>,
+    /// The natural key: field names (`id`), JSON pointers (`/meta/id`), or
+    /// `{ field = "/@id", column = "at_id" }` to name the column.
+    pub key: Vec<KeyEntry>,
     /// JSON pointer to the array of records; `""` means the body is the array.
     #[serde(default)]
     pub records: String,

@@ -63,6 +63,7 @@ pub(super) fn validate(settings: &Settings, overrides: &EnvOverrides) -> Vec<Str
             "database.acquire_timeout",
             settings.database.acquire_timeout,
         ),
+        ("database.lock_timeout", settings.database.lock_timeout),
     ];
     for (key, value) in times {
         if let Err(message) = bounded(key).check_time(value) {
@@ -249,7 +250,7 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
             ),
         );
     }
-    if let Err((key, message)) = RecordShape::new(&job.key, &job.hash_exclude) {
+    if let Err((key, message)) = RecordShape::with_key_entries(&job.key, &job.hash_exclude) {
         report.bad(key, message);
     }
     report.pointer("records", &job.records);

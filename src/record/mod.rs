@@ -47,18 +47,84 @@ impl KeyField {
     /// `id` is the top-level field `id`, in column `id`; `/meta/id` is a JSON
     /// pointer, in column `meta_id` (segments joined with `_`).
     pub fn parse(entry: &str) -> Result<Self, String> {
+        Self::parse_entry(&KeyEntry::from(entry))
+    }
+
+    /// Like [`KeyField::parse`], with the column named when the entry names
+    /// one.
+    pub fn parse_entry(entry: &KeyEntry) -> Result<Self, String> {
+        let KeyEntry {
+            field: entry,
+            column,
+        } = entry;
         let pointer = Self::parse_pointer(entry)?;
-        let column = if entry.starts_with('/') {
-            json_pointer::segments(entry).join("_")
-        } else {
-            entry.to_owned()
+        let column = match column {
+            Some(column) => column.clone(),
+            None if entry.starts_with('/') => json_pointer::segments(entry).join("_"),
+            None => entry.clone(),
         };
-        let column = Ident::column(&column)?;
+        let column = Ident::column(&column).map_err(|e| {
+            if entry.as_str() == column {
+                e
+            } else {
+                format!("key field `{entry}`: {e}")
+            }
+        })?;
         Ok(Self {
             name: entry.to_owned(),
             pointer,
             column,
         })
+    }
+}
+
+/// One entry of a job's `key`: a field name or JSON pointer (`"id"`,
+/// `"/meta/id"`), whose column is derived from it, or a field with the
+/// column named (`{ field = "/@id", column = "at_id" }`), for field names
+/// that are not identifiers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyEntry {
+    pub field: String,
+    pub column: Option<String>,
+}
+
+impl From<&str> for KeyEntry {
+    fn from(field: &str) -> Self {
+        Self {
+            field: field.to_owned(),
+            column: None,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KeyEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Mapped {
+            field: String,
+            column: String,
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Field(String),
+            Mapped(Mapped),
+        }
+        match Raw::deserialize(deserializer) {
+            Ok(Raw::Field(field)) => Ok(Self {
+                field,
+                column: None,
+            }),
+            Ok(Raw::Mapped(Mapped { field, column })) => Ok(Self {
+                field,
+                column: Some(column),
+            }),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected a field name (\"id\"), a JSON pointer (\"/meta/id\") or a field \
+                 with its column ({ field = \"/@id\", column = \"at_id\" })",
+            )),
+        }
     }
 }
 
@@ -170,6 +236,22 @@ impl RecordShape {
     /// field or an exclusion is not a valid name or pointer, or two key fields
     /// map to one column.
     pub fn new(key: &[String], hash_exclude: &[String]) -> Result<Self, (&'static str, String)> {
+        let key: Vec<KeyEntry> = key
+            .iter()
+            .map(|field| KeyEntry::from(field.as_str()))
+            .collect();
+        Self::with_key_entries(&key, hash_exclude)
+    }
+
+    /// Like [`RecordShape::new`], from the configuration's key entries
+    /// (which may name their columns).
+    ///
+    /// # Errors
+    /// As [`RecordShape::new`].
+    pub fn with_key_entries(
+        key: &[KeyEntry],
+        hash_exclude: &[String],
+    ) -> Result<Self, (&'static str, String)> {
         let key = parse_key(key).map_err(|e| ("key", e))?;
         let mut exclude = ExcludeTree::default();
         for pointer in hash_exclude {
@@ -374,19 +456,34 @@ impl RecordShape {
     }
 }
 
-fn parse_key(key: &[String]) -> Result<Vec<KeyField>, String> {
+fn parse_key(key: &[KeyEntry]) -> Result<Vec<KeyField>, String> {
     if key.is_empty() {
         return Err("at least one key field is needed".to_owned());
     }
     let key: Vec<KeyField> = key
         .iter()
-        .map(|k| KeyField::parse(k))
+        .map(KeyField::parse_entry)
         .collect::<Result<_, _>>()?;
     for (i, field) in key.iter().enumerate() {
-        if key[..i].iter().any(|other| other.column == field.column) {
+        if let Some(other) = key[..i].iter().find(|other| other.column == field.column) {
             return Err(format!(
-                "two key fields map to the column `{}`",
-                field.column
+                "key fields `{}` and `{}` map to one column, `{}`",
+                other.name, field.name, field.column
+            ));
+        }
+        // SQLite compares column names without case and PostgreSQL (quoted)
+        // with it: one rule for both, so a configuration works on either.
+        if let Some(other) = key[..i].iter().find(|other| {
+            other
+                .column
+                .as_str()
+                .eq_ignore_ascii_case(field.column.as_str())
+        }) {
+            return Err(format!(
+                "key columns `{}` and `{}` differ only by case; SQLite takes them for one \
+                 column, so apisync refuses them on every store: name one column otherwise \
+                 ({{ field = \"{}\", column = \"...\" }})",
+                other.column, field.column, field.name
             ));
         }
     }

@@ -16,6 +16,13 @@ pub const RESERVED_COLUMNS: [&str; 5] = [
     "run_id",
 ];
 
+/// Columns the stores keep in every table (PostgreSQL's system columns,
+/// SQLite's rowid aliases): a key column by one of these names is never the
+/// record's own. Refused on every store, so a configuration works on either.
+pub const SYSTEM_COLUMNS: [&str; 9] = [
+    "tableoid", "xmin", "cmin", "xmax", "cmax", "ctid", "oid", "rowid", "_rowid_",
+];
+
 /// A validated identifier: ASCII letters, digits and `_`, not starting with a
 /// digit, at most 63 bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -43,9 +50,22 @@ impl Ident {
                  starting with a letter or _, at most {MAX_LEN} characters"
             ));
         }
-        if RESERVED_COLUMNS.contains(&name) {
+        if RESERVED_COLUMNS
+            .iter()
+            .any(|reserved| reserved.eq_ignore_ascii_case(name))
+        {
             return Err(format!(
                 "`{name}` cannot be a key column: apisync uses that column itself"
+            ));
+        }
+        if SYSTEM_COLUMNS
+            .iter()
+            .any(|system| system.eq_ignore_ascii_case(name))
+        {
+            return Err(format!(
+                "`{name}` cannot be a key column: it is a system column (PostgreSQL's \
+                 tableoid, xmin, cmin, xmax, cmax, ctid; SQLite's rowid, oid, _rowid_); \
+                 name the column otherwise, as {{ field = \"{name}\", column = \"{name}_\" }}"
             ));
         }
         Ok(Self(name.to_owned()))

@@ -40,11 +40,18 @@ fn migrator() -> Migrator {
     migrator
 }
 
+/// The busy timeout of a store opened without settings (the default of
+/// `database.lock_timeout`).
+const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
     /// The database file; lock files sit next to it.
     file: PathBuf,
+    /// How long to wait for another connection's lock (the busy timeout,
+    /// `database.lock_timeout`), and for another process's lock file.
+    lock_timeout: Duration,
 }
 
 impl SqliteStore {
@@ -56,27 +63,60 @@ impl SqliteStore {
         Ok(Self::with_options(
             SqliteConnectOptions::from_str(url)?,
             acquire_timeout,
+            DEFAULT_BUSY_TIMEOUT,
+        ))
+    }
+
+    /// Like [`SqliteStore::connect_lazy`], waiting at most `lock_timeout`
+    /// for another connection's lock on the file (SQLite's busy timeout,
+    /// the analogue of PostgreSQL's `lock_timeout`: SQLite locks the whole
+    /// database, so it covers apisync's own tables too).
+    ///
+    /// # Errors
+    /// When the URL cannot be used.
+    pub fn connect_lazy_with_lock_timeout(
+        url: &str,
+        acquire_timeout: Duration,
+        lock_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        Ok(Self::with_options(
+            SqliteConnectOptions::from_str(url)?,
+            acquire_timeout,
+            lock_timeout,
         ))
     }
 
     /// Opens (creating when missing) the database file at `path`, taken as
     /// it is (no URL syntax to escape).
     pub fn open_file(path: &std::path::Path, acquire_timeout: Duration) -> Self {
-        Self::with_options(SqliteConnectOptions::new().filename(path), acquire_timeout)
+        Self::with_options(
+            SqliteConnectOptions::new().filename(path),
+            acquire_timeout,
+            DEFAULT_BUSY_TIMEOUT,
+        )
     }
 
-    fn with_options(options: SqliteConnectOptions, acquire_timeout: Duration) -> Self {
+    fn with_options(
+        options: SqliteConnectOptions,
+        acquire_timeout: Duration,
+        busy_timeout: Duration,
+    ) -> Self {
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(busy_timeout);
         let file = options.get_filename().to_path_buf();
+        let lock_timeout = busy_timeout;
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(crate::config::timer(acquire_timeout))
             .connect_lazy_with(options);
-        Self { pool, file }
+        Self {
+            pool,
+            file,
+            lock_timeout,
+        }
     }
 
     /// The database file, absolute where it can be resolved.
@@ -121,10 +161,21 @@ impl SqliteStore {
     }
 
     /// Takes the exclusive lock `<db>.<name>.lock`, waiting for it.
+    /// Gives up after `lock_timeout`, as a statement would.
     async fn wait_for_lock(&self, name: &str) -> Result<File, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.lock_timeout;
         loop {
             if let Some(file) = self.try_file_lock(name)? {
                 return Ok(file);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::LockTimeout {
+                    detail: format!(
+                        "SQLite: another process holds the lock file {}.{name}.lock",
+                        self.path().display()
+                    ),
+                    table: None,
+                });
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

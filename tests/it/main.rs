@@ -8,6 +8,7 @@ mod cli;
 mod completeness;
 mod config;
 mod daemon;
+mod database;
 mod deploy;
 mod fake_api;
 mod helpers;

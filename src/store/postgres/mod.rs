@@ -28,10 +28,71 @@ fn migrator() -> Migrator {
     migrator
 }
 
+/// `PostgreSQL at HOST:PORT, database DB, user USER`.
+fn describe_target(options: &PgConnectOptions) -> String {
+    format!(
+        "PostgreSQL at {}, database {}, user {}",
+        server_address(options),
+        options.get_database().unwrap_or(options.get_username()),
+        options.get_username()
+    )
+}
+
+/// `HOST:PORT`, or the Unix socket's directory and port.
+fn server_address(options: &PgConnectOptions) -> String {
+    match options.get_socket() {
+        Some(dir) => format!("socket {} port {}", dir.display(), options.get_port()),
+        None => format!("{}:{}", options.get_host(), options.get_port()),
+    }
+}
+
+/// A failed connection attempt, saying what failed: reaching the server,
+/// authenticating, or the database itself.
+fn connect_error(options: &PgConnectOptions, error: sqlx::Error) -> StoreError {
+    let target = describe_target(options);
+    let (stage, detail) = match &error {
+        sqlx::Error::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => (
+            "connecting to",
+            format!(
+                "connection refused: nothing listens on {}",
+                server_address(options)
+            ),
+        ),
+        sqlx::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::NotFound && options.get_socket().is_some() =>
+        {
+            (
+                "connecting to",
+                format!("no server socket there ({io}); is PostgreSQL running?"),
+            )
+        }
+        sqlx::Error::Io(io) => ("connecting to", io.to_string()),
+        sqlx::Error::Tls(tls) => ("connecting (TLS) to", tls.to_string()),
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // Class 28: invalid authorization (wrong password, no such role,
+            // refused by pg_hba.conf).
+            let stage = if code.starts_with("28") {
+                "authenticating to"
+            } else {
+                "connecting to"
+            };
+            (stage, super::describe_sqlx(&error))
+        }
+        other => ("connecting to", super::describe_sqlx(other)),
+    };
+    StoreError::Connect {
+        stage,
+        target,
+        detail,
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
     path: WritePath,
+    writers: page::Writers,
 }
 
 impl PgStore {
@@ -42,7 +103,22 @@ impl PgStore {
             StoreError::Database(sqlx::Error::Configuration("database.url is not set".into()))
         })?;
         let options = PgConnectOptions::from_str(url.expose_secret())?.application_name("apisync");
+        // Set per session rather than as startup options, which a pooler
+        // such as PgBouncer may refuse. `lock_timeout`: a statement waiting
+        // on another session's lock fails instead of hanging the run;
+        // `client_min_messages`: the NOTICEs of idempotent DDL ("schema
+        // apisync already exists, skipping") are noise on every command.
+        let lock_timeout_ms = settings.lock_timeout.as_millis().max(1);
         let pool = PgPoolOptions::new()
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    let set = format!(
+                        "SET lock_timeout = {lock_timeout_ms}; SET client_min_messages = warning"
+                    );
+                    sqlx::raw_sql(AssertSqlSafe(set)).execute(conn).await?;
+                    Ok(())
+                })
+            })
             .max_connections(settings.max_connections)
             .acquire_timeout(crate::config::timer(settings.acquire_timeout))
             // Recycle connections so a failover or a restarted server is
@@ -53,6 +129,7 @@ impl PgStore {
         Ok(Self {
             pool,
             path: WritePath::Fast,
+            writers: page::Writers::default(),
         })
     }
 
@@ -61,6 +138,7 @@ impl PgStore {
         Self {
             pool,
             path: WritePath::Fast,
+            writers: page::Writers::default(),
         }
     }
 
@@ -71,7 +149,33 @@ impl PgStore {
         self
     }
 
+    /// Where the store connects, for messages and the log line at start:
+    /// `PostgreSQL at HOST:PORT, database DB, user USER` (never the password).
+    pub(super) fn describe(&self) -> String {
+        describe_target(&self.pool.connect_options())
+    }
+
+    /// Opens one connection outside the pool, within `timeout`, so that a
+    /// database that cannot be reached says why at once (the pool retries
+    /// until its acquire timeout, then reports only that it timed out).
+    pub(super) async fn connect_once(&self, timeout: Duration) -> Result<PgConnection, StoreError> {
+        let options = self.pool.connect_options();
+        match tokio::time::timeout(timeout, PgConnection::connect_with(&options)).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(connect_error(&options, e)),
+            Err(_) => Err(StoreError::Connect {
+                stage: "connecting to",
+                target: describe_target(&options),
+                detail: format!(
+                    "no answer within database.acquire_timeout ({})",
+                    humantime::format_duration(timeout)
+                ),
+            }),
+        }
+    }
+
     pub(super) async fn ping(&self, timeout: Duration) -> Result<(), StoreError> {
+        let _ = self.connect_once(timeout).await?.close().await;
         let query = sqlx::query("SELECT 1").execute(&self.pool);
         match tokio::time::timeout(timeout, query).await {
             Ok(result) => result.map(|_| ()).map_err(StoreError::from),
@@ -95,7 +199,7 @@ impl PgStore {
             }
             Ok(Err(e)) => Err(format!(
                 "the database is unreachable: {}",
-                crate::error_chain(&e)
+                super::describe_sqlx(&e)
             )),
             Ok(Ok(applied)) if applied.unwrap_or(0) >= wanted => Ok(()),
             Ok(Ok(_)) => Err("migrations not applied yet".to_owned()),
@@ -103,6 +207,8 @@ impl PgStore {
     }
 
     pub(super) async fn migrate(&self) -> Result<(), StoreError> {
+        let timeout = self.pool.options().get_acquire_timeout();
+        let _ = self.connect_once(timeout).await?.close().await;
         migrator().run(&self.pool).await?;
         Ok(())
     }
@@ -138,10 +244,13 @@ impl PgStore {
     /// Compares an existing table with what the job needs.
     async fn check_table_shape(&self, table: &TableSpec) -> Result<(), StoreError> {
         let regclass = table.name.quoted();
-        let columns: Vec<(String, String)> = sqlx::query_as(
-            "SELECT attname::text, format_type(atttypid, atttypmod) \
-             FROM pg_attribute \
-             WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+        // With each column its collation, when not deterministic: one such
+        // as an ICU case-insensitive collation makes `A` and `a` one key.
+        let columns: Vec<(String, String, Option<String>)> = sqlx::query_as(
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
+             CASE WHEN NOT c.collisdeterministic THEN c.collname::text END \
+             FROM pg_attribute a LEFT JOIN pg_collation c ON c.oid = a.attcollation \
+             WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
         )
         .bind(&regclass)
         .fetch_all(&self.pool)
@@ -169,12 +278,26 @@ impl PgStore {
                 ("run_id", "bigint"),
             ]);
         for (name, wanted) in expected {
-            match columns.iter().find(|(column, _)| column == name) {
+            match columns.iter().find(|(column, _, _)| column == name) {
                 None => problems.push(format!("column {name} ({wanted}) is missing")),
-                Some((_, found)) if found != wanted => {
+                Some((_, found, _)) if found != wanted => {
                     problems.push(format!("column {name} is {found}, expected {wanted}"))
                 }
                 Some(_) => {}
+            }
+        }
+        for key in &table.key_columns {
+            if let Some((_, _, Some(collation))) =
+                columns.iter().find(|(column, _, _)| column == key.as_str())
+            {
+                problems.push(format!(
+                    "key column {key} uses the collation \"{collation}\", which is not \
+                     deterministic: keys that differ (as A and a) would compare equal and one \
+                     record would overwrite the other; use a deterministic collation such as \
+                     \"C\" (ALTER TABLE {table} ALTER COLUMN {quoted} TYPE text COLLATE \"C\")",
+                    table = table.name.quoted(),
+                    quoted = key.quoted(),
+                ));
             }
         }
         super::table_shape_verdict(
@@ -188,11 +311,8 @@ impl PgStore {
     /// pool, so a long run never starves page writes of connections). `None`
     /// when another session holds it.
     pub(super) async fn try_lock_job(&self, job: &str) -> Result<Option<PgJobLock>, StoreError> {
-        let options = self.pool.connect_options();
         let timeout = self.pool.options().get_acquire_timeout();
-        let mut conn = tokio::time::timeout(timeout, PgConnection::connect_with(&options))
-            .await
-            .map_err(|_| StoreError::Database(sqlx::Error::PoolTimedOut))??;
+        let mut conn = self.connect_once(timeout).await?;
         let key = lock::lock_key(job);
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(key)
@@ -272,7 +392,7 @@ impl PgStore {
             counts,
             watermark,
         };
-        match write.commit(&self.pool, self.path).await {
+        match write.commit(&self.pool, self.path, &self.writers).await {
             // A row inserted since the plan was made (not by apisync: two
             // processes never write one job): redo the page with the upsert,
             // which resolves the conflict row by row.
@@ -280,7 +400,9 @@ impl PgStore {
                 if self.path == WritePath::Fast && e.code().as_deref() == Some("23505") =>
             {
                 tracing::warn!(error = %e, "A key appeared during the page write; writing the page with the upsert.");
-                write.commit(&self.pool, WritePath::Simple).await
+                write
+                    .commit(&self.pool, WritePath::Simple, &self.writers)
+                    .await
             }
             other => other,
         }
@@ -323,12 +445,21 @@ impl PgStore {
         runs: &[RunId],
         error: &str,
     ) -> Result<(), StoreError> {
+        // A page write given up on still holds its run's row (and waits,
+        // say, on a lock another session holds): its session is ended in
+        // the same statement, which then waits for the row. One statement,
+        // so the update is queued for the row before the run, told its
+        // write failed, can record itself `failed` instead.
+        let pids = self.writers.pids(runs);
         sqlx::query(
             "UPDATE apisync.runs SET status = 'interrupted', error = $2, finished_at = now() \
-             WHERE id = ANY($1) AND status = 'running'",
+             FROM (SELECT count(pg_terminate_backend(pid)) AS ended FROM pg_stat_activity \
+                   WHERE pid = ANY($3) AND application_name = 'apisync') AS writers \
+             WHERE id = ANY($1) AND status = 'running' AND writers.ended >= 0",
         )
         .bind(runs)
         .bind(error)
+        .bind(&pids)
         .execute(&self.pool)
         .await?;
         Ok(())

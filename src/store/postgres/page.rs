@@ -57,21 +57,43 @@ pub(super) struct PageWrite<'a> {
 }
 
 impl PageWrite<'_> {
-    pub(super) async fn commit(&self, pool: &PgPool, path: WritePath) -> Result<(), StoreError> {
+    /// Writes the page in one transaction. While it runs, `writers` holds
+    /// the session's backend pid under the run's id: a shutdown that gives
+    /// up on the write ends that session, whose lock on the run's row would
+    /// otherwise keep the run from being marked `interrupted`.
+    pub(super) async fn commit(
+        &self,
+        pool: &PgPool,
+        path: WritePath,
+        writers: &Writers,
+    ) -> Result<(), StoreError> {
+        let result = self.commit_noting(pool, path, writers).await;
+        writers.forget(self.run);
+        result
+    }
+
+    async fn commit_noting(
+        &self,
+        pool: &PgPool,
+        path: WritePath,
+        writers: &Writers,
+    ) -> Result<(), StoreError> {
         let mut tx = pool.begin().await?;
         // The guard that makes "one job, one writer" hold inside the write
         // itself: a process that took the job over (our lock connection
         // died) first closed this run, and then its row is no longer
         // `running`. Locking the row also makes that closing wait for us.
-        let now: Option<DateTime<Utc>> = sqlx::query_scalar(
-            "SELECT now() FROM apisync.runs WHERE id = $1 AND status = 'running' FOR UPDATE",
+        let locked: Option<(DateTime<Utc>, i32)> = sqlx::query_as(
+            "SELECT now(), pg_backend_pid() FROM apisync.runs \
+             WHERE id = $1 AND status = 'running' FOR UPDATE",
         )
         .bind(self.run)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(now) = now else {
+        let Some((now, pid)) = locked else {
             return Err(StoreError::RunClosed);
         };
+        writers.note(self.run, pid);
 
         match path {
             WritePath::Fast => {
@@ -158,6 +180,36 @@ impl PageWrite<'_> {
 }
 
 type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
+
+/// The backend pid of each page write in progress, by run. An entry is
+/// removed when its write returns, not when it is dropped: a write abandoned
+/// by a shutdown keeps its entry, so the shutdown can end its session.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Writers(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<RunId, i32>>>);
+
+impl Writers {
+    fn note(&self, run: RunId, pid: i32) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(run, pid);
+    }
+
+    fn forget(&self, run: RunId) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&run);
+    }
+
+    /// The pids of the writes of `runs` still in progress (or abandoned).
+    pub(super) fn pids(&self, runs: &[RunId]) -> Vec<i32> {
+        let writers = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        runs.iter()
+            .filter_map(|run| writers.get(run).copied())
+            .collect()
+    }
+}
 
 /// Binds the seven counts, in the order of the `apisync.runs` columns.
 pub(super) fn bind_counts<'q>(query: PgQuery<'q>, counts: &Counts) -> PgQuery<'q> {

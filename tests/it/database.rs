@@ -1,0 +1,798 @@
+//! The database side of hardening: locks held by other sessions, table
+//! shapes that would corrupt or fail later, and errors that say what failed.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use apisync::config;
+use apisync::store::{PgStore, SqliteStore, Store, StoreError};
+use apisync::sync::Job;
+use serde_json::json;
+use sqlx::PgPool;
+
+use crate::binary::{self, database_url, free_port, run, scratch, spawn, wait_exit};
+use crate::helpers::{TestEnv, job_config, products, store_tests, wait_until};
+
+/// A whole configuration for one job `locked` into table `locked`, read
+/// from the fake API's `/page` ten records at a time.
+fn locked_config(db: &str, api: &str, extra_database: &str) -> String {
+    format!(
+        r#"
+shutdown_timeout = "2s"
+[database]
+url = "{db}"
+{extra_database}
+[[jobs]]
+name = "locked"
+schedule = "0 0 1 1 *"
+table = "locked"
+key = ["id"]
+records = "/data"
+[jobs.request]
+url = "{api}/page"
+[jobs.pagination]
+kind = "page"
+size = 10
+"#
+    )
+}
+
+/// Creates the job's table with a first run, then holds `LOCK TABLE locked
+/// IN ACCESS EXCLUSIVE MODE` in an open transaction (rolled back when the
+/// returned transaction is dropped).
+async fn lock_the_table(env: &TestEnv, dir: &Path) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let first = run(dir, &["sync", "locked"], &[]).await;
+    assert!(first.status.success(), "{}", binary::stderr(&first));
+    let mut lock = env.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE locked IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    lock
+}
+
+async fn apisync_waits_for_a_lock(pool: &PgPool) -> bool {
+    sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE application_name = 'apisync' AND wait_event_type = 'Lock' \
+         AND datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+        > 0
+}
+
+async fn last_run(pool: &PgPool) -> (String, Option<String>) {
+    sqlx::query_as(
+        "SELECT status, error FROM apisync.runs WHERE job = 'locked' ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn sigterm_ends_sync_while_another_session_holds_the_table_lock(pool: PgPool) {
+    // Arrange: a lock_timeout far longer than the test, so only the signal
+    // can end the wait.
+    let env = TestEnv::start(pool, products(30)).await;
+    let dir = scratch("db-lock-sigterm");
+    let text = locked_config(
+        &database_url(&env.pool),
+        &env.api.url(""),
+        "lock_timeout = \"1h\"",
+    );
+    std::fs::write(dir.join("apisync.toml"), text).unwrap();
+    let lock = lock_the_table(&env, &dir).await;
+    let mut child = spawn(&dir, &["sync", "locked"], &[]);
+    wait_until("apisync waits for the table lock", async || {
+        apisync_waits_for_a_lock(&env.pool).await
+    })
+    .await;
+
+    // Act
+    binary::signal(&child, libc::SIGTERM);
+    let status = wait_exit(&mut child, Duration::from_secs(60)).await;
+
+    // Assert: it exited while the lock is still held…
+    let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap();
+    let stdout = std::fs::read_to_string(dir.join("stdout")).unwrap();
+    assert!(
+        status.is_some(),
+        "apisync sync ignored SIGTERM while the lock was held\n{stderr}"
+    );
+    assert!(
+        lock_is_held(&env.pool).await,
+        "the lock was still held when apisync exited"
+    );
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{stdout}\n{stderr}");
+    // …the run is recorded interrupted…
+    let (run_status, error) = last_run(&env.pool).await;
+    assert_eq!(run_status, "interrupted", "{error:?}");
+    assert!(stdout.contains("locked interrupted"), "{stdout}");
+    // …and a graceful stop is not logged as an error.
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+    assert!(stderr.contains("Run interrupted"), "{stderr}");
+    lock.rollback().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn sigterm_ends_sync_within_shutdown_timeout_when_a_page_write_waits_on_a_lock(pool: PgPool) {
+    // Arrange: a first load of 25 pages, slowed; once two pages are in, the
+    // table is locked and the next page's write waits inside its
+    // transaction, where a signal does not cut in at once.
+    let env = TestEnv::start(pool, products(250)).await;
+    env.api.set_delay(Duration::from_millis(100));
+    let dir = scratch("db-lock-write");
+    let text = locked_config(
+        &database_url(&env.pool),
+        &env.api.url(""),
+        "lock_timeout = \"1h\"",
+    );
+    std::fs::write(dir.join("apisync.toml"), text).unwrap();
+    let mut child = spawn(&dir, &["sync", "locked"], &[]);
+    wait_until("two pages are committed", async || {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM locked")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap_or(0)
+            >= 20
+    })
+    .await;
+    let mut lock = env.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE locked IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    wait_until("apisync waits for the table lock", async || {
+        apisync_waits_for_a_lock(&env.pool).await
+    })
+    .await;
+
+    // Act
+    binary::signal(&child, libc::SIGTERM);
+    let status = wait_exit(&mut child, Duration::from_secs(60)).await;
+
+    // Assert: out while the lock is held, the run recorded interrupted.
+    let stdout = std::fs::read_to_string(dir.join("stdout")).unwrap();
+    let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap();
+    assert!(status.is_some(), "apisync sync ignored SIGTERM\n{stderr}");
+    assert!(lock_is_held(&env.pool).await);
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{stdout}\n{stderr}");
+    let (run_status, error) = last_run(&env.pool).await;
+    assert_eq!(run_status, "interrupted", "{error:?}");
+    assert!(
+        error
+            .unwrap_or_default()
+            .contains("shutdown_timeout ran out"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("locked interrupted"), "{stdout}");
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+    lock.rollback().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Whether some session holds an AccessExclusiveLock on table `locked`.
+async fn lock_is_held(pool: &PgPool) -> bool {
+    sqlx::query_scalar::<_, bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE relation = 'locked'::regclass \
+         AND mode = 'AccessExclusiveLock' AND granted)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_statement_waiting_past_lock_timeout_fails_the_run_saying_a_lock_blocked_it(
+    pool: PgPool,
+) {
+    // Arrange
+    let env = TestEnv::start(pool, products(30)).await;
+    let dir = scratch("db-lock-timeout");
+    let text = locked_config(
+        &database_url(&env.pool),
+        &env.api.url(""),
+        "lock_timeout = \"1s\"",
+    );
+    std::fs::write(dir.join("apisync.toml"), text).unwrap();
+    let lock = lock_the_table(&env, &dir).await;
+
+    // Act: no signal; the lock outlives lock_timeout.
+    let mut child = spawn(&dir, &["sync", "locked"], &[]);
+    let status = wait_exit(&mut child, Duration::from_secs(60)).await;
+
+    // Assert: the run failed while the lock was held, and says why.
+    assert!(lock_is_held(&env.pool).await);
+    let stdout = std::fs::read_to_string(dir.join("stdout")).unwrap();
+    let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{stdout}\n{stderr}");
+    let (run_status, error) = last_run(&env.pool).await;
+    let error = error.unwrap_or_default();
+    assert_eq!(run_status, "failed", "{error}");
+    for part in [
+        "a lock held by another session blocked the statement",
+        "database.lock_timeout",
+        "55P03",
+        "another session holds a lock on table locked",
+    ] {
+        assert!(error.contains(part), "{part:?} in {error}");
+        assert!(stdout.contains(part), "{part:?} in {stdout}");
+    }
+    lock.rollback().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn under_apisync_run_a_run_blocked_past_lock_timeout_is_failed_not_left_running(
+    pool: PgPool,
+) {
+    // Arrange
+    let env = TestEnv::start(pool, products(30)).await;
+    let dir = scratch("db-lock-daemon");
+    let text = locked_config(
+        &database_url(&env.pool),
+        &env.api.url(""),
+        "lock_timeout = \"1s\"",
+    )
+    .replace(
+        "[[jobs]]",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\n[[jobs]]\nrun_on_start = true",
+            free_port()
+        ),
+    );
+    std::fs::write(dir.join("apisync.toml"), text).unwrap();
+    let lock = lock_the_table(&env, &dir).await;
+
+    // Act
+    let mut daemon = spawn(&dir, &["run"], &[]);
+    wait_until("the daemon's run has ended", async || {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM apisync.runs WHERE job = 'locked' AND status <> 'running'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+            >= 2
+    })
+    .await;
+
+    // Assert: failed, saying why, while the lock is still held.
+    assert!(lock_is_held(&env.pool).await);
+    let (status, error) = last_run(&env.pool).await;
+    let error = error.unwrap_or_default();
+    assert_eq!(status, "failed", "{error}");
+    assert!(
+        error.contains("a lock held by another session blocked the statement"),
+        "{error}"
+    );
+    binary::signal(&daemon, libc::SIGTERM);
+    let stopped = wait_exit(&mut daemon, Duration::from_secs(60)).await;
+    assert_eq!(stopped.and_then(|s| s.code()), Some(0));
+    lock.rollback().await.unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn on_sqlite_the_busy_timeout_is_the_lock_timeout_and_says_a_lock_blocked_it() {
+    // Arrange: another connection holds the file's write lock.
+    let dir = scratch("db-sqlite-busy");
+    let url = format!("sqlite://{}", dir.join("busy.db").display());
+    let store = SqliteStore::connect_lazy_with_lock_timeout(
+        &url,
+        Duration::from_secs(10),
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let store = Store::Sqlite(store);
+    store.migrate().await.unwrap();
+    let mut other = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+
+    // Act
+    let started = store.start_run("busy").await;
+
+    // Assert
+    let error = started.expect_err("the write waits for the lock, then fails");
+    assert!(matches!(error, StoreError::LockTimeout { .. }), "{error:?}");
+    let text = apisync::error_chain(&error);
+    assert!(
+        text.contains("a lock held by another session blocked the statement"),
+        "{text}"
+    );
+    assert!(text.contains("SQLITE_BUSY"), "{text}");
+    sqlx::raw_sql("ROLLBACK").execute(&mut other).await.unwrap();
+    drop(other);
+    store.close().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn on_sqlite_a_migration_lock_held_by_another_process_is_waited_for_at_most_lock_timeout() {
+    use std::os::fd::AsRawFd;
+    // Arrange: the lock file another process would hold while migrating.
+    let dir = scratch("db-sqlite-migrate-lock");
+    let file = dir.join("m.db");
+    let url = format!("sqlite://{}", file.display());
+    let store = Store::Sqlite(
+        SqliteStore::connect_lazy_with_lock_timeout(
+            &url,
+            Duration::from_secs(10),
+            Duration::from_secs(1),
+        )
+        .unwrap(),
+    );
+    store.migrate().await.unwrap();
+    let mut lock_name = std::fs::canonicalize(&file).unwrap().into_os_string();
+    lock_name.push(".migrate.lock");
+    let held = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_name)
+        .unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(
+        unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+
+    // Act
+    let migrated = tokio::time::timeout(Duration::from_secs(60), store.migrate()).await;
+
+    // Assert
+    let error = migrated
+        .expect("migrate gives up waiting")
+        .expect_err("the lock is held");
+    let text = apisync::error_chain(&error);
+    assert!(
+        text.contains("a lock held by another session blocked the statement"),
+        "{text}"
+    );
+    assert!(text.contains("m.db.migrate.lock"), "{text}");
+    drop(held);
+    store.close().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn an_existing_key_column_with_a_nondeterministic_collation_is_refused(pool: PgPool) {
+    // Arrange: an ICU case-insensitive collation on the key column.
+    let created = sqlx::query(
+        "CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)",
+    )
+    .execute(&pool)
+    .await;
+    if let Err(e) = created {
+        eprintln!("skipped: this PostgreSQL cannot create an ICU collation ({e})");
+        return;
+    }
+    sqlx::query(
+        "CREATE TABLE products (id text COLLATE ci NOT NULL PRIMARY KEY, record jsonb NOT NULL, \
+         content_hash bytea NOT NULL, first_seen_at timestamptz NOT NULL, \
+         changed_at timestamptz NOT NULL, run_id bigint NOT NULL)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let store = Store::Postgres(PgStore::from_pool(pool.clone()));
+    let settings = config::load_str(
+        &job_config("[jobs.request]\nurl = \"http://127.0.0.1:1/\"\n"),
+        Path::new("t.toml"),
+        &HashMap::new(),
+    )
+    .unwrap();
+    let job = Job::from_settings(&settings.jobs[0]).unwrap();
+
+    // Act
+    let prepared = store.prepare_table(&job.table).await;
+
+    // Assert
+    let error = apisync::error_chain(&prepared.expect_err("the table is refused"));
+    assert!(error.contains("table products exists"), "{error}");
+    assert!(error.contains("collation \"ci\""), "{error}");
+    assert!(error.contains("not deterministic"), "{error}");
+    // A deterministic one (the "C" apisync creates) is accepted.
+    sqlx::query("ALTER TABLE products ALTER COLUMN id TYPE text COLLATE \"C\"")
+        .execute(&pool)
+        .await
+        .unwrap();
+    store.prepare_table(&job.table).await.expect("accepted");
+}
+
+fn load_error(key: &str) -> String {
+    let text = job_config("[jobs.request]\nurl = \"http://127.0.0.1:1/\"\n")
+        .replace("key = [\"id\"]", &format!("key = {key}"));
+    match config::load_str(&text, Path::new("t.toml"), &HashMap::new()) {
+        Ok(_) => panic!("key = {key} is accepted"),
+        Err(e) => e.problems.join("; "),
+    }
+}
+
+#[test]
+fn system_columns_are_refused_as_key_columns_on_every_store() {
+    for name in [
+        "xmin", "ctid", "tableoid", "cmin", "cmax", "xmax", "rowid", "oid", "_rowid_", "XMIN",
+        "RowId",
+    ] {
+        let error = load_error(&format!("[\"{name}\"]"));
+        assert!(
+            error.contains(&format!("job \"products\", key \"key\": `{name}` cannot be a key column: it is a system column")),
+            "{name}: {error}"
+        );
+    }
+    // Also when the column is derived from a pointer or named outright.
+    assert!(load_error(r#"[{ field = "id", column = "ctid" }]"#).contains("system column"));
+    // The way out the message suggests works.
+    let text = job_config("[jobs.request]\nurl = \"http://127.0.0.1:1/\"\n").replace(
+        "key = [\"id\"]",
+        r#"key = [{ field = "xmin", column = "xmin_" }]"#,
+    );
+    config::load_str(&text, Path::new("t.toml"), &HashMap::new()).expect("accepted");
+}
+
+#[test]
+fn key_columns_that_differ_only_by_case_are_refused_on_every_store() {
+    for (key, columns) in [
+        (r#"["ID", "id"]"#, "`ID` and `id`"),
+        (r#"["/a/b", "A_B"]"#, "`a_b` and `A_B`"),
+        (r#"["Record"]"#, ""),
+    ] {
+        let error = load_error(key);
+        if columns.is_empty() {
+            assert!(error.contains("apisync uses that column itself"), "{error}");
+        } else {
+            assert!(
+                error.contains(&format!("key columns {columns} differ only by case")),
+                "{key}: {error}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_key_entry_names_its_column_or_says_what_it_expects() {
+    let bad = [
+        (r#"["@id"]"#, "`@id` is not a valid column name"),
+        (
+            r#"[{ field = "/@id", column = "at-id" }]"#,
+            "key field `/@id`: `at-id` is not a valid column name",
+        ),
+        (
+            r#"[{ field = "/@id" }]"#,
+            "expected a field name (\"id\"), a JSON pointer (\"/meta/id\") or a field with its column",
+        ),
+        (
+            r#"[{ field = "/@id", column = "at_id", extra = 1 }]"#,
+            "expected a field name",
+        ),
+        (
+            r#"[{ field = "/a", column = "x" }, { field = "/b", column = "x" }]"#,
+            "key fields `/a` and `/b` map to one column, `x`",
+        ),
+    ];
+    for (key, expected) in bad {
+        let error = load_error(key);
+        assert!(error.contains(expected), "{key}: {error}");
+    }
+}
+
+#[test]
+fn lock_timeout_defaults_to_30s_and_is_bounded() {
+    let text = job_config("[jobs.request]\nurl = \"http://127.0.0.1:1/\"\n");
+    let settings = config::load_str(&text, Path::new("t.toml"), &HashMap::new()).unwrap();
+    assert_eq!(settings.database.lock_timeout, Duration::from_secs(30));
+    for (value, ok) in [
+        ("\"1s\"", true),
+        ("\"1h\"", true),
+        ("\"500ms\"", false),
+        ("\"2h\"", false),
+    ] {
+        let text = text.replace(
+            "[database]\n",
+            &format!("[database]\nlock_timeout = {value}\n"),
+        );
+        let loaded = config::load_str(&text, Path::new("t.toml"), &HashMap::new());
+        match (loaded, ok) {
+            (Ok(_), true) => {}
+            (Err(e), false) => assert!(
+                e.problems
+                    .join("; ")
+                    .contains("key \"database.lock_timeout\": `"),
+                "{e}"
+            ),
+            (other, _) => panic!("lock_timeout = {value}: {other:?}"),
+        }
+    }
+}
+
+store_tests! {
+    /// A key field whose name is not an identifier, stored in the column
+    /// the configuration names.
+    async fn a_key_field_that_is_not_an_identifier_goes_to_the_column_named(backend: Backend) {
+        // Arrange
+        let records: Vec<_> = (1..=25)
+            .map(|i| json!({"@id": format!("urn:{i}"), "name": format!("n{i}")}))
+            .collect();
+        let env = TestEnv::start_on(backend, records).await;
+        let job = env.job_keyed(
+            r#"[{ field = "/@id", column = "at_id" }, "name"]"#,
+            "records = \"/data\"\n[jobs.request]\nurl = \"{api}/page\"\n\
+             [jobs.pagination]\nkind = \"page\"\nsize = 10\n",
+        );
+
+        // Act
+        let first = env.run(&job).await;
+        let second = env.run(&job).await;
+
+        // Assert
+        assert_eq!(first.error, None);
+        assert_eq!((first.counts.inserted, second.counts.unchanged), (25, 25));
+        let rows = env
+            .query_texts("SELECT at_id, name FROM products ORDER BY at_id")
+            .await;
+        assert_eq!(rows.len(), 25);
+        assert_eq!(rows[0], ("urn:1".to_owned(), "n1".to_owned()));
+    }
+}
+
+/// `apisync migrate` with `url`, off the runtime; at most a minute.
+async fn migrate_with(dir: &Path, url: &str, envs: &[(&str, &str)]) -> (Option<i32>, String) {
+    let text = job_config("[jobs.request]\nurl = \"http://127.0.0.1:1/\"\n").replace(
+        "url = \"postgres://unused@127.0.0.1/unused\"",
+        &format!("url = \"{url}\"\nacquire_timeout = \"1h\""),
+    );
+    std::fs::write(dir.join("apisync.toml"), text).unwrap();
+    let mut child = spawn(dir, &["migrate"], envs);
+    let status = wait_exit(&mut child, Duration::from_secs(60)).await;
+    let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap();
+    (status.map(|s| s.code().unwrap_or(-1)), stderr)
+}
+
+#[tokio::test]
+async fn a_closed_database_port_says_connection_refused_with_host_port_and_database_at_once() {
+    // Arrange: acquire_timeout is an hour, so only an error that comes at
+    // once ends the command within the test's minute.
+    let dir = scratch("db-refused");
+    let port = free_port();
+    let url = format!("postgres://apisync:hunter2@127.0.0.1:{port}/archive");
+
+    // Act
+    let (code, stderr) = migrate_with(&dir, &url, &[]).await;
+
+    // Assert
+    assert_eq!(code, Some(1), "{stderr}");
+    for part in [
+        "connecting to PostgreSQL at 127.0.0.1:",
+        &format!(":{port}, database archive"),
+        "connection refused",
+    ] {
+        assert!(stderr.contains(part), "{part:?} in {stderr}");
+    }
+    assert!(!stderr.contains("pool timed out"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn a_missing_database_is_named_without_postgresqls_source_line(pool: PgPool) {
+    // Arrange
+    let dir = scratch("db-missing");
+    let mut url = reqwest::Url::parse(&database_url(&pool)).unwrap();
+    url.set_path("apisync_no_such_database");
+
+    // Act
+    let (code, stderr) = migrate_with(&dir, url.as_str(), &[]).await;
+
+    // Assert
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "connecting to PostgreSQL at {}:{}, database apisync_no_such_database",
+            url.host_str().unwrap(),
+            url.port_or_known_default().unwrap()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("database \"apisync_no_such_database\" does not exist"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(" at line "), "{stderr}");
+    assert!(
+        !stderr.contains("migrat"),
+        "not a failed migration: {stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A stand-in PostgreSQL that refuses every login the way the server does
+/// on a wrong password (the ErrorResponse fields of auth.c, line included).
+async fn refusing_server() -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                loop {
+                    // Untyped startup packets: length, then a code.
+                    let Ok(length) = socket.read_u32().await else {
+                        return;
+                    };
+                    let mut body = vec![0; length.saturating_sub(4) as usize];
+                    if socket.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    if body.starts_with(&80877103u32.to_be_bytes()) {
+                        // SSLRequest: no TLS here.
+                        let _ = socket.write_all(b"N").await;
+                        continue;
+                    }
+                    let mut fields = Vec::new();
+                    for (code, value) in [
+                        (b'S', "FATAL"),
+                        (b'V', "FATAL"),
+                        (b'C', "28P01"),
+                        (b'M', "password authentication failed for user \"apisync\""),
+                        (b'F', "auth.c"),
+                        (b'L', "334"),
+                        (b'R', "auth_failed"),
+                    ] {
+                        fields.push(code);
+                        fields.extend_from_slice(value.as_bytes());
+                        fields.push(0);
+                    }
+                    fields.push(0);
+                    let mut message = vec![b'E'];
+                    message.extend_from_slice(&(fields.len() as u32 + 4).to_be_bytes());
+                    message.extend_from_slice(&fields);
+                    let _ = socket.write_all(&message).await;
+                    return;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn a_wrong_password_says_authenticating_failed_and_names_host_and_database() {
+    // Arrange
+    let port = refusing_server().await;
+    let dir = scratch("db-password");
+    let url = format!("postgres://apisync:wrong-secret-pw@127.0.0.1:{port}/archive");
+
+    // Act
+    let (code, stderr) = migrate_with(&dir, &url, &[]).await;
+
+    // Assert
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "authenticating to PostgreSQL at 127.0.0.1:{port}, database archive, user apisync \
+             failed: password authentication failed for user \"apisync\""
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(" at line "), "{stderr}");
+    assert!(
+        !stderr.contains("migrat"),
+        "not a failed migration: {stderr}"
+    );
+    assert!(!stderr.contains("wrong-secret-pw"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[sqlx::test(migrations = false)]
+async fn the_log_names_the_database_and_where_its_url_came_from_and_no_notices(pool: PgPool) {
+    // Arrange: the file names one database, DATABASE_URL another (with a
+    // password the server does not need under trust authentication).
+    let dir = scratch("db-origin");
+    let mut url = reqwest::Url::parse(&database_url(&pool)).unwrap();
+    url.set_password(Some("env-pass-7781")).unwrap();
+    let database = url.path().trim_start_matches('/').to_owned();
+    let host = format!(
+        "{}:{}",
+        url.host_str().unwrap(),
+        url.port_or_known_default().unwrap()
+    );
+
+    // Act: twice, so the second finds the schema there already.
+    let envs = [("DATABASE_URL", url.as_str())];
+    let (first, _) = migrate_with(&dir, "postgres://unused@127.0.0.1/unused", &envs).await;
+    let (second, stderr) = migrate_with(&dir, "postgres://unused@127.0.0.1/unused", &envs).await;
+
+    // Assert
+    assert_eq!((first, second), (Some(0), Some(0)), "{stderr}");
+    assert!(
+        stderr.contains(&format!("store=PostgreSQL at {host}, database {database}")),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("url_from=the environment variable DATABASE_URL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("env-pass-7781"), "{stderr}");
+    assert!(!stderr.contains("already exists, skipping"), "{stderr}");
+    // `check --connect` says which database it reached, and why that one.
+    let checked = run(&dir, &["check", "--connect"], &envs).await;
+    let stdout = binary::stdout(&checked);
+    assert!(
+        stdout.contains(&format!(
+            "database: reachable: PostgreSQL at {host}, database {database}"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(url from the environment variable DATABASE_URL)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("env-pass-7781"), "{stdout}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_url_origin_is_the_layer_that_set_it() {
+    let text = job_config("[jobs.request]\nurl = \"http://127.0.0.1:1/\"\n");
+    let origin = |env: &[(&str, &str)]| {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        config::load_str(&text, Path::new("conf/apisync.toml"), &env)
+            .unwrap()
+            .database
+            .url_origin
+            .to_string()
+    };
+    assert_eq!(origin(&[]), "database.url in conf/apisync.toml");
+    assert_eq!(
+        origin(&[("DATABASE_URL", "postgres://a@h/d")]),
+        "the environment variable DATABASE_URL"
+    );
+    assert_eq!(
+        origin(&[
+            ("DATABASE_URL", "postgres://a@h/d"),
+            ("APISYNC__DATABASE__URL", "postgres://b@h/d")
+        ]),
+        "the environment variable APISYNC__DATABASE__URL"
+    );
+    let without: String = text.replace("url = \"postgres://unused@127.0.0.1/unused\"", "");
+    let settings = config::load_str(&without, Path::new("t.toml"), &HashMap::new()).unwrap();
+    assert_eq!(
+        settings.database.url_origin.to_string(),
+        "the default (sqlite://apisync.db)"
+    );
+}
+
+#[tokio::test]
+async fn apisync_check_refuses_a_system_column_as_key() {
+    // Arrange
+    let dir = scratch("db-check-xmin");
+    let text = job_config("[jobs.request]\nurl = \"http://127.0.0.1:1/\"\n")
+        .replace("key = [\"id\"]", "key = [\"xmin\"]");
+    std::fs::write(dir.join("apisync.toml"), text).unwrap();
+
+    // Act
+    let output = run(&dir, &["check"], &[]).await;
+
+    // Assert: a configuration error (exit 2), before any run could fail on it.
+    let stderr = binary::stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("job \"products\", key \"key\": `xmin` cannot be a key column"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
