@@ -305,6 +305,10 @@ fn run_measured(config: &std::path::Path) -> (String, i64, Duration) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_apisync"))
         .args(["sync", "bench", "--config"])
         .arg(config)
+        // The benchmark's own DATABASE_URL names the server; apisync would
+        // take it over the file's URL and write into that database instead.
+        .env_remove("DATABASE_URL")
+        .env_remove("APISYNC__DATABASE__URL")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("the release binary starts");
