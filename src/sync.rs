@@ -1067,10 +1067,9 @@ mod tests {
     use crate::source::RawRecords;
     use serde_json::json;
 
-    #[test]
-    fn a_copy_replaced_within_the_page_does_not_move_the_watermark() {
-        let shape = RecordShape::new(&["id".into()], &[]).unwrap();
-        let incremental = Incremental::new(&crate::config::IncrementalSettings {
+    /// Incremental on `updated_at`, without lookback.
+    fn on_updated_at() -> Incremental {
+        Incremental::new(&crate::config::IncrementalSettings {
             field: "updated_at".into(),
             param: "updated_since".into(),
             lookback: Duration::ZERO,
@@ -1078,7 +1077,13 @@ mod tests {
             format: None,
             timezone: None,
         })
-        .unwrap();
+        .unwrap()
+    }
+
+    #[test]
+    fn a_copy_replaced_within_the_page_does_not_move_the_watermark() {
+        let shape = RecordShape::new(&["id".into()], &[]).unwrap();
+        let incremental = on_updated_at();
         let mut tracker = incremental.tracker(None);
         let page = Page {
             number: 1,
@@ -1271,15 +1276,7 @@ mod tests {
 
     #[test]
     fn a_copy_replaced_in_a_later_part_does_not_move_the_watermark() {
-        let incremental = Incremental::new(&crate::config::IncrementalSettings {
-            field: "updated_at".into(),
-            param: "updated_since".into(),
-            lookback: Duration::ZERO,
-            max_future: Duration::from_secs(86_400),
-            format: None,
-            timezone: None,
-        })
-        .unwrap();
+        let incremental = on_updated_at();
         let mut reader = ReaderState::new(&job(), None, Some(incremental.tracker(None)));
         let values: Vec<_> = std::iter::once(json!({"id": 0, "updated_at": 99_999}))
             .chain((0..12_000).map(|id| json!({ "id": id, "updated_at": id })))
