@@ -377,6 +377,7 @@ async fn main() {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "large-page") {
         large_page(&server).await;
+        remove_scratch();
         return;
     }
     let n = env_number("BENCH_RECORDS", 200_000);
@@ -454,6 +455,14 @@ async fn main() {
         );
     }
     large_page(&server).await;
+    remove_scratch();
+}
+
+/// The folder of the configuration files, made by [`Bench::new`].
+fn remove_scratch() {
+    let _ = std::fs::remove_dir_all(
+        std::env::temp_dir().join(format!("apisync-bench-{}", std::process::id())),
+    );
 }
 
 /// Peak memory on one large page: `BENCH_LARGE_PAGE` records (default
