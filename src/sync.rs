@@ -271,9 +271,17 @@ async fn run_locked(
     let status = match &result {
         Ok(()) => RunStatus::Succeeded,
         Err(SyncError::Interrupted) => RunStatus::Interrupted,
+        // A write that failed once shutdown began was, as a rule, ended by
+        // it (a shutdown that gives up on a write ends its session): the run
+        // was interrupted, and its error says how. Recording it `failed`
+        // would race the shutdown's own `interrupted` mark for the row.
+        Err(SyncError::Store(_)) if ctx.cancel.is_cancelled() => RunStatus::Interrupted,
         Err(_) => RunStatus::Failed,
     };
-    let failure = result.as_ref().err().and_then(SyncError::reason);
+    let failure = match status {
+        RunStatus::Interrupted => None,
+        _ => result.as_ref().err().and_then(SyncError::reason),
+    };
     let error = result
         .err()
         .map(|e| ctx.redactor.redact(&crate::error_chain(&e)));
