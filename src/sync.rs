@@ -894,8 +894,8 @@ async fn write_pages(
 /// hold by its `limits` among them), one row per key. Inside a page the later copy of
 /// a key wins (it replaces the earlier one in place); a key already seen on
 /// an earlier page is flagged as a repeat: written only if it changed, and
-/// counted as a duplicate. An incremental job's `tracker` sees the records
-/// kept, as before the values are dropped here.
+/// counted as a duplicate. An incremental job's `tracker` sees the field of
+/// each record kept, and of no copy replaced.
 ///
 /// Also returns a fingerprint of the page's keys and rejects in order (`None`
 /// when it has neither), to notice an API that serves the same page again

@@ -96,7 +96,7 @@ pub struct BatchRow {
     pub repeat: bool,
 }
 
-/// What a stored row is compared with.
+/// Where a row's count goes once compared with what is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outcome {
     Inserted,
@@ -207,8 +207,6 @@ impl StoreLimits {
     }
 }
 
-/// Counts a page and picks the rows to write, given each row's stored hash.
-/// Shared by every backend so they count alike.
 /// What a lookup found for the key at `asked[position]` (its position in
 /// the statement, from 0): the stored hash, or `None` for a key not stored.
 /// A hash of another length (written by hand, say) never matches. Answers
@@ -228,6 +226,8 @@ fn note_stored(
     }
 }
 
+/// Counts a page and picks the rows to write, given each row's stored hash.
+/// Shared by every backend so they count alike.
 fn plan_page(
     batch: &PageBatch,
     existing: &[Option<ContentHash>],

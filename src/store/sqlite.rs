@@ -529,7 +529,6 @@ fn time(row: &sqlx::sqlite::SqliteRow, column: &str) -> Result<Option<DateTime<U
         .map(|t| t.to_utc()))
 }
 
-/// `"k0" = ? AND …` over the key columns.
 /// Rows written by one statement, for the reason lookups are batched (see
 /// [`LOOKUP_CHUNK`]): 200 rows of a few columns stay far below SQLite's
 /// limit on bound values.
