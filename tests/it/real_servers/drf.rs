@@ -27,6 +27,14 @@ kind = "next_url"
 next_path = "/next"
 "#;
 
+/// All 5,002 tickets in one response (the view without pagination): more
+/// records than the reader takes whole, so it is read and written in parts.
+const ONE_LARGE_PAGE: &str = r#"
+records = ""
+[jobs.request]
+url = "{server}/all/tickets/"
+"#;
+
 fn changes() -> Changes {
     Changes::Http {
         // Ticket 7 is "open", 2500 "low", 5002 assigned: each patch changes it
@@ -63,6 +71,22 @@ async fn run_once(backend: Backend, body: &str) -> (TestEnv, RealServer, RunRepo
 }
 
 store_tests! {
+    async fn one_page_read_in_parts_is_archived_exactly(backend: Backend) {
+        let server = servers::drf().await;
+        let report = assert_archive_is_exact(backend, &server, ONE_LARGE_PAGE).await;
+        assert_eq!(report.counts.pages, 1, "one response, read in two parts");
+    }
+
+    async fn one_page_read_in_parts_resyncs_without_writes(backend: Backend) {
+        let server = servers::drf().await;
+        assert_resync_writes_nothing(backend, &server, ONE_LARGE_PAGE).await;
+    }
+
+    async fn one_page_read_in_parts_applies_changes_exactly(backend: Backend) {
+        let server = servers::drf().await;
+        assert_changes_applied_exactly(backend, &server, ONE_LARGE_PAGE, changes()).await;
+    }
+
     async fn archive_is_exact(backend: Backend) {
         let server = servers::drf().await;
         let report = assert_archive_is_exact(backend, &server, PAGES_BY_NEXT_URL).await;
