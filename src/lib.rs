@@ -17,6 +17,7 @@
 //! - `record`: natural keys, canonical content hashes, rejects.
 //! - `source`: the pages of a run: HTTP requests, retries, pagination.
 //! - `store`: the database seam: migrations, target tables, page writes, runs.
+//! - `batch`: the rows and rejects one transaction writes, shared by `sync` and `store`.
 //! - `run`: run ids, statuses and counts shared by the above.
 //! - `redact`: keeps secrets out of everything that leaves the process, and
 //!   control characters off the terminal.
@@ -24,6 +25,7 @@
 //! - `raw_json`: finding values in checked JSON text without parsing it into a tree.
 
 pub mod app;
+pub mod batch;
 pub mod cli;
 pub mod config;
 pub mod demo;

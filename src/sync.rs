@@ -23,7 +23,7 @@ use crate::source::{
     ApiClient, IfRepeated, Page, SourceError, SourceErrorKind, SourceSpec, Stated,
 };
 use crate::store::{
-    BatchRow, Ident, JobLock, PageBatch, RunEnd, Store, StoreError, StoreLimits, TableSpec,
+    Batch, BatchRow, BatchWrite, Ident, JobLock, RunEnd, Store, StoreError, StoreLimits, TableSpec,
 };
 
 /// A job, checked and ready to run any number of times.
@@ -288,7 +288,6 @@ async fn run_locked(
     let end = RunEnd {
         status,
         error: error.as_deref(),
-        unsaved: tally.unsaved,
         expected: tally.expected,
     };
     let recorded = ctx.store.finish_run(run_id, &end).await;
@@ -301,7 +300,6 @@ async fn run_locked(
         return Err(e);
     }
     ctx.in_flight.remove(run_id);
-    metrics::records_counted(&job.name, &tally.unsaved);
     metrics::run_finished(&job.name, status, &counts, elapsed);
     metrics::records_expected(&job.name, tally.expected);
     if let Some(reason) = failure {
@@ -323,13 +321,11 @@ async fn run_locked(
     Ok(report)
 }
 
-/// What the writer learned of a run: all its counts, those not yet added to
-/// its runs row (pages that needed no transaction; `finish_run` adds them),
-/// the total the API stated, and the reason of the first reject.
+/// What the writer learned of a run: the counts it committed, the total the
+/// API stated, and the reason of the first reject.
 #[derive(Debug, Default)]
 struct Tally {
     all: Counts,
-    unsaved: Counts,
     expected: Option<u64>,
     first_reject: Option<String>,
 }
@@ -338,7 +334,7 @@ struct Tally {
 struct Prepared {
     /// The page's number (the last one's, once pages are appended).
     number: u64,
-    batch: PageBatch,
+    batch: Batch,
     /// Set on the last page of an incremental run that may move it: the
     /// watermark to commit.
     watermark: Option<serde_json::Value>,
@@ -613,7 +609,7 @@ impl ReaderState {
     /// and is archived as it came; the reason is ours and is printed, so it
     /// is redacted (after the reject's content hash was taken, so that the
     /// hash, like the page fingerprint, does not depend on the secrets).
-    fn redact_reasons(&self, batch: &mut PageBatch) {
+    fn redact_reasons(&self, batch: &mut Batch) {
         for reject in &mut batch.rejects {
             reject.reason = self.redactor.redact(&reject.reason);
         }
@@ -637,7 +633,7 @@ impl ReaderState {
         let mut scan = PageScan::default();
         let (mut batch, fingerprint) = if in_parts {
             scan = scan_page(&self.shape, self.limits.as_ref(), page.records.iter());
-            (PageBatch::default(), scan.fingerprint)
+            (Batch::default(), scan.fingerprint)
         } else {
             build_batch(
                 &self.shape,
@@ -684,9 +680,9 @@ impl ReaderState {
                     ends = true;
                 }
             }
-            batch = PageBatch {
+            batch = Batch {
                 pages: 1,
-                ..PageBatch::default()
+                ..Batch::default()
             };
         } else if in_parts {
             // Every part but the last goes to the writer from here, counting
@@ -712,7 +708,7 @@ impl ReaderState {
                 self.count(&part);
                 let part = Prepared {
                     number,
-                    batch: PageBatch { pages: 0, ..part },
+                    batch: Batch { pages: 0, ..part },
                     watermark: None,
                     expected: stated.last_records,
                 };
@@ -753,7 +749,7 @@ impl ReaderState {
     }
 
     /// Adds a batch's records and rejects to the run's.
-    fn count(&mut self, batch: &PageBatch) {
+    fn count(&mut self, batch: &Batch) {
         self.fetched += batch.fetched;
         self.rejected += batch.rejects.len() as u64;
         self.distinct_rejects
@@ -855,30 +851,24 @@ async fn write_pages(
         let started = Instant::now();
         let plan = ctx
             .store
-            .plan_page(&job.name, &job.table, &batch, empty_at_start)
+            .plan(&job.name, &job.table, &batch, empty_at_start)
             .await?;
         let plan_ms = started.elapsed().as_secs_f64() * 1e3;
-        let mut pending = tally.unsaved;
-        pending += plan.counts;
         if plan.needs_commit(watermark.is_some()) {
             // Writing after losing the lock could race another process.
             lock.still_held().await?;
-            ctx.store
-                .commit_page(
-                    &job.name,
-                    &job.table,
-                    run_id,
-                    &batch,
-                    &plan,
-                    &pending,
-                    watermark.as_ref(),
-                )
-                .await?;
-            metrics::page_written(&job.name, &pending, started.elapsed());
-            tally.unsaved = Counts::default();
-        } else {
-            tally.unsaved = pending;
         }
+        ctx.store
+            .commit(&BatchWrite {
+                job: &job.name,
+                table: &job.table,
+                run: run_id,
+                batch: &batch,
+                plan: &plan,
+                watermark: watermark.as_ref(),
+            })
+            .await?;
+        metrics::page_written(&job.name, &plan.counts, started.elapsed());
         tally.all += plan.counts;
         tracing::debug!(
             page = number,
@@ -907,10 +897,10 @@ fn build_batch<'a>(
     seen: &mut SeenKeys,
     tracker: Option<&mut WatermarkTracker>,
     later_copies: Option<(&HashMap<u128, usize>, usize)>,
-) -> (PageBatch, Option<u128>) {
-    let mut batch = PageBatch {
+) -> (Batch, Option<u128>) {
+    let mut batch = Batch {
         pages: 1,
-        ..PageBatch::default()
+        ..Batch::default()
     };
     let mut slot_of_key: HashMap<u128, usize> = HashMap::new();
     // The incremental field of each kept row: a copy replaced later in the

@@ -22,8 +22,9 @@ use chrono::{DateTime, Utc};
 pub use self::ident::Ident;
 pub use self::postgres::{PgJobLock, PgStore, WritePath};
 pub use self::sqlite::{SqliteJobLock, SqliteStore};
+pub use crate::batch::{Batch, BatchRow};
 use crate::config::DatabaseSettings;
-use crate::record::{ContentHash, KeyField, Record, Rejected};
+use crate::record::{ContentHash, KeyField, Record};
 use crate::run::{Counts, RunId, RunStatus};
 
 /// A job's target table: its name and key columns.
@@ -40,60 +41,6 @@ impl TableSpec {
             key_columns: key.iter().map(|field| field.column.clone()).collect(),
         }
     }
-}
-
-/// What one page contributes: its records, one per key, and its rejects.
-#[derive(Debug, Default)]
-pub struct PageBatch {
-    pub rows: Vec<BatchRow>,
-    pub rejects: Vec<Rejected>,
-    /// Records in the response, rejects and collapsed copies included.
-    pub fetched: u64,
-    /// Copies of a key collapsed inside this batch (the later copy was kept).
-    pub collapsed: u64,
-    /// The pages this batch completes: 1 for a page, more once pages are
-    /// appended (see [`PageBatch::append`]), 0 for a part of a large page
-    /// whose last part comes in a later batch.
-    pub pages: u64,
-}
-
-impl PageBatch {
-    /// Appends the batch of the next page, so that consecutive pages can
-    /// share one transaction; the counts and the stored rows come out as if
-    /// the pages were written one after the other. A page that shares a key
-    /// with this batch is handed back: written apart, its copy is compared
-    /// with what the earlier page stored, and merged it could not be.
-    pub fn append(&mut self, next: PageBatch) -> Result<(), PageBatch> {
-        let keys: HashSet<u128> = self
-            .rows
-            .iter()
-            .map(|row| row.record.key_fingerprint)
-            .collect();
-        if next
-            .rows
-            .iter()
-            .any(|row| keys.contains(&row.record.key_fingerprint))
-        {
-            return Err(next);
-        }
-        self.rows.extend(next.rows);
-        self.rejects.extend(next.rejects);
-        self.fetched += next.fetched;
-        self.collapsed += next.collapsed;
-        self.pages += next.pages;
-        Ok(())
-    }
-}
-
-#[derive(Debug)]
-pub struct BatchRow {
-    pub record: Record,
-    /// The key was already seen on an earlier page of this run. The row is
-    /// still written when its content differs (the later copy wins, as it
-    /// does inside a page: it is the fresher one when pages shift during a
-    /// run, and an incremental watermark may already be past the first),
-    /// but it is counted as `duplicate`, not inserted, updated or unchanged.
-    pub repeat: bool,
 }
 
 /// Where a row's count goes once compared with what is stored.
@@ -113,17 +60,17 @@ fn classify(existing: Option<&ContentHash>, new: &ContentHash) -> Outcome {
 }
 
 /// What a page needs, once compared with what is stored: its counts, which
-/// rows (indexes into `PageBatch::rows`) are new or changed, and which
-/// rejects (indexes into `PageBatch::rejects`) are not stored yet.
+/// rows (indexes into `Batch::rows`) are new or changed, and which
+/// rejects (indexes into `Batch::rejects`) are not stored yet.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct PagePlan {
+pub struct WritePlan {
     pub counts: Counts,
     pub inserts: Vec<usize>,
     pub updates: Vec<usize>,
     pub new_rejects: Vec<usize>,
 }
 
-impl PagePlan {
+impl WritePlan {
     /// Whether the page needs a transaction: rows or new rejects to write,
     /// or a watermark to move. A page of unchanged rows and known rejects
     /// needs none.
@@ -136,7 +83,7 @@ impl PagePlan {
 }
 
 /// The rejects of `batch` whose hash is not in `stored`, each once.
-fn new_rejects(batch: &PageBatch, stored: &HashSet<ContentHash>) -> Vec<usize> {
+fn new_rejects(batch: &Batch, stored: &HashSet<ContentHash>) -> Vec<usize> {
     let mut seen = HashSet::new();
     (0..batch.rejects.len())
         .filter(|&i| {
@@ -207,6 +154,19 @@ impl StoreLimits {
     }
 }
 
+/// One batch's write: what [`Store::commit`] commits in one transaction.
+/// The counts added to the run's row are the plan's.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchWrite<'a> {
+    pub job: &'a str,
+    pub table: &'a TableSpec,
+    pub run: RunId,
+    pub batch: &'a Batch,
+    pub plan: &'a WritePlan,
+    /// Set on the last batch of an incremental run that may move it.
+    pub watermark: Option<&'a serde_json::Value>,
+}
+
 /// What a lookup found for the key at `asked[position]` (its position in
 /// the statement, from 0): the stored hash, or `None` for a key not stored.
 /// A hash of another length (written by hand, say) never matches. Answers
@@ -229,11 +189,11 @@ fn note_stored(
 /// Counts a page and picks the rows to write, given each row's stored hash.
 /// Shared by every backend so they count alike.
 fn plan_page(
-    batch: &PageBatch,
+    batch: &Batch,
     existing: &[Option<ContentHash>],
     stored_rejects: &HashSet<ContentHash>,
-) -> PagePlan {
-    let mut plan = PagePlan {
+) -> WritePlan {
+    let mut plan = WritePlan {
         new_rejects: new_rejects(batch, stored_rejects),
         counts: Counts {
             fetched: batch.fetched,
@@ -242,7 +202,7 @@ fn plan_page(
             pages: batch.pages,
             ..Counts::default()
         },
-        ..PagePlan::default()
+        ..WritePlan::default()
     };
     for (index, (row, stored)) in batch.rows.iter().zip(existing).enumerate() {
         let outcome = classify(stored.as_ref(), &row.record.content_hash);
@@ -301,8 +261,6 @@ pub struct RunEnd<'a> {
     pub status: RunStatus,
     /// Secrets already redacted.
     pub error: Option<&'a str>,
-    /// Counts of the last pages that needed no transaction.
-    pub unsaved: Counts,
     /// The record count the API stated.
     pub expected: Option<u64>,
 }
@@ -619,13 +577,13 @@ impl Store {
     /// `empty_at_start`: the table held no row when the run began, so only
     /// keys repeated within the run need looking up (a first load skips the
     /// lookups). Sound because no one else writes the job's table meanwhile.
-    pub async fn plan_page(
+    pub async fn plan(
         &self,
         job: &str,
         table: &TableSpec,
-        batch: &PageBatch,
+        batch: &Batch,
         empty_at_start: bool,
-    ) -> Result<PagePlan, StoreError> {
+    ) -> Result<WritePlan, StoreError> {
         match self {
             Store::Postgres(pg) => pg.plan_page(job, table, batch, empty_at_start).await,
             Store::Sqlite(db) => db.plan_page(job, table, batch, empty_at_start).await,
@@ -664,31 +622,23 @@ impl Store {
         .map_err(|e| e.on_table(table))
     }
 
-    /// Writes one planned page in one transaction: its new and changed rows,
-    /// its rejects, `counts` added to the run's row, and, when given, the
-    /// job's new watermark.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn commit_page(
-        &self,
-        job: &str,
-        table: &TableSpec,
-        run: RunId,
-        batch: &PageBatch,
-        plan: &PagePlan,
-        counts: &Counts,
-        watermark: Option<&serde_json::Value>,
-    ) -> Result<(), StoreError> {
+    /// Commits one planned batch: its new and changed rows, its new
+    /// rejects, its counts added to the run's row, and, when given, the
+    /// job's new watermark, in one transaction. A batch with nothing else to
+    /// write still commits its counts (one statement, no row of the job's
+    /// table touched), so the run's row and the metrics grow batch by batch
+    /// and a killed process loses no count of what it committed.
+    pub async fn commit(&self, write: &BatchWrite<'_>) -> Result<(), StoreError> {
+        let counts_only = !write.plan.needs_commit(write.watermark.is_some());
         match self {
-            Store::Postgres(pg) => {
-                pg.commit_page(job, table, run, batch, plan, counts, watermark)
-                    .await
+            Store::Postgres(pg) if counts_only => {
+                pg.add_counts(write.run, &write.plan.counts).await
             }
-            Store::Sqlite(db) => {
-                db.commit_page(job, table, run, batch, plan, counts, watermark)
-                    .await
-            }
+            Store::Sqlite(db) if counts_only => db.add_counts(write.run, &write.plan.counts).await,
+            Store::Postgres(pg) => pg.commit(write).await,
+            Store::Sqlite(db) => db.commit(write).await,
         }
-        .map_err(|e| e.on_table(table))
+        .map_err(|e| e.on_table(write.table))
     }
 
     /// The job's committed watermark, if it has one.
@@ -699,8 +649,8 @@ impl Store {
         }
     }
 
-    /// Records the end of a run, adding `unsaved`: the counts of its last
-    /// pages that needed no transaction (the others are stored already).
+    /// Records the end of a run: its status, error and the total the API
+    /// stated (its counts were committed batch by batch).
     pub async fn finish_run(&self, run: RunId, end: &RunEnd<'_>) -> Result<(), StoreError> {
         match self {
             Store::Postgres(pg) => pg.finish_run(run, end).await,
@@ -738,7 +688,7 @@ mod tests {
     #[test]
     fn appended_pages_count_as_if_written_apart_and_a_shared_key_stays_apart() {
         let shape = RecordShape::new(&["id".into()], &[]).unwrap();
-        let page = |rows: Vec<(serde_json::Value, bool)>| PageBatch {
+        let page = |rows: Vec<(serde_json::Value, bool)>| Batch {
             fetched: rows.len() as u64,
             rows: rows
                 .into_iter()
@@ -748,7 +698,7 @@ mod tests {
                 })
                 .collect(),
             pages: 1,
-            ..PageBatch::default()
+            ..Batch::default()
         };
         let mut batch = page(vec![(json!({"id": 1}), false), (json!({"id": 2}), false)]);
         let mut second = page(vec![(json!({"id": 3}), false), (json!({"id": 9}), true)]);
@@ -785,7 +735,7 @@ mod tests {
             record: shape.read(&value).unwrap(),
             repeat,
         };
-        let batch = PageBatch {
+        let batch = Batch {
             rows: vec![
                 row(json!({"id": 1, "v": 1}), false),
                 row(json!({"id": 2, "v": 1}), false),
@@ -823,7 +773,7 @@ mod tests {
             "the changed row and a changed repeat"
         );
         assert!(plan.needs_commit(false));
-        let quiet = PageBatch::default();
+        let quiet = Batch::default();
         let none = HashSet::new();
         assert!(!plan_page(&quiet, &[], &none).needs_commit(false));
         assert!(

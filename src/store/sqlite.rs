@@ -28,7 +28,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{PageBatch, PagePlan, RejectRecord, RunEnd, RunRecord, StoreError, TableSpec};
+use super::{Batch, BatchWrite, RejectRecord, RunEnd, RunRecord, StoreError, TableSpec, WritePlan};
 use crate::record::ContentHash;
 use crate::run::{Counts, RunId};
 
@@ -304,9 +304,9 @@ impl SqliteStore {
         &self,
         job: &str,
         table: &TableSpec,
-        batch: &PageBatch,
+        batch: &Batch,
         empty_at_start: bool,
-    ) -> Result<PagePlan, StoreError> {
+    ) -> Result<WritePlan, StoreError> {
         // In a table that was empty when the run began, only keys this run
         // already wrote can be stored: ask about the repeats alone.
         let asked: Vec<usize> = (0..batch.rows.len())
@@ -336,17 +336,15 @@ impl SqliteStore {
         Ok(super::plan_page(batch, &existing, &stored_rejects))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn commit_page(
-        &self,
-        job: &str,
-        table: &TableSpec,
-        run: RunId,
-        batch: &PageBatch,
-        plan: &PagePlan,
-        counts: &Counts,
-        watermark: Option<&serde_json::Value>,
-    ) -> Result<(), StoreError> {
+    pub(super) async fn commit(&self, write: &BatchWrite<'_>) -> Result<(), StoreError> {
+        let BatchWrite {
+            job,
+            table,
+            run,
+            batch,
+            plan,
+            watermark,
+        } = *write;
         // IMMEDIATE: take the write lock now. A deferred transaction whose
         // first statement reads would fail at its first write with "database
         // is locked" when another process writes, without waiting.
@@ -376,7 +374,7 @@ impl SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        add_counts(&mut tx, run, counts).await?;
+        add_counts(&mut tx, run, &plan.counts).await?;
         if let Some(watermark) = watermark {
             let state = serde_json::json!({ "watermark": watermark }).to_string();
             let sql = format!(
@@ -410,22 +408,27 @@ impl SqliteStore {
     }
 
     pub(super) async fn finish_run(&self, run: RunId, end: &RunEnd<'_>) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let sql = format!(
             "UPDATE apisync_runs SET status = ?, error = ?, expected = ?, finished_at = {NOW} \
              WHERE id = ? AND status = 'running'"
         );
-        let finished = sqlx::query(AssertSqlSafe(sql))
+        sqlx::query(AssertSqlSafe(sql))
             .bind(end.status.as_str())
             .bind(end.error)
             .bind(end.expected.map(|n| i64::try_from(n).unwrap_or(i64::MAX)))
             .bind(run)
-            .execute(&mut *tx)
+            .execute(&self.pool)
             .await?;
-        if finished.rows_affected() > 0 {
-            add_counts(&mut tx, run, &end.unsaved).await?;
+        Ok(())
+    }
+
+    /// Adds a batch's counts to its run's row, alone: for a batch with
+    /// nothing else to write.
+    pub(super) async fn add_counts(&self, run: RunId, counts: &Counts) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        if add_counts(&mut conn, run, counts).await? == 0 {
+            return Err(StoreError::RunClosed);
         }
-        tx.commit().await?;
         Ok(())
     }
 
@@ -541,7 +544,7 @@ async fn upsert(
     conn: &mut sqlx::SqliteConnection,
     table: &TableSpec,
     run: RunId,
-    batch: &PageBatch,
+    batch: &Batch,
     rows: &[usize],
 ) -> Result<(), StoreError> {
     let columns: Vec<String> = table.key_columns.iter().map(|c| c.quoted()).collect();
@@ -582,7 +585,7 @@ const LOOKUP_CHUNK: usize = 500;
 async fn lookup(
     conn: &mut sqlx::SqliteConnection,
     table: &TableSpec,
-    batch: &PageBatch,
+    batch: &Batch,
     asked: &[usize],
     existing: &mut [Option<ContentHash>],
 ) -> Result<(), StoreError> {
@@ -618,15 +621,16 @@ async fn lookup(
     Ok(())
 }
 
+/// Adds `counts` to the run's row while it is `running`; the rows changed.
 async fn add_counts(
     conn: &mut sqlx::SqliteConnection,
     run: RunId,
     counts: &Counts,
-) -> Result<(), StoreError> {
-    sqlx::query(
+) -> Result<u64, StoreError> {
+    let added = sqlx::query(
         "UPDATE apisync_runs SET fetched = fetched + ?, inserted = inserted + ?, \
          updated = updated + ?, unchanged = unchanged + ?, duplicate = duplicate + ?, \
-         rejected = rejected + ?, pages = pages + ? WHERE id = ?",
+         rejected = rejected + ?, pages = pages + ? WHERE id = ? AND status = 'running'",
     )
     .bind(counts.fetched as i64)
     .bind(counts.inserted as i64)
@@ -638,7 +642,7 @@ async fn add_counts(
     .bind(run)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(added.rows_affected())
 }
 
 /// The job's lock file, held open with an exclusive `flock`; closing it

@@ -152,7 +152,7 @@ async fn the_fast_and_the_simple_write_paths_give_identical_tables_and_counts(po
 #[sqlx::test(migrations = false)]
 async fn a_key_that_appears_between_plan_and_write_falls_back_to_the_upsert(pool: PgPool) {
     use apisync::record::RecordShape;
-    use apisync::store::{BatchRow, Ident, PageBatch, TableSpec};
+    use apisync::store::{Batch, BatchRow, BatchWrite, Ident, TableSpec};
 
     // Arrange: rows 1..=3 are stored; a page is planned as if the table were
     // empty (as another writer could make it look), so the fast path COPYs
@@ -164,7 +164,7 @@ async fn a_key_that_appears_between_plan_and_write_falls_back_to_the_upsert(pool
     let table = TableSpec::new(Ident::table("products").unwrap(), shape.key_fields());
     let mut changed = product(2);
     changed["name"] = json!("renamed");
-    let batch = PageBatch {
+    let batch = Batch {
         rows: [changed.clone(), product(4)]
             .into_iter()
             .map(|v| BatchRow {
@@ -174,13 +174,13 @@ async fn a_key_that_appears_between_plan_and_write_falls_back_to_the_upsert(pool
             .collect(),
         fetched: 2,
         pages: 1,
-        ..PageBatch::default()
+        ..Batch::default()
     };
     let run = env.ctx.store.start_run("products").await.unwrap();
     let plan = env
         .ctx
         .store
-        .plan_page("products", &table, &batch, true)
+        .plan("products", &table, &batch, true)
         .await
         .unwrap();
     assert_eq!(plan.inserts.len(), 2, "both planned as new");
@@ -188,7 +188,14 @@ async fn a_key_that_appears_between_plan_and_write_falls_back_to_the_upsert(pool
     // Act
     env.ctx
         .store
-        .commit_page("products", &table, run, &batch, &plan, &plan.counts, None)
+        .commit(&BatchWrite {
+            job: "products",
+            table: &table,
+            run,
+            batch: &batch,
+            plan: &plan,
+            watermark: None,
+        })
         .await
         .expect("the page is written all the same");
 

@@ -15,7 +15,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
-use super::{PageBatch, PagePlan, RejectRecord, RunEnd, RunRecord, StoreError, TableSpec};
+use super::{Batch, BatchWrite, RejectRecord, RunEnd, RunRecord, StoreError, TableSpec, WritePlan};
 use crate::config::DatabaseSettings;
 use crate::run::{Counts, RunId};
 
@@ -352,9 +352,9 @@ impl PgStore {
         &self,
         job: &str,
         table: &TableSpec,
-        batch: &PageBatch,
+        batch: &Batch,
         empty_at_start: bool,
-    ) -> Result<PagePlan, StoreError> {
+    ) -> Result<WritePlan, StoreError> {
         // In a table that was empty when the run began, only keys this run
         // already wrote can be stored: ask about the repeats alone.
         let asked: Vec<usize> = (0..batch.rows.len())
@@ -372,26 +372,7 @@ impl PgStore {
             .await?)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn commit_page(
-        &self,
-        job: &str,
-        table: &TableSpec,
-        run: RunId,
-        batch: &PageBatch,
-        plan: &PagePlan,
-        counts: &Counts,
-        watermark: Option<&serde_json::Value>,
-    ) -> Result<(), StoreError> {
-        let write = page::PageWrite {
-            job,
-            table,
-            run,
-            batch,
-            plan,
-            counts,
-            watermark,
-        };
+    pub(super) async fn commit(&self, write: &BatchWrite<'_>) -> Result<(), StoreError> {
         match write.commit(&self.pool, self.path, &self.writers).await {
             // A row inserted since the plan was made (not by apisync: two
             // processes never write one job): redo the page with the upsert,
@@ -422,21 +403,33 @@ impl PgStore {
 
     pub(super) async fn finish_run(&self, run: RunId, end: &RunEnd<'_>) -> Result<(), StoreError> {
         // Only a run still `running`: one closed by another process that took
-        // over the job keeps what that process recorded. `unsaved` holds the
-        // counts of pages that needed no write (and so no transaction).
-        let finish = sqlx::query(
-            "UPDATE apisync.runs SET status = $2, error = $3, expected = $4, finished_at = now(), \
-             fetched = fetched + $5, inserted = inserted + $6, updated = updated + $7, \
-             unchanged = unchanged + $8, duplicate = duplicate + $9, rejected = rejected + $10, \
-             pages = pages + $11 WHERE id = $1 AND status = 'running'",
+        // over the job keeps what that process recorded.
+        sqlx::query(
+            "UPDATE apisync.runs SET status = $2, error = $3, expected = $4, finished_at = now() \
+             WHERE id = $1 AND status = 'running'",
         )
         .bind(run)
         .bind(end.status.as_str())
         .bind(end.error)
-        .bind(end.expected.map(|n| i64::try_from(n).unwrap_or(i64::MAX)));
-        page::bind_counts(finish, &end.unsaved)
-            .execute(&self.pool)
-            .await?;
+        .bind(end.expected.map(|n| i64::try_from(n).unwrap_or(i64::MAX)))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Adds a batch's counts to its run's row, alone: for a batch with
+    /// nothing else to write.
+    pub(super) async fn add_counts(&self, run: RunId, counts: &Counts) -> Result<(), StoreError> {
+        let add = sqlx::query(
+            "UPDATE apisync.runs SET fetched = fetched + $2, inserted = inserted + $3, \
+             updated = updated + $4, unchanged = unchanged + $5, duplicate = duplicate + $6, \
+             rejected = rejected + $7, pages = pages + $8 WHERE id = $1 AND status = 'running'",
+        )
+        .bind(run);
+        let added = page::bind_counts(add, counts).execute(&self.pool).await?;
+        if added.rows_affected() == 0 {
+            return Err(StoreError::RunClosed);
+        }
         Ok(())
     }
 

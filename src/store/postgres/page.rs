@@ -32,7 +32,7 @@ use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 
 use crate::record::{ContentHash, Record};
 use crate::run::{Counts, RunId};
-use crate::store::{PageBatch, PagePlan, StoreError, TableSpec};
+use crate::store::{Batch, BatchWrite, StoreError, TableSpec};
 
 /// How the rows of a page are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,20 +43,7 @@ pub enum WritePath {
     Simple,
 }
 
-/// Everything one page's transaction writes.
-pub(super) struct PageWrite<'a> {
-    pub job: &'a str,
-    pub table: &'a TableSpec,
-    pub run: RunId,
-    pub batch: &'a PageBatch,
-    pub plan: &'a PagePlan,
-    /// Added to the run's row: this page's counts and those of earlier
-    /// pages that needed no transaction.
-    pub counts: &'a Counts,
-    pub watermark: Option<&'a serde_json::Value>,
-}
-
-impl PageWrite<'_> {
+impl BatchWrite<'_> {
     /// Writes the page in one transaction. While it runs, `writers` holds
     /// the session's backend pid under the run's id: a shutdown that gives
     /// up on the write ends that session, whose lock on the run's row would
@@ -158,7 +145,7 @@ impl PageWrite<'_> {
              rejected = rejected + $7, pages = pages + $8 WHERE id = $1",
         )
         .bind(self.run);
-        bind_counts(add_counts, self.counts)
+        bind_counts(add_counts, &self.plan.counts)
             .execute(&mut *tx)
             .await?;
         if let Some(watermark) = self.watermark {
@@ -229,7 +216,7 @@ pub(super) fn bind_counts<'q>(query: PgQuery<'q>, counts: &Counts) -> PgQuery<'q
 /// Key values column by column, as UNNEST wants them.
 fn key_arrays<'a>(
     table: &TableSpec,
-    batch: &'a PageBatch,
+    batch: &'a Batch,
     rows: impl Iterator<Item = usize> + Clone,
 ) -> Vec<Vec<&'a str>> {
     (0..table.key_columns.len())
@@ -267,7 +254,7 @@ fn key_join(table: &TableSpec) -> String {
 pub(super) async fn stored_hashes(
     pool: &PgPool,
     table: &TableSpec,
-    batch: &PageBatch,
+    batch: &Batch,
     asked: &[usize],
 ) -> Result<Vec<Option<ContentHash>>, StoreError> {
     let mut existing = vec![None; batch.rows.len()];
@@ -286,7 +273,7 @@ const LOOKUP_CHUNK: usize = 1_000;
 pub(super) async fn stored_rejects(
     pool: &PgPool,
     job: &str,
-    batch: &PageBatch,
+    batch: &Batch,
 ) -> Result<HashSet<ContentHash>, StoreError> {
     if batch.rejects.is_empty() {
         return Ok(HashSet::new());
@@ -312,7 +299,7 @@ pub(super) async fn stored_rejects(
 async fn lookup(
     pool: &PgPool,
     table: &TableSpec,
-    batch: &PageBatch,
+    batch: &Batch,
     asked: &[usize],
     existing: &mut [Option<ContentHash>],
 ) -> Result<(), StoreError> {
@@ -364,7 +351,7 @@ async fn copy_rows(
     table: &TableSpec,
     run: RunId,
     now: DateTime<Utc>,
-    batch: &PageBatch,
+    batch: &Batch,
     rows: &[usize],
 ) -> Result<(), StoreError> {
     let columns: Vec<String> = table.key_columns.iter().map(|c| c.quoted()).collect();
@@ -458,7 +445,7 @@ async fn update_rows(
     conn: &mut PgConnection,
     table: &TableSpec,
     run: RunId,
-    batch: &PageBatch,
+    batch: &Batch,
     rows: &[usize],
 ) -> Result<(), StoreError> {
     let n = table.key_columns.len();
@@ -487,7 +474,7 @@ async fn upsert_rows(
     conn: &mut PgConnection,
     table: &TableSpec,
     run: RunId,
-    batch: &PageBatch,
+    batch: &Batch,
     rows: &[usize],
 ) -> Result<(), StoreError> {
     let n = table.key_columns.len();
@@ -519,7 +506,7 @@ async fn upsert_rows(
 fn bind_rows<'q>(
     mut query: PgQuery<'q>,
     table: &TableSpec,
-    batch: &'q PageBatch,
+    batch: &'q Batch,
     rows: &[usize],
 ) -> PgQuery<'q> {
     for column in key_arrays(table, batch, rows.iter().copied()) {
