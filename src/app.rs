@@ -78,12 +78,12 @@ impl App {
     /// Like [`App::build`] with a store made elsewhere (tests bring one per
     /// test database).
     pub async fn build_with_store(settings: Settings, store: Store) -> anyhow::Result<App> {
+        let built = Job::all_from_settings(&settings.jobs)
+            .map_err(|(job, e)| anyhow::anyhow!("job \"{job}\": {e}"))?;
         let mut jobs = Vec::with_capacity(settings.jobs.len());
-        for job in &settings.jobs {
+        for (job, built) in settings.jobs.iter().zip(built) {
             let schedule = Schedule::new(&job.schedule, job.timezone.as_deref())
                 .map_err(|(key, e)| anyhow::anyhow!("job \"{}\", key \"{key}\": {e}", job.name))?;
-            let built = Job::from_settings(job)
-                .map_err(|e| anyhow::anyhow!("job \"{}\": {e}", job.name))?;
             jobs.push(ScheduledJob {
                 job: Arc::new(built),
                 schedule,

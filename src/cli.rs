@@ -283,10 +283,8 @@ async fn sync(settings: &Settings, names: &[String], all: bool) -> ExitCode {
         }
         names.iter().filter_map(|name| settings.job(name)).collect()
     };
-    let jobs: Result<Vec<Job>, String> = selected
-        .iter()
-        .map(|job| Job::from_settings(job).map_err(|e| format!("job \"{}\": {e}", job.name)))
-        .collect();
+    let jobs = Job::all_from_settings(selected.iter().copied())
+        .map_err(|(job, e)| format!("job \"{job}\": {e}"));
     let jobs = match jobs {
         Ok(jobs) => jobs,
         Err(e) => {
@@ -484,8 +482,9 @@ async fn check(settings: &Settings, path: &std::path::Path, connect: bool) -> Ex
         Ok(client) => client,
         Err(e) => return fail(settings, "cannot create the HTTP client", &e),
     };
+    let hosts = crate::source::HostThrottles::default();
     for job in &settings.jobs {
-        let line = match crate::source::SourceSpec::new(job) {
+        let line = match crate::source::SourceSpec::new(job, &hosts) {
             Err(e) => {
                 ok = false;
                 format!("job {}: {e}", job.name)

@@ -10,6 +10,7 @@
 //! whose records cannot be told apart, or whose envelope is at fault, fails.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use serde::de::IgnoredAny;
 use serde_json::Value;
@@ -84,8 +85,9 @@ pub struct ResponseBody {
     /// The body with the records array emptied: what pagination reads.
     /// When the records pointer finds no array, the whole body.
     pub envelope: Value,
-    /// `None` when the records pointer finds no array in the body.
-    pub records: Option<RawRecords>,
+    /// The records; when the records pointer finds no array in the body,
+    /// what it found instead ("nothing", "an object", …), for the error.
+    pub records: Result<RawRecords, &'static str>,
 }
 
 impl ResponseBody {
@@ -123,10 +125,10 @@ impl ResponseBody {
             .filter(|found| found.first() == Some(&b'['))
             .map(|found| raw_json::span_in(&body, found));
         let Some(array) = array else {
-            return match serde_json::from_slice(&body) {
+            return match serde_json::from_slice::<Value>(&body) {
                 Ok(envelope) => Ok(Self {
+                    records: Err(found_instead(&envelope, records_pointer)),
                     envelope,
-                    records: None,
                 }),
                 Err(e) => Err((e, body)),
             };
@@ -152,7 +154,7 @@ impl ResponseBody {
         match envelope {
             Ok(envelope) => Ok(Self {
                 envelope,
-                records: Some(RawRecords { body, spans }),
+                records: Ok(RawRecords { body, spans }),
             }),
             Err(e) => Err((e, body)),
         }
@@ -190,11 +192,36 @@ impl ResponseBody {
         };
         let pointer = crate::json_pointer::join(records_pointer);
         let records = match envelope.pointer_mut(&pointer) {
-            Some(Value::Array(items)) => Some(RawRecords::from_values(&std::mem::take(items))),
-            _ => None,
+            Some(Value::Array(items)) => Ok(RawRecords::from_values(&std::mem::take(items))),
+            _ => Err(found_instead(&envelope, records_pointer)),
         };
         Ok(Self { envelope, records })
     }
+
+    /// [`ResponseBody::parse`] on the blocking pool. A large page takes
+    /// milliseconds to parse; on a runtime worker that would hold up every
+    /// task queued behind it there (the writer's COPY among them).
+    ///
+    /// # Errors
+    /// As [`ResponseBody::parse`].
+    pub async fn parse_off_the_runtime(
+        body: Vec<u8>,
+        records_pointer: Arc<[String]>,
+    ) -> Result<Self, (serde_json::Error, Vec<u8>)> {
+        tokio::task::spawn_blocking(move || Self::parse(body, &records_pointer))
+            .await
+            .unwrap_or_else(|join| {
+                // Only a panic or a runtime shutting down gets here.
+                std::panic::resume_unwind(join.try_into_panic().unwrap_or_else(|e| Box::new(e)))
+            })
+    }
+}
+
+/// What the records pointer finds in a body where it finds no array.
+fn found_instead(envelope: &Value, records_pointer: &[String]) -> &'static str {
+    envelope
+        .pointer(&crate::json_pointer::join(records_pointer))
+        .map_or("nothing", crate::record::kind_of)
 }
 
 #[cfg(test)]
@@ -281,9 +308,9 @@ mod tests {
     #[test]
     fn a_pointer_that_finds_no_array_leaves_the_body_whole() {
         let body = parse(r#"{"data": {"id": 1}}"#, "/data");
-        assert!(body.records.is_none());
+        assert!(body.records.is_err());
         assert_eq!(body.envelope, json!({"data": {"id": 1}}));
-        assert!(parse(r#"{"items": []}"#, "/data").records.is_none());
+        assert!(parse(r#"{"items": []}"#, "/data").records.is_err());
     }
 
     #[test]
@@ -517,8 +544,8 @@ mod tests {
                 "envelope of {shown} at {pointer:?}"
             );
             match (array, &parsed.records) {
-                (None, None) => {}
-                (Some(items), Some(records)) => {
+                (None, Err(_)) => {}
+                (Some(items), Ok(records)) => {
                     split += 1;
                     let read: Vec<Value> = records
                         .iter()

@@ -9,7 +9,6 @@ use reqwest::{StatusCode, Url};
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
-use super::body::ResponseBody;
 use crate::config::{Method, RequestSettings};
 use crate::redact::Redactor;
 
@@ -70,20 +69,12 @@ pub struct RequestSpec {
     body: Option<Value>,
     timeout: Duration,
     max_body_bytes: u64,
-    /// The job's `records` pointer, as segments: where a response's
-    /// records are.
-    records: Vec<String>,
 }
 
 impl RequestSpec {
     /// # Errors
     /// A header that is not valid; `apisync check` reports these first.
-    pub fn new(
-        job: &str,
-        settings: &RequestSettings,
-        max_body_bytes: u64,
-        records_pointer: &str,
-    ) -> Result<Self, String> {
+    pub fn new(job: &str, settings: &RequestSettings, max_body_bytes: u64) -> Result<Self, String> {
         let mut headers = HeaderMap::new();
         for (name, value) in &settings.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
@@ -100,17 +91,17 @@ impl RequestSpec {
             body: settings.body.clone(),
             timeout: settings.timeout,
             max_body_bytes,
-            records: crate::json_pointer::segments(records_pointer),
         })
     }
 }
 
-/// A successful response, parsed.
+/// A successful response, its body read whole (JSON or not: what it holds is
+/// for the caller to find).
 #[derive(Debug)]
-pub struct JsonResponse {
+pub struct BodyResponse {
     /// What pagination may read: `Link`, totals, cursors in headers.
     pub headers: HeaderMap,
-    pub body: ResponseBody,
+    pub body: Vec<u8>,
     /// The API says its quota is spent and resets after this long.
     pub quota_reset: Option<std::time::Duration>,
     /// The API tells how much of a quota is left.
@@ -188,16 +179,17 @@ impl FetchError {
     }
 }
 
-/// Sends one request and returns the parsed JSON body; counts the attempt.
+/// Sends one request and returns the body of its 2xx answer; counts the
+/// attempt.
 ///
 /// # Errors
-/// See [`FetchError`].
-pub async fn fetch_json(
+/// See [`FetchError`] (not [`FetchError::Decode`]: the caller reads the body).
+pub async fn fetch_body(
     client: &ApiClient,
     spec: &RequestSpec,
     url: &Url,
     redactor: &Redactor,
-) -> Result<JsonResponse, FetchError> {
+) -> Result<BodyResponse, FetchError> {
     let started = std::time::Instant::now();
     let mut status = None;
     let result = attempt(client, spec, url, redactor, &mut status).await;
@@ -265,7 +257,7 @@ async fn attempt(
     url: &Url,
     redactor: &Redactor,
     status_seen: &mut Option<u16>,
-) -> Result<JsonResponse, FetchError> {
+) -> Result<BodyResponse, FetchError> {
     let method = match spec.method {
         Method::Get => reqwest::Method::GET,
         Method::Post => reqwest::Method::POST,
@@ -323,33 +315,12 @@ async fn attempt(
             excerpt: excerpt(&body, redactor),
         });
     }
-    match parse_off_the_runtime(body, spec.records.clone()).await {
-        Ok(body) => Ok(JsonResponse {
-            headers: response_headers,
-            body,
-            quota_reset,
-            announces_quota,
-        }),
-        Err((source, body)) => Err(FetchError::Decode {
-            source,
-            excerpt: excerpt(&body, redactor),
-        }),
-    }
-}
-
-/// Parses a body on the blocking pool. A large page takes milliseconds to
-/// parse; on a runtime worker that would hold up every task queued behind it
-/// there (the writer's COPY among them).
-async fn parse_off_the_runtime(
-    body: Vec<u8>,
-    records: Vec<String>,
-) -> Result<ResponseBody, (serde_json::Error, Vec<u8>)> {
-    tokio::task::spawn_blocking(move || ResponseBody::parse(body, &records))
-        .await
-        .unwrap_or_else(|join| {
-            // Only a panic or a runtime shutting down gets here.
-            std::panic::resume_unwind(join.try_into_panic().unwrap_or_else(|e| Box::new(e)))
-        })
+    Ok(BodyResponse {
+        headers: response_headers,
+        body,
+        quota_reset,
+        announces_quota,
+    })
 }
 
 /// `Retry-After` as seconds (`120`) or an HTTP date.
@@ -370,7 +341,7 @@ const EXCERPT_SECRET_MARGIN: usize = 1024;
 
 /// The start of a body, on one line, for error messages: redacted first,
 /// then cut.
-fn excerpt(body: &[u8], redactor: &Redactor) -> String {
+pub(super) fn excerpt(body: &[u8], redactor: &Redactor) -> String {
     let window = &body[..body.len().min(EXCERPT_CHARS * 4 + EXCERPT_SECRET_MARGIN)];
     let text = redactor.redact(&String::from_utf8_lossy(window));
     let mut out: String = text

@@ -18,12 +18,12 @@ use reqwest::Url;
 use xxhash_rust::xxh3::xxh3_128;
 
 use crate::config::{JobSettings, Pagination, RateLimitScope, RetrySettings, TotalMethod};
-use crate::record::kind_of;
 use crate::redact::Redactor;
-pub use body::RawRecords;
+pub use body::{RawRecords, ResponseBody};
 pub use http::{ApiClient, FetchError, RequestSpec};
 pub use paginate::Stated;
 use paginate::{PaginationError, Paginator, Step};
+pub use throttle::HostThrottles;
 use throttle::Throttle;
 
 /// Everything about a job's API that does not change between runs.
@@ -36,6 +36,8 @@ pub struct SourceSpec {
     base_url: Url,
     pagination: Pagination,
     records_pointer: String,
+    /// The same, as segments.
+    records: Arc<[String]>,
     max_pages: u64,
     retry: RetrySettings,
     throttle: Throttle,
@@ -44,7 +46,8 @@ pub struct SourceSpec {
 impl SourceSpec {
     /// # Errors
     /// When the URL or a header is invalid; `apisync check` reports these first.
-    pub fn new(job: &JobSettings) -> Result<Self, String> {
+    /// `hosts` holds the throttles shared with the jobs built with it.
+    pub fn new(job: &JobSettings, hosts: &HostThrottles) -> Result<Self, String> {
         let mut base_url = Url::parse(&job.request.url)
             .map_err(|e| format!("request.url is not a valid URL: {e}"))?;
         if !job.request.query.is_empty() {
@@ -54,16 +57,17 @@ impl SourceSpec {
         }
         let throttle = match (job.rate_limit, job.rate_limit_scope) {
             (Some(limit), RateLimitScope::Host) => {
-                Throttle::shared(&base_url.origin().ascii_serialization(), limit)
+                hosts.get(&base_url.origin().ascii_serialization(), limit)
             }
             (limit, _) => Throttle::new(limit),
         };
         Ok(Self {
-            request: RequestSpec::new(&job.name, &job.request, job.max_body_bytes, &job.records)?,
+            request: RequestSpec::new(&job.name, &job.request, job.max_body_bytes)?,
             job: job.name.clone(),
             base_url,
             pagination: job.pagination.clone(),
             records_pointer: job.records.clone(),
+            records: crate::json_pointer::segments(&job.records).into(),
             max_pages: job.max_pages,
             retry: job.retry.clone(),
             throttle,
@@ -210,6 +214,18 @@ struct Request {
     confirms_end: bool,
 }
 
+/// A page's response, its body split into records and envelope.
+#[derive(Debug)]
+struct PageResponse {
+    /// What pagination may read: `Link`, totals, cursors in headers.
+    headers: reqwest::header::HeaderMap,
+    body: ResponseBody,
+    /// The API says its quota is spent and resets after this long.
+    quota_reset: Option<Duration>,
+    /// The API tells how much of a quota is left.
+    announces_quota: bool,
+}
+
 /// What a request needs, owned, so that a prefetch can run as a task.
 struct Fetcher {
     spec: SourceSpec,
@@ -220,7 +236,7 @@ struct Fetcher {
 /// A request sent ahead, aborted if dropped unused.
 struct Prefetch {
     url: Url,
-    task: tokio::task::JoinHandle<Result<http::JsonResponse, SourceErrorKind>>,
+    task: tokio::task::JoinHandle<Result<PageResponse, SourceErrorKind>>,
 }
 
 impl Prefetch {
@@ -232,7 +248,7 @@ impl Prefetch {
         Self { url, task }
     }
 
-    async fn response(mut self) -> Result<http::JsonResponse, SourceErrorKind> {
+    async fn response(mut self) -> Result<PageResponse, SourceErrorKind> {
         match (&mut self.task).await {
             Ok(result) => result,
             // Never aborted while awaited: only a panic gets here.
@@ -327,14 +343,15 @@ impl Pages {
         let spec = &self.fetcher.spec;
 
         let body = response.body.envelope;
-        let Some(records) = response.body.records else {
-            return Err(error(SourceErrorKind::Records {
-                pointer: spec.records_pointer.clone(),
-                found: body
-                    .pointer(&spec.records_pointer)
-                    .map_or("nothing", kind_of),
-                present: paginate::top_level_keys(&body),
-            }));
+        let records = match response.body.records {
+            Ok(records) => records,
+            Err(found) => {
+                return Err(error(SourceErrorKind::Records {
+                    pointer: spec.records_pointer.clone(),
+                    found,
+                    present: paginate::top_level_keys(&body),
+                }));
+            }
         };
         if confirms_end && !records.is_empty() && !self.total_was_low {
             self.total_was_low = true;
@@ -446,10 +463,25 @@ impl Pages {
 impl Fetcher {
     /// One page's request, retried while the failure is transient; a spent
     /// quota the response announces pauses the job's later requests.
-    async fn fetch_page(&self, url: &Url) -> Result<http::JsonResponse, SourceErrorKind> {
+    /// A body that is not JSON is retried too: a response cut short says so.
+    async fn fetch_page(&self, url: &Url) -> Result<PageResponse, SourceErrorKind> {
         let response = self
-            .with_retries(|| {
-                http::fetch_json(&self.client, &self.spec.request, url, &self.redactor)
+            .with_retries(|| async {
+                let response =
+                    http::fetch_body(&self.client, &self.spec.request, url, &self.redactor).await?;
+                let body =
+                    ResponseBody::parse_off_the_runtime(response.body, self.spec.records.clone())
+                        .await
+                        .map_err(|(source, body)| FetchError::Decode {
+                            source,
+                            excerpt: http::excerpt(&body, &self.redactor),
+                        })?;
+                Ok(PageResponse {
+                    headers: response.headers,
+                    body,
+                    quota_reset: response.quota_reset,
+                    announces_quota: response.announces_quota,
+                })
             })
             .await?;
         if let Some(reset) = response.quota_reset {

@@ -3,10 +3,11 @@
 //!
 //! A `Throttle` spaces requests evenly (`10/s` is one request every 100 ms,
 //! never a burst of ten) and may be shared: jobs with `rate_limit_scope =
-//! "host"` on the same origin get the same one from a process-wide registry.
+//! "host"` on the same origin get the same one from [`HostThrottles`], the
+//! registry of the jobs built together (`Job::all_from_settings`).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::header::HeaderMap;
@@ -29,8 +30,22 @@ pub struct Throttle {
     state: Arc<Mutex<State>>,
 }
 
-/// Shared throttles by origin and rate, for `rate_limit_scope = "host"`.
-static SHARED: OnceLock<Mutex<HashMap<(String, Duration), Throttle>>> = OnceLock::new();
+/// The throttles shared by origin and rate, for `rate_limit_scope = "host"`:
+/// one registry for the jobs of one configuration, passed to each as it is
+/// built.
+#[derive(Debug, Default)]
+pub struct HostThrottles(Mutex<HashMap<(String, Duration), Throttle>>);
+
+impl HostThrottles {
+    /// The throttle shared by every job calling `origin` at this rate.
+    pub fn get(&self, origin: &str, limit: RateLimit) -> Throttle {
+        let mut registry = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        registry
+            .entry((origin.to_owned(), limit.interval()))
+            .or_insert_with(|| Throttle::new(Some(limit)))
+            .clone()
+    }
+}
 
 impl Throttle {
     /// A throttle of one job's own.
@@ -39,16 +54,6 @@ impl Throttle {
             interval: limit.map(|l| l.interval()),
             state: Arc::default(),
         }
-    }
-
-    /// The throttle shared by every job calling `origin` at this rate.
-    pub fn shared(origin: &str, limit: RateLimit) -> Self {
-        let registry = SHARED.get_or_init(Mutex::default);
-        let mut registry = registry.lock().unwrap_or_else(|e| e.into_inner());
-        registry
-            .entry((origin.to_owned(), limit.interval()))
-            .or_insert_with(|| Self::new(Some(limit)))
-            .clone()
     }
 
     /// Waits until the next request may go out, and books its slot.
@@ -228,9 +233,10 @@ mod tests {
     #[test]
     fn host_scope_shares_one_throttle_per_origin_and_rate() {
         let limit: RateLimit = "2/s".parse().unwrap();
-        let a = Throttle::shared("https://api.test", limit);
-        let b = Throttle::shared("https://api.test", limit);
-        let c = Throttle::shared("https://other.test", limit);
+        let hosts = HostThrottles::default();
+        let a = hosts.get("https://api.test", limit);
+        let b = hosts.get("https://api.test", limit);
+        let c = hosts.get("https://other.test", limit);
         assert!(Arc::ptr_eq(&a.state, &b.state));
         assert!(!Arc::ptr_eq(&a.state, &c.state));
     }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use crate::config::{JobSettings, Threshold};
 use crate::incremental::Incremental;
 use crate::record::RecordShape;
-use crate::source::SourceSpec;
+use crate::source::{HostThrottles, SourceSpec};
 use crate::store::{Ident, TableSpec};
 
 /// A job, checked and ready to run any number of times.
@@ -23,7 +23,29 @@ impl Job {
     /// # Errors
     /// What is wrong with the job; configuration validation catches all of
     /// these first, so this only fails for settings built by hand.
+    ///
+    /// A job built alone shares no throttle with another (see
+    /// [`Job::all_from_settings`]).
     pub fn from_settings(settings: &JobSettings) -> Result<Self, String> {
+        Self::with_hosts(settings, &HostThrottles::default())
+    }
+
+    /// The jobs of one configuration, built together so that those with
+    /// `rate_limit_scope = "host"` on one origin share its throttle.
+    ///
+    /// # Errors
+    /// The first job that does not build, by name, and why.
+    pub fn all_from_settings<'a>(
+        settings: impl IntoIterator<Item = &'a JobSettings>,
+    ) -> Result<Vec<Self>, (String, String)> {
+        let hosts = HostThrottles::default();
+        settings
+            .into_iter()
+            .map(|job| Self::with_hosts(job, &hosts).map_err(|e| (job.name.clone(), e)))
+            .collect()
+    }
+
+    fn with_hosts(settings: &JobSettings, hosts: &HostThrottles) -> Result<Self, String> {
         let shape = RecordShape::with_key_entries(&settings.key, &settings.hash_exclude)
             .map_err(|(key, message)| format!("{key}: {message}"))?;
         let table = TableSpec::new(Ident::table(&settings.table)?, shape.key_fields());
@@ -37,7 +59,7 @@ impl Job {
             name: settings.name.clone(),
             table,
             shape: Arc::new(shape),
-            source: SourceSpec::new(settings)?,
+            source: SourceSpec::new(settings, hosts)?,
             incremental,
             max_rejected: settings.max_rejected,
         })
