@@ -260,6 +260,10 @@ async fn transfer(
         empty_at_start,
     };
     let written = write::write_batches(target, committed, ready).await;
+    // The writer is done: the prepare stage has stopped (or stops at its
+    // next hand-over), so a page still being fetched, retries and all, would
+    // never be read. A fetch that already failed keeps its error.
+    fetching.call_off();
     let prepared = preparing.finish().await;
     let fetched = fetching.finish().await;
     // A later stage's error comes first: an earlier one only stopped
@@ -290,10 +294,18 @@ impl Stage {
     async fn finish(mut self) -> Result<(), SyncError> {
         let result = (&mut self.0).await;
         match result {
-            Ok(read) => read,
+            Ok(result) => result,
+            // Called off by `call_off`: its work was no longer needed.
+            Err(e) if e.is_cancelled() => Ok(()),
             // A panic in a stage is a bug; it ends the run, not the process.
             Err(e) => Err(SyncError::Stage(e.to_string())),
         }
+    }
+
+    /// Stops the stage at its next await, unless it has ended already (then
+    /// `finish` still returns its result).
+    fn call_off(&self) {
+        self.0.abort();
     }
 }
 
