@@ -1,7 +1,9 @@
 //! The run ledger, written once for both stores: runs (started, counted
 //! batch by batch, finished, closed when abandoned), the job's committed
 //! watermark, the stored rejects, readiness and ping. Each statement is one
-//! SQL text in the store's [`Dialect`]; [`per_db!`] runs it on either pool.
+//! SQL text in the store's [`Dialect`]; [`per_db!`] runs it on either pool
+//! (and decodes its rows: timestamps are `timestamptz` on PostgreSQL and
+//! RFC 3339 text on SQLite, which sqlx's chrono decoding reads alike).
 //!
 //! [`record_batch`] is the ledger's part of a batch's transaction, called by
 //! each backend's table writer inside its own transaction.
@@ -81,48 +83,6 @@ fn is_missing_table(error: &sqlx::Error) -> bool {
 /// One `apisync.runs` row as read by [`Store::recent_runs`].
 const RUN_COLUMNS: &str = "id, job, status, started_at, finished_at, fetched, inserted, updated, \
      unchanged, duplicate, rejected, pages, expected, error";
-
-fn run_record<R: Row>(row: &R) -> Result<RunRecord, sqlx::Error>
-where
-    for<'r> &'r str: sqlx::ColumnIndex<R>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> chrono::DateTime<chrono::Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    Ok(RunRecord {
-        id: row.try_get("id")?,
-        job: row.try_get("job")?,
-        status: row.try_get("status")?,
-        started_at: row.try_get("started_at")?,
-        finished_at: row.try_get("finished_at")?,
-        fetched: row.try_get("fetched")?,
-        inserted: row.try_get("inserted")?,
-        updated: row.try_get("updated")?,
-        unchanged: row.try_get("unchanged")?,
-        duplicate: row.try_get("duplicate")?,
-        rejected: row.try_get("rejected")?,
-        pages: row.try_get("pages")?,
-        expected: row.try_get("expected")?,
-        error: row.try_get("error")?,
-    })
-}
-
-fn reject_record<R: Row>(row: &R) -> Result<RejectRecord, sqlx::Error>
-where
-    for<'r> &'r str: sqlx::ColumnIndex<R>,
-    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    for<'r> chrono::DateTime<chrono::Utc>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    Ok(RejectRecord {
-        id: row.try_get("id")?,
-        job: row.try_get("job")?,
-        run_id: row.try_get("run_id")?,
-        rejected_at: row.try_get("rejected_at")?,
-        reason: row.try_get("reason")?,
-        record: row.try_get("record")?,
-    })
-}
 
 impl Store {
     pub(super) fn dialect(&self) -> &'static Dialect {
@@ -299,7 +259,24 @@ impl Store {
                 .fetch_all(pool)
                 .await?
                 .iter()
-                .map(run_record)
+                .map(|row| {
+                    Ok(RunRecord {
+                        id: row.try_get("id")?,
+                        job: row.try_get("job")?,
+                        status: row.try_get("status")?,
+                        started_at: row.try_get("started_at")?,
+                        finished_at: row.try_get("finished_at")?,
+                        fetched: row.try_get("fetched")?,
+                        inserted: row.try_get("inserted")?,
+                        updated: row.try_get("updated")?,
+                        unchanged: row.try_get("unchanged")?,
+                        duplicate: row.try_get("duplicate")?,
+                        rejected: row.try_get("rejected")?,
+                        pages: row.try_get("pages")?,
+                        expected: row.try_get("expected")?,
+                        error: row.try_get("error")?,
+                    })
+                })
                 .collect::<Result<_, sqlx::Error>>()?
         });
         Ok(runs)
@@ -326,7 +303,16 @@ impl Store {
                 .fetch_all(pool)
                 .await?
                 .iter()
-                .map(reject_record)
+                .map(|row| {
+                    Ok(RejectRecord {
+                        id: row.try_get("id")?,
+                        job: row.try_get("job")?,
+                        run_id: row.try_get("run_id")?,
+                        rejected_at: row.try_get("rejected_at")?,
+                        reason: row.try_get("reason")?,
+                        record: row.try_get("record")?,
+                    })
+                })
                 .collect::<Result<_, sqlx::Error>>()?
         });
         Ok(rejects)

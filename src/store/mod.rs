@@ -275,21 +275,18 @@ impl Store {
         batch: &Batch,
         empty_at_start: bool,
     ) -> Result<WritePlan, StoreError> {
-        let asked = plan::rows_to_look_up(batch, empty_at_start);
-        let looked_up = async {
-            Ok::<_, StoreError>(match self {
-                Store::Postgres(pg) => (
-                    pg.stored_hashes(table, batch, &asked).await?,
-                    pg.stored_rejects(job, batch).await?,
-                ),
-                Store::Sqlite(db) => (
-                    db.stored_hashes(table, batch, &asked).await?,
-                    db.stored_rejects(job, batch).await?,
-                ),
-            })
+        let lookup = plan::Lookup {
+            job,
+            table,
+            batch,
+            asked: &plan::rows_to_look_up(batch, empty_at_start),
         };
-        let (existing, stored_rejects) = looked_up.await.map_err(|e| e.on_table(table))?;
-        Ok(plan::write_plan(batch, &existing, &stored_rejects))
+        let stored = match self {
+            Store::Postgres(pg) => pg.look_up(&lookup).await,
+            Store::Sqlite(db) => db.look_up(&lookup).await,
+        }
+        .map_err(|e| e.on_table(table))?;
+        Ok(plan::write_plan(batch, &stored.hashes, &stored.rejects))
     }
 
     /// Commits one planned batch: its new and changed rows, its new

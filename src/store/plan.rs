@@ -5,9 +5,31 @@
 
 use std::collections::HashSet;
 
+use super::TableSpec;
 use crate::batch::Batch;
 use crate::record::ContentHash;
 use crate::run::Counts;
+
+/// What a plan asks a backend: the stored hashes of the rows `asked`
+/// (indexes into `batch.rows`), and which of the batch's rejects the job
+/// has stored already.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Lookup<'a> {
+    pub job: &'a str,
+    pub table: &'a TableSpec,
+    pub batch: &'a Batch,
+    pub asked: &'a [usize],
+}
+
+/// A backend's answer to a [`Lookup`].
+#[derive(Debug, Default)]
+pub(super) struct Stored {
+    /// Per row of the batch: its key's stored hash, `None` for a key not
+    /// stored (or not asked about).
+    pub hashes: Vec<Option<ContentHash>>,
+    /// The content hashes of the batch's rejects that are stored.
+    pub rejects: HashSet<ContentHash>,
+}
 
 /// Where a row's count goes once compared with what is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

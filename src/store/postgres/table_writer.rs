@@ -35,7 +35,8 @@ use super::PgStore;
 use crate::record::{ContentHash, Record};
 use crate::run::RunId;
 use crate::store::dialect::{self, Db};
-use crate::store::{Batch, BatchWrite, StoreError, TableSpec, ledger, plan};
+use crate::store::plan::{self, Lookup, Stored};
+use crate::store::{Batch, BatchWrite, StoreError, TableSpec, ledger};
 
 /// How the rows of a page are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,49 +66,48 @@ impl PgStore {
         }
     }
 
-    /// The stored content hash of each row's key, `None` for keys not stored
-    /// yet; only the rows in `asked` are looked up (the others are `None`).
-    pub(in crate::store) async fn stored_hashes(
+    /// Answers a plan's lookups: the stored hashes, then the stored rejects.
+    pub(in crate::store) async fn look_up(
         &self,
-        table: &TableSpec,
-        batch: &Batch,
-        asked: &[usize],
-    ) -> Result<Vec<Option<ContentHash>>, StoreError> {
-        let mut existing = vec![None; batch.rows.len()];
+        lookup: &Lookup<'_>,
+    ) -> Result<Stored, StoreError> {
+        let batch = lookup.batch;
+        let mut hashes = vec![None; batch.rows.len()];
         // Several pages written together ask in several statements: one
         // statement for 5,000 keys took 70 ms where five of 1,000 take 25.
-        for asked in asked.chunks(LOOKUP_CHUNK) {
-            lookup(&self.pool, table, batch, asked, &mut existing).await?;
+        for asked in lookup.asked.chunks(LOOKUP_CHUNK) {
+            stored_hashes(&self.pool, lookup.table, batch, asked, &mut hashes).await?;
         }
-        Ok(existing)
+        let rejects = stored_rejects(&self.pool, lookup.job, batch).await?;
+        Ok(Stored { hashes, rejects })
     }
+}
 
-    /// Which of the batch's rejects the job has stored already (by content hash).
-    pub(in crate::store) async fn stored_rejects(
-        &self,
-        job: &str,
-        batch: &Batch,
-    ) -> Result<HashSet<ContentHash>, StoreError> {
-        if batch.rejects.is_empty() {
-            return Ok(HashSet::new());
-        }
-        let hashes: Vec<&[u8]> = batch
-            .rejects
-            .iter()
-            .map(|r| r.content_hash.as_slice())
-            .collect();
-        let stored: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT content_hash FROM apisync.rejects WHERE job = $1 AND content_hash = ANY($2)",
-        )
-        .bind(job)
-        .bind(hashes)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(stored
-            .into_iter()
-            .filter_map(|hash| hash.try_into().ok())
-            .collect())
+/// Which of the batch's rejects the job has stored already (by content hash).
+async fn stored_rejects(
+    pool: &PgPool,
+    job: &str,
+    batch: &Batch,
+) -> Result<HashSet<ContentHash>, StoreError> {
+    if batch.rejects.is_empty() {
+        return Ok(HashSet::new());
     }
+    let hashes: Vec<&[u8]> = batch
+        .rejects
+        .iter()
+        .map(|r| r.content_hash.as_slice())
+        .collect();
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT content_hash FROM apisync.rejects WHERE job = $1 AND content_hash = ANY($2)",
+    )
+    .bind(job)
+    .bind(hashes)
+    .fetch_all(pool)
+    .await?;
+    Ok(stored
+        .into_iter()
+        .filter_map(|hash| hash.try_into().ok())
+        .collect())
 }
 
 impl BatchWrite<'_> {
@@ -163,8 +163,10 @@ impl BatchWrite<'_> {
                     .await?;
                 }
                 if !self.plan.updates.is_empty() {
-                    update_rows(
+                    let sql = update_sql(self.table);
+                    execute_rows(
                         &mut tx,
+                        sql,
                         self.table,
                         self.run,
                         self.batch,
@@ -177,7 +179,8 @@ impl BatchWrite<'_> {
                 let mut rows = self.plan.inserts.clone();
                 rows.extend(&self.plan.updates);
                 if !rows.is_empty() {
-                    upsert_rows(&mut tx, self.table, self.run, self.batch, &rows).await?;
+                    let sql = upsert_sql(self.table);
+                    execute_rows(&mut tx, sql, self.table, self.run, self.batch, &rows).await?;
                 }
             }
         }
@@ -283,7 +286,8 @@ fn key_join(table: &TableSpec) -> String {
 /// Keys asked about in one statement.
 const LOOKUP_CHUNK: usize = 1_000;
 
-async fn lookup(
+/// The stored hashes of the rows `asked`, into `existing`.
+async fn stored_hashes(
     pool: &PgPool,
     table: &TableSpec,
     batch: &Batch,
@@ -427,61 +431,64 @@ impl BinaryCopy {
     }
 }
 
-/// Changed rows, in one statement; the `WHERE` re-checks the hash.
-async fn update_rows(
-    conn: &mut PgConnection,
-    table: &TableSpec,
-    run: RunId,
-    batch: &Batch,
-    rows: &[usize],
-) -> Result<(), StoreError> {
-    let n = table.key_columns.len();
-    let (params, aliases) = key_params(table, 1);
-    let sql = format!(
+/// The statement for changed rows, over [`unnest_rows`]; the `WHERE`
+/// re-checks the hash.
+fn update_sql(table: &TableSpec) -> String {
+    format!(
         "UPDATE {table} AS t SET record = b.record, content_hash = b.content_hash, \
            changed_at = now(), run_id = ${run_param} \
-         FROM UNNEST({params}, ${record_param}::text[]::jsonb[], ${hash_param}::bytea[]) \
-           AS b({aliases}, record, content_hash) \
+         FROM {unnest} \
          WHERE {join} AND t.content_hash IS DISTINCT FROM b.content_hash",
         table = table.name.quoted(),
+        run_param = table.key_columns.len() + 3,
+        unnest = unnest_rows(table),
         join = key_join(table),
-        record_param = n + 1,
-        hash_param = n + 2,
-        run_param = n + 3,
-    );
-    bind_rows(sqlx::query(AssertSqlSafe(sql)), table, batch, rows)
-        .bind(run)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    )
 }
 
-/// New and changed rows, in one upsert (the simple path).
-async fn upsert_rows(
-    conn: &mut PgConnection,
-    table: &TableSpec,
-    run: RunId,
-    batch: &Batch,
-    rows: &[usize],
-) -> Result<(), StoreError> {
-    let n = table.key_columns.len();
+/// The statement for new and changed rows in one upsert (the simple path),
+/// over [`unnest_rows`].
+fn upsert_sql(table: &TableSpec) -> String {
     let columns: Vec<String> = table.key_columns.iter().map(|c| c.quoted()).collect();
-    let (params, aliases) = key_params(table, 1);
-    let sql = format!(
+    let (_, aliases) = key_params(table, 1);
+    format!(
         "INSERT INTO {table} AS t ({columns}, record, content_hash, first_seen_at, changed_at, run_id) \
          SELECT {aliases}, b.record, b.content_hash, now(), now(), ${run_param} \
-         FROM UNNEST({params}, ${record_param}::text[]::jsonb[], ${hash_param}::bytea[]) \
-           AS b({aliases}, record, content_hash) \
+         FROM {unnest} \
          ON CONFLICT ({columns}) DO UPDATE SET record = excluded.record, \
            content_hash = excluded.content_hash, changed_at = excluded.changed_at, \
            run_id = excluded.run_id \
          WHERE t.content_hash IS DISTINCT FROM excluded.content_hash",
         table = table.name.quoted(),
         columns = columns.join(", "),
-        record_param = n + 1,
-        hash_param = n + 2,
-        run_param = n + 3,
-    );
+        run_param = table.key_columns.len() + 3,
+        unnest = unnest_rows(table),
+    )
+}
+
+/// `UNNEST(…) AS b(k0, …, record, content_hash)` over the parameters that
+/// [`bind_rows`] binds: the key arrays, then the records and the hashes;
+/// the run is the parameter after them.
+fn unnest_rows(table: &TableSpec) -> String {
+    let n = table.key_columns.len();
+    let (params, aliases) = key_params(table, 1);
+    format!(
+        "UNNEST({params}, ${record}::text[]::jsonb[], ${hash}::bytea[]) \
+         AS b({aliases}, record, content_hash)",
+        record = n + 1,
+        hash = n + 2,
+    )
+}
+
+/// Runs `sql`, a statement over [`unnest_rows`], for the rows `rows` of the batch.
+async fn execute_rows(
+    conn: &mut PgConnection,
+    sql: String,
+    table: &TableSpec,
+    run: RunId,
+    batch: &Batch,
+    rows: &[usize],
+) -> Result<(), StoreError> {
     bind_rows(sqlx::query(AssertSqlSafe(sql)), table, batch, rows)
         .bind(run)
         .execute(&mut *conn)

@@ -6,40 +6,35 @@
 //! guard (the run is still `running`), the rows by chunked upsert, the new
 //! rejects, and the ledger's part (`ledger::record_batch`).
 
-use std::collections::HashSet;
-
 use sqlx::{AssertSqlSafe, Row};
 
 use super::SqliteStore;
 use crate::record::ContentHash;
 use crate::run::RunId;
 use crate::store::dialect::{self, Db};
-use crate::store::{Batch, BatchWrite, StoreError, TableSpec, ledger, plan};
+use crate::store::plan::{self, Lookup, Stored};
+use crate::store::{Batch, BatchWrite, StoreError, TableSpec, ledger};
 
 impl SqliteStore {
-    /// The stored content hash of each row's key, `None` for keys not stored
-    /// yet; only the rows in `asked` are looked up (the others are `None`).
-    pub(in crate::store) async fn stored_hashes(
+    /// Answers a plan's lookups on one connection: the stored hashes, then
+    /// the stored rejects, each in chunks.
+    pub(in crate::store) async fn look_up(
         &self,
-        table: &TableSpec,
-        batch: &Batch,
-        asked: &[usize],
-    ) -> Result<Vec<Option<ContentHash>>, StoreError> {
-        let mut existing = vec![None; batch.rows.len()];
+        lookup: &Lookup<'_>,
+    ) -> Result<Stored, StoreError> {
+        let Lookup { job, batch, .. } = *lookup;
+        let mut stored = Stored {
+            hashes: vec![None; batch.rows.len()],
+            ..Stored::default()
+        };
         let mut conn = self.pool.acquire().await?;
-        for chunk in asked.chunks(LOOKUP_CHUNK) {
-            lookup(&mut conn, table, batch, chunk, &mut existing).await?;
+        for chunk in lookup.asked.chunks(LOOKUP_CHUNK) {
+            let chunk = Lookup {
+                asked: chunk,
+                ..*lookup
+            };
+            stored_hashes(&mut conn, &chunk, &mut stored.hashes).await?;
         }
-        Ok(existing)
-    }
-
-    /// Which of the batch's rejects the job has stored already (by content hash).
-    pub(in crate::store) async fn stored_rejects(
-        &self,
-        job: &str,
-        batch: &Batch,
-    ) -> Result<HashSet<ContentHash>, StoreError> {
-        let mut stored = HashSet::new();
         for chunk in batch.rejects.chunks(LOOKUP_CHUNK) {
             let sql = format!(
                 "SELECT content_hash FROM apisync_rejects WHERE job = ? AND content_hash IN ({})",
@@ -49,9 +44,9 @@ impl SqliteStore {
             for reject in chunk {
                 query = query.bind(reject.content_hash.as_slice());
             }
-            for hash in query.fetch_all(&self.pool).await? {
+            for hash in query.fetch_all(&mut *conn).await? {
                 if let Ok(hash) = hash.try_into() {
-                    stored.insert(hash);
+                    stored.rejects.insert(hash);
                 }
             }
         }
@@ -157,13 +152,12 @@ const LOOKUP_CHUNK: usize = 500;
 
 /// The stored hashes of the rows `asked`, into `existing`: one statement
 /// joining the keys, given as a `VALUES` list, to the table's primary key.
-async fn lookup(
+async fn stored_hashes(
     conn: &mut sqlx::SqliteConnection,
-    table: &TableSpec,
-    batch: &Batch,
-    asked: &[usize],
+    lookup: &Lookup<'_>,
     existing: &mut [Option<ContentHash>],
 ) -> Result<(), StoreError> {
+    let (table, batch, asked) = (lookup.table, lookup.batch, lookup.asked);
     let columns = table.key_columns.len();
     let placeholders = format!("(?{})", ", ?".repeat(columns));
     let values = vec![placeholders; asked.len()].join(", ");
