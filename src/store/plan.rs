@@ -198,6 +198,23 @@ mod tests {
     }
 
     #[test]
+    fn a_table_empty_at_start_looks_up_only_the_runs_repeats() {
+        let shape = RecordShape::new(&["id".into()], &[]).unwrap();
+        let batch = Batch {
+            rows: [(1, false), (2, true), (3, false)]
+                .into_iter()
+                .map(|(id, repeat)| BatchRow {
+                    record: shape.read(&json!({ "id": id })).unwrap(),
+                    repeat,
+                })
+                .collect(),
+            ..Batch::default()
+        };
+        assert_eq!(rows_to_look_up(&batch, true), vec![1]);
+        assert_eq!(rows_to_look_up(&batch, false), vec![0, 1, 2]);
+    }
+
+    #[test]
     fn plan_counts_every_record_once_and_writes_only_changes() {
         let shape = RecordShape::new(&["id".into()], &[]).unwrap();
         let row = |value: serde_json::Value, repeat| BatchRow {
