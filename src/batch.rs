@@ -4,8 +4,6 @@
 //! It sits below both `sync` (which builds batches) and `store` (which plans
 //! and writes them), so neither depends on the other for it.
 
-use std::collections::HashSet;
-
 use crate::record::{Record, Rejected};
 
 /// Records ready to write: one page's, several pages' joined into one
@@ -19,36 +17,27 @@ pub struct Batch {
     /// Copies of a key collapsed inside this batch (the later copy was kept).
     pub collapsed: u64,
     /// The pages this batch completes: 1 for a page, more once pages are
-    /// appended (see [`Batch::append`]), 0 for a part of a large page
-    /// whose last part comes in a later batch.
+    /// appended, 0 for a part of a large page whose last part comes in a
+    /// later batch.
     pub pages: u64,
 }
 
 impl Batch {
     /// Appends the batch of the next page, so that consecutive pages can
-    /// share one transaction; the counts and the stored rows come out as if
-    /// the pages were written one after the other. A page that shares a key
-    /// with this batch is handed back: written apart, its copy is compared
-    /// with what the earlier page stored, and merged it could not be.
-    pub fn append(&mut self, next: Batch) -> Result<(), Batch> {
-        let keys: HashSet<u128> = self
-            .rows
-            .iter()
-            .map(|row| row.record.key_fingerprint)
-            .collect();
-        if next
-            .rows
-            .iter()
-            .any(|row| keys.contains(&row.record.key_fingerprint))
-        {
-            return Err(next);
-        }
+    /// share one transaction. The counts and the stored rows come out as if
+    /// the pages were written one after the other only if the two share no
+    /// key: the caller checks that first (see `sync::batching`).
+    pub fn append(&mut self, next: Batch) {
         self.rows.extend(next.rows);
         self.rejects.extend(next.rejects);
         self.fetched += next.fetched;
         self.collapsed += next.collapsed;
         self.pages += next.pages;
-        Ok(())
+    }
+
+    /// The key fingerprints of its rows.
+    pub fn keys(&self) -> impl Iterator<Item = u128> + '_ {
+        self.rows.iter().map(|row| row.record.key_fingerprint)
     }
 }
 

@@ -330,6 +330,56 @@ async fn metrics_cover_the_catalogue_and_agree_with_the_runs_table(pool: PgPool)
 }
 
 /// What `promtool check metrics` says about `scrape` (empty when clean).
+#[sqlx::test(migrations = false)]
+async fn unchanged_records_are_counted_page_by_page_while_the_run_goes_on(pool: PgPool) {
+    // Arrange: 100 records stored by a first run; the daemon's run then
+    // re-reads them, and the API holds its sixth page for an hour.
+    let env = TestEnv::start(pool, products(100)).await;
+    let body = "records = \"/data\"\n[jobs.request]\nurl = \"{api}/page\"\ntimeout = \"1h\"\n\
+                [jobs.pagination]\nkind = \"page\"\nsize = 10\n";
+    let first = env.run(&env.named_job("m_unchanged", body)).await;
+    assert_eq!(first.counts.inserted, 100);
+    env.api.queue_faults(
+        std::iter::repeat_n(crate::fake_api::faults::Fault::Slow(Duration::ZERO), 5).chain([
+            crate::fake_api::faults::Fault::Slow(Duration::from_secs(3_600)),
+        ]),
+    );
+    let config = format!(
+        "{DAEMON_HEAD}\n[[jobs]]\nname = \"m_unchanged\"\nschedule = \"0 0 1 1 *\"\n\
+         run_on_start = true\ntable = \"products\"\nkey = [\"id\"]\n{body}"
+    );
+
+    // Act
+    let daemon = Daemon::start(&env, env.ctx.store.clone(), &config).await;
+    let job = [("job_name", "m_unchanged")];
+    let unchanged = [("job_name", "m_unchanged"), ("outcome", "unchanged")];
+    let mut mid_run = (0.0, 0.0);
+    wait_until(
+        "the five pages served are counted while the run goes on",
+        async || {
+            let (_, text) = daemon.get("/metrics").await;
+            mid_run = (
+                sample(&text, "apisync_records_total", &unchanged).unwrap_or(0.0),
+                sample(&text, "apisync_job_running", &job).unwrap_or(0.0),
+            );
+            mid_run.0 >= 50.0
+        },
+    )
+    .await;
+    daemon.stop().await;
+
+    // Assert: counted before the run ended, and exactly what the runs
+    // table holds for the interrupted run.
+    assert_eq!(mid_run, (50.0, 1.0), "(unchanged, running) mid-run");
+    let (status, unchanged, pages): (String, i64, i64) = sqlx::query_as(
+        "SELECT status, unchanged, pages FROM apisync.runs ORDER BY id DESC LIMIT 1",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), unchanged, pages), ("interrupted", 50, 5));
+}
+
 async fn promtool_check_metrics(scrape: &str) -> String {
     use std::io::Write;
     use std::process::{Command, Stdio};

@@ -687,6 +687,51 @@ store_tests! {
         );
     }
 
+    async fn a_killed_run_has_counted_every_committed_page_unchanged_ones_too(backend: Backend) {
+        // Arrange: 100 records stored by a first run; then a re-sync whose
+        // sixth page never comes (the API holds it for an hour).
+        let env = TestEnv::start_on(backend, products(100)).await;
+        let dir = scratch(&format!("kill9-counts-{}", env.store_name));
+        let config = process_config(&env, 10)
+            .replace("[jobs.request]", "[jobs.request]\ntimeout = \"1h\"");
+        std::fs::write(dir.join("apisync.toml"), config).unwrap();
+        let first = binary::run(&dir, &["sync", "products"], &[]).await;
+        assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+        env.api.queue_faults(
+            std::iter::repeat_n(Fault::Slow(Duration::ZERO), 5)
+                .chain([Fault::Slow(Duration::from_secs(3_600))]),
+        );
+        let mut child = binary::spawn(&dir, &["sync", "products"], &[]);
+        let counts = "SELECT pages * 1000 + unchanged FROM apisync.runs \
+                      WHERE job = 'products' ORDER BY id DESC LIMIT 1";
+        wait_until("the five pages served are counted", async || {
+            env.query_i64(counts).await == 5_050
+        })
+        .await;
+
+        // Act
+        binary::signal(&child, libc::SIGKILL);
+        child.wait().unwrap();
+
+        // Assert: the run's row holds exactly the five committed pages, each
+        // of 10 unchanged records, and no write touched the table.
+        let (pages, unchanged, fetched) = (
+            env.query_i64("SELECT pages FROM apisync.runs ORDER BY id DESC LIMIT 1")
+                .await,
+            env.query_i64("SELECT unchanged FROM apisync.runs ORDER BY id DESC LIMIT 1")
+                .await,
+            env.query_i64("SELECT fetched FROM apisync.runs ORDER BY id DESC LIMIT 1")
+                .await,
+        );
+        assert_eq!((pages, unchanged, fetched), (5, 50, 50));
+        assert_eq!(
+            env.query_i64("SELECT count(*) FROM products WHERE run_id > 1")
+                .await,
+            0,
+            "an unchanged page writes no row"
+        );
+    }
+
     async fn the_retry_budget_ends_retries_of_a_request(backend: Backend) {
         let env = TestEnv::start_on(backend, products(10)).await;
         env.api.set_fault(Some(Fault::Status(503)));
