@@ -16,7 +16,7 @@
 //! - `incremental`: the watermark and the `since` parameter of incremental jobs.
 //! - `record`: natural keys, canonical content hashes, rejects.
 //! - `source`: the pages of a run: HTTP requests, retries, pagination.
-//! - `store`: the database seam: migrations, target tables, page writes, runs.
+//! - `store`: the database seam: the run ledger, target tables, batch plans and writes.
 //! - `batch`: the rows and rejects one transaction writes, shared by `sync` and `store`.
 //! - `run`: run ids, statuses and counts shared by the above.
 //! - `redact`: keeps secrets out of everything that leaves the process, and

@@ -12,7 +12,7 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 /// `(file name, SQL)` of each migration, in the folder's naming scheme
 /// `<version>_<description>.sql`.
-type Files = &'static [(&'static str, &'static str)];
+pub(super) type Files = &'static [(&'static str, &'static str)];
 
 macro_rules! migration_files {
     ($dir:literal: $($file:literal),+ $(,)?) => {

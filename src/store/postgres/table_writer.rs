@@ -1,13 +1,14 @@
-//! Writing one page.
+//! The PostgreSQL table writer: the lookups a plan needs, and a batch's write.
 //!
-//! First the plan, outside any transaction: the stored hashes of the page's
-//! keys, read with one `SELECT … JOIN UNNEST(…)`, say which rows are new,
-//! changed or unchanged. Unchanged rows are never written, nor locked, and a
-//! page with nothing to write opens no transaction at all: an unchanged
-//! re-sync writes no WAL.
+//! First the lookups, outside any transaction: the stored hashes of the
+//! batch's keys, read with `SELECT … JOIN UNNEST(…)`, say which rows are new,
+//! changed or unchanged (`store::plan` decides); unchanged rows are never
+//! written, nor locked, and a batch with nothing to write touches no row of
+//! the job's table: an unchanged re-sync writes only its counts.
 //!
 //! Then, in one transaction: a guard (the run is still the job's current
-//! one), the rows, the rejects, the run's counts and the watermark.
+//! one), the rows, the rejects, and the ledger's part (the run's counts and
+//! the watermark, `ledger::record_batch`).
 //! - **Fast path** (the default): new rows with binary `COPY` straight into
 //!   the table, changed rows with one `UPDATE … FROM UNNEST(…) WHERE
 //!   content_hash IS DISTINCT FROM …`. COPY costs PostgreSQL about half of
@@ -30,9 +31,12 @@ use sqlx::postgres::{PgArguments, PgPool};
 use sqlx::query::Query;
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, Row};
 
+use super::PgStore;
 use crate::record::{ContentHash, Record};
-use crate::run::{Counts, RunId};
-use crate::store::{Batch, BatchWrite, StoreError, TableSpec};
+use crate::run::RunId;
+use crate::store::dialect::{self, Db};
+use crate::store::plan::{self, Lookup, Stored};
+use crate::store::{Batch, BatchWrite, StoreError, TableSpec, ledger};
 
 /// How the rows of a page are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,8 +47,71 @@ pub enum WritePath {
     Simple,
 }
 
+impl PgStore {
+    /// Writes a planned batch in one transaction, by the store's path.
+    pub(in crate::store) async fn write(&self, write: &BatchWrite<'_>) -> Result<(), StoreError> {
+        match write.commit(&self.pool, self.path, &self.writers).await {
+            // A row inserted since the plan was made (not by apisync: two
+            // processes never write one job): redo the batch with the upsert,
+            // which resolves the conflict row by row.
+            Err(StoreError::Database(sqlx::Error::Database(e)))
+                if self.path == WritePath::Fast && e.code().as_deref() == Some("23505") =>
+            {
+                tracing::warn!(error = %e, "A key appeared during the page write; writing the page with the upsert.");
+                write
+                    .commit(&self.pool, WritePath::Simple, &self.writers)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    /// Answers a plan's lookups: the stored hashes, then the stored rejects.
+    pub(in crate::store) async fn look_up(
+        &self,
+        lookup: &Lookup<'_>,
+    ) -> Result<Stored, StoreError> {
+        let batch = lookup.batch;
+        let mut hashes = vec![None; batch.rows.len()];
+        // Several pages written together ask in several statements: one
+        // statement for 5,000 keys took 70 ms where five of 1,000 take 25.
+        for asked in lookup.asked.chunks(LOOKUP_CHUNK) {
+            stored_hashes(&self.pool, lookup.table, batch, asked, &mut hashes).await?;
+        }
+        let rejects = stored_rejects(&self.pool, lookup.job, batch).await?;
+        Ok(Stored { hashes, rejects })
+    }
+}
+
+/// Which of the batch's rejects the job has stored already (by content hash).
+async fn stored_rejects(
+    pool: &PgPool,
+    job: &str,
+    batch: &Batch,
+) -> Result<HashSet<ContentHash>, StoreError> {
+    if batch.rejects.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let hashes: Vec<&[u8]> = batch
+        .rejects
+        .iter()
+        .map(|r| r.content_hash.as_slice())
+        .collect();
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar(
+        "SELECT content_hash FROM apisync.rejects WHERE job = $1 AND content_hash = ANY($2)",
+    )
+    .bind(job)
+    .bind(hashes)
+    .fetch_all(pool)
+    .await?;
+    Ok(stored
+        .into_iter()
+        .filter_map(|hash| hash.try_into().ok())
+        .collect())
+}
+
 impl BatchWrite<'_> {
-    /// Writes the page in one transaction. While it runs, `writers` holds
+    /// Writes the batch in one transaction. While it runs, `writers` holds
     /// the session's backend pid under the run's id: a shutdown that gives
     /// up on the write ends that session, whose lock on the run's row would
     /// otherwise keep the run from being marked `interrupted`.
@@ -96,8 +163,10 @@ impl BatchWrite<'_> {
                     .await?;
                 }
                 if !self.plan.updates.is_empty() {
-                    update_rows(
+                    let sql = update_sql(self.table);
+                    execute_rows(
                         &mut tx,
+                        sql,
                         self.table,
                         self.run,
                         self.batch,
@@ -110,7 +179,8 @@ impl BatchWrite<'_> {
                 let mut rows = self.plan.inserts.clone();
                 rows.extend(&self.plan.updates);
                 if !rows.is_empty() {
-                    upsert_rows(&mut tx, self.table, self.run, self.batch, &rows).await?;
+                    let sql = upsert_sql(self.table);
+                    execute_rows(&mut tx, sql, self.table, self.run, self.batch, &rows).await?;
                 }
             }
         }
@@ -139,28 +209,7 @@ impl BatchWrite<'_> {
             .execute(&mut *tx)
             .await?;
         }
-        let add_counts = sqlx::query(
-            "UPDATE apisync.runs SET fetched = fetched + $2, inserted = inserted + $3, \
-             updated = updated + $4, unchanged = unchanged + $5, duplicate = duplicate + $6, \
-             rejected = rejected + $7, pages = pages + $8 WHERE id = $1",
-        )
-        .bind(self.run);
-        bind_counts(add_counts, &self.plan.counts)
-            .execute(&mut *tx)
-            .await?;
-        if let Some(watermark) = self.watermark {
-            sqlx::query(
-                "INSERT INTO apisync.job_state (job, state, run_id) \
-                 VALUES ($1, jsonb_build_object('watermark', $2::jsonb), $3) \
-                 ON CONFLICT (job) DO UPDATE SET state = apisync.job_state.state || excluded.state, \
-                   run_id = excluded.run_id, updated_at = now()",
-            )
-            .bind(self.job)
-            .bind(watermark)
-            .bind(self.run)
-            .execute(&mut *tx)
-            .await?;
-        }
+        ledger::record_batch(Db::Postgres(&mut *tx), &dialect::POSTGRES, self).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -196,21 +245,6 @@ impl Writers {
             .filter_map(|run| writers.get(run).copied())
             .collect()
     }
-}
-
-/// Binds the seven counts, in the order of the `apisync.runs` columns.
-pub(super) fn bind_counts<'q>(query: PgQuery<'q>, counts: &Counts) -> PgQuery<'q> {
-    [
-        counts.fetched,
-        counts.inserted,
-        counts.updated,
-        counts.unchanged,
-        counts.duplicate,
-        counts.rejected,
-        counts.pages,
-    ]
-    .into_iter()
-    .fold(query, |query, count| query.bind(count as i64))
 }
 
 /// Key values column by column, as UNNEST wants them.
@@ -249,54 +283,11 @@ fn key_join(table: &TableSpec) -> String {
         .join(" AND ")
 }
 
-/// The stored content hash of each row's key, `None` for keys not stored
-/// yet; only the rows in `asked` are looked up (the others are `None`).
-pub(super) async fn stored_hashes(
-    pool: &PgPool,
-    table: &TableSpec,
-    batch: &Batch,
-    asked: &[usize],
-) -> Result<Vec<Option<ContentHash>>, StoreError> {
-    let mut existing = vec![None; batch.rows.len()];
-    // Several pages written together ask in several statements: one
-    // statement for 5,000 keys took 70 ms where five of 1,000 take 25.
-    for asked in asked.chunks(LOOKUP_CHUNK) {
-        lookup(pool, table, batch, asked, &mut existing).await?;
-    }
-    Ok(existing)
-}
-
 /// Keys asked about in one statement.
 const LOOKUP_CHUNK: usize = 1_000;
 
-/// Which of the batch's rejects the job has stored already (by content hash).
-pub(super) async fn stored_rejects(
-    pool: &PgPool,
-    job: &str,
-    batch: &Batch,
-) -> Result<HashSet<ContentHash>, StoreError> {
-    if batch.rejects.is_empty() {
-        return Ok(HashSet::new());
-    }
-    let hashes: Vec<&[u8]> = batch
-        .rejects
-        .iter()
-        .map(|r| r.content_hash.as_slice())
-        .collect();
-    let stored: Vec<Vec<u8>> = sqlx::query_scalar(
-        "SELECT content_hash FROM apisync.rejects WHERE job = $1 AND content_hash = ANY($2)",
-    )
-    .bind(job)
-    .bind(hashes)
-    .fetch_all(pool)
-    .await?;
-    Ok(stored
-        .into_iter()
-        .filter_map(|hash| hash.try_into().ok())
-        .collect())
-}
-
-async fn lookup(
+/// The stored hashes of the rows `asked`, into `existing`.
+async fn stored_hashes(
     pool: &PgPool,
     table: &TableSpec,
     batch: &Batch,
@@ -339,7 +330,7 @@ async fn lookup(
     for row in query.fetch_all(pool).await? {
         // ORDINALITY counts from 1.
         let ord: i64 = row.try_get(0)?;
-        super::super::note_stored(existing, asked, ord - 1, row.try_get(1)?);
+        plan::note_stored(existing, asked, ord - 1, row.try_get(1)?);
     }
     Ok(())
 }
@@ -440,61 +431,64 @@ impl BinaryCopy {
     }
 }
 
-/// Changed rows, in one statement; the `WHERE` re-checks the hash.
-async fn update_rows(
-    conn: &mut PgConnection,
-    table: &TableSpec,
-    run: RunId,
-    batch: &Batch,
-    rows: &[usize],
-) -> Result<(), StoreError> {
-    let n = table.key_columns.len();
-    let (params, aliases) = key_params(table, 1);
-    let sql = format!(
+/// The statement for changed rows, over [`unnest_rows`]; the `WHERE`
+/// re-checks the hash.
+fn update_sql(table: &TableSpec) -> String {
+    format!(
         "UPDATE {table} AS t SET record = b.record, content_hash = b.content_hash, \
            changed_at = now(), run_id = ${run_param} \
-         FROM UNNEST({params}, ${record_param}::text[]::jsonb[], ${hash_param}::bytea[]) \
-           AS b({aliases}, record, content_hash) \
+         FROM {unnest} \
          WHERE {join} AND t.content_hash IS DISTINCT FROM b.content_hash",
         table = table.name.quoted(),
+        run_param = table.key_columns.len() + 3,
+        unnest = unnest_rows(table),
         join = key_join(table),
-        record_param = n + 1,
-        hash_param = n + 2,
-        run_param = n + 3,
-    );
-    bind_rows(sqlx::query(AssertSqlSafe(sql)), table, batch, rows)
-        .bind(run)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    )
 }
 
-/// New and changed rows, in one upsert (the simple path).
-async fn upsert_rows(
-    conn: &mut PgConnection,
-    table: &TableSpec,
-    run: RunId,
-    batch: &Batch,
-    rows: &[usize],
-) -> Result<(), StoreError> {
-    let n = table.key_columns.len();
+/// The statement for new and changed rows in one upsert (the simple path),
+/// over [`unnest_rows`].
+fn upsert_sql(table: &TableSpec) -> String {
     let columns: Vec<String> = table.key_columns.iter().map(|c| c.quoted()).collect();
-    let (params, aliases) = key_params(table, 1);
-    let sql = format!(
+    let (_, aliases) = key_params(table, 1);
+    format!(
         "INSERT INTO {table} AS t ({columns}, record, content_hash, first_seen_at, changed_at, run_id) \
          SELECT {aliases}, b.record, b.content_hash, now(), now(), ${run_param} \
-         FROM UNNEST({params}, ${record_param}::text[]::jsonb[], ${hash_param}::bytea[]) \
-           AS b({aliases}, record, content_hash) \
+         FROM {unnest} \
          ON CONFLICT ({columns}) DO UPDATE SET record = excluded.record, \
            content_hash = excluded.content_hash, changed_at = excluded.changed_at, \
            run_id = excluded.run_id \
          WHERE t.content_hash IS DISTINCT FROM excluded.content_hash",
         table = table.name.quoted(),
         columns = columns.join(", "),
-        record_param = n + 1,
-        hash_param = n + 2,
-        run_param = n + 3,
-    );
+        run_param = table.key_columns.len() + 3,
+        unnest = unnest_rows(table),
+    )
+}
+
+/// `UNNEST(…) AS b(k0, …, record, content_hash)` over the parameters that
+/// [`bind_rows`] binds: the key arrays, then the records and the hashes;
+/// the run is the parameter after them.
+fn unnest_rows(table: &TableSpec) -> String {
+    let n = table.key_columns.len();
+    let (params, aliases) = key_params(table, 1);
+    format!(
+        "UNNEST({params}, ${record}::text[]::jsonb[], ${hash}::bytea[]) \
+         AS b({aliases}, record, content_hash)",
+        record = n + 1,
+        hash = n + 2,
+    )
+}
+
+/// Runs `sql`, a statement over [`unnest_rows`], for the rows `rows` of the batch.
+async fn execute_rows(
+    conn: &mut PgConnection,
+    sql: String,
+    table: &TableSpec,
+    run: RunId,
+    batch: &Batch,
+    rows: &[usize],
+) -> Result<(), StoreError> {
     bind_rows(sqlx::query(AssertSqlSafe(sql)), table, batch, rows)
         .bind(run)
         .execute(&mut *conn)

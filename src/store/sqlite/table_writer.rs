@@ -1,0 +1,191 @@
+//! The SQLite table writer: the lookups a plan needs, and a batch's write.
+//!
+//! Lookups join the batch's keys, given as a `VALUES` list, to the table's
+//! primary key, in chunks (SQLite binds each value separately and caps how
+//! many one statement takes). The write is one `IMMEDIATE` transaction: a
+//! guard (the run is still `running`), the rows by chunked upsert, the new
+//! rejects, and the ledger's part (`ledger::record_batch`).
+
+use sqlx::{AssertSqlSafe, Row};
+
+use super::SqliteStore;
+use crate::record::ContentHash;
+use crate::run::RunId;
+use crate::store::dialect::{self, Db};
+use crate::store::plan::{self, Lookup, Stored};
+use crate::store::{Batch, BatchWrite, StoreError, TableSpec, ledger};
+
+impl SqliteStore {
+    /// Answers a plan's lookups on one connection: the stored hashes, then
+    /// the stored rejects, each in chunks.
+    pub(in crate::store) async fn look_up(
+        &self,
+        lookup: &Lookup<'_>,
+    ) -> Result<Stored, StoreError> {
+        let Lookup { job, batch, .. } = *lookup;
+        let mut stored = Stored {
+            hashes: vec![None; batch.rows.len()],
+            ..Stored::default()
+        };
+        let mut conn = self.pool.acquire().await?;
+        for chunk in lookup.asked.chunks(LOOKUP_CHUNK) {
+            let chunk = Lookup {
+                asked: chunk,
+                ..*lookup
+            };
+            stored_hashes(&mut conn, &chunk, &mut stored.hashes).await?;
+        }
+        for chunk in batch.rejects.chunks(LOOKUP_CHUNK) {
+            let sql = format!(
+                "SELECT content_hash FROM apisync_rejects WHERE job = ? AND content_hash IN ({})",
+                vec!["?"; chunk.len()].join(", ")
+            );
+            let mut query = sqlx::query_scalar::<_, Vec<u8>>(AssertSqlSafe(sql)).bind(job);
+            for reject in chunk {
+                query = query.bind(reject.content_hash.as_slice());
+            }
+            for hash in query.fetch_all(&mut *conn).await? {
+                if let Ok(hash) = hash.try_into() {
+                    stored.rejects.insert(hash);
+                }
+            }
+        }
+        Ok(stored)
+    }
+
+    /// Writes a planned batch in one transaction.
+    pub(in crate::store) async fn write(&self, write: &BatchWrite<'_>) -> Result<(), StoreError> {
+        let BatchWrite {
+            job,
+            table,
+            run,
+            batch,
+            plan,
+            ..
+        } = *write;
+        // IMMEDIATE: take the write lock now. A deferred transaction whose
+        // first statement reads would fail at its first write with "database
+        // is locked" when another process writes, without waiting.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let ours: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM apisync_runs WHERE id = ? AND status = 'running'")
+                .bind(run)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if ours.is_none() {
+            return Err(StoreError::RunClosed);
+        }
+        let written: Vec<usize> = plan.inserts.iter().chain(&plan.updates).copied().collect();
+        for chunk in written.chunks(WRITE_CHUNK) {
+            upsert(&mut tx, table, run, batch, chunk).await?;
+        }
+        for reject in plan.new_rejects.iter().map(|&i| &batch.rejects[i]) {
+            sqlx::query(
+                "INSERT INTO apisync_rejects (job, run_id, record, reason, content_hash) \
+                 VALUES (?, ?, ?, ?, ?) ON CONFLICT (job, content_hash) DO NOTHING",
+            )
+            .bind(job)
+            .bind(run)
+            .bind(reject.json.to_string())
+            .bind(&reject.reason)
+            .bind(reject.content_hash.as_slice())
+            .execute(&mut *tx)
+            .await?;
+        }
+        ledger::record_batch(Db::Sqlite(&mut *tx), &dialect::SQLITE, write).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Rows written by one statement, for the reason lookups are batched (see
+/// [`LOOKUP_CHUNK`]): 200 rows of a few columns stay far below SQLite's
+/// limit on bound values.
+const WRITE_CHUNK: usize = 200;
+
+/// Inserts or updates the rows `rows` of the batch in one statement. The
+/// `WHERE` keeps a row whose hash did not change untouched, should a plan
+/// be out of date.
+async fn upsert(
+    conn: &mut sqlx::SqliteConnection,
+    table: &TableSpec,
+    run: RunId,
+    batch: &Batch,
+    rows: &[usize],
+) -> Result<(), StoreError> {
+    let columns: Vec<String> = table.key_columns.iter().map(|c| c.quoted()).collect();
+    let row = format!(
+        "({}?, ?, {now}, {now}, ?)",
+        "?, ".repeat(columns.len()),
+        now = dialect::SQLITE.now
+    );
+    let sql = format!(
+        "INSERT INTO {table} ({columns}, record, content_hash, first_seen_at, changed_at, run_id) \
+         VALUES {values} \
+         ON CONFLICT ({columns}) DO UPDATE SET record = excluded.record, \
+           content_hash = excluded.content_hash, changed_at = excluded.changed_at, \
+           run_id = excluded.run_id \
+         WHERE content_hash IS NOT excluded.content_hash",
+        table = table.name.quoted(),
+        columns = columns.join(", "),
+        values = vec![row; rows.len()].join(", "),
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for &i in rows {
+        let record = &batch.rows[i].record;
+        for part in &record.key {
+            query = query.bind(part.as_str());
+        }
+        query = query
+            .bind(record.text.as_str())
+            .bind(record.content_hash.as_slice())
+            .bind(run);
+    }
+    query.execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Keys asked about in one statement: a statement per key cost about
+/// 45 µs each, mostly the hand-off to SQLite's thread. 500 keys of up to a
+/// few columns stay far below SQLite's limit of 32,766 bound values.
+const LOOKUP_CHUNK: usize = 500;
+
+/// The stored hashes of the rows `asked`, into `existing`: one statement
+/// joining the keys, given as a `VALUES` list, to the table's primary key.
+async fn stored_hashes(
+    conn: &mut sqlx::SqliteConnection,
+    lookup: &Lookup<'_>,
+    existing: &mut [Option<ContentHash>],
+) -> Result<(), StoreError> {
+    let (table, batch, asked) = (lookup.table, lookup.batch, lookup.asked);
+    let columns = table.key_columns.len();
+    let placeholders = format!("(?{})", ", ?".repeat(columns));
+    let values = vec![placeholders; asked.len()].join(", ");
+    let aliases: Vec<String> = (0..columns).map(|i| format!("k{i}")).collect();
+    let join: Vec<String> = table
+        .key_columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("t.{} = asked.k{i}", c.quoted()))
+        .collect();
+    let sql = format!(
+        "WITH asked(ord, {aliases}) AS (VALUES {values}) \
+         SELECT asked.ord, t.content_hash FROM asked JOIN {table} AS t ON {join}",
+        aliases = aliases.join(", "),
+        table = table.name.quoted(),
+        join = join.join(" AND "),
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for (ord, &row) in asked.iter().enumerate() {
+        query = query.bind(ord as i64);
+        for part in &batch.rows[row].record.key {
+            query = query.bind(part.as_str());
+        }
+    }
+    for found in query.fetch_all(&mut *conn).await? {
+        let ord: i64 = found.try_get(0)?;
+        let hash: Vec<u8> = found.try_get(1)?;
+        plan::note_stored(existing, asked, ord, Some(hash));
+    }
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! The job's target table: its name and key columns, created when missing,
+//! an existing one checked against what the job needs, and whether it is
+//! empty. Written once for both stores; the column types come from the
+//! [`Dialect`].
+
+use sqlx::{AssertSqlSafe, Row};
+
+use super::dialect::{Dialect, per_db};
+use super::ident::RESERVED_COLUMNS;
+use super::{Store, StoreError};
+use crate::record::KeyField;
+use crate::store::Ident;
+
+/// A job's target table: its name and key columns.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub name: Ident,
+    pub key_columns: Vec<Ident>,
+}
+
+impl TableSpec {
+    pub fn new(name: Ident, key: &[KeyField]) -> Self {
+        Self {
+            name,
+            key_columns: key.iter().map(|field| field.column.clone()).collect(),
+        }
+    }
+}
+
+/// One column of an existing table, as the store's catalogue describes it.
+struct Column {
+    name: String,
+    /// The type as the catalogue spells it.
+    type_name: String,
+    in_primary_key: bool,
+    /// A collation that is not deterministic (PostgreSQL), if any.
+    nondeterministic_collation: Option<String>,
+}
+
+impl Store {
+    /// Creates the job's table when missing; refuses one whose primary key or
+    /// columns do not match, since the key constraint is what guarantees one
+    /// row per key.
+    pub async fn prepare_table(&self, table: &TableSpec) -> Result<(), StoreError> {
+        self.create_and_check(table)
+            .await
+            .map_err(|e| e.on_table(table))
+    }
+
+    async fn create_and_check(&self, table: &TableSpec) -> Result<(), StoreError> {
+        let dialect = self.dialect();
+        let key_columns: Vec<String> = table.key_columns.iter().map(|c| c.quoted()).collect();
+        let key_defs: String = key_columns
+            .iter()
+            .map(|c| format!("{c} {} NOT NULL, ", dialect.key_ddl))
+            .collect();
+        let data_defs: String = RESERVED_COLUMNS
+            .iter()
+            .zip(dialect.data_types)
+            .map(|(column, type_name)| format!("{column} {type_name} NOT NULL, "))
+            .collect();
+        let create = format!(
+            "CREATE TABLE IF NOT EXISTS {table} ({key_defs}{data_defs}PRIMARY KEY ({keys}))",
+            table = table.name.quoted(),
+            keys = key_columns.join(", "),
+        );
+        let columns = per_db!(self.pools(), pool => {
+            sqlx::query(AssertSqlSafe(create)).execute(pool).await?;
+            sqlx::query(dialect.columns)
+                .bind(table.name.as_str())
+                .fetch_all(pool)
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(Column {
+                        name: row.try_get(0)?,
+                        type_name: row.try_get(1)?,
+                        in_primary_key: row.try_get(2)?,
+                        nondeterministic_collation: row.try_get(3)?,
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()?
+        });
+        shape_verdict(table, dialect, &columns)
+    }
+
+    /// Whether the job's table holds no row.
+    pub async fn table_is_empty(&self, table: &TableSpec) -> Result<bool, StoreError> {
+        let sql = format!("SELECT NOT EXISTS (SELECT 1 FROM {})", table.name.quoted());
+        let empty = async {
+            Ok::<bool, StoreError>(per_db!(self.pools(), pool => {
+                sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(pool).await?
+            }))
+        };
+        empty.await.map_err(|e| e.on_table(table))
+    }
+}
+
+/// The verdict on an existing target table, given its `columns` from the
+/// catalogue: every column the job writes, of its type; key columns with a
+/// deterministic collation; and a primary key of exactly the job's key
+/// columns.
+fn shape_verdict(
+    table: &TableSpec,
+    dialect: &Dialect,
+    columns: &[Column],
+) -> Result<(), StoreError> {
+    let mut problems = Vec::new();
+    let expected = table
+        .key_columns
+        .iter()
+        .map(|c| (c.as_str(), dialect.key_type))
+        .chain(RESERVED_COLUMNS.into_iter().zip(dialect.data_types));
+    for (name, wanted) in expected {
+        match columns.iter().find(|column| column.name == name) {
+            None => problems.push(format!("column {name} ({wanted}) is missing")),
+            Some(column) if !column.type_name.eq_ignore_ascii_case(wanted) => problems.push(
+                format!("column {name} is {}, expected {wanted}", column.type_name),
+            ),
+            Some(_) => {}
+        }
+    }
+    for key in &table.key_columns {
+        let collation = columns
+            .iter()
+            .find(|column| column.name == key.as_str())
+            .and_then(|column| column.nondeterministic_collation.as_ref());
+        if let Some(collation) = collation {
+            problems.push(format!(
+                "key column {key} uses the collation \"{collation}\", which is not \
+                 deterministic: keys that differ (as A and a) would compare equal and one \
+                 record would overwrite the other; use a deterministic collation such as \
+                 \"C\" (ALTER TABLE {table} ALTER COLUMN {quoted} TYPE text COLLATE \"C\")",
+                table = table.name.quoted(),
+                quoted = key.quoted(),
+            ));
+        }
+    }
+    let mut primary_key: Vec<&str> = columns
+        .iter()
+        .filter(|column| column.in_primary_key)
+        .map(|column| column.name.as_str())
+        .collect();
+    let mut wanted_key: Vec<&str> = table.key_columns.iter().map(|c| c.as_str()).collect();
+    primary_key.sort_unstable();
+    wanted_key.sort_unstable();
+    if primary_key != wanted_key {
+        let found = if primary_key.is_empty() {
+            "there is no primary key".to_owned()
+        } else {
+            format!("the primary key is ({})", primary_key.join(", "))
+        };
+        problems.push(format!(
+            "{found}, expected PRIMARY KEY ({}); the key constraint is what guarantees \
+             one row per key",
+            wanted_key.join(", ")
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::TableShape {
+            table: table.name.to_string(),
+            problems: problems.join("; "),
+        })
+    }
+}
