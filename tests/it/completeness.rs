@@ -7,7 +7,7 @@
 use apisync::run::FailureReason;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestEnv, expected_rows, product, products, store_tests};
+use crate::helpers::{JobToml, TestEnv, expected_rows, product, products, store_tests};
 
 /// Records with an `updated_at` one minute apart, from 2026-01-01.
 fn timed(n: usize, time: impl Fn(usize) -> String) -> Vec<Value> {
@@ -124,11 +124,7 @@ store_tests! {
     async fn a_key_typo_fails_the_run_and_its_rejects_are_stored_once(backend: Backend) {
         // Arrange
         let env = TestEnv::start_on(backend, products(120)).await;
-        let job = env.job_keyed(
-            r#"["ID"]"#,
-            "records = \"/data\"\n[jobs.request]\nurl = \"{api}/page\"\n\
-             [jobs.pagination]\nkind = \"page\"\nsize = 50\n",
-        );
+        let job = env.job(JobToml::paged(50).keyed(&["ID"]));
 
         // Act
         let first = env.run(&job).await;
@@ -522,10 +518,10 @@ store_tests! {
     /// `max_pages`: the repeated-page guard saw no key to compare.
     async fn a_repeated_page_of_rejects_is_caught_as_a_repeat(backend: Backend) {
         let env = TestEnv::start_on(backend, products(30)).await;
-        let job = env.job_keyed(
-            r#"["ID"]"#,
-            "records = \"/data\"\n[jobs.request]\nurl = \"{api}/same\"\n\
-             [jobs.pagination]\nkind = \"page\"\n",
+        let job = env.job(
+            JobToml::get("/same", "/data")
+                .with("pagination.kind", "page")
+                .keyed(&["ID"]),
         );
 
         let report = env.run(&job).await;

@@ -26,7 +26,7 @@ use apisync::sync::{Job, RunReport};
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::helpers::{Backend, TestEnv};
+use crate::helpers::{Backend, JobToml, TestEnv};
 use servers::{Everything, RealServer};
 
 /// The table the harness's jobs write.
@@ -100,9 +100,9 @@ async fn assert_table_is_source(env: &TestEnv, server: &RealServer) {
     }
 }
 
-/// A job built from TOML lines that name the server as `{server}`.
+/// A job built from TOML lines that name the server as `{api}`.
 fn job(env: &TestEnv, server: &RealServer, body: &str) -> Job {
-    env.job(&body.replace("{server}", &server.url))
+    env.job(JobToml::lines(body).api(&server.url))
 }
 
 /// One run of `body` against `server`, into a fresh store.
