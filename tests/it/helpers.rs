@@ -1,6 +1,8 @@
-//! The harness: a fresh database per test (from `#[sqlx::test]`), the fake
-//! API, jobs built through the real configuration loader, and helpers named
-//! after what tests check.
+//! The harness: a fresh database per test (from `#[sqlx::test]`) or SQLite
+//! file, the fake API, jobs built from named parts (`JobToml`) through the
+//! real configuration loader, helpers named after what tests check, written
+//! once for both stores (`TestDb`), and `walk`: the source side alone, for
+//! tests of request timing on tokio's paused clock.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
