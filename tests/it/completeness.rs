@@ -163,17 +163,17 @@ store_tests! {
         };
 
         // Act / Assert: the default (10%) lets it pass, 0 does not, "1%" does not.
-        assert_eq!(env.run(&env.job(&body("\"10%\""))).await.error, None);
-        let strict = env.run(&env.job(&body("0"))).await;
+        assert_eq!(env.run(&env.job(body("\"10%\""))).await.error, None);
+        let strict = env.run(&env.job(body("0"))).await;
         assert_eq!(strict.failure, Some(FailureReason::Rejects));
         assert!(
             strict.error.unwrap().contains("1 of 60 records were rejected, more than max_rejected = 0"),
         );
         assert_eq!(
-            env.run(&env.job(&body("\"1%\""))).await.failure,
+            env.run(&env.job(body("\"1%\""))).await.failure,
             Some(FailureReason::Rejects)
         );
-        assert_eq!(env.run(&env.job(&body("1"))).await.error, None);
+        assert_eq!(env.run(&env.job(body("1"))).await.error, None);
         assert_eq!(env.rows("products").await.len(), 59, "the good rows are kept");
         assert_eq!(env.rejects().await.len(), 1, "stored once");
     }
@@ -216,7 +216,7 @@ store_tests! {
 
         // Act
         let without = env.run(&env.job(INCREMENTAL_PAGES)).await;
-        let formatted_job = env.job(&format!(
+        let formatted_job = env.job(format!(
             "{INCREMENTAL_PAGES}format = \"%Y-%m-%d %H:%M:%S\"\ntimezone = \"UTC\"\n"
         ));
         let with = env.run(&formatted_job).await;
@@ -349,7 +349,7 @@ store_tests! {
     async fn a_configured_total_that_no_response_carries_fails_the_run(backend: Backend) {
         let env = TestEnv::start_on(backend, products(100)).await;
         let misspelt = |locator: &str| {
-            env.job(&format!(
+            env.job(format!(
                 "records = \"/data\"\n[jobs.request]\nurl = \"{{api}}/page\"\n\
                  [jobs.pagination]\nkind = \"page\"\nsize = 10\n{locator}\n"
             ))
@@ -379,7 +379,7 @@ store_tests! {
         // Arrange
         let env = TestEnv::start_on(backend, products(250)).await;
         let job = |extra: &str| {
-            env.job(&format!(
+            env.job(format!(
                 "records = \"/results\"\n[jobs.request]\nurl = \"{{api}}/drf\"\n\
                  [jobs.pagination]\nkind = \"page\"\n{extra}\n"
             ))

@@ -508,7 +508,10 @@ fn lock_timeout_defaults_to_30s_and_is_bounded() {
     ] {
         // The value as the user would write it (a string or a number).
         let value: toml::Table = toml::from_str(&format!("v = {value}")).unwrap();
-        let text = job.clone().with_database("lock_timeout", value["v"].clone()).config();
+        let text = job
+            .clone()
+            .with_database("lock_timeout", value["v"].clone())
+            .config();
         let loaded = config::load_str(&text, Path::new("t.toml"), &HashMap::new());
         match (loaded, ok) {
             (Ok(_), true) => {}
@@ -790,9 +793,7 @@ fn the_url_origin_is_the_layer_that_set_it() {
 async fn apisync_check_refuses_a_system_column_as_key() {
     // Arrange
     let dir = scratch("db-check-xmin");
-    let text = JobToml::to("http://127.0.0.1:1/")
-        .keyed(&["xmin"])
-        .config();
+    let text = JobToml::to("http://127.0.0.1:1/").keyed(&["xmin"]).config();
     std::fs::write(dir.join("apisync.toml"), text).unwrap();
 
     // Act

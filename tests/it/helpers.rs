@@ -250,9 +250,8 @@ impl TestEnv {
             TestDb::Postgres(_) => "CAST(xmin AS TEXT)",
             TestDb::Sqlite(_) => "''",
         };
-        let sql = format!(
-            "SELECT id, {version}, CAST(changed_at AS TEXT), run_id FROM \"{table}\""
-        );
+        let sql =
+            format!("SELECT id, {version}, CAST(changed_at AS TEXT), run_id FROM \"{table}\"");
         self.db
             .fetch_all::<(String, String, String, i64)>(&sql)
             .await

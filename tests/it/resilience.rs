@@ -15,11 +15,11 @@ use sqlx::postgres::PgPoolOptions;
 use apisync::store::{PgStore, Store};
 
 use crate::binary::{self, scratch, stderr, stdout};
-use crate::fake_api::faults::Fault;
 use crate::fake_api::FakeApi;
+use crate::fake_api::faults::Fault;
 use crate::helpers::{
-    Backend, JobToml, TcpToggle, TestEnv, expected_rows, product, products, store_tests, walk,
-    wait_until,
+    Backend, JobToml, TcpToggle, TestEnv, expected_rows, product, products, store_tests,
+    wait_until, walk,
 };
 
 /// One page, all the records: a bad record in it is read once (with page

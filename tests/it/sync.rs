@@ -419,7 +419,7 @@ store_tests! {
         // Arrange
         let env = TestEnv::start_on(backend, products(300)).await;
         env.api.set_volatile_field(true);
-        let job = env.job(&format!(
+        let job = env.job(format!(
             "hash_exclude = [\"/meta/request_id\"]\n{PAGED_JOB}"
         ));
         env.run(&job).await;
