@@ -106,7 +106,7 @@ store_tests! {
             ok(json!({"items": page, "total": source.len()}))
         }))
         .await;
-        let job = env.job(&format!(
+        let job = env.job(format!(
             r#"
     records = "/items"
     [jobs.request]
@@ -147,7 +147,7 @@ store_tests! {
             ok(json!({"data": items, "total": total}))
         }))
         .await;
-        let job = env.job(&format!(
+        let job = env.job(format!(
             r#"
     records = "/data"
     [jobs.request]
@@ -185,7 +185,7 @@ store_tests! {
             ok(json!({"data": items, "total": 4}))
         }))
         .await;
-        let job = env.job(&format!(
+        let job = env.job(format!(
             r#"
     records = "/data"
     max_rejected = 5
@@ -225,7 +225,7 @@ store_tests! {
             ok(json!({"items": page, "total": 2}))
         }))
         .await;
-        let job = env.job(&format!(
+        let job = env.job(format!(
             r#"
     records = "/items"
     [jobs.request]
@@ -262,7 +262,7 @@ store_tests! {
             ok(json!({"data": items, "total_pages": 5}))
         }))
         .await;
-        let job = env.job(&format!(
+        let job = env.job(format!(
             r#"
     records = "/data"
     [jobs.request]
@@ -305,7 +305,7 @@ store_tests! {
             ok(json!({"data": items}))
         }))
         .await;
-        let job = env.job(&format!(
+        let job = env.job(format!(
             r#"
     records = "/data"
     [jobs.request]
@@ -346,7 +346,7 @@ store_tests! {
             (200, vec![], body)
         }))
         .await;
-        let job = env.job(&format!(
+        let job = env.job(format!(
             r#"
     records = "/data"
     hash_exclude = ["/meta/request_id"]
@@ -386,7 +386,7 @@ store_tests! {
             ok(json!({"items": page, "total": source.len()}))
         }))
         .await;
-        let job = env.job(&format!(
+        let job = env.job(format!(
             r#"
     records = "/items"
     [jobs.request]
@@ -418,7 +418,7 @@ store_tests! {
             )
         }))
         .await;
-        let job = env.job(&format!(
+        let job = env.job(format!(
             r#"
     records = "/data"
     [jobs.request]
@@ -447,7 +447,7 @@ store_tests! {
             )
         }))
         .await;
-        let job = env.job(&format!(
+        let job = env.job(format!(
             r#"
     records = "/data"
     [jobs.request]
@@ -477,7 +477,7 @@ store_tests! {
             ok(json!({"results": page, "last_seq": last}))
         }))
         .await;
-        let job = env.job(&format!(
+        let job = env.job(format!(
             r#"
     records = "/results"
     [jobs.request]
@@ -507,7 +507,7 @@ store_tests! {
             ok(json!({"data": [{"id": 1, "updated_at": "2026-03-29 02:30:00"}]}))
         }))
         .await;
-        let job = env.job(&format!(
+        let job = env.job(format!(
             r#"
     records = "/data"
     [jobs.request]
@@ -535,7 +535,7 @@ store_tests! {
         }))
         .await;
         let (job, redactor) = env.job_with_env(
-            &format!(
+            format!(
                 r#"
     records = "/data"
     [jobs.request]
@@ -578,7 +578,7 @@ async fn a_number_postgresql_cannot_hold_is_a_reject_not_a_failed_page(pool: sql
         )
     }))
     .await;
-    let job = env.job(&format!(
+    let job = env.job(format!(
         r#"
     records = "/data"
     max_rejected = 5

@@ -8,7 +8,7 @@ use axum::http::header;
 use axum::routing::get;
 use serde_json::Value;
 
-use crate::helpers::{TestEnv, expected_rows, product, store_tests};
+use crate::helpers::{JobToml, TestEnv, expected_rows, product, store_tests};
 
 /// Serves `body` as JSON at `/records` on loopback, for as long as the test
 /// runs; returns the base URL.
@@ -73,7 +73,7 @@ fn page() -> Vec<u8> {
 const JOB: &str = r#"
 records = "/data"
 [jobs.request]
-url = "{url}/records"
+url = "{api}/records"
 [jobs.retry]
 max_attempts = 2
 initial_backoff = "10ms"
@@ -86,7 +86,7 @@ store_tests! {
         // Arrange
         let env = TestEnv::start_on(backend, Vec::new()).await;
         let url = serve(page()).await;
-        let job = env.job(&JOB.replace("{url}", &url));
+        let job = env.job(JobToml::lines(JOB).api(&url));
         let good: Vec<Value> = (1..=50)
             .filter(|id| ![10, 20, 30].contains(id))
             .map(product)

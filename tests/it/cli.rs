@@ -7,18 +7,14 @@ use sqlx::PgPool;
 
 use crate::binary::{database_url, run as apisync, scratch, stderr, stdout};
 
-use crate::helpers::{TestEnv, job_config, products};
+use crate::helpers::{JobToml, TestEnv, products};
 
 #[sqlx::test(migrations = false)]
 async fn sync_prints_a_summary_per_job_and_exits_by_outcome(pool: PgPool) {
     // Arrange: a good job and one whose API answers 500 every time.
     let env = TestEnv::start(pool, products(250)).await;
     let dir = scratch("sync");
-    let config = job_config(&format!(
-        "records = \"/data\"\n[jobs.request]\nurl = \"{}\"\n[jobs.pagination]\nkind = \"page\"\nsize = 100\n",
-        env.api.url("/page")
-    ))
-    .replace("postgres://unused@127.0.0.1/unused", &database_url(&env.pool))
+    let config = env.config_file(JobToml::paged(100))
         + &format!(
             "\n[[jobs]]\nname = \"broken\"\nschedule = \"* * * * *\"\ntable = \"broken\"\nkey = [\"id\"]\n\
              [jobs.request]\nurl = \"{}\"\nheaders = {{ Authorization = \"Bearer ${{BROKEN_TOKEN}}\" }}\n\
@@ -104,10 +100,9 @@ async fn sync_prints_a_summary_per_job_and_exits_by_outcome(pool: PgPool) {
 async fn migrate_creates_the_internal_schema(pool: PgPool) {
     // Arrange
     let dir = scratch("migrate");
-    let config = job_config("[jobs.request]\nurl = \"http://127.0.0.1:9/x\"\n").replace(
-        "postgres://unused@127.0.0.1/unused",
-        "postgres://ignored@127.0.0.1/ignored",
-    );
+    let config = JobToml::to("http://127.0.0.1:9/x")
+        .database("postgres://ignored@127.0.0.1/ignored")
+        .config();
     std::fs::write(dir.join("conf.toml"), config).unwrap();
 
     // Act: the config comes from APISYNC_CONFIG, the URL from DATABASE_URL.
@@ -148,7 +143,19 @@ async fn check_accepts_the_example_configuration() {
 
 #[tokio::test]
 async fn check_rejects_bad_configurations_naming_job_and_key() {
-    let good = job_config("[jobs.request]\nurl = \"https://api.example.com/p\"\n");
+    // A configuration test: each case edits the text a user would write.
+    let good = r#"
+[database]
+url = "postgres://unused@127.0.0.1/unused"
+
+[[jobs]]
+name = "products"
+schedule = "*/15 * * * *"
+table = "products"
+key = ["id"]
+[jobs.request]
+url = "https://api.example.com/p"
+"#;
     let cases = [
         (
             "unknown key",
@@ -375,16 +382,11 @@ async fn a_run_with_too_many_rejects_says_why_and_apisync_rejects_lists_them(poo
     // Arrange: a key typo (`ID` for `id`), and a job whose API states a total.
     let env = TestEnv::start(pool, products(30)).await;
     let dir = scratch("rejects");
-    let config = job_config(&format!(
-        "records = \"/data\"\n[jobs.request]\nurl = \"{}\"\n[jobs.pagination]\nkind = \"page\"\n\
-         size = 10\ntotal_path = \"/total\"\n",
-        env.api.url("/page")
-    ))
-    .replace(
-        "postgres://unused@127.0.0.1/unused",
-        &database_url(&env.pool),
-    )
-    .replace("key = [\"id\"]", "key = [\"ID\"]");
+    let config = env.config_file(
+        JobToml::paged(10)
+            .with("pagination.total_path", "/total")
+            .keyed(&["ID"]),
+    );
     std::fs::write(dir.join("apisync.toml"), &config).unwrap();
 
     // Act
@@ -435,7 +437,7 @@ async fn a_run_with_too_many_rejects_says_why_and_apisync_rejects_lists_them(poo
     assert_eq!(rows[0]["run_id"], 1);
     assert!(rows[0]["record"].as_str().unwrap().contains("\"id\":30"));
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM apisync.rejects")
-        .fetch_one(&env.pool)
+        .fetch_one(env.pg())
         .await
         .unwrap();
     assert_eq!(stored, 30, "the second run stored none again");
@@ -458,14 +460,10 @@ async fn check_connect_fails_on_a_pagination_pointer_that_finds_nothing(pool: Pg
     // Arrange: a cursor API, configured with a pointer it does not have.
     let env = TestEnv::start(pool, products(300)).await;
     let dir = scratch("check-pointer");
-    let config = job_config(&format!(
-        "records = \"/data\"\n[jobs.request]\nurl = \"{}\"\n[jobs.pagination]\nkind = \"cursor\"\n\
-         cursor_path = \"/meta/next\"\n",
-        env.api.url("/cursor")
-    ))
-    .replace(
-        "postgres://unused@127.0.0.1/unused",
-        &database_url(&env.pool),
+    let config = env.config_file(
+        JobToml::get("/cursor", "/data")
+            .with("pagination.kind", "cursor")
+            .with("pagination.cursor_path", "/meta/next"),
     );
     std::fs::write(dir.join("apisync.toml"), &config).unwrap();
 

@@ -7,7 +7,7 @@
 use apisync::run::FailureReason;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestEnv, expected_rows, product, products, store_tests};
+use crate::helpers::{JobToml, TestEnv, expected_rows, product, products, store_tests};
 
 /// Records with an `updated_at` one minute apart, from 2026-01-01.
 fn timed(n: usize, time: impl Fn(usize) -> String) -> Vec<Value> {
@@ -124,11 +124,7 @@ store_tests! {
     async fn a_key_typo_fails_the_run_and_its_rejects_are_stored_once(backend: Backend) {
         // Arrange
         let env = TestEnv::start_on(backend, products(120)).await;
-        let job = env.job_keyed(
-            r#"["ID"]"#,
-            "records = \"/data\"\n[jobs.request]\nurl = \"{api}/page\"\n\
-             [jobs.pagination]\nkind = \"page\"\nsize = 50\n",
-        );
+        let job = env.job(JobToml::paged(50).keyed(&["ID"]));
 
         // Act
         let first = env.run(&job).await;
@@ -167,17 +163,17 @@ store_tests! {
         };
 
         // Act / Assert: the default (10%) lets it pass, 0 does not, "1%" does not.
-        assert_eq!(env.run(&env.job(&body("\"10%\""))).await.error, None);
-        let strict = env.run(&env.job(&body("0"))).await;
+        assert_eq!(env.run(&env.job(body("\"10%\""))).await.error, None);
+        let strict = env.run(&env.job(body("0"))).await;
         assert_eq!(strict.failure, Some(FailureReason::Rejects));
         assert!(
             strict.error.unwrap().contains("1 of 60 records were rejected, more than max_rejected = 0"),
         );
         assert_eq!(
-            env.run(&env.job(&body("\"1%\""))).await.failure,
+            env.run(&env.job(body("\"1%\""))).await.failure,
             Some(FailureReason::Rejects)
         );
-        assert_eq!(env.run(&env.job(&body("1"))).await.error, None);
+        assert_eq!(env.run(&env.job(body("1"))).await.error, None);
         assert_eq!(env.rows("products").await.len(), 59, "the good rows are kept");
         assert_eq!(env.rejects().await.len(), 1, "stored once");
     }
@@ -220,7 +216,7 @@ store_tests! {
 
         // Act
         let without = env.run(&env.job(INCREMENTAL_PAGES)).await;
-        let formatted_job = env.job(&format!(
+        let formatted_job = env.job(format!(
             "{INCREMENTAL_PAGES}format = \"%Y-%m-%d %H:%M:%S\"\ntimezone = \"UTC\"\n"
         ));
         let with = env.run(&formatted_job).await;
@@ -353,7 +349,7 @@ store_tests! {
     async fn a_configured_total_that_no_response_carries_fails_the_run(backend: Backend) {
         let env = TestEnv::start_on(backend, products(100)).await;
         let misspelt = |locator: &str| {
-            env.job(&format!(
+            env.job(format!(
                 "records = \"/data\"\n[jobs.request]\nurl = \"{{api}}/page\"\n\
                  [jobs.pagination]\nkind = \"page\"\nsize = 10\n{locator}\n"
             ))
@@ -383,7 +379,7 @@ store_tests! {
         // Arrange
         let env = TestEnv::start_on(backend, products(250)).await;
         let job = |extra: &str| {
-            env.job(&format!(
+            env.job(format!(
                 "records = \"/results\"\n[jobs.request]\nurl = \"{{api}}/drf\"\n\
                  [jobs.pagination]\nkind = \"page\"\n{extra}\n"
             ))
@@ -522,10 +518,10 @@ store_tests! {
     /// `max_pages`: the repeated-page guard saw no key to compare.
     async fn a_repeated_page_of_rejects_is_caught_as_a_repeat(backend: Backend) {
         let env = TestEnv::start_on(backend, products(30)).await;
-        let job = env.job_keyed(
-            r#"["ID"]"#,
-            "records = \"/data\"\n[jobs.request]\nurl = \"{api}/same\"\n\
-             [jobs.pagination]\nkind = \"page\"\n",
+        let job = env.job(
+            JobToml::get("/same", "/data")
+                .with("pagination.kind", "page")
+                .keyed(&["ID"]),
         );
 
         let report = env.run(&job).await;

@@ -12,7 +12,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{TcpToggle, TestEnv, products, wait_until};
+use crate::helpers::{JobToml, TcpToggle, TestEnv, products, wait_until};
 
 struct Daemon {
     addr: SocketAddr,
@@ -21,11 +21,10 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// Builds and starts the daemon from `config` (`{api}` is the fake API).
-    async fn start(env: &TestEnv, store: Store, config: &str) -> Daemon {
-        let text = config.replace("{api}", &env.api.url(""));
+    /// Builds and starts the daemon from the configuration file `text`.
+    async fn start(store: Store, text: &str) -> Daemon {
         let settings =
-            apisync::config::load_str(&text, Path::new("daemon.toml"), &Default::default())
+            apisync::config::load_str(text, Path::new("daemon.toml"), &Default::default())
                 .unwrap_or_else(|e| panic!("{e}"));
         let app = App::build_with_store(settings, store)
             .await
@@ -80,12 +79,19 @@ url = "postgres://unused@127.0.0.1/unused"
 listen = "127.0.0.1:0"
 "#;
 
+/// The scheduler's own rules (no overlap, ticks missed during a run skipped,
+/// never queued) are proved on a paused clock by
+/// `scheduler::tests::a_slow_job_never_overlaps_and_missed_ticks_do_not_burst`;
+/// this test checks the daemon wires them up: real runs, the runs table and
+/// the skipped series. It waits for what it checks rather than for a fixed
+/// time, so it takes the length of two runs.
 #[sqlx::test(migrations = false)]
 async fn a_job_due_every_second_never_overlaps_itself(pool: PgPool) {
-    // Arrange: each run reads 4 pages at 750 ms each, about 3 s, while the
+    // Arrange: each run reads 4 pages at 600 ms each, over 2 s, while the
     // job is due every second.
     let env = TestEnv::start(pool, products(250)).await;
-    env.api.set_delay(Duration::from_millis(750));
+    env.api.set_delay(Duration::from_millis(600));
+    let api = env.api.url("");
     let config = format!(
         r#"{DAEMON_HEAD}
 [[jobs]]
@@ -95,45 +101,51 @@ table = "overlap_probe"
 key = ["id"]
 records = "/data"
 [jobs.request]
-url = "{{api}}/page"
+url = "{api}/page"
 [jobs.pagination]
 kind = "page"
 size = 100
 "#
     );
+    let runs_sql = "SELECT started_at, finished_at, status FROM apisync.runs \
+                    WHERE job = 'overlap_probe' ORDER BY started_at";
+    type Runs = Vec<(
+        chrono::DateTime<chrono::Utc>,
+        Option<chrono::DateTime<chrono::Utc>>,
+        String,
+    )>;
 
-    // Act: let it run for 10 s.
-    let daemon = Daemon::start(&env, env.ctx.store.clone(), &config).await;
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let (_, scrape) = daemon.get("/metrics").await;
+    // Act: let it run until a second run has started after ticks were
+    // skipped during the first.
+    let daemon = Daemon::start(env.ctx.store.clone(), &config).await;
+    let skipped = |scrape: &str| {
+        sample(
+            scrape,
+            "apisync_runs_total",
+            &[("job_name", "overlap_probe"), ("status", "skipped")],
+        )
+    };
+    let mut scrape = String::new();
+    wait_until("two runs started and two ticks were skipped", async || {
+        let runs: Runs = sqlx::query_as(runs_sql).fetch_all(env.pg()).await.unwrap();
+        scrape = daemon.get("/metrics").await.1;
+        runs.len() >= 2 && skipped(&scrape).is_some_and(|n| n >= 2.0)
+    })
+    .await;
     daemon.stop().await;
 
     // Assert
-    let runs: Vec<(
-        chrono::DateTime<chrono::Utc>,
-        chrono::DateTime<chrono::Utc>,
-        String,
-    )> = sqlx::query_as(
-        "SELECT started_at, finished_at, status FROM apisync.runs \
-             WHERE job = 'overlap_probe' ORDER BY started_at",
-    )
-    .fetch_all(&env.pool)
-    .await
-    .unwrap();
+    let runs: Runs = sqlx::query_as(runs_sql).fetch_all(env.pg()).await.unwrap();
     assert!(runs.len() >= 2, "{runs:?}");
     for pair in runs.windows(2) {
-        assert!(pair[1].0 >= pair[0].1, "runs overlap: {pair:?}");
+        let finished = pair[0].1.expect("an earlier run has finished");
+        assert!(pair[1].0 >= finished, "runs overlap: {pair:?}");
     }
     assert!(
         runs.iter().all(|(_, _, status)| status != "running"),
         "{runs:?}"
     );
-    let skipped = sample(
-        &scrape,
-        "apisync_runs_total",
-        &[("job_name", "overlap_probe"), ("status", "skipped")],
-    )
-    .expect("the skipped series exists");
+    let skipped = skipped(&scrape).expect("the skipped series exists");
     assert!(
         skipped >= 2.0,
         "ticks during runs are counted as skipped: {skipped}"
@@ -148,10 +160,11 @@ async fn metrics_cover_the_catalogue_and_agree_with_the_runs_table(pool: PgPool)
     records.push(serde_json::json!({"name": "no key"}));
     let env = TestEnv::start(pool, records).await;
     env.api.add_to_page(1, vec![crate::helpers::product(3)]);
+    let api = env.api.url("");
     let job = |name: &str, url: &str, extra: &str| {
         format!(
             "[[jobs]]\nname = \"{name}\"\nschedule = \"0 0 1 1 *\"\nrun_on_start = true\n\
-             table = \"{name}\"\nkey = [\"id\"]\nrecords = \"/data\"\n[jobs.request]\nurl = \"{{api}}{url}\"\n{extra}\n"
+             table = \"{name}\"\nkey = [\"id\"]\nrecords = \"/data\"\n[jobs.request]\nurl = \"{api}{url}\"\n{extra}\n"
         )
     };
     let config = format!(
@@ -175,7 +188,7 @@ async fn metrics_cover_the_catalogue_and_agree_with_the_runs_table(pool: PgPool)
     let jobs = ["m_clean", "m_messy", "m_failing"];
 
     // Act
-    let daemon = Daemon::start(&env, env.ctx.store.clone(), &config).await;
+    let daemon = Daemon::start(env.ctx.store.clone(), &config).await;
     let mut scrape = String::new();
     wait_until("all three runs are finished and counted", async || {
         let (_, text) = daemon.get("/metrics").await;
@@ -233,7 +246,7 @@ async fn metrics_cover_the_catalogue_and_agree_with_the_runs_table(pool: PgPool)
              sum(duplicate)::bigint, sum(rejected)::bigint FROM apisync.runs WHERE job = $1",
         )
         .bind(job)
-        .fetch_one(&env.pool)
+        .fetch_one(env.pg())
         .await
         .unwrap();
         let outcomes = [
@@ -255,7 +268,7 @@ async fn metrics_cover_the_catalogue_and_agree_with_the_runs_table(pool: PgPool)
             "SELECT status, count(*) FROM apisync.runs WHERE job = $1 GROUP BY status",
         )
         .bind(job)
-        .fetch_all(&env.pool)
+        .fetch_all(env.pg())
         .await
         .unwrap();
         for (status, count) in statuses {
@@ -329,7 +342,6 @@ async fn metrics_cover_the_catalogue_and_agree_with_the_runs_table(pool: PgPool)
     assert!(lint.is_empty(), "promtool check metrics: {lint}");
 }
 
-/// What `promtool check metrics` says about `scrape` (empty when clean).
 #[sqlx::test(migrations = false)]
 async fn unchanged_records_are_counted_page_by_page_while_the_run_goes_on(pool: PgPool) {
     // Arrange: 100 records stored by a first run; the daemon's run then
@@ -337,7 +349,15 @@ async fn unchanged_records_are_counted_page_by_page_while_the_run_goes_on(pool: 
     let env = TestEnv::start(pool, products(100)).await;
     let body = "records = \"/data\"\n[jobs.request]\nurl = \"{api}/page\"\ntimeout = \"1h\"\n\
                 [jobs.pagination]\nkind = \"page\"\nsize = 10\n";
-    let first = env.run(&env.named_job("m_unchanged", body)).await;
+    let first = env
+        .run(
+            &env.job(
+                JobToml::paged(10)
+                    .named("m_unchanged")
+                    .with("request.timeout", "1h"),
+            ),
+        )
+        .await;
     assert_eq!(first.counts.inserted, 100);
     env.api.queue_faults(
         std::iter::repeat_n(crate::fake_api::faults::Fault::Slow(Duration::ZERO), 5).chain([
@@ -350,7 +370,8 @@ async fn unchanged_records_are_counted_page_by_page_while_the_run_goes_on(pool: 
     );
 
     // Act
-    let daemon = Daemon::start(&env, env.ctx.store.clone(), &config).await;
+    let config = config.replace("{api}", &env.api.url(""));
+    let daemon = Daemon::start(env.ctx.store.clone(), &config).await;
     let job = [("job_name", "m_unchanged")];
     let unchanged = [("job_name", "m_unchanged"), ("outcome", "unchanged")];
     let mut mid_run = (0.0, 0.0);
@@ -374,12 +395,13 @@ async fn unchanged_records_are_counted_page_by_page_while_the_run_goes_on(pool: 
     let (status, unchanged, pages): (String, i64, i64) = sqlx::query_as(
         "SELECT status, unchanged, pages FROM apisync.runs ORDER BY id DESC LIMIT 1",
     )
-    .fetch_one(&env.pool)
+    .fetch_one(env.pg())
     .await
     .unwrap();
     assert_eq!((status.as_str(), unchanged, pages), ("interrupted", 50, 5));
 }
 
+/// What `promtool check metrics` says about `scrape` (empty when clean).
 async fn promtool_check_metrics(scrape: &str) -> String {
     use std::io::Write;
     use std::process::{Command, Stdio};
@@ -419,20 +441,21 @@ async fn readyz_follows_the_database_and_healthz_does_not(pool: PgPool) {
     // Arrange: the daemon reaches the test database through a connection
     // we can cut.
     let env = TestEnv::start(pool, products(10)).await;
-    let options: PgConnectOptions = (*env.pool.connect_options()).clone();
+    let options: PgConnectOptions = (*env.pg().connect_options()).clone();
     let toggle = TcpToggle::start(options.get_host(), options.get_port()).await;
     let through_toggle = PgPoolOptions::new()
         .max_connections(2)
         .acquire_timeout(Duration::from_secs(1))
         .connect_lazy_with(options.host("127.0.0.1").port(toggle.port()));
     let store = Store::Postgres(PgStore::from_pool(through_toggle));
+    let api = env.api.url("");
     let config = format!(
         "{DAEMON_HEAD}\n[[jobs]]\nname = \"ready_probe\"\nschedule = \"0 0 1 1 *\"\ntable = \"ready_probe\"\n\
-         key = [\"id\"]\nrecords = \"/data\"\n[jobs.request]\nurl = \"{{api}}/none\"\n"
+         key = [\"id\"]\nrecords = \"/data\"\n[jobs.request]\nurl = \"{api}/none\"\n"
     );
 
     // Act + Assert: down…
-    let daemon = Daemon::start(&env, store, &config).await;
+    let daemon = Daemon::start(store, &config).await;
     assert_eq!(daemon.get("/healthz").await.0, 200);
     let (status, body) = daemon.get("/readyz").await;
     assert_eq!(status, 503, "{body}");

@@ -12,18 +12,28 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::binary::{self, database_url, free_port, run, scratch, spawn, wait_exit};
-use crate::helpers::{TestEnv, job_config, products, store_tests, wait_until};
+use crate::helpers::{JobToml, TestEnv, products, store_tests, wait_until};
 
 /// A whole configuration for one job `locked` into table `locked`, read
-/// from the fake API's `/page` ten records at a time.
-fn locked_config(db: &str, api: &str, extra_database: &str) -> String {
+/// from the fake API's `/page` ten records at a time; with `daemon`, for
+/// `apisync run`: a server on that port and a run at the start.
+fn locked_config(db: &str, api: &str, extra_database: &str, daemon: Option<u16>) -> String {
+    let (server, run_on_start) = match daemon {
+        Some(port) => (
+            format!("[server]\nlisten = \"127.0.0.1:{port}\"\n"),
+            "run_on_start = true",
+        ),
+        None => (String::new(), ""),
+    };
     format!(
         r#"
 shutdown_timeout = "2s"
 [database]
 url = "{db}"
 {extra_database}
+{server}
 [[jobs]]
+{run_on_start}
 name = "locked"
 schedule = "0 0 1 1 *"
 table = "locked"
@@ -44,7 +54,7 @@ size = 10
 async fn lock_the_table(env: &TestEnv, dir: &Path) -> sqlx::Transaction<'static, sqlx::Postgres> {
     let first = run(dir, &["sync", "locked"], &[]).await;
     assert!(first.status.success(), "{}", binary::stderr(&first));
-    let mut lock = env.pool.begin().await.unwrap();
+    let mut lock = env.pg().begin().await.unwrap();
     sqlx::query("LOCK TABLE locked IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *lock)
         .await
@@ -80,15 +90,16 @@ async fn sigterm_ends_sync_while_another_session_holds_the_table_lock(pool: PgPo
     let env = TestEnv::start(pool, products(30)).await;
     let dir = scratch("db-lock-sigterm");
     let text = locked_config(
-        &database_url(&env.pool),
+        &database_url(env.pg()),
         &env.api.url(""),
         "lock_timeout = \"1h\"",
+        None,
     );
     std::fs::write(dir.join("apisync.toml"), text).unwrap();
     let lock = lock_the_table(&env, &dir).await;
     let mut child = spawn(&dir, &["sync", "locked"], &[]);
     wait_until("apisync waits for the table lock", async || {
-        apisync_waits_for_a_lock(&env.pool).await
+        apisync_waits_for_a_lock(env.pg()).await
     })
     .await;
 
@@ -104,12 +115,12 @@ async fn sigterm_ends_sync_while_another_session_holds_the_table_lock(pool: PgPo
         "apisync sync ignored SIGTERM while the lock was held\n{stderr}"
     );
     assert!(
-        lock_is_held(&env.pool).await,
+        lock_is_held(env.pg()).await,
         "the lock was still held when apisync exited"
     );
     assert_eq!(status.and_then(|s| s.code()), Some(1), "{stdout}\n{stderr}");
     // …the run is recorded interrupted…
-    let (run_status, error) = last_run(&env.pool).await;
+    let (run_status, error) = last_run(env.pg()).await;
     assert_eq!(run_status, "interrupted", "{error:?}");
     assert!(stdout.contains("locked interrupted"), "{stdout}");
     // …and a graceful stop is not logged as an error.
@@ -128,27 +139,28 @@ async fn sigterm_ends_sync_within_shutdown_timeout_when_a_page_write_waits_on_a_
     env.api.set_delay(Duration::from_millis(100));
     let dir = scratch("db-lock-write");
     let text = locked_config(
-        &database_url(&env.pool),
+        &database_url(env.pg()),
         &env.api.url(""),
         "lock_timeout = \"1h\"",
+        None,
     );
     std::fs::write(dir.join("apisync.toml"), text).unwrap();
     let mut child = spawn(&dir, &["sync", "locked"], &[]);
     wait_until("two pages are committed", async || {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM locked")
-            .fetch_one(&env.pool)
+            .fetch_one(env.pg())
             .await
             .unwrap_or(0)
             >= 20
     })
     .await;
-    let mut lock = env.pool.begin().await.unwrap();
+    let mut lock = env.pg().begin().await.unwrap();
     sqlx::query("LOCK TABLE locked IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *lock)
         .await
         .unwrap();
     wait_until("apisync waits for the table lock", async || {
-        apisync_waits_for_a_lock(&env.pool).await
+        apisync_waits_for_a_lock(env.pg()).await
     })
     .await;
 
@@ -160,9 +172,9 @@ async fn sigterm_ends_sync_within_shutdown_timeout_when_a_page_write_waits_on_a_
     let stdout = std::fs::read_to_string(dir.join("stdout")).unwrap();
     let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap();
     assert!(status.is_some(), "apisync sync ignored SIGTERM\n{stderr}");
-    assert!(lock_is_held(&env.pool).await);
+    assert!(lock_is_held(env.pg()).await);
     assert_eq!(status.and_then(|s| s.code()), Some(1), "{stdout}\n{stderr}");
-    let (run_status, error) = last_run(&env.pool).await;
+    let (run_status, error) = last_run(env.pg()).await;
     assert_eq!(run_status, "interrupted", "{error:?}");
     assert!(
         error
@@ -195,9 +207,10 @@ async fn a_statement_waiting_past_lock_timeout_fails_the_run_saying_a_lock_block
     let env = TestEnv::start(pool, products(30)).await;
     let dir = scratch("db-lock-timeout");
     let text = locked_config(
-        &database_url(&env.pool),
+        &database_url(env.pg()),
         &env.api.url(""),
         "lock_timeout = \"1s\"",
+        None,
     );
     std::fs::write(dir.join("apisync.toml"), text).unwrap();
     let lock = lock_the_table(&env, &dir).await;
@@ -207,11 +220,11 @@ async fn a_statement_waiting_past_lock_timeout_fails_the_run_saying_a_lock_block
     let status = wait_exit(&mut child, Duration::from_secs(60)).await;
 
     // Assert: the run failed while the lock was held, and says why.
-    assert!(lock_is_held(&env.pool).await);
+    assert!(lock_is_held(env.pg()).await);
     let stdout = std::fs::read_to_string(dir.join("stdout")).unwrap();
     let stderr = std::fs::read_to_string(dir.join("stderr")).unwrap();
     assert_eq!(status.and_then(|s| s.code()), Some(1), "{stdout}\n{stderr}");
-    let (run_status, error) = last_run(&env.pool).await;
+    let (run_status, error) = last_run(env.pg()).await;
     let error = error.unwrap_or_default();
     assert_eq!(run_status, "failed", "{error}");
     for part in [
@@ -235,16 +248,10 @@ async fn under_apisync_run_a_run_blocked_past_lock_timeout_is_failed_not_left_ru
     let env = TestEnv::start(pool, products(30)).await;
     let dir = scratch("db-lock-daemon");
     let text = locked_config(
-        &database_url(&env.pool),
+        &database_url(env.pg()),
         &env.api.url(""),
         "lock_timeout = \"1s\"",
-    )
-    .replace(
-        "[[jobs]]",
-        &format!(
-            "[server]\nlisten = \"127.0.0.1:{}\"\n[[jobs]]\nrun_on_start = true",
-            free_port()
-        ),
+        Some(free_port()),
     );
     std::fs::write(dir.join("apisync.toml"), text).unwrap();
     let lock = lock_the_table(&env, &dir).await;
@@ -255,7 +262,7 @@ async fn under_apisync_run_a_run_blocked_past_lock_timeout_is_failed_not_left_ru
         sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM apisync.runs WHERE job = 'locked' AND status <> 'running'",
         )
-        .fetch_one(&env.pool)
+        .fetch_one(env.pg())
         .await
         .unwrap()
             >= 2
@@ -263,8 +270,8 @@ async fn under_apisync_run_a_run_blocked_past_lock_timeout_is_failed_not_left_ru
     .await;
 
     // Assert: failed, saying why, while the lock is still held.
-    assert!(lock_is_held(&env.pool).await);
-    let (status, error) = last_run(&env.pool).await;
+    assert!(lock_is_held(env.pg()).await);
+    let (status, error) = last_run(env.pg()).await;
     let error = error.unwrap_or_default();
     assert_eq!(status, "failed", "{error}");
     assert!(
@@ -387,7 +394,7 @@ async fn an_existing_key_column_with_a_nondeterministic_collation_is_refused(poo
     .unwrap();
     let store = Store::Postgres(PgStore::from_pool(pool.clone()));
     let settings = config::load_str(
-        &job_config("[jobs.request]\nurl = \"http://127.0.0.1:1/\"\n"),
+        &JobToml::to("http://127.0.0.1:1/").config(),
         Path::new("t.toml"),
         &HashMap::new(),
     )
@@ -411,8 +418,10 @@ async fn an_existing_key_column_with_a_nondeterministic_collation_is_refused(poo
 }
 
 fn load_error(key: &str) -> String {
-    let text = job_config("[jobs.request]\nurl = \"http://127.0.0.1:1/\"\n")
-        .replace("key = [\"id\"]", &format!("key = {key}"));
+    // A configuration test: the key as the user would write it.
+    let text = JobToml::lines(&format!("key = {key}"))
+        .with("request.url", "http://127.0.0.1:1/")
+        .config();
     match config::load_str(&text, Path::new("t.toml"), &HashMap::new()) {
         Ok(_) => panic!("key = {key} is accepted"),
         Err(e) => e.problems.join("; "),
@@ -434,10 +443,9 @@ fn system_columns_are_refused_as_key_columns_on_every_store() {
     // Also when the column is derived from a pointer or named outright.
     assert!(load_error(r#"[{ field = "id", column = "ctid" }]"#).contains("system column"));
     // The way out the message suggests works.
-    let text = job_config("[jobs.request]\nurl = \"http://127.0.0.1:1/\"\n").replace(
-        "key = [\"id\"]",
-        r#"key = [{ field = "xmin", column = "xmin_" }]"#,
-    );
+    let text = JobToml::lines(r#"key = [{ field = "xmin", column = "xmin_" }]"#)
+        .with("request.url", "http://127.0.0.1:1/")
+        .config();
     config::load_str(&text, Path::new("t.toml"), &HashMap::new()).expect("accepted");
 }
 
@@ -489,8 +497,8 @@ fn a_key_entry_names_its_column_or_says_what_it_expects() {
 
 #[test]
 fn lock_timeout_defaults_to_30s_and_is_bounded() {
-    let text = job_config("[jobs.request]\nurl = \"http://127.0.0.1:1/\"\n");
-    let settings = config::load_str(&text, Path::new("t.toml"), &HashMap::new()).unwrap();
+    let job = JobToml::to("http://127.0.0.1:1/");
+    let settings = config::load_str(&job.config(), Path::new("t.toml"), &HashMap::new()).unwrap();
     assert_eq!(settings.database.lock_timeout, Duration::from_secs(30));
     for (value, ok) in [
         ("\"1s\"", true),
@@ -498,10 +506,12 @@ fn lock_timeout_defaults_to_30s_and_is_bounded() {
         ("\"500ms\"", false),
         ("\"2h\"", false),
     ] {
-        let text = text.replace(
-            "[database]\n",
-            &format!("[database]\nlock_timeout = {value}\n"),
-        );
+        // The value as the user would write it (a string or a number).
+        let value: toml::Table = toml::from_str(&format!("v = {value}")).unwrap();
+        let text = job
+            .clone()
+            .with_database("lock_timeout", value["v"].clone())
+            .config();
         let loaded = config::load_str(&text, Path::new("t.toml"), &HashMap::new());
         match (loaded, ok) {
             (Ok(_), true) => {}
@@ -525,10 +535,12 @@ store_tests! {
             .map(|i| json!({"@id": format!("urn:{i}"), "name": format!("n{i}")}))
             .collect();
         let env = TestEnv::start_on(backend, records).await;
-        let job = env.job_keyed(
-            r#"[{ field = "/@id", column = "at_id" }, "name"]"#,
-            "records = \"/data\"\n[jobs.request]\nurl = \"{api}/page\"\n\
-             [jobs.pagination]\nkind = \"page\"\nsize = 10\n",
+        let job = env.job(
+            JobToml::lines(r#"key = [{ field = "/@id", column = "at_id" }, "name"]"#)
+                .with("records", "/data")
+                .with("request.url", "{api}/page")
+                .with("pagination.kind", "page")
+                .with("pagination.size", 10),
         );
 
         // Act
@@ -548,10 +560,10 @@ store_tests! {
 
 /// `apisync migrate` with `url`, off the runtime; at most a minute.
 async fn migrate_with(dir: &Path, url: &str, envs: &[(&str, &str)]) -> (Option<i32>, String) {
-    let text = job_config("[jobs.request]\nurl = \"http://127.0.0.1:1/\"\n").replace(
-        "url = \"postgres://unused@127.0.0.1/unused\"",
-        &format!("url = \"{url}\"\nacquire_timeout = \"1h\""),
-    );
+    let text = JobToml::to("http://127.0.0.1:1/")
+        .database(url)
+        .with_database("acquire_timeout", "1h")
+        .config();
     std::fs::write(dir.join("apisync.toml"), text).unwrap();
     let mut child = spawn(dir, &["migrate"], envs);
     let status = wait_exit(&mut child, Duration::from_secs(60)).await;
@@ -744,7 +756,8 @@ async fn the_log_names_the_database_and_where_its_url_came_from_and_no_notices(p
 
 #[test]
 fn the_url_origin_is_the_layer_that_set_it() {
-    let text = job_config("[jobs.request]\nurl = \"http://127.0.0.1:1/\"\n");
+    let job = JobToml::to("http://127.0.0.1:1/");
+    let text = job.config();
     let origin = |env: &[(&str, &str)]| {
         let env: HashMap<String, String> = env
             .iter()
@@ -768,7 +781,7 @@ fn the_url_origin_is_the_layer_that_set_it() {
         ]),
         "the environment variable APISYNC__DATABASE__URL"
     );
-    let without: String = text.replace("url = \"postgres://unused@127.0.0.1/unused\"", "");
+    let without = job.without_database().config();
     let settings = config::load_str(&without, Path::new("t.toml"), &HashMap::new()).unwrap();
     assert_eq!(
         settings.database.url_origin.to_string(),
@@ -780,8 +793,7 @@ fn the_url_origin_is_the_layer_that_set_it() {
 async fn apisync_check_refuses_a_system_column_as_key() {
     // Arrange
     let dir = scratch("db-check-xmin");
-    let text = job_config("[jobs.request]\nurl = \"http://127.0.0.1:1/\"\n")
-        .replace("key = [\"id\"]", "key = [\"xmin\"]");
+    let text = JobToml::to("http://127.0.0.1:1/").keyed(&["xmin"]).config();
     std::fs::write(dir.join("apisync.toml"), text).unwrap();
 
     // Act

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use crate::helpers::{Backend, TestEnv, expected_rows, products, store_tests};
+use crate::fake_api::FakeApi;
+use crate::helpers::{Backend, TestEnv, expected_rows, products, store_tests, walk};
 
 /// Not a multiple of any page size used below, so every last page is short.
 const N: usize = 2_500;
@@ -382,46 +383,49 @@ store_tests! {
         )
         .await;
     }
+}
 
-    async fn with_a_known_total_the_next_page_is_asked_for_while_one_is_read(backend: Backend) {
-        // Arrange: 6 pages, each answered after a delay, so that a request
-        // sent ahead finds the one before it still waiting.
-        let env = TestEnv::start_on(backend, products(60)).await;
-        env.api.set_delay(Duration::from_millis(300));
-        let job = env.job(PAGES_WITH_TOTAL);
+// Requests sent ahead: the source side alone against the fake API, on tokio's
+// paused clock, so the answers' delays (long enough that a request sent ahead
+// finds the one before it still waiting) cost no real time. What a run
+// stores of the pages is the store tests' part.
 
-        // Act
-        let report = env.run(&job).await;
+#[tokio::test(start_paused = true)]
+async fn with_a_known_total_the_next_page_is_asked_for_while_one_is_read() {
+    // Arrange: 6 pages, each answered after a delay.
+    let api = FakeApi::start(products(60)).await;
+    api.set_delay(Duration::from_millis(300));
 
-        // Assert: every page once, and a request that arrived while the one
-        // before it was still waiting for its answer.
-        assert_eq!(report.error, None);
-        assert_eq!(env.rows("products").await, expected_rows(&env.api.records()));
-        let arrivals = env.api.arrivals();
-        let mut pages: Vec<String> = arrivals.iter().map(|(_, uri)| uri.clone()).collect();
-        pages.sort();
-        let mut expected: Vec<String> = (1..=7)
-            .map(|page| format!("/page?page={page}&per_page=10"))
-            .collect();
-        expected.sort();
-        assert_eq!(pages, expected, "6 pages and the one that confirms the end");
-        assert_eq!(env.api.max_in_flight(), 2, "one request ahead, no more");
-    }
+    // Act
+    let walk = walk(&api, PAGES_WITH_TOTAL).await;
 
-    async fn an_api_that_announces_quotas_is_asked_one_page_at_a_time(backend: Backend) {
-        // Arrange: the same, but every answer says how much quota is left.
-        let env = TestEnv::start_on(backend, products(60)).await;
-        env.api.set_delay(Duration::from_millis(300));
-        env.api.set_quota_headers(true);
-        let job = env.job(PAGES_WITH_TOTAL);
+    // Assert: every page once, and a request that arrived while the one
+    // before it was still waiting for its answer.
+    assert!(walk.error.is_none(), "{:?}", walk.error);
+    assert_eq!(walk.records, api.records());
+    let mut pages: Vec<String> = api.arrivals().into_iter().map(|(_, uri)| uri).collect();
+    pages.sort();
+    let mut expected: Vec<String> = (1..=7)
+        .map(|page| format!("/page?page={page}&per_page=10"))
+        .collect();
+    expected.sort();
+    assert_eq!(pages, expected, "6 pages and the one that confirms the end");
+    assert_eq!(api.max_in_flight(), 2, "one request ahead, no more");
+}
 
-        // Act
-        let report = env.run(&job).await;
+#[tokio::test(start_paused = true)]
+async fn an_api_that_announces_quotas_is_asked_one_page_at_a_time() {
+    // Arrange: the same, but every answer says how much quota is left.
+    let api = FakeApi::start(products(60)).await;
+    api.set_delay(Duration::from_millis(300));
+    api.set_quota_headers(true);
 
-        // Assert: each request waited for the answer before it.
-        assert_eq!(report.error, None);
-        assert_eq!(env.rows("products").await.len(), 60);
-        assert_eq!(env.api.arrivals().len(), 7);
-        assert_eq!(env.api.max_in_flight(), 1);
-    }
+    // Act
+    let walk = walk(&api, PAGES_WITH_TOTAL).await;
+
+    // Assert: each request waited for the answer before it.
+    assert!(walk.error.is_none(), "{:?}", walk.error);
+    assert_eq!(walk.records.len(), 60);
+    assert_eq!(api.arrivals().len(), 7);
+    assert_eq!(api.max_in_flight(), 1);
 }

@@ -51,7 +51,7 @@ async fn sigterm_interrupts_a_long_run_cleanly_and_the_next_run_completes(pool: 
     std::fs::write(
         dir.join("apisync.toml"),
         config(
-            &env.pool,
+            env.pg(),
             &env.api.url(""),
             free_port(),
             "run_on_start = true",
@@ -61,7 +61,7 @@ async fn sigterm_interrupts_a_long_run_cleanly_and_the_next_run_completes(pool: 
     let mut daemon = spawn(&dir, &["run"], &[]);
     let count_rows = async || -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM drain")
-            .fetch_one(&env.pool)
+            .fetch_one(env.pg())
             .await
             .unwrap_or(0)
     };
@@ -80,7 +80,7 @@ async fn sigterm_interrupts_a_long_run_cleanly_and_the_next_run_completes(pool: 
     // …the run is recorded interrupted, with counts that match the table…
     let (run_status, inserted, error): (String, i64, Option<String>) =
         sqlx::query_as("SELECT status, inserted, error FROM apisync.runs WHERE job = 'drain'")
-            .fetch_one(&env.pool)
+            .fetch_one(env.pg())
             .await
             .unwrap();
     assert_eq!(run_status, "interrupted");
@@ -116,7 +116,7 @@ async fn sigterm_interrupts_a_long_run_cleanly_and_the_next_run_completes(pool: 
     );
     let stored: std::collections::BTreeMap<String, serde_json::Value> =
         sqlx::query_as::<_, (String, serde_json::Value)>("SELECT id, record FROM drain")
-            .fetch_all(&env.pool)
+            .fetch_all(env.pg())
             .await
             .unwrap()
             .into_iter()
@@ -135,7 +135,7 @@ async fn systemd_hears_ready_watchdog_and_stopping(pool: PgPool) {
     let port = free_port();
     std::fs::write(
         dir.join("apisync.toml"),
-        config(&env.pool, &env.api.url(""), port, ""),
+        config(env.pg(), &env.api.url(""), port, ""),
     )
     .unwrap();
     let mut daemon = spawn(
@@ -204,7 +204,7 @@ async fn start_blocked_daemon(env: &TestEnv, name: &str, shutdown_timeout: &str)
     env.api.set_delay(Duration::from_millis(100));
     let dir = scratch(name);
     let text = config_with(
-        &database_url(&env.pool),
+        &database_url(env.pg()),
         shutdown_timeout,
         &env.api.url(""),
         free_port(),
@@ -214,13 +214,13 @@ async fn start_blocked_daemon(env: &TestEnv, name: &str, shutdown_timeout: &str)
     let child = spawn(&dir, &["run"], &[]);
     wait_until("two pages are committed", async || {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM drain")
-            .fetch_one(&env.pool)
+            .fetch_one(env.pg())
             .await
             .unwrap_or(0)
             >= 20
     })
     .await;
-    let mut lock = env.pool.begin().await.unwrap();
+    let mut lock = env.pg().begin().await.unwrap();
     sqlx::query("LOCK TABLE drain IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *lock)
         .await
@@ -235,7 +235,7 @@ async fn start_blocked_daemon(env: &TestEnv, name: &str, shutdown_timeout: &str)
              WHERE application_name = 'apisync' AND wait_event_type = 'Lock' \
              AND datname = current_database()",
         )
-        .fetch_one(&env.pool)
+        .fetch_one(env.pg())
         .await
         .unwrap()
             > 0
@@ -251,7 +251,7 @@ async fn start_blocked_daemon(env: &TestEnv, name: &str, shutdown_timeout: &str)
 
 async fn run_row(env: &TestEnv) -> (String, i64, Option<String>) {
     sqlx::query_as("SELECT status, inserted, error FROM apisync.runs WHERE job = 'drain'")
-        .fetch_one(&env.pool)
+        .fetch_one(env.pg())
         .await
         .unwrap()
 }
@@ -272,7 +272,7 @@ async fn sigterm_during_a_page_write_lets_that_page_commit(pool: PgPool) {
     let stderr = std::fs::read_to_string(blocked.dir.join("stderr")).unwrap();
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{stderr}");
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM drain")
-        .fetch_one(&env.pool)
+        .fetch_one(env.pg())
         .await
         .unwrap();
     assert_eq!(
@@ -327,9 +327,9 @@ async fn ready_waits_for_the_database_while_healthz_answers(pool: PgPool) {
     // Arrange: the database is reached through a connection we control,
     // down at first.
     let env = TestEnv::start(pool, products(10)).await;
-    let options = env.pool.connect_options();
+    let options = env.pg().connect_options();
     let toggle = TcpToggle::start(options.get_host(), options.get_port()).await;
-    let mut db = reqwest::Url::parse(&database_url(&env.pool)).unwrap();
+    let mut db = reqwest::Url::parse(&database_url(env.pg())).unwrap();
     db.set_port(Some(toggle.port())).unwrap();
     let dir = scratch("ready");
     let socket_path = dir.join("notify.sock");

@@ -35,7 +35,7 @@ async fn secrets_echoed_by_an_api_stay_out_of_every_output(pool: PgPool) {
     let api = env.api.url("");
     let authority = api.trim_start_matches("http://").trim_end_matches('/');
     let dir = scratch("secrets-echo");
-    let mut config = format!("[database]\nurl = \"{}\"\n", database_url(&env.pool));
+    let mut config = format!("[database]\nurl = \"{}\"\n", database_url(env.pg()));
     config += &job(
         "literal",
         &format!(
@@ -73,7 +73,7 @@ async fn secrets_echoed_by_an_api_stay_out_of_every_output(pool: PgPool) {
     let check = apisync(&dir, &["check", "--connect"], &vars).await;
     let stored: Vec<(String, Option<String>)> =
         sqlx::query_as("SELECT job, error FROM apisync.runs ORDER BY id")
-            .fetch_all(&env.pool)
+            .fetch_all(env.pg())
             .await
             .unwrap();
 
@@ -178,7 +178,7 @@ async fn control_characters_from_an_api_are_escaped_in_every_output(pool: PgPool
     let dir = scratch("secrets-control");
     let config = format!(
         "[database]\nurl = \"{}\"\n{}",
-        database_url(&env.pool),
+        database_url(env.pg()),
         job(
             "control",
             &format!(

@@ -9,7 +9,7 @@ use sqlx::postgres::PgPoolOptions;
 
 use apisync::store::{PgStore, Store};
 
-use crate::helpers::{TestEnv, expected_rows, product, products, store_tests};
+use crate::helpers::{JobToml, TestEnv, expected_rows, product, products, store_tests};
 
 const N: usize = 1_000;
 
@@ -127,7 +127,7 @@ async fn the_fast_and_the_simple_write_paths_give_identical_tables_and_counts(po
     let fast_counts = history(&env.ctx).await;
     let fast_rows = env.rows("products").await;
     sqlx::query("DROP TABLE products")
-        .execute(&env.pool)
+        .execute(env.pg())
         .await
         .unwrap();
     let simple_counts = history(&simple_ctx).await;
@@ -213,15 +213,7 @@ store_tests! {
             .flat_map(|id| ["eu", "us"].map(|region| json!({"id": id, "meta": {"region": region}})))
             .collect();
         let env = TestEnv::start_on(backend, records).await;
-        let text = crate::helpers::job_config(&format!(
-            "records = \"/data\"\n[jobs.request]\nurl = \"{}\"\n[jobs.pagination]\nkind = \"page\"\nsize = 7\n",
-            env.api.url("/page")
-        ))
-        .replace("key = [\"id\"]", "key = [\"id\", \"/meta/region\"]");
-        let settings =
-            apisync::config::load_str(&text, std::path::Path::new("t.toml"), &HashMap::new())
-                .unwrap();
-        let job = apisync::sync::Job::from_settings(&settings.jobs[0]).unwrap();
+        let job = env.job(JobToml::paged(7).keyed(&["id", "/meta/region"]));
 
         // Act
         let report = env.run(&job).await;
@@ -427,7 +419,7 @@ store_tests! {
         // Arrange
         let env = TestEnv::start_on(backend, products(300)).await;
         env.api.set_volatile_field(true);
-        let job = env.job(&format!(
+        let job = env.job(format!(
             "hash_exclude = [\"/meta/request_id\"]\n{PAGED_JOB}"
         ));
         env.run(&job).await;
@@ -500,16 +492,14 @@ store_tests! {
         let env = TestEnv::start_on(backend, products(2)).await;
         let vars: HashMap<String, String> =
             [("KEY_FIELD".to_owned(), "keyfield_secret_5".to_owned())].into();
-        let text = crate::helpers::job_config(&format!(
-            "records = \"/data\"\nmax_rejected = 5\n[jobs.request]\nurl = \"{}\"\n",
-            env.api.url("/none")
-        ))
-        .replace("key = [\"id\"]", "key = [\"${KEY_FIELD}\"]");
-        let settings =
-            apisync::config::load_str(&text, std::path::Path::new("t.toml"), &vars).unwrap();
-        let job = apisync::sync::Job::from_settings(&settings.jobs[0]).unwrap();
+        let (job, redactor) = env.job_with_env(
+            JobToml::get("/none", "/data")
+                .with("max_rejected", 5)
+                .keyed(&["${KEY_FIELD}"]),
+            &vars,
+        );
         let mut ctx = env.ctx.clone();
-        ctx.redactor = settings.redactor;
+        ctx.redactor = redactor;
 
         // Act
         let report = apisync::sync::run_once(&job, &ctx).await.unwrap();

@@ -62,7 +62,7 @@ struct ApiState {
     delay: std::time::Duration,
     faults: faults::FaultPlan,
     /// When each request arrived, and its path and query.
-    arrivals: Vec<(std::time::Instant, String)>,
+    arrivals: Vec<(tokio::time::Instant, String)>,
     /// Rendered `/page` answers by URI, while nothing that shapes them
     /// changes: serving is then nearly free (shared, not copied), so a
     /// benchmark measures apisync rather than this fake.
@@ -135,7 +135,7 @@ impl FakeApi {
                     let (delay, fault, quota_headers) = {
                         let mut s = middleware_state.lock().unwrap();
                         s.arrivals
-                            .push((std::time::Instant::now(), request.uri().to_string()));
+                            .push((tokio::time::Instant::now(), request.uri().to_string()));
                         s.in_flight += 1;
                         s.max_in_flight = s.max_in_flight.max(s.in_flight);
                         (s.delay, s.faults.next(), s.quota_headers)
@@ -190,7 +190,7 @@ impl FakeApi {
     }
 
     /// When each request arrived, and its path and query.
-    pub fn arrivals(&self) -> Vec<(std::time::Instant, String)> {
+    pub fn arrivals(&self) -> Vec<(tokio::time::Instant, String)> {
         self.state.lock().unwrap().arrivals.clone()
     }
 

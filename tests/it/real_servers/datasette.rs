@@ -16,7 +16,7 @@ use crate::helpers::store_tests;
 const CURSOR: &str = r#"
 records = "/rows"
 [jobs.request]
-url = "{server}/tickets/tickets_ticket.json"
+url = "{api}/tickets/tickets_ticket.json"
 query = { _shape = "objects", _size = "100" }
 [jobs.pagination]
 kind = "cursor"
@@ -65,7 +65,7 @@ store_tests! {
             r#"
     records = "/rows"
     [jobs.request]
-    url = "{server}/tickets/tickets_ticket.json"
+    url = "{api}/tickets/tickets_ticket.json"
     query = { _shape = "objects", _size = "100" }
     [jobs.pagination]
     kind = "next_url"
@@ -84,7 +84,7 @@ store_tests! {
             r#"
     records = "/rows"
     [jobs.request]
-    url = "{server}/tickets/tickets_ticket.json"
+    url = "{api}/tickets/tickets_ticket.json"
     query = { _shape = "objects", _size = "100" }
     [jobs.pagination]
     kind = "cursor"
@@ -111,7 +111,7 @@ store_tests! {
             r#"
     records = "/rows"
     [jobs.request]
-    url = "{server}/tickets/tickets_ticket.json"
+    url = "{api}/tickets/tickets_ticket.json"
     query = { _shape = "objects", _size = "100" }
     [jobs.pagination]
     kind = "cursor"
@@ -138,7 +138,7 @@ store_tests! {
             r#"
     records = "/rows"
     [jobs.request]
-    url = "{server}/tickets/tickets_ticket.json"
+    url = "{api}/tickets/tickets_ticket.json"
     query = { _shape = "objects", _size = "1001" }
     [jobs.pagination]
     kind = "cursor"

@@ -21,7 +21,7 @@ const N: u64 = 5_002;
 const PAGES_BY_NEXT_URL: &str = r#"
 records = "/results"
 [jobs.request]
-url = "{server}/pages/tickets/"
+url = "{api}/pages/tickets/"
 [jobs.pagination]
 kind = "next_url"
 next_path = "/next"
@@ -32,7 +32,7 @@ next_path = "/next"
 const ONE_LARGE_PAGE: &str = r#"
 records = ""
 [jobs.request]
-url = "{server}/all/tickets/"
+url = "{api}/all/tickets/"
 "#;
 
 fn changes() -> Changes {
@@ -112,7 +112,7 @@ store_tests! {
             r#"
     records = "/results"
     [jobs.request]
-    url = "{server}/pages/tickets/"
+    url = "{api}/pages/tickets/"
     [jobs.pagination]
     kind = "page"
     size_param = "page_size"
@@ -140,7 +140,7 @@ store_tests! {
             r#"
     records = "/results"
     [jobs.request]
-    url = "{server}/pages/tickets/"
+    url = "{api}/pages/tickets/"
     [jobs.pagination]
     kind = "page"
     size_param = "page_size"
@@ -165,7 +165,7 @@ store_tests! {
             r#"
     records = "/results"
     [jobs.request]
-    url = "{server}/pages/tickets/"
+    url = "{api}/pages/tickets/"
     [jobs.pagination]
     kind = "page"
     size_param = "page_size"
@@ -189,7 +189,7 @@ store_tests! {
             r#"
     records = "/results"
     [jobs.request]
-    url = "{server}/offsets/tickets/"
+    url = "{api}/offsets/tickets/"
     [jobs.pagination]
     kind = "offset"
     limit = 1000
@@ -215,7 +215,7 @@ store_tests! {
             r#"
     records = "/results"
     [jobs.request]
-    url = "{server}/offsets/tickets/"
+    url = "{api}/offsets/tickets/"
     [jobs.pagination]
     kind = "offset"
     limit = 1000
@@ -236,7 +236,7 @@ store_tests! {
             r#"
     records = "/results"
     [jobs.request]
-    url = "{server}/cursor/tickets/"
+    url = "{api}/cursor/tickets/"
     [jobs.pagination]
     kind = "next_url"
     next_path = "/next"
@@ -254,7 +254,7 @@ store_tests! {
             r#"
     records = "/results"
     [jobs.request]
-    url = "{server}/cursor/tickets/"
+    url = "{api}/cursor/tickets/"
     [jobs.pagination]
     kind = "next_url"
     next_path = "/nxt"

@@ -16,7 +16,7 @@ use crate::helpers::store_tests;
 const PAGES_WITH_COUNT: &str = r#"
 records = "/items"
 [jobs.request]
-url = "{server}/pages/orders"
+url = "{api}/pages/orders"
 [jobs.pagination]
 kind = "page"
 size_param = "size"
@@ -75,7 +75,7 @@ store_tests! {
             r#"
     records = "/items"
     [jobs.request]
-    url = "{server}/pages/orders"
+    url = "{api}/pages/orders"
     [jobs.pagination]
     kind = "page"
     size_param = "size"
@@ -94,7 +94,7 @@ store_tests! {
             r#"
     records = "/items"
     [jobs.request]
-    url = "{server}/pages/orders"
+    url = "{api}/pages/orders"
     [jobs.pagination]
     kind = "page"
     size_param = "size"
@@ -112,7 +112,7 @@ store_tests! {
             r#"
     records = "/items"
     [jobs.request]
-    url = "{server}/offsets/orders"
+    url = "{api}/offsets/orders"
     [jobs.pagination]
     kind = "offset"
     limit = 100
@@ -134,7 +134,7 @@ store_tests! {
             r#"
     records = "/items"
     [jobs.request]
-    url = "{server}/offsets/orders"
+    url = "{api}/offsets/orders"
     [jobs.pagination]
     kind = "offset"
     limit = 1000

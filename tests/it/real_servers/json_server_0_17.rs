@@ -16,7 +16,7 @@ use crate::helpers::store_tests;
 const LINK_HEADER: &str = r#"
 records = ""
 [jobs.request]
-url = "{server}/tickets"
+url = "{api}/tickets"
 query = { _page = "1", _limit = "50" }
 [jobs.pagination]
 kind = "link_header"
@@ -76,7 +76,7 @@ store_tests! {
             r#"
     records = ""
     [jobs.request]
-    url = "{server}/tickets"
+    url = "{api}/tickets"
     [jobs.pagination]
     kind = "page"
     page_param = "_page"
@@ -97,7 +97,7 @@ store_tests! {
             r#"
     records = ""
     [jobs.request]
-    url = "{server}/tickets"
+    url = "{api}/tickets"
     [jobs.pagination]
     kind = "page"
     page_param = "_page"
@@ -118,7 +118,7 @@ store_tests! {
             r#"
     records = ""
     [jobs.request]
-    url = "{server}/tickets"
+    url = "{api}/tickets"
     [jobs.pagination]
     kind = "page"
     page_param = "_page"
@@ -138,7 +138,7 @@ store_tests! {
             r#"
     records = ""
     [jobs.request]
-    url = "{server}/tickets"
+    url = "{api}/tickets"
     [jobs.pagination]
     kind = "offset"
     offset_param = "_start"

@@ -17,7 +17,7 @@ use crate::helpers::store_tests;
 const PAGES_WITH_COUNT: &str = r#"
 records = "/data"
 [jobs.request]
-url = "{server}/tickets"
+url = "{api}/tickets"
 [jobs.pagination]
 kind = "page"
 page_param = "_page"
@@ -87,7 +87,7 @@ store_tests! {
             r#"
     records = "/data"
     [jobs.request]
-    url = "{server}/tickets"
+    url = "{api}/tickets"
     [jobs.pagination]
     kind = "page"
     page_param = "_page"
@@ -106,7 +106,7 @@ store_tests! {
             r#"
     records = "/data"
     [jobs.request]
-    url = "{server}/tickets"
+    url = "{api}/tickets"
     [jobs.pagination]
     kind = "page"
     page_param = "_page"
