@@ -41,14 +41,14 @@ fn changes() -> Changes {
 
 store_tests! {
     async fn archive_is_exact(backend: Backend) {
-        let server = servers::datasette().await;
-        let report = assert_archive_is_exact(backend, &server, CURSOR).await;
+        let server = servers::shared_datasette().await;
+        let report = assert_archive_is_exact(backend, server, CURSOR).await;
         assert_eq!(report.counts.pages, 51, "50 pages of 100 and one of 2");
     }
 
     async fn resync_writes_nothing(backend: Backend) {
-        let server = servers::datasette().await;
-        assert_resync_writes_nothing(backend, &server, CURSOR).await;
+        let server = servers::shared_datasette().await;
+        assert_resync_writes_nothing(backend, server, CURSOR).await;
     }
 
     async fn changes_are_applied_exactly(backend: Backend) {
@@ -58,10 +58,10 @@ store_tests! {
 
     /// The same walk by the ready-made link at `/next_url`.
     async fn next_url_pagination_follows_next_url(backend: Backend) {
-        let server = servers::datasette().await;
+        let server = servers::shared_datasette().await;
         assert_archive_is_exact(
             backend,
-            &server,
+            server,
             r#"
     records = "/rows"
     [jobs.request]
@@ -77,10 +77,10 @@ store_tests! {
 
     /// A cursor with the record count from `filtered_table_rows_count`.
     async fn cursor_pagination_reads_the_record_count(backend: Backend) {
-        let server = servers::datasette().await;
+        let server = servers::shared_datasette().await;
         assert_archive_is_exact(
             backend,
-            &server,
+            server,
             r#"
     records = "/rows"
     [jobs.request]
@@ -102,12 +102,12 @@ store_tests! {
         backend: Backend
     ) {
         // Arrange
-        let server = servers::datasette().await;
+        let server = servers::shared_datasette().await;
 
         // Act
         let (env, report) = run_job(
             backend,
-            &server,
+            server,
             r#"
     records = "/rows"
     [jobs.request]
@@ -129,12 +129,12 @@ store_tests! {
     /// saying so, with nothing stored.
     async fn a_size_above_the_maximum_fails_the_run_with_the_400(backend: Backend) {
         // Arrange
-        let server = servers::datasette().await;
+        let server = servers::shared_datasette().await;
 
         // Act
         let (env, report) = run_job(
             backend,
-            &server,
+            server,
             r#"
     records = "/rows"
     [jobs.request]

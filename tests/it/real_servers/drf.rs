@@ -63,23 +63,23 @@ fn changes() -> Changes {
     }
 }
 
-/// Runs `body` once against a fresh DRF server.
-async fn run_once(backend: Backend, body: &str) -> (TestEnv, RealServer, RunReport) {
-    let server = servers::drf().await;
-    let (env, report) = run_job(backend, &server, body).await;
+/// Runs `body` once against the shared DRF server.
+async fn run_once(backend: Backend, body: &str) -> (TestEnv, &'static RealServer, RunReport) {
+    let server = servers::shared_drf().await;
+    let (env, report) = run_job(backend, server, body).await;
     (env, server, report)
 }
 
 store_tests! {
     async fn one_page_read_in_parts_is_archived_exactly(backend: Backend) {
-        let server = servers::drf().await;
-        let report = assert_archive_is_exact(backend, &server, ONE_LARGE_PAGE).await;
+        let server = servers::shared_drf().await;
+        let report = assert_archive_is_exact(backend, server, ONE_LARGE_PAGE).await;
         assert_eq!(report.counts.pages, 1, "one response, read in two parts");
     }
 
     async fn one_page_read_in_parts_resyncs_without_writes(backend: Backend) {
-        let server = servers::drf().await;
-        assert_resync_writes_nothing(backend, &server, ONE_LARGE_PAGE).await;
+        let server = servers::shared_drf().await;
+        assert_resync_writes_nothing(backend, server, ONE_LARGE_PAGE).await;
     }
 
     async fn one_page_read_in_parts_applies_changes_exactly(backend: Backend) {
@@ -88,14 +88,14 @@ store_tests! {
     }
 
     async fn archive_is_exact(backend: Backend) {
-        let server = servers::drf().await;
-        let report = assert_archive_is_exact(backend, &server, PAGES_BY_NEXT_URL).await;
+        let server = servers::shared_drf().await;
+        let report = assert_archive_is_exact(backend, server, PAGES_BY_NEXT_URL).await;
         assert_eq!(report.counts.pages, 51, "50 pages of 100 and one of 2");
     }
 
     async fn resync_writes_nothing(backend: Backend) {
-        let server = servers::drf().await;
-        assert_resync_writes_nothing(backend, &server, PAGES_BY_NEXT_URL).await;
+        let server = servers::shared_drf().await;
+        assert_resync_writes_nothing(backend, server, PAGES_BY_NEXT_URL).await;
     }
 
     async fn changes_are_applied_exactly(backend: Backend) {
@@ -126,7 +126,7 @@ store_tests! {
         // Assert
         assert_succeeded(&report);
         assert_eq!(report.counts.fetched, N);
-        assert_table_is_source(&env, &server).await;
+        assert_table_is_source(&env, server).await;
     }
 
     /// Without `end_on_status` the 404 past the last page is an error like
@@ -152,7 +152,7 @@ store_tests! {
         // Assert
         assert_failed_with(&env, &report, "404").await;
         assert_eq!(report.counts.inserted, N, "the 51 pages before the 404 are kept");
-        assert_table_is_source(&env, &server).await;
+        assert_table_is_source(&env, server).await;
     }
 
     /// `page_size=1000` is cut to max_page_size 500 without a word, so the
@@ -177,7 +177,7 @@ store_tests! {
         .await;
 
         // Assert
-        assert_complete_or_loud(&env, &server, &report).await;
+        assert_complete_or_loud(&env, server, &report).await;
     }
 
     /// `limit=1000` is cut to max_limit 500 without a word (the `next` link
@@ -201,7 +201,7 @@ store_tests! {
         // Assert
         assert_succeeded(&report);
         assert_eq!(report.counts.fetched, N, "each ticket once, none skipped");
-        assert_table_is_source(&env, &server).await;
+        assert_table_is_source(&env, server).await;
     }
 
     /// The same cap with no total configured: a 500-record answer to
@@ -224,15 +224,15 @@ store_tests! {
         .await;
 
         // Assert
-        assert_complete_or_loud(&env, &server, &report).await;
+        assert_complete_or_loud(&env, server, &report).await;
     }
 
     /// CursorPagination: `next` carries an opaque `?cursor=`, null at the end.
     async fn cursor_pagination_follows_the_next_links(backend: Backend) {
-        let server = servers::drf().await;
+        let server = servers::shared_drf().await;
         let report = assert_archive_is_exact(
             backend,
-            &server,
+            server,
             r#"
     records = "/results"
     [jobs.request]

@@ -48,8 +48,8 @@ fn changes() -> Changes {
 
 store_tests! {
     async fn archive_is_exact(backend: Backend) {
-        let server = servers::fastapi().await;
-        let report = assert_archive_is_exact(backend, &server, PAGES_WITH_COUNT).await;
+        let server = servers::shared_fastapi().await;
+        let report = assert_archive_is_exact(backend, server, PAGES_WITH_COUNT).await;
         assert_eq!(
             report.counts.pages, 14,
             "12 pages of 100, one of 34, and the empty one past the total that confirms it"
@@ -57,8 +57,8 @@ store_tests! {
     }
 
     async fn resync_writes_nothing(backend: Backend) {
-        let server = servers::fastapi().await;
-        assert_resync_writes_nothing(backend, &server, PAGES_WITH_COUNT).await;
+        let server = servers::shared_fastapi().await;
+        assert_resync_writes_nothing(backend, server, PAGES_WITH_COUNT).await;
     }
 
     async fn changes_are_applied_exactly(backend: Backend) {
@@ -68,10 +68,10 @@ store_tests! {
 
     /// The record count from `total`.
     async fn page_pagination_reads_the_record_count_from_total(backend: Backend) {
-        let server = servers::fastapi().await;
+        let server = servers::shared_fastapi().await;
         assert_archive_is_exact(
             backend,
-            &server,
+            server,
             r#"
     records = "/items"
     [jobs.request]
@@ -87,10 +87,10 @@ store_tests! {
 
     /// Without a total, page 14 of 13 answers `"items": []`: the end.
     async fn page_pagination_without_a_total_ends_on_the_empty_page(backend: Backend) {
-        let server = servers::fastapi().await;
+        let server = servers::shared_fastapi().await;
         let report = assert_archive_is_exact(
             backend,
-            &server,
+            server,
             r#"
     records = "/items"
     [jobs.request]
@@ -105,10 +105,10 @@ store_tests! {
     }
 
     async fn offset_pagination_with_the_total(backend: Backend) {
-        let server = servers::fastapi().await;
+        let server = servers::shared_fastapi().await;
         assert_archive_is_exact(
             backend,
-            &server,
+            server,
             r#"
     records = "/items"
     [jobs.request]
@@ -125,12 +125,12 @@ store_tests! {
     /// fails saying so, with nothing stored.
     async fn a_limit_above_the_maximum_fails_the_run_with_the_422(backend: Backend) {
         // Arrange
-        let server = servers::fastapi().await;
+        let server = servers::shared_fastapi().await;
 
         // Act
         let (env, report) = run_job(
             backend,
-            &server,
+            server,
             r#"
     records = "/items"
     [jobs.request]

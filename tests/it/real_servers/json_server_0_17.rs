@@ -52,14 +52,14 @@ fn changes() -> Changes {
 
 store_tests! {
     async fn archive_is_exact(backend: Backend) {
-        let server = servers::json_server_0_17().await;
-        let report = assert_archive_is_exact(backend, &server, LINK_HEADER).await;
+        let server = servers::shared_json_server_0_17().await;
+        let report = assert_archive_is_exact(backend, server, LINK_HEADER).await;
         assert_eq!(report.counts.pages, 7, "6 pages of 50 and one of 20; no rel=next on the last");
     }
 
     async fn resync_writes_nothing(backend: Backend) {
-        let server = servers::json_server_0_17().await;
-        assert_resync_writes_nothing(backend, &server, LINK_HEADER).await;
+        let server = servers::shared_json_server_0_17().await;
+        assert_resync_writes_nothing(backend, server, LINK_HEADER).await;
     }
 
     async fn changes_are_applied_exactly(backend: Backend) {
@@ -69,10 +69,10 @@ store_tests! {
 
     /// `page` with the record count from `X-Total-Count`.
     async fn page_pagination_reads_the_total_from_x_total_count(backend: Backend) {
-        let server = servers::json_server_0_17().await;
+        let server = servers::shared_json_server_0_17().await;
         assert_archive_is_exact(
             backend,
-            &server,
+            server,
             r#"
     records = ""
     [jobs.request]
@@ -90,10 +90,10 @@ store_tests! {
     /// The same total asked for once with HEAD, which json-server answers
     /// with the header and no body.
     async fn page_pagination_reads_the_total_from_a_head_request(backend: Backend) {
-        let server = servers::json_server_0_17().await;
+        let server = servers::shared_json_server_0_17().await;
         assert_archive_is_exact(
             backend,
-            &server,
+            server,
             r#"
     records = ""
     [jobs.request]
@@ -111,10 +111,10 @@ store_tests! {
 
     /// Without a total, the empty array past the last page ends it.
     async fn page_pagination_without_a_total_ends_on_the_empty_page(backend: Backend) {
-        let server = servers::json_server_0_17().await;
+        let server = servers::shared_json_server_0_17().await;
         let report = assert_archive_is_exact(
             backend,
-            &server,
+            server,
             r#"
     records = ""
     [jobs.request]
@@ -131,10 +131,10 @@ store_tests! {
 
     /// `_start` and `_limit` are offset pagination, with the same header total.
     async fn offset_pagination_with_start_and_limit(backend: Backend) {
-        let server = servers::json_server_0_17().await;
+        let server = servers::shared_json_server_0_17().await;
         assert_archive_is_exact(
             backend,
-            &server,
+            server,
             r#"
     records = ""
     [jobs.request]

@@ -56,8 +56,8 @@ fn changes() -> Changes {
 
 store_tests! {
     async fn archive_is_exact(backend: Backend) {
-        let server = servers::json_server_1().await;
-        let report = assert_archive_is_exact(backend, &server, PAGES_WITH_COUNT).await;
+        let server = servers::shared_json_server_1().await;
+        let report = assert_archive_is_exact(backend, server, PAGES_WITH_COUNT).await;
         assert_eq!(
             report.counts.pages, 8,
             "6 pages of 50, one of 20, and page 8, which confirms the end by serving page 7 again"
@@ -65,8 +65,8 @@ store_tests! {
     }
 
     async fn resync_writes_nothing(backend: Backend) {
-        let server = servers::json_server_1().await;
-        assert_resync_writes_nothing(backend, &server, PAGES_WITH_COUNT).await;
+        let server = servers::shared_json_server_1().await;
+        assert_resync_writes_nothing(backend, server, PAGES_WITH_COUNT).await;
     }
 
     async fn changes_are_applied_exactly(backend: Backend) {
@@ -80,10 +80,10 @@ store_tests! {
     async fn page_numbers_past_the_end_are_clamped_and_the_run_still_succeeds(
         backend: Backend
     ) {
-        let server = servers::json_server_1().await;
+        let server = servers::shared_json_server_1().await;
         assert_archive_is_exact(
             backend,
-            &server,
+            server,
             r#"
     records = "/data"
     [jobs.request]
@@ -99,10 +99,10 @@ store_tests! {
 
     /// The record count from `items` (a number here, not the records).
     async fn page_pagination_reads_the_record_count_from_items(backend: Backend) {
-        let server = servers::json_server_1().await;
+        let server = servers::shared_json_server_1().await;
         assert_archive_is_exact(
             backend,
-            &server,
+            server,
             r#"
     records = "/data"
     [jobs.request]

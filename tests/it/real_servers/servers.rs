@@ -1,6 +1,9 @@
-//! Starting the real third-party servers: one process per test on a free
-//! loopback port, with its own copy of the seed data in a scratch directory,
-//! answering before the test goes on, and killed when its guard drops.
+//! Starting the real third-party servers on a free loopback port, each with
+//! its own copy of the seed data in a scratch directory, answering before the
+//! test goes on. A test that changes the data starts a server of its own
+//! (`drf()`, …), killed when its guard drops; the tests that only read share
+//! one server of each kind (`shared_drf()`, …) for the whole test binary,
+//! since starting one costs a Python or Node process its imports.
 //!
 //! What they run is installed by `scripts/real-servers/setup.sh`, which prints
 //! the `APISYNC_REAL_SERVERS` directory the tests read; their code (the DRF
@@ -11,6 +14,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{LazyLock, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
@@ -84,6 +88,59 @@ fn installed() -> PathBuf {
 /// `scripts/real-servers/` of this checkout: the servers' own code.
 fn sources() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/real-servers")
+}
+
+/// The server of each kind that the tests that only read share: started by
+/// the first that asks, never stopped (the process's end kills it, see
+/// [`KEEPER`], and removes its scratch directory with the rest).
+macro_rules! shared {
+    ($($shared:ident: $start:ident),* $(,)?) => {$(
+        #[doc = concat!("The shared `", stringify!($start), "()` server, for tests that change nothing.")]
+        pub async fn $shared() -> &'static RealServer {
+            static SERVER: tokio::sync::OnceCell<RealServer> = tokio::sync::OnceCell::const_new();
+            SERVER.get_or_init($start).await
+        }
+    )*};
+}
+
+shared! {
+    shared_drf: drf,
+    shared_fastapi: fastapi,
+    shared_datasette: datasette,
+    shared_json_server_0_17: json_server_0_17,
+    shared_json_server_1: json_server_1,
+}
+
+/// The thread that starts every server process. A server is made to die
+/// with the thread that started it (`PR_SET_PDEATHSIG`), so that a test
+/// binary killed before its guards drop leaves none behind; a test's own
+/// thread ends with the test, which would take a shared server with it.
+/// This one lives as long as the process.
+static KEEPER: LazyLock<Mutex<mpsc::Sender<SpawnRequest>>> = LazyLock::new(|| {
+    let (requests, incoming) = mpsc::channel::<SpawnRequest>();
+    std::thread::Builder::new()
+        .name("real-server-keeper".into())
+        .spawn(move || {
+            for (mut command, reply) in incoming {
+                let _ = reply.send(command.spawn());
+            }
+        })
+        .expect("start the server keeper thread");
+    Mutex::new(requests)
+});
+
+/// A command to spawn, and where to send the child.
+type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
+
+/// Spawns `command` from [`KEEPER`]'s thread.
+fn spawn_kept(command: Command) -> std::io::Result<Child> {
+    let (reply, answer) = mpsc::channel();
+    KEEPER
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((command, reply))
+        .expect("the server keeper thread runs");
+    answer.recv().expect("the server keeper thread answers")
 }
 
 /// Django REST Framework's dev server over a copy of the 5,002-ticket template.
@@ -188,8 +245,11 @@ async fn start(
     let probe = match everything {
         Everything::Array(path) | Everything::DatasetteRows(path) => path,
     };
+    // No idle connections kept: a shared server's client is used from the
+    // runtimes of many tests, and a pooled connection dies with its runtime.
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(0)
         .build()
         .expect("HTTP client");
     for attempt in 1..=START_ATTEMPTS {
@@ -207,18 +267,14 @@ async fn start(
             .stdout(log.try_clone().expect("server log"))
             .stderr(log);
         // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-        // The server dies with the thread that started it, so a test binary
-        // killed before its guards drop leaves no server behind. That thread
-        // is the test's own (or its runtime's worker), which outlives the guard.
+        // The server dies with the thread that started it, [`KEEPER`]'s.
         unsafe {
             command.pre_exec(|| {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
                 Ok(())
             });
         }
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("{name} does not start: {e}"));
+        let child = spawn_kept(command).unwrap_or_else(|e| panic!("{name} does not start: {e}"));
         let data_file = Some(dir.join(DATA_FILE)).filter(|f| f.exists());
         let mut server = RealServer {
             url: format!("http://127.0.0.1:{port}"),
