@@ -12,7 +12,7 @@
 //! - `shutdown`: signals to a cancellation token; `notify`: systemd READY/WATCHDOG/STOPPING.
 //! - `config`: the `Settings` tree: TOML file, `${VAR}` and environment layers, validation.
 //! - `telemetry`: the tracing subscriber (text or JSON logs on stderr).
-//! - `sync`: one run of one job, `run_once`: pages → records → page writes.
+//! - `sync`: one run of one job, `run_once`: a pipeline of fetch → prepare → batching → write.
 //! - `incremental`: the watermark and the `since` parameter of incremental jobs.
 //! - `record`: natural keys, canonical content hashes, rejects.
 //! - `source`: the pages of a run: HTTP requests, retries, pagination.
