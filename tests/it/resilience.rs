@@ -499,9 +499,10 @@ store_tests! {
     }
 
     async fn two_processes_never_run_one_job_at_once(backend: Backend) {
-        // Arrange: a run takes about 2 s.
+        // Arrange: a run takes about 1 s (20 pages, 50 ms each), far longer
+        // than a process takes to start.
         let env = TestEnv::start_on(backend, products(200)).await;
-        env.api.set_delay(Duration::from_millis(100));
+        env.api.set_delay(Duration::from_millis(50));
         let dir = scratch(&format!("two-{}", env.store_name));
         std::fs::write(dir.join("apisync.toml"), env.config_file(JobToml::paged(10))).unwrap();
 

@@ -50,8 +50,16 @@ fn by_key(records: &[Value]) -> BTreeMap<String, Value> {
 }
 
 /// The whole collection as the server itself returns it, apart from apisync:
-/// what the table must equal.
+/// what the table must equal. A shared server's never changes, so it is read
+/// once for all the tests that use it.
 async fn source(server: &RealServer) -> BTreeMap<String, Value> {
+    match server.unchanging() {
+        Some(collection) => collection.get_or_init(|| read_source(server)).await.clone(),
+        None => read_source(server).await,
+    }
+}
+
+async fn read_source(server: &RealServer) -> BTreeMap<String, Value> {
     match server.everything {
         Everything::Array(path) => {
             let body = server.get_json(path).await;

@@ -56,6 +56,9 @@ pub struct RealServer {
     /// The SQLite file the server reads, for the servers that have one.
     data_file: Option<PathBuf>,
     http: reqwest::Client,
+    /// Set on a shared server, whose data no test changes: its whole
+    /// collection, once read.
+    unchanging: Option<tokio::sync::OnceCell<std::collections::BTreeMap<String, Value>>>,
 }
 
 impl Drop for RealServer {
@@ -98,7 +101,13 @@ macro_rules! shared {
         #[doc = concat!("The shared `", stringify!($start), "()` server, for tests that change nothing.")]
         pub async fn $shared() -> &'static RealServer {
             static SERVER: tokio::sync::OnceCell<RealServer> = tokio::sync::OnceCell::const_new();
-            SERVER.get_or_init($start).await
+            SERVER
+                .get_or_init(|| async {
+                    let mut server = $start().await;
+                    server.unchanging = Some(tokio::sync::OnceCell::new());
+                    server
+                })
+                .await
         }
     )*};
 }
@@ -284,6 +293,7 @@ async fn start(
             dir,
             data_file,
             http: http.clone(),
+            unchanging: None,
         };
         match server.wait_ready(probe).await {
             Ready::Yes => return server,
@@ -334,6 +344,14 @@ impl RealServer {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// For a shared server (whose data no test changes), the place for its
+    /// whole collection once read.
+    pub fn unchanging(
+        &self,
+    ) -> Option<&tokio::sync::OnceCell<std::collections::BTreeMap<String, Value>>> {
+        self.unchanging.as_ref()
     }
 
     /// The SQLite file this server reads (DRF, Datasette).
