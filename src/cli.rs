@@ -47,6 +47,9 @@ pub enum Command {
         /// Run every configured job
         #[arg(long)]
         all: bool,
+        /// Read the whole collection this once, whatever the watermark says (incremental jobs; with deletions, the run also finds the keys gone)
+        #[arg(long)]
+        full: bool,
     },
     /// Validate the configuration and exit (2 when it is invalid)
     Check {
@@ -137,7 +140,7 @@ pub async fn run(cli: Cli) -> ExitCode {
 
     match cli.command {
         Command::Run => daemon(settings).await,
-        Command::Sync { jobs, all } => sync(&settings, &jobs, all).await,
+        Command::Sync { jobs, all, full } => sync(&settings, &jobs, all, full).await,
         Command::Check { connect } => check(&settings, &path, connect).await,
         Command::Migrate => migrate(&settings).await,
         Command::Health => health(&settings).await,
@@ -260,7 +263,7 @@ async fn daemon(settings: Settings) -> ExitCode {
     std::process::exit(code)
 }
 
-async fn sync(settings: &Settings, names: &[String], all: bool) -> ExitCode {
+async fn sync(settings: &Settings, names: &[String], all: bool, full: bool) -> ExitCode {
     let selected: Vec<&config::JobSettings> = if all {
         settings.jobs.iter().collect()
     } else {
@@ -285,13 +288,16 @@ async fn sync(settings: &Settings, names: &[String], all: bool) -> ExitCode {
     };
     let jobs = Job::all_from_settings(selected.iter().copied())
         .map_err(|(job, e)| format!("job \"{job}\": {e}"));
-    let jobs = match jobs {
+    let mut jobs = match jobs {
         Ok(jobs) => jobs,
         Err(e) => {
             complain(settings, &format!("apisync: {e}"));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    for job in &mut jobs {
+        job.full = full;
+    }
     let store = match open_store(settings).await {
         Ok(store) => store,
         Err(code) => return code,
@@ -412,7 +418,7 @@ pub fn summary_line(report: &RunReport) -> String {
         .unwrap_or_default();
     let mut line = format!(
         "{} {} fetched={} inserted={} updated={} unchanged={} duplicate={} rejected={} \
-         pages={}{expected} seconds={:.2}",
+         deleted={} pages={}{expected} seconds={:.2}",
         report.job,
         report.status.as_str(),
         c.fetched,
@@ -421,6 +427,7 @@ pub fn summary_line(report: &RunReport) -> String {
         c.unchanged,
         c.duplicate,
         c.rejected,
+        c.deleted,
         c.pages,
         report.elapsed.as_secs_f64(),
     );
@@ -643,6 +650,7 @@ fn runs_table(runs: &[RunRecord], redactor: &crate::redact::Redactor) -> String 
         "UNCHANGED",
         "DUPLICATE",
         "REJECTED",
+        "DELETED",
         "PAGES",
         "EXPECTED",
         "ERROR",
@@ -670,6 +678,7 @@ fn runs_table(runs: &[RunRecord], redactor: &crate::redact::Redactor) -> String 
             run.unchanged.to_string(),
             run.duplicate.to_string(),
             run.rejected.to_string(),
+            run.deleted.to_string(),
             run.pages.to_string(),
             run.expected
                 .map_or_else(|| "-".to_owned(), |n| n.to_string()),

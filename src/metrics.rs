@@ -49,7 +49,14 @@ pub const CATALOGUE: [&str; 13] = [
 ];
 
 const JOB: &str = "job_name";
-const OUTCOMES: [&str; 5] = ["inserted", "updated", "unchanged", "duplicate", "rejected"];
+const OUTCOMES: [&str; 6] = [
+    "inserted",
+    "updated",
+    "unchanged",
+    "duplicate",
+    "rejected",
+    "deleted",
+];
 const RUN_STATUSES: [&str; 4] = ["succeeded", "failed", "interrupted", "skipped"];
 /// Retry reasons that get a zero series up front, so alert rules and
 /// dashboards see the series before the first retry; others appear on use.
@@ -193,6 +200,7 @@ pub fn records_counted(job: &str, counts: &Counts) {
         ("unchanged", counts.unchanged),
         ("duplicate", counts.duplicate),
         ("rejected", counts.rejected),
+        ("deleted", counts.deleted),
     ];
     for (outcome, n) in by_outcome {
         if n > 0 {

@@ -29,7 +29,9 @@ impl RunStatus {
 }
 
 /// Per-run counts. Every fetched record has exactly one outcome, so
-/// `fetched = inserted + updated + unchanged + duplicate + rejected`.
+/// `fetched = inserted + updated + unchanged + duplicate + rejected`;
+/// `deleted` counts stored keys, not fetched records: those a complete run
+/// found gone.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     /// Records found in the responses.
@@ -44,6 +46,8 @@ pub struct Counts {
     pub duplicate: u64,
     /// Records that could not be stored; kept in the rejects table.
     pub rejected: u64,
+    /// Stored keys marked deleted or removed (`deletions`).
+    pub deleted: u64,
     /// Responses received.
     pub pages: u64,
 }
@@ -56,6 +60,7 @@ impl AddAssign for Counts {
         self.unchanged += other.unchanged;
         self.duplicate += other.duplicate;
         self.rejected += other.rejected;
+        self.deleted += other.deleted;
         self.pages += other.pages;
     }
 }
@@ -74,7 +79,7 @@ pub enum FailureReason {
     Incomplete,
     /// More rejects than `max_rejected`.
     Rejects,
-    /// Deletions beyond `max_deleted` (not used yet).
+    /// Deletions beyond `max_deleted`.
     Deletions,
     /// Authentication failed (not used yet).
     Auth,

@@ -33,6 +33,12 @@ impl SeenKeys {
         self.shards[(fingerprint >> 56) as usize].insert(fingerprint)
     }
 
+    /// Whether `fingerprint` was added.
+    pub fn contains(&self, fingerprint: u64) -> bool {
+        let fingerprint = fingerprint.max(1);
+        self.shards[(fingerprint >> 56) as usize].contains(fingerprint)
+    }
+
     pub fn len(&self) -> usize {
         self.shards.iter().map(|shard| shard.len).sum()
     }
@@ -62,6 +68,20 @@ impl Shard {
                     return true;
                 }
                 stored if stored == fingerprint => return false,
+                _ => slot = (slot + 1) % self.slots.len(),
+            }
+        }
+    }
+
+    fn contains(&self, fingerprint: u64) -> bool {
+        if self.slots.is_empty() {
+            return false;
+        }
+        let mut slot = self.home(fingerprint);
+        loop {
+            match self.slots[slot] {
+                0 => return false,
+                stored if stored == fingerprint => return true,
                 _ => slot = (slot + 1) % self.slots.len(),
             }
         }
@@ -97,8 +117,17 @@ mod tests {
         }
         for i in 0..100_000u64 {
             let fingerprint = xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
+            assert!(seen.contains(fingerprint), "{i} is there");
             assert!(!seen.insert(fingerprint), "{i} was seen");
         }
+        for i in 100_000..200_000u64 {
+            let fingerprint = xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes());
+            assert!(!seen.contains(fingerprint), "{i} was never added");
+        }
+        assert!(
+            !SeenKeys::default().contains(7),
+            "an empty set holds nothing"
+        );
         assert_eq!(seen.len(), 100_000);
     }
 

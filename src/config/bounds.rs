@@ -90,7 +90,8 @@ pub(super) fn range(key: &str) -> Option<Range> {
         "database.acquire_timeout" => Time(MILLISECOND, HOUR),
         "database.lock_timeout" => Time(SECOND, HOUR),
         // Jobs.
-        "max_rejected" => Count(0, 1_000_000_000_000),
+        "max_rejected" | "max_deleted" => Count(0, 1_000_000_000_000),
+        "full_refresh" => Time(SECOND, 3650 * DAY),
         "max_pages" => Count(1, 100_000_000),
         "max_body_bytes" => Bytes(1 << 10, 4 << 30),
         "request.timeout" => Time(MILLISECOND, HOUR),

@@ -456,6 +456,48 @@ pub struct JobSettings {
     pub pagination: Pagination,
     /// Fetch only what changed since the last successful run.
     pub incremental: Option<IncrementalSettings>,
+    /// Keep every version of every record in `<table>_history`.
+    #[serde(default)]
+    pub history: bool,
+    /// What a complete full run does with stored keys it did not see:
+    /// `"ignore"` (default), `"mark"` (set `deleted_at`) or `"delete"`.
+    #[serde(default)]
+    pub deletions: Deletions,
+    /// A run that would mark or delete more stored keys than this fails
+    /// (reason `deletions`) and its deletion step changes nothing: a count
+    /// (`500`) or a share of the live rows before the run (`"10%"`).
+    #[serde(default)]
+    pub max_deleted: Threshold,
+    /// Incremental jobs with deletions: at most this long between runs that
+    /// read everything (no `since`), the only runs that can see deletions.
+    #[serde(default, with = "humantime_serde")]
+    pub full_refresh: Option<Duration>,
+    /// Incremental feeds: a JSON pointer; a record where it is `true` is the
+    /// deletion of its key (handled by `deletions`), never stored as content.
+    pub tombstone: Option<String>,
+}
+
+/// `deletions`: what a complete full run does with stored keys it did not see.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Deletions {
+    /// Keep them as they are.
+    #[default]
+    Ignore,
+    /// Set their `deleted_at`; cleared when the key comes back.
+    Mark,
+    /// Remove their rows (history, if kept, still has them).
+    Delete,
+}
+
+impl Deletions {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Deletions::Ignore => "ignore",
+            Deletions::Mark => "mark",
+            Deletions::Delete => "delete",
+        }
+    }
 }
 
 /// `rate_limit = "10/s"`: `count` requests per `period`.
@@ -569,6 +611,16 @@ impl Threshold {
         match *self {
             Threshold::Count(limit) => n > limit,
             Threshold::Percent(percent) => n as f64 > of as f64 * percent / 100.0,
+        }
+    }
+
+    /// The most out of `of` this allows: `exceeded_by(n, of)` exactly when
+    /// `n` is more.
+    pub fn allowed_of(&self, of: u64) -> u64 {
+        match *self {
+            Threshold::Count(limit) => limit,
+            // Floored: a count is whole, so n > x exactly when n > ⌊x⌋.
+            Threshold::Percent(percent) => (of as f64 * percent / 100.0).floor() as u64,
         }
     }
 }

@@ -9,7 +9,9 @@ use secrecy::ExposeSecret;
 
 use super::bounds::{self, Range};
 use super::layers::EnvOverrides;
-use super::{JobSettings, Locator, Method, PaginationKind, Settings, Threshold, TotalMethod};
+use super::{
+    Deletions, JobSettings, Locator, Method, PaginationKind, Settings, Threshold, TotalMethod,
+};
 use crate::json_pointer;
 use crate::record::RecordShape;
 use crate::schedule::Schedule;
@@ -205,6 +207,56 @@ impl JobReport<'_> {
     }
 }
 
+/// `deletions`, `max_deleted`, `full_refresh` and `tombstone` together: an
+/// incremental run reads only changes, so it can see deletions only as
+/// tombstones or in a periodic full run.
+fn validate_deletions(job: &JobSettings, report: &mut JobReport) {
+    if let Threshold::Count(count) = job.max_deleted {
+        report.count("max_deleted", count);
+    }
+    if job.history
+        && let Ok(table) = Ident::table(&job.table)
+        && let Err(message) = table.history_table()
+    {
+        report.bad("history", message);
+    }
+    if let Some(every) = job.full_refresh {
+        report.time("full_refresh", every);
+        if job.incremental.is_none() {
+            report.bad(
+                "full_refresh",
+                "only incremental jobs skip records; every run of this job reads everything".into(),
+            );
+        }
+    }
+    if let Some(pointer) = &job.tombstone {
+        report.pointer("tombstone", pointer);
+        if job.deletions == Deletions::Ignore {
+            report.bad(
+                "tombstone",
+                "a tombstone deletes its key as `deletions` says, but deletions = \"ignore\"; \
+                 set deletions = \"mark\" or \"delete\""
+                    .into(),
+            );
+        }
+    }
+    if job.deletions != Deletions::Ignore
+        && job.incremental.is_some()
+        && job.full_refresh.is_none()
+        && job.tombstone.is_none()
+    {
+        report.bad(
+            "full_refresh",
+            format!(
+                "deletions = \"{}\" on an incremental job needs full_refresh (such as \"24h\") \
+                 or tombstone: a run that reads only changes cannot tell a deleted record \
+                 from an unchanged one",
+                job.deletions.as_str()
+            ),
+        );
+    }
+}
+
 fn validate_job(job: &JobSettings, report: &mut JobReport) {
     let name_ok = job
         .name
@@ -276,6 +328,7 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
             "\"host\" shares a rate_limit, but this job sets none".into(),
         );
     }
+    validate_deletions(job, report);
     if let Some(incremental) = &job.incremental {
         report.time("incremental.lookback", incremental.lookback);
         report.time("incremental.max_future", incremental.max_future);

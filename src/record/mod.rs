@@ -512,8 +512,9 @@ pub fn kind_of(value: &Value) -> &'static str {
     }
 }
 
-/// Length-prefixed parts, so `["ab", "c"]` and `["a", "bc"]` differ.
-fn key_fingerprint(key: &[String]) -> u128 {
+/// Length-prefixed parts, so `["ab", "c"]` and `["a", "bc"]` differ. The
+/// same for a key read from a record and for one read back from the table.
+pub fn key_fingerprint(key: &[String]) -> u128 {
     let mut bytes = Vec::with_capacity(key.iter().map(|k| k.len() + 8).sum());
     for part in key {
         bytes.extend_from_slice(&(part.len() as u64).to_le_bytes());

@@ -46,14 +46,20 @@ pub(super) struct Dialect {
     /// Key columns: as created, and as the catalogue names their type.
     pub key_ddl: &'static str,
     pub key_type: &'static str,
+    /// `deleted_at`, `valid_from` and `valid_to`: as created, and as the
+    /// catalogue names their type.
+    pub time_ddl: &'static str,
+    pub time_type: &'static str,
+    /// Whether the table named `$1` exists.
+    pub table_exists: &'static str,
     /// The types of [`super::ident::RESERVED_COLUMNS`], in that order.
     pub data_types: [&'static str; 5],
     /// The target table's columns: `(name, type, in the primary key,
     /// non-deterministic collation or NULL)`, for the table named `$1`.
     pub columns: &'static str,
-    /// Merges `{"watermark": json($2)}` into the job's state (`$1` the job,
-    /// `$3` the run), creating the row when missing.
-    pub save_watermark: &'static str,
+    /// Merges `{$4: json($2)}` into the job's state (`$1` the job, `$3`
+    /// the run), creating the row when missing.
+    pub save_state: &'static str,
 }
 
 pub(super) const POSTGRES: Dialect = Dialect {
@@ -67,6 +73,9 @@ pub(super) const POSTGRES: Dialect = Dialect {
     // locale's sort order.
     key_ddl: "text COLLATE \"C\"",
     key_type: "text",
+    time_ddl: "timestamptz",
+    time_type: "timestamp with time zone",
+    table_exists: "SELECT to_regclass(quote_ident($1)) IS NOT NULL",
     data_types: [
         "jsonb",
         "bytea",
@@ -84,8 +93,8 @@ pub(super) const POSTGRES: Dialect = Dialect {
               LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
               WHERE a.attrelid = to_regclass(quote_ident($1)) AND a.attnum > 0 \
               AND NOT a.attisdropped",
-    save_watermark: "INSERT INTO apisync.job_state (job, state, run_id) \
-         VALUES ($1, jsonb_build_object('watermark', CAST($2 AS text)::jsonb), $3) \
+    save_state: "INSERT INTO apisync.job_state (job, state, run_id) \
+         VALUES ($1, jsonb_build_object(CAST($4 AS text), CAST($2 AS text)::jsonb), $3) \
          ON CONFLICT (job) DO UPDATE SET state = apisync.job_state.state || excluded.state, \
            run_id = excluded.run_id, updated_at = now()",
 };
@@ -97,10 +106,13 @@ pub(super) const SQLITE: Dialect = Dialect {
     migrations_table: "apisync_migrations",
     key_ddl: "TEXT",
     key_type: "TEXT",
+    time_ddl: "TEXT",
+    time_type: "TEXT",
+    table_exists: "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = $1)",
     data_types: ["TEXT", "BLOB", "TEXT", "TEXT", "INTEGER"],
     columns: "SELECT name, type, pk > 0, NULL FROM pragma_table_info($1)",
-    save_watermark: "INSERT INTO apisync_job_state (job, state, run_id) \
-         VALUES ($1, json_object('watermark', json($2)), $3) \
+    save_state: "INSERT INTO apisync_job_state (job, state, run_id) \
+         VALUES ($1, json_object($4, json($2)), $3) \
          ON CONFLICT (job) DO UPDATE SET \
            state = json_patch(apisync_job_state.state, excluded.state), \
            run_id = excluded.run_id, \

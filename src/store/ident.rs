@@ -16,6 +16,10 @@ pub const RESERVED_COLUMNS: [&str; 5] = [
     "run_id",
 ];
 
+/// Columns apisync adds with `deletions = "mark"` (`deleted_at`) and in a
+/// history table (the others); a key column may not take these names either.
+pub const OPTIONAL_COLUMNS: [&str; 4] = ["deleted_at", "valid_from", "valid_to", "op"];
+
 /// Columns the stores keep in every table (PostgreSQL's system columns,
 /// SQLite's rowid aliases): a key column by one of these names is never the
 /// record's own. Refused on every store, so a configuration works on either.
@@ -52,6 +56,7 @@ impl Ident {
         }
         if RESERVED_COLUMNS
             .iter()
+            .chain(&OPTIONAL_COLUMNS)
             .any(|reserved| reserved.eq_ignore_ascii_case(name))
         {
             return Err(format!(
@@ -69,6 +74,18 @@ impl Ident {
             ));
         }
         Ok(Self(name.to_owned()))
+    }
+
+    /// The table keeping the versions of `self`'s rows: `<table>_history`,
+    /// refused when longer than an identifier may be.
+    pub fn history_table(&self) -> Result<Self, String> {
+        Self::table(&format!("{}_history", self.0)).map_err(|_| {
+            format!(
+                "the history table `{}_history` would be longer than {MAX_LEN} characters; \
+                 shorten the table name",
+                self.0
+            )
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -124,6 +141,8 @@ mod tests {
     fn column_names_keep_case_and_refuse_reserved_names() {
         assert_eq!(Ident::column("userId").unwrap().quoted(), "\"userId\"");
         assert!(Ident::column("record").is_err());
+        assert!(Ident::column("deleted_at").is_err());
+        assert!(Ident::column("valid_from").is_err());
         assert!(Ident::column("id\"; --").is_err());
     }
 }

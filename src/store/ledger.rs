@@ -21,11 +21,11 @@ use crate::run::{Counts, RunId, RunStatus};
 /// Adds a batch's counts to its run's row (`$1`) while the run is `running`.
 const ADD_COUNTS: &str = "UPDATE {runs} SET fetched = fetched + $2, inserted = inserted + $3, \
      updated = updated + $4, unchanged = unchanged + $5, duplicate = duplicate + $6, \
-     rejected = rejected + $7, pages = pages + $8 WHERE id = $1 AND status = 'running'";
+     rejected = rejected + $7, pages = pages + $8, deleted = deleted + $9 \
+     WHERE id = $1 AND status = 'running'";
 
-/// The seven counts, in the order of the `apisync.runs` columns (and of
-/// [`ADD_COUNTS`]'s parameters).
-fn count_values(counts: &Counts) -> [i64; 7] {
+/// The eight counts, in the order of [`ADD_COUNTS`]'s parameters.
+fn count_values(counts: &Counts) -> [i64; 8] {
     [
         counts.fetched,
         counts.inserted,
@@ -34,6 +34,7 @@ fn count_values(counts: &Counts) -> [i64; 7] {
         counts.duplicate,
         counts.rejected,
         counts.pages,
+        counts.deleted,
     ]
     .map(|count| i64::try_from(count).unwrap_or(i64::MAX))
 }
@@ -56,13 +57,35 @@ pub(super) async fn record_batch(
             .execute(&mut *conn)
             .await?;
         if let Some(watermark) = watermark {
-            sqlx::query(dialect.save_watermark)
+            sqlx::query(dialect.save_state)
                 .bind(write.job)
                 .bind(watermark)
                 .bind(write.run)
+                .bind("watermark")
                 .execute(&mut *conn)
                 .await?;
         }
+    });
+    Ok(())
+}
+
+/// Adds `deleted` to the run's `deleted` count, inside the deletion's
+/// transaction.
+pub(super) async fn add_deleted(
+    conn: Db<&mut PgConnection, &mut SqliteConnection>,
+    dialect: &Dialect,
+    run: RunId,
+    deleted: u64,
+) -> Result<(), StoreError> {
+    let sql = dialect
+        .sql("UPDATE {runs} SET deleted = deleted + $2 WHERE id = $1 AND status = 'running'");
+    let deleted = i64::try_from(deleted).unwrap_or(i64::MAX);
+    per_db!(conn, conn => {
+        sqlx::query(AssertSqlSafe(sql))
+            .bind(run)
+            .bind(deleted)
+            .execute(&mut *conn)
+            .await?;
     });
     Ok(())
 }
@@ -80,9 +103,13 @@ fn is_missing_table(error: &sqlx::Error) -> bool {
     }
 }
 
+/// The member of the job's state that says when its latest complete full
+/// run ended (RFC 3339), for `full_refresh`.
+const FULL_RUN_AT: &str = "full_run_at";
+
 /// One `apisync.runs` row as read by [`Store::recent_runs`].
 const RUN_COLUMNS: &str = "id, job, status, started_at, finished_at, fetched, inserted, updated, \
-     unchanged, duplicate, rejected, pages, expected, error";
+     unchanged, duplicate, rejected, deleted, pages, expected, error";
 
 impl Store {
     pub(super) fn dialect(&self) -> &'static Dialect {
@@ -231,6 +258,45 @@ impl Store {
 
     /// The job's committed watermark, if it has one.
     pub async fn watermark(&self, job: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        self.state_field(job, "watermark").await
+    }
+
+    /// When the job's latest complete full run (one that read everything,
+    /// so could see deletions) ended, if it had one.
+    pub async fn last_full_run(
+        &self,
+        job: &str,
+    ) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        let at = self.state_field(job, FULL_RUN_AT).await?;
+        Ok(at
+            .as_ref()
+            .and_then(serde_json::Value::as_str)
+            .and_then(|at| chrono::DateTime::parse_from_rfc3339(at).ok())
+            .map(|at| at.with_timezone(&chrono::Utc)))
+    }
+
+    /// Records that a complete full run of `job` ended now.
+    pub async fn save_full_run(&self, job: &str, run: RunId) -> Result<(), StoreError> {
+        let now = serde_json::Value::String(chrono::Utc::now().to_rfc3339());
+        let dialect = self.dialect();
+        per_db!(self.pools(), pool => {
+            sqlx::query(dialect.save_state)
+                .bind(job)
+                .bind(now.to_string())
+                .bind(run)
+                .bind(FULL_RUN_AT)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// One member of the job's state.
+    async fn state_field(
+        &self,
+        job: &str,
+        field: &str,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
         let sql = self
             .dialect()
             .sql("SELECT CAST(state AS text) FROM {job_state} WHERE job = $1");
@@ -239,7 +305,7 @@ impl Store {
         });
         Ok(state
             .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .and_then(|mut state| state.get_mut("watermark").map(serde_json::Value::take)))
+            .and_then(|mut state| state.get_mut(field).map(serde_json::Value::take)))
     }
 
     /// The latest runs, newest first.
@@ -272,6 +338,7 @@ impl Store {
                         unchanged: row.try_get("unchanged")?,
                         duplicate: row.try_get("duplicate")?,
                         rejected: row.try_get("rejected")?,
+                        deleted: row.try_get("deleted")?,
                         pages: row.try_get("pages")?,
                         expected: row.try_get("expected")?,
                         error: row.try_get("error")?,

@@ -23,11 +23,13 @@ macro_rules! migration_files {
 pub const POSTGRES: Files = migration_files!("postgres":
     "0001_create_internal_tables.sql",
     "0002_record_expected_totals_and_dedupe_rejects.sql",
+    "0003_count_deletions.sql",
 );
 
 pub const SQLITE: Files = migration_files!("sqlite":
     "0001_create_internal_tables.sql",
     "0002_record_expected_totals_and_dedupe_rejects.sql",
+    "0003_count_deletions.sql",
 );
 
 /// A migrator over `files`, as `sqlx::migrate!` would make it from their folder.

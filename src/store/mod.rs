@@ -20,6 +20,7 @@
 //! change are not written; a batch with nothing to write commits only its
 //! counts.
 
+mod deletions;
 mod dialect;
 mod error;
 pub mod ident;
@@ -30,6 +31,7 @@ mod postgres;
 mod sqlite;
 mod table;
 
+pub use self::deletions::{KeyDeletion, Unseen};
 pub use self::error::{StoreError, describe_sqlx};
 pub use self::ident::Ident;
 pub use self::plan::WritePlan;
@@ -141,6 +143,8 @@ pub struct RunRecord {
     pub unchanged: i64,
     pub duplicate: i64,
     pub rejected: i64,
+    /// Stored keys the run marked deleted or removed.
+    pub deleted: i64,
     pub pages: i64,
     /// The record count the API stated; `None` when it states none.
     pub expected: Option<i64>,
@@ -286,7 +290,12 @@ impl Store {
             Store::Sqlite(db) => db.look_up(&lookup).await,
         }
         .map_err(|e| e.on_table(table))?;
-        Ok(plan::write_plan(batch, &stored.hashes, &stored.rejects))
+        Ok(plan::write_plan(
+            batch,
+            &stored.hashes,
+            &stored.marked,
+            &stored.rejects,
+        ))
     }
 
     /// Commits one planned batch: its new and changed rows, its new

@@ -27,6 +27,8 @@ pub(super) struct Stored {
     /// Per row of the batch: its key's stored hash, `None` for a key not
     /// stored (or not asked about).
     pub hashes: Vec<Option<ContentHash>>,
+    /// Per row of the batch: its stored row is marked deleted.
+    pub marked: Vec<bool>,
     /// The content hashes of the batch's rejects that are stored.
     pub rejects: HashSet<ContentHash>,
 }
@@ -37,24 +39,30 @@ enum Outcome {
     Inserted,
     Updated,
     Unchanged,
+    /// A key marked deleted that came back: written (its mark cleared),
+    /// counted as updated.
+    Restored,
 }
 
-fn classify(existing: Option<&ContentHash>, new: &ContentHash) -> Outcome {
+fn classify(existing: Option<&ContentHash>, marked: bool, new: &ContentHash) -> Outcome {
     match existing {
         None => Outcome::Inserted,
+        Some(_) if marked => Outcome::Restored,
         Some(old) if old == new => Outcome::Unchanged,
         Some(_) => Outcome::Updated,
     }
 }
 
 /// What a batch needs, once compared with what is stored: its counts, which
-/// rows (indexes into `Batch::rows`) are new or changed, and which
-/// rejects (indexes into `Batch::rejects`) are not stored yet.
+/// rows (indexes into `Batch::rows`) are new, changed or restored (marked
+/// deleted and back), and which rejects (indexes into `Batch::rejects`) are
+/// not stored yet.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct WritePlan {
     pub counts: Counts,
     pub inserts: Vec<usize>,
     pub updates: Vec<usize>,
+    pub restores: Vec<usize>,
     pub new_rejects: Vec<usize>,
 }
 
@@ -65,6 +73,7 @@ impl WritePlan {
     pub fn needs_commit(&self, moves_watermark: bool) -> bool {
         !self.inserts.is_empty()
             || !self.updates.is_empty()
+            || !self.restores.is_empty()
             || !self.new_rejects.is_empty()
             || moves_watermark
     }
@@ -81,22 +90,30 @@ fn new_rejects(batch: &Batch, stored: &HashSet<ContentHash>) -> Vec<usize> {
         .collect()
 }
 
-/// What a lookup found for the key at `asked[position]` (its position in
-/// the statement, from 0): the stored hash, or `None` for a key not stored.
-/// A hash of another length (written by hand, say) never matches. Answers
-/// for positions outside `asked` are ignored.
-pub(super) fn note_stored(
-    existing: &mut [Option<ContentHash>],
-    asked: &[usize],
-    position: i64,
-    stored: Option<Vec<u8>>,
-) {
-    let slot = usize::try_from(position)
-        .ok()
-        .and_then(|i| asked.get(i))
-        .and_then(|&row| existing.get_mut(row));
-    if let Some(slot) = slot {
-        *slot = stored.map(|hash| hash.try_into().unwrap_or([0; 16]));
+impl Stored {
+    /// Nothing known stored yet, for a batch of `rows` rows.
+    pub fn for_rows(rows: usize) -> Self {
+        Self {
+            hashes: vec![None; rows],
+            marked: vec![false; rows],
+            ..Self::default()
+        }
+    }
+
+    /// What a lookup found for the key at `asked[position]` (its position
+    /// in the statement, from 0): the stored hash, or `None` for a key not
+    /// stored, and whether its row is marked deleted. A hash of another
+    /// length (written by hand, say) never matches. Answers for positions
+    /// outside `asked` are ignored.
+    pub fn note(&mut self, asked: &[usize], position: i64, stored: Option<Vec<u8>>, marked: bool) {
+        let row = usize::try_from(position)
+            .ok()
+            .and_then(|i| asked.get(i).copied())
+            .filter(|&row| row < self.hashes.len());
+        if let Some(row) = row {
+            self.hashes[row] = stored.map(|hash| hash.try_into().unwrap_or([0; 16]));
+            self.marked[row] = marked;
+        }
     }
 }
 
@@ -116,6 +133,7 @@ pub(super) fn rows_to_look_up(batch: &Batch, empty_at_start: bool) -> Vec<usize>
 pub(super) fn write_plan(
     batch: &Batch,
     existing: &[Option<ContentHash>],
+    marked: &[bool],
     stored_rejects: &HashSet<ContentHash>,
 ) -> WritePlan {
     let mut plan = WritePlan {
@@ -130,16 +148,18 @@ pub(super) fn write_plan(
         ..WritePlan::default()
     };
     for (index, (row, stored)) in batch.rows.iter().zip(existing).enumerate() {
-        let outcome = classify(stored.as_ref(), &row.record.content_hash);
+        let is_marked = marked.get(index).copied().unwrap_or(false);
+        let outcome = classify(stored.as_ref(), is_marked, &row.record.content_hash);
         match outcome {
             Outcome::Inserted => plan.inserts.push(index),
             Outcome::Updated => plan.updates.push(index),
+            Outcome::Restored => plan.restores.push(index),
             Outcome::Unchanged => {}
         }
         let counter = match (row.repeat, outcome) {
             (true, _) => &mut plan.counts.duplicate,
             (false, Outcome::Inserted) => &mut plan.counts.inserted,
-            (false, Outcome::Updated) => &mut plan.counts.updated,
+            (false, Outcome::Updated | Outcome::Restored) => &mut plan.counts.updated,
             (false, Outcome::Unchanged) => &mut plan.counts.unchanged,
         };
         *counter += 1;
@@ -175,7 +195,12 @@ mod tests {
         second.fetched += 1;
         batch.append(second);
 
-        let plan = write_plan(&batch, &[None, None, None, Some([0; 16])], &HashSet::new());
+        let plan = write_plan(
+            &batch,
+            &[None, None, None, Some([0; 16])],
+            &[],
+            &HashSet::new(),
+        );
         assert_eq!(
             plan.counts,
             Counts {
@@ -231,7 +256,7 @@ mod tests {
         };
         let same = |i: usize| Some(batch.rows[i].record.content_hash);
         let stored = [None, same(1), Some([0; 16]), Some([0; 16]), same(4)];
-        let plan = write_plan(&batch, &stored, &HashSet::new());
+        let plan = write_plan(&batch, &stored, &[], &HashSet::new());
         assert_eq!(
             plan.counts,
             Counts {
@@ -242,6 +267,7 @@ mod tests {
                 duplicate: 3,
                 rejected: 1,
                 pages: 1,
+                ..Counts::default()
             }
         );
         assert_eq!(plan.inserts, vec![0], "the new row");
@@ -253,15 +279,30 @@ mod tests {
         assert!(plan.needs_commit(false));
         let quiet = Batch::default();
         let none = HashSet::new();
-        assert!(!write_plan(&quiet, &[], &none).needs_commit(false));
+        assert!(!write_plan(&quiet, &[], &[], &none).needs_commit(false));
         assert!(
-            write_plan(&quiet, &[], &none).needs_commit(true),
+            write_plan(&quiet, &[], &[], &none).needs_commit(true),
             "a watermark to move"
         );
         assert_eq!(plan.new_rejects, vec![0]);
+        let marked = [false, true, true, false, true];
+        let back = write_plan(&batch, &stored, &marked, &HashSet::new());
+        assert_eq!(
+            back.restores,
+            vec![1, 2, 4],
+            "a marked key restored, changed or not, repeat or not"
+        );
+        assert_eq!(back.updates, vec![3]);
+        assert_eq!(
+            (back.counts.updated, back.counts.unchanged),
+            (2, 0),
+            "restores count as updated; a restored repeat as a duplicate"
+        );
         let known: HashSet<ContentHash> = [batch.rejects[0].content_hash].into();
         assert!(
-            write_plan(&batch, &stored, &known).new_rejects.is_empty(),
+            write_plan(&batch, &stored, &[], &known)
+                .new_rejects
+                .is_empty(),
             "a reject stored by an earlier run is not stored again"
         );
     }

@@ -11,11 +11,15 @@ use super::{Store, StoreError};
 use crate::record::KeyField;
 use crate::store::Ident;
 
-/// A job's target table: its name and key columns.
+/// A job's target table: its name and key columns, whether its rows carry
+/// `deleted_at` (`deletions = "mark"`), and the table of its versions
+/// (`history = true`).
 #[derive(Debug, Clone)]
 pub struct TableSpec {
     pub name: Ident,
     pub key_columns: Vec<Ident>,
+    pub marks: bool,
+    pub history: Option<Ident>,
 }
 
 impl TableSpec {
@@ -23,6 +27,46 @@ impl TableSpec {
         Self {
             name,
             key_columns: key.iter().map(|field| field.column.clone()).collect(),
+            marks: false,
+            history: None,
+        }
+    }
+
+    /// Rows get `deleted_at`, set when a complete run finds them gone.
+    pub fn marking_deletions(self) -> Self {
+        Self {
+            marks: true,
+            ..self
+        }
+    }
+
+    /// Every version goes to `<table>_history` too.
+    ///
+    /// # Errors
+    /// When that name is longer than an identifier may be.
+    pub fn keeping_history(self) -> Result<Self, String> {
+        Ok(Self {
+            history: Some(self.name.history_table()?),
+            ..self
+        })
+    }
+
+    /// The quoted key columns, joined by `, `.
+    pub fn key_list(&self) -> String {
+        self.key_columns
+            .iter()
+            .map(Ident::quoted)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Live rows only: `deleted_at IS NULL` when rows are marked, else
+    /// every row (`true`).
+    pub fn live(&self) -> &'static str {
+        if self.marks {
+            "deleted_at IS NULL"
+        } else {
+            "true"
         }
     }
 }
@@ -48,6 +92,14 @@ impl Store {
     }
 
     async fn create_and_check(&self, table: &TableSpec) -> Result<(), StoreError> {
+        self.create_and_check_rows(table).await?;
+        if let Some(history) = &table.history {
+            self.prepare_history(table, history).await?;
+        }
+        Ok(())
+    }
+
+    async fn create_and_check_rows(&self, table: &TableSpec) -> Result<(), StoreError> {
         let dialect = self.dialect();
         let key_columns: Vec<String> = table.key_columns.iter().map(|c| c.quoted()).collect();
         let key_defs: String = key_columns
@@ -64,24 +116,113 @@ impl Store {
             table = table.name.quoted(),
             keys = key_columns.join(", "),
         );
+        // A table made before `deletions = "mark"` was set gets its column
+        // here: a nullable column without a default is a change to the
+        // catalogue alone on both stores (no row is rewritten), and every
+        // existing row reads as live.
+        let add_marks = format!(
+            "ALTER TABLE {table} ADD COLUMN deleted_at {}",
+            dialect.time_ddl,
+            table = table.name.quoted(),
+        );
         let columns = per_db!(self.pools(), pool => {
             sqlx::query(AssertSqlSafe(create)).execute(pool).await?;
-            sqlx::query(dialect.columns)
-                .bind(table.name.as_str())
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|row| {
-                    Ok(Column {
-                        name: row.try_get(0)?,
-                        type_name: row.try_get(1)?,
-                        in_primary_key: row.try_get(2)?,
-                        nondeterministic_collation: row.try_get(3)?,
+            let read = || async {
+                sqlx::query(dialect.columns)
+                    .bind(table.name.as_str())
+                    .fetch_all(pool)
+                    .await?
+                    .iter()
+                    .map(|row| {
+                        Ok(Column {
+                            name: row.try_get(0)?,
+                            type_name: row.try_get(1)?,
+                            in_primary_key: row.try_get(2)?,
+                            nondeterministic_collation: row.try_get(3)?,
+                        })
                     })
-                })
-                .collect::<Result<Vec<_>, sqlx::Error>>()?
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+            };
+            let mut columns = read().await?;
+            if table.marks && !columns.iter().any(|c| c.name == "deleted_at") {
+                sqlx::query(AssertSqlSafe(add_marks)).execute(pool).await?;
+                columns = read().await?;
+            }
+            columns
         });
         shape_verdict(table, dialect, &columns)
+    }
+
+    /// Creates the history table when missing, and then, in the same
+    /// transaction, starts each stored key's history with its current row
+    /// (`insert` from its `changed_at`, or `delete` from its `deleted_at`
+    /// for a marked row): a history turned on for a table with rows holds
+    /// every key from the start.
+    async fn prepare_history(&self, table: &TableSpec, history: &Ident) -> Result<(), StoreError> {
+        let dialect = self.dialect();
+        let keys = table.key_list();
+        let key_defs: String = table
+            .key_columns
+            .iter()
+            .map(|c| format!("{} {} NOT NULL, ", c.quoted(), dialect.key_ddl))
+            .collect();
+        let [record, hash, _, _, run] = dialect.data_types;
+        let create = format!(
+            "CREATE TABLE {history} ({key_defs}valid_from {time} NOT NULL, valid_to {time}, \
+             op {text} NOT NULL, record {record} NOT NULL, content_hash {hash} NOT NULL, \
+             run_id {run} NOT NULL, PRIMARY KEY ({keys}, valid_from))",
+            history = history.quoted(),
+            time = dialect.time_ddl,
+            text = dialect.key_type,
+        );
+        let (op, from) = if table.marks {
+            (
+                "CASE WHEN deleted_at IS NULL THEN 'insert' ELSE 'delete' END",
+                "COALESCE(deleted_at, changed_at)",
+            )
+        } else {
+            ("'insert'", "changed_at")
+        };
+        let seed = format!(
+            "INSERT INTO {history} ({keys}, valid_from, op, record, content_hash, run_id) \
+             SELECT {keys}, {from}, {op}, record, content_hash, run_id FROM {table}",
+            history = history.quoted(),
+            table = table.name.quoted(),
+        );
+        per_db!(self.pools(), pool => {
+            let mut tx = pool.begin().await?;
+            let exists: bool = sqlx::query_scalar(dialect.table_exists)
+                .bind(history.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+            if !exists {
+                sqlx::query(AssertSqlSafe(create)).execute(&mut *tx).await?;
+                let seeded = sqlx::query(AssertSqlSafe(seed)).execute(&mut *tx).await?;
+                tracing::info!(
+                    table = %history,
+                    rows = seeded.rows_affected(),
+                    "Created the history table; each stored key's history starts with its current row."
+                );
+            }
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// The live rows of the job's table (all rows, unless rows are marked).
+    pub async fn live_rows(&self, table: &TableSpec) -> Result<u64, StoreError> {
+        let sql = format!(
+            "SELECT count(*) FROM {} WHERE {}",
+            table.name.quoted(),
+            table.live()
+        );
+        let count = async {
+            Ok::<i64, StoreError>(per_db!(self.pools(), pool => {
+                sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(pool).await?
+            }))
+        };
+        let count = count.await.map_err(|e| e.on_table(table))?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// Whether the job's table holds no row.
@@ -106,11 +247,13 @@ fn shape_verdict(
     columns: &[Column],
 ) -> Result<(), StoreError> {
     let mut problems = Vec::new();
+    let marks = table.marks.then_some(("deleted_at", dialect.time_type));
     let expected = table
         .key_columns
         .iter()
         .map(|c| (c.as_str(), dialect.key_type))
-        .chain(RESERVED_COLUMNS.into_iter().zip(dialect.data_types));
+        .chain(RESERVED_COLUMNS.into_iter().zip(dialect.data_types))
+        .chain(marks);
     for (name, wanted) in expected {
         match columns.iter().find(|column| column.name == name) {
             None => problems.push(format!("column {name} ({wanted}) is missing")),

@@ -56,6 +56,19 @@ pub enum SyncError {
     },
     #[error("{0}")]
     Watermark(String),
+    #[error(
+        "the run read the whole collection, but {gone} of the {live} stored keys were \
+         not in it: more than max_deleted = {max_deleted} allows, so none was {done}; \
+         the pages read are stored. If the API really deleted them, raise max_deleted \
+         for one run; if it answered short (an outage, a changed filter), fix that"
+    )]
+    Deletions {
+        gone: u64,
+        live: u64,
+        max_deleted: Threshold,
+        /// `marked deleted` or `deleted`.
+        done: &'static str,
+    },
 }
 
 fn later_note(first: u64, last: u64) -> String {
@@ -93,6 +106,7 @@ impl SyncError {
                 FailureReason::Incomplete
             }
             SyncError::Rejects { .. } => FailureReason::Rejects,
+            SyncError::Deletions { .. } => FailureReason::Deletions,
         })
     }
 }

@@ -74,6 +74,7 @@ pub(super) fn run_finished(report: &RunReport) {
                 unchanged = report.counts.unchanged,
                 duplicate = report.counts.duplicate,
                 rejected = report.counts.rejected,
+                deleted = report.counts.deleted,
                 pages = report.counts.pages,
                 expected = report.expected,
                 seconds = report.elapsed.as_secs_f64(),
@@ -100,4 +101,26 @@ pub(super) fn run_finished(report: &RunReport) {
         ),
         (Some(error), _) => finished!(error, reason, error = %error, "Run failed."),
     }
+}
+
+/// The deletion step marked or removed `deleted` stored keys the run did
+/// not see.
+pub(super) fn deletions_committed(job: &str, deleted: u64, removed: bool, elapsed: Duration) {
+    metrics::records_counted(
+        job,
+        &Counts {
+            deleted,
+            ..Counts::default()
+        },
+    );
+    tracing::info!(
+        deleted,
+        seconds = elapsed.as_secs_f64(),
+        "{}",
+        if removed {
+            "Deleted the stored keys the API no longer returns."
+        } else {
+            "Marked deleted the stored keys the API no longer returns."
+        }
+    );
 }

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use crate::config::{JobSettings, Threshold};
+use std::time::Duration;
+
+use crate::config::{Deletions, JobSettings, Threshold};
 use crate::incremental::Incremental;
 use crate::record::RecordShape;
 use crate::source::{HostThrottles, SourceSpec};
@@ -17,6 +19,12 @@ pub struct Job {
     pub(super) source: SourceSpec,
     pub(super) incremental: Option<Incremental>,
     pub(super) max_rejected: Threshold,
+    pub(super) deletions: Deletions,
+    pub(super) max_deleted: Threshold,
+    pub(super) full_refresh: Option<Duration>,
+    /// Read everything on the next run, whatever the watermark says
+    /// (`apisync sync --full`); only incremental jobs read less otherwise.
+    pub full: bool,
 }
 
 impl Job {
@@ -48,7 +56,13 @@ impl Job {
     fn with_hosts(settings: &JobSettings, hosts: &HostThrottles) -> Result<Self, String> {
         let shape = RecordShape::with_key_entries(&settings.key, &settings.hash_exclude)
             .map_err(|(key, message)| format!("{key}: {message}"))?;
-        let table = TableSpec::new(Ident::table(&settings.table)?, shape.key_fields());
+        let mut table = TableSpec::new(Ident::table(&settings.table)?, shape.key_fields());
+        if settings.deletions == Deletions::Mark {
+            table = table.marking_deletions();
+        }
+        if settings.history {
+            table = table.keeping_history()?;
+        }
         let incremental = settings
             .incremental
             .as_ref()
@@ -62,6 +76,10 @@ impl Job {
             source: SourceSpec::new(settings, hosts)?,
             incremental,
             max_rejected: settings.max_rejected,
+            deletions: settings.deletions,
+            max_deleted: settings.max_deleted,
+            full_refresh: settings.full_refresh,
+            full: false,
         })
     }
 }

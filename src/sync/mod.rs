@@ -38,10 +38,12 @@ pub use self::error::SyncError;
 pub use self::job::Job;
 use self::prepare::Preparer;
 use self::write::{Committed, Target};
+use crate::config::Deletions;
 use crate::redact::Redactor;
 use crate::run::{Counts, FailureReason, RunId, RunStatus};
+use crate::seen_keys::SeenKeys;
 use crate::source::ApiClient;
-use crate::store::{JobLock, RunEnd, Store, StoreError};
+use crate::store::{JobLock, KeyDeletion, RunEnd, Store, StoreError};
 
 /// Batches prepared ahead of the writer. Each holds its records as text
 /// (about the size of the response), so a few cost a few megabytes at most.
@@ -223,15 +225,25 @@ async fn transfer(
         ),
         None => None,
     };
+    let reads_all = until_cancelled(ctx, reads_everything(job, &ctx.store)).await?;
     let since = match (&job.incremental, &tracker) {
-        (Some(incremental), Some(tracker)) => {
+        (Some(incremental), Some(tracker)) if !reads_all => {
             tracker.watermark().and_then(|w| incremental.since(w))
         }
         _ => None,
     };
     if let Some((param, value)) = &since {
         tracing::info!(param = %param, since = %value, "Fetching changes since the watermark.");
+    } else if job.incremental.is_some() {
+        tracing::info!("Reading the whole collection (a full run: no watermark applied).");
     }
+    // Only a run that reads everything can tell a deleted record from an
+    // unchanged one; the guard measures against the live rows before it.
+    let live_before = if job.deletions != Deletions::Ignore && since.is_none() {
+        Some(until_cancelled(ctx, ctx.store.live_rows(&job.table)).await?)
+    } else {
+        None
+    };
     let since: Vec<(&str, String)> = since
         .iter()
         .map(|(param, value)| (param.as_str(), value.clone()))
@@ -269,8 +281,104 @@ async fn transfer(
     // A later stage's error comes first: an earlier one only stopped
     // because of it (its queue closed).
     written?;
-    prepared?;
-    fetched
+    let keys_read = prepared?;
+    fetched?;
+
+    // Every page read, every check passed, every batch committed: the run
+    // saw the whole collection, so a stored key it did not see is gone.
+    let (Some(live_before), Some(keys_read)) = (live_before, keys_read) else {
+        return Ok(());
+    };
+    let gone = Gone {
+        job,
+        ctx,
+        run,
+        live_before,
+        keys_read: &keys_read,
+    };
+    gone.act(lock, committed).await?;
+    if job.incremental.is_some() {
+        ctx.store.save_full_run(&job.name, run).await?;
+    }
+    Ok(())
+}
+
+/// Whether this run reads the whole collection: every run of a job that is
+/// not incremental; for an incremental one, a run asked to (`--full`), the
+/// first (no watermark: the tracker decides that), and, with deletions,
+/// one due by `full_refresh` since the last complete full run.
+async fn reads_everything(job: &Job, store: &Store) -> Result<bool, StoreError> {
+    if job.incremental.is_none() || job.full {
+        return Ok(true);
+    }
+    let (Some(every), true) = (job.full_refresh, job.deletions != Deletions::Ignore) else {
+        return Ok(false);
+    };
+    let due = match store.last_full_run(&job.name).await? {
+        None => true,
+        Some(at) => chrono::Utc::now()
+            .signed_duration_since(at)
+            .to_std()
+            .is_ok_and(|since| since >= every),
+    };
+    Ok(due)
+}
+
+/// The deletion step of a complete full run.
+struct Gone<'a> {
+    job: &'a Job,
+    ctx: &'a SyncContext,
+    run: RunId,
+    live_before: u64,
+    keys_read: &'a SeenKeys,
+}
+
+impl Gone<'_> {
+    /// Marks or removes the stored keys the run did not see, unless they
+    /// are more than `max_deleted` allows: then nothing changes and the run
+    /// fails (reason `deletions`), keeping the pages it committed.
+    async fn act(self, lock: &mut JobLock, committed: &mut Committed) -> Result<(), SyncError> {
+        let Gone {
+            job,
+            ctx,
+            run,
+            live_before,
+            keys_read,
+        } = self;
+        if ctx.cancel.is_cancelled() {
+            return Err(SyncError::Interrupted);
+        }
+        let started = Instant::now();
+        let allowed = job.max_deleted.allowed_of(live_before);
+        let keep = usize::try_from(allowed).unwrap_or(usize::MAX);
+        let unseen = ctx.store.unseen_keys(&job.table, keys_read, keep).await?;
+        let remove = job.deletions == Deletions::Delete;
+        if unseen.count > allowed {
+            return Err(SyncError::Deletions {
+                gone: unseen.count,
+                live: live_before,
+                max_deleted: job.max_deleted,
+                done: if remove { "deleted" } else { "marked deleted" },
+            });
+        }
+        if unseen.count == 0 {
+            return Ok(());
+        }
+        // Writing after losing the lock could race another process.
+        lock.still_held().await?;
+        let deleted = ctx
+            .store
+            .delete_keys(&KeyDeletion {
+                table: &job.table,
+                run,
+                keys: &unseen.keys,
+                remove,
+            })
+            .await?;
+        committed.counts.deleted += deleted;
+        events::deletions_committed(&job.name, deleted, remove, started.elapsed());
+        Ok(())
+    }
 }
 
 /// `work`, unless shutdown comes first: for statements before the first
@@ -288,15 +396,15 @@ async fn until_cancelled<T>(
 
 /// A stage's task, aborted if the run is dropped before it ends (a blocking
 /// one cannot be: it ends once its queues close).
-struct Stage(tokio::task::JoinHandle<Result<(), SyncError>>);
+struct Stage<T>(tokio::task::JoinHandle<Result<T, SyncError>>);
 
-impl Stage {
-    async fn finish(mut self) -> Result<(), SyncError> {
+impl<T: Default> Stage<T> {
+    async fn finish(mut self) -> Result<T, SyncError> {
         let result = (&mut self.0).await;
         match result {
             Ok(result) => result,
             // Called off by `call_off`: its work was no longer needed.
-            Err(e) if e.is_cancelled() => Ok(()),
+            Err(e) if e.is_cancelled() => Ok(T::default()),
             // A panic in a stage is a bug; it ends the run, not the process.
             Err(e) => Err(SyncError::Stage(e.to_string())),
         }
@@ -309,7 +417,7 @@ impl Stage {
     }
 }
 
-impl Drop for Stage {
+impl<T> Drop for Stage<T> {
     fn drop(&mut self) {
         self.0.abort();
     }

@@ -40,18 +40,23 @@ const PART_BYTES: usize = 4 << 20;
 /// the walk ended early: then the fetch's result says why), or with the
 /// failure the last page carries (the verdict, a repeated page) after the
 /// pages before it were handed over.
+///
+/// Returns every key the run read (the key of a reject that has one among
+/// them) once the last page was read and the verdict passed: what the
+/// deletion step compares the table with. `None` when the walk did not end
+/// at the last page (the fetch stopped early, the writer did).
 pub(super) fn prepare_pages(
     mut preparer: Preparer,
     mut fetched: mpsc::Receiver<Fetched>,
     writer: mpsc::Sender<Ready>,
-) -> Result<(), SyncError> {
+) -> Result<Option<SeenKeys>, SyncError> {
     while let Some(Fetched { page, stated }) = fetched.blocking_recv() {
         let step = preparer.prepare(page, stated, &writer);
         if let Some(ready) = step.ready
             && writer.blocking_send(ready).is_err()
         {
             // The writer stopped; its error says why.
-            return Ok(());
+            return Ok(None);
         }
         if let Some(failure) = step.failure {
             return Err(failure);
@@ -59,10 +64,10 @@ pub(super) fn prepare_pages(
         if step.ends {
             // The last page, or one the API served again past its end: a
             // page fetched after it is not read, whatever it holds.
-            return Ok(());
+            return Ok(Some(preparer.into_keys_read()));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// One page, read.
@@ -85,6 +90,9 @@ pub(super) struct Preparer {
     max_rejected: Threshold,
     /// Every key of the run so far.
     seen: SeenKeys,
+    /// The keys of rejected records that had a readable key (refused for
+    /// what the store cannot hold): the API still returns them.
+    rejected_keys: Vec<u64>,
     tracker: Option<WatermarkTracker>,
     guard: RepeatGuard,
     /// Records read and rejected so far, and the first reject's reason.
@@ -110,6 +118,7 @@ impl Preparer {
             redactor,
             max_rejected: job.max_rejected,
             seen: SeenKeys::default(),
+            rejected_keys: Vec::new(),
             tracker,
             guard: RepeatGuard::default(),
             fetched: 0,
@@ -117,6 +126,14 @@ impl Preparer {
             first_reject: None,
             distinct_rejects: HashSet::new(),
         }
+    }
+
+    /// Every key read, rows' and rejects' alike.
+    fn into_keys_read(mut self) -> SeenKeys {
+        for key in std::mem::take(&mut self.rejected_keys) {
+            self.seen.insert(key);
+        }
+        self.seen
     }
 
     /// A reason may quote the record. The record itself is the API's data
@@ -151,6 +168,7 @@ impl Preparer {
                 self.limits.as_ref(),
                 page.records.iter(),
                 &mut self.seen,
+                &mut self.rejected_keys,
                 self.tracker.as_mut(),
                 None,
             );
@@ -237,6 +255,7 @@ impl Preparer {
                 self.limits.as_ref(),
                 part,
                 &mut self.seen,
+                &mut self.rejected_keys,
                 self.tracker.as_mut(),
                 Some((&scan.last_copy, first)),
             );
@@ -313,7 +332,8 @@ impl Preparer {
 /// hold by its `limits` among them), one row per key. Inside a page the later
 /// copy of a key wins (it replaces the earlier one in place); a key already
 /// seen on an earlier page is flagged as a repeat: written only if it
-/// changed, and counted as a duplicate. An incremental job's `tracker` sees
+/// changed, and counted as a duplicate. A reject whose key could be read
+/// adds that key to `rejected_keys`. An incremental job's `tracker` sees
 /// the field of each record kept, and of no copy replaced. `later_copies`,
 /// for a part of a large page: where the last copy of each key the page
 /// holds more than once is, and the index of this part's first record.
@@ -326,6 +346,7 @@ fn build_batch<'a>(
     limits: Option<&StoreLimits>,
     records: impl Iterator<Item = &'a [u8]>,
     seen: &mut SeenKeys,
+    rejected_keys: &mut Vec<u64>,
     tracker: Option<&mut WatermarkTracker>,
     later_copies: Option<(&HashMap<u128, usize>, usize)>,
 ) -> (Batch, Option<u128>) {
@@ -345,7 +366,8 @@ fn build_batch<'a>(
         batch.fetched += 1;
         let record = match read_checked(shape, limits, text) {
             Ok(record) => record,
-            Err(reason) => {
+            Err((reason, key)) => {
+                rejected_keys.extend(key.map(|key| key as u64));
                 let reject = shape.reject(text, reason);
                 keys.update(&reject.content_hash);
                 any_key = true;
@@ -394,15 +416,15 @@ fn build_batch<'a>(
 }
 
 /// The record of `text`, or why it cannot be stored (by the shape, or by
-/// what the store can hold).
+/// what the store can hold: then with its key's fingerprint).
 fn read_checked(
     shape: &RecordShape,
     limits: Option<&StoreLimits>,
     text: &[u8],
-) -> Result<Record, String> {
-    let record = shape.read_text(text)?;
+) -> Result<Record, (String, Option<u128>)> {
+    let record = shape.read_text(text).map_err(|reason| (reason, None))?;
     match limits.and_then(|limits| limits.check(&record)) {
-        Some(reason) => Err(reason),
+        Some(reason) => Err((reason, Some(record.key_fingerprint))),
         None => Ok(record),
     }
 }
@@ -439,7 +461,7 @@ fn scan_page<'a>(
                     last_copy.insert(fingerprint, index);
                 }
             }
-            Err(reason) => keys.update(&shape.reject(text, reason).content_hash),
+            Err((reason, _)) => keys.update(&shape.reject(text, reason).content_hash),
         }
     }
     PageScan {

@@ -298,30 +298,38 @@ impl TestEnv {
     /// Starts counting row writes (inserts and updates) to `table` with
     /// triggers, on either store; read the count with [`TestEnv::writes`].
     pub async fn count_writes(&self, table: &str) {
+        self.count_writes_to(&[table]).await;
+    }
+
+    /// Like [`TestEnv::count_writes`], for writes to any of `tables`.
+    pub async fn count_writes_to(&self, tables: &[&str]) {
         self.execute("CREATE TABLE test_writes (n bigint NOT NULL)")
             .await;
         self.execute("INSERT INTO test_writes VALUES (0)").await;
         // The dialects' triggers differ: a plpgsql function for one trigger
         // on PostgreSQL, a body per event on SQLite.
-        let triggers = match self.db {
-            TestDb::Postgres(_) => vec![
+        let mut triggers = Vec::new();
+        if let TestDb::Postgres(_) = self.db {
+            triggers.push(
                 "CREATE FUNCTION test_count_write() RETURNS trigger LANGUAGE plpgsql AS \
                  $$ BEGIN UPDATE test_writes SET n = n + 1; RETURN NULL; END $$"
                     .to_owned(),
-                format!(
+            );
+        }
+        for table in tables {
+            match self.db {
+                TestDb::Postgres(_) => triggers.push(format!(
                     "CREATE TRIGGER test_count AFTER INSERT OR UPDATE ON \"{table}\" \
                      FOR EACH ROW EXECUTE FUNCTION test_count_write()"
-                ),
-            ],
-            TestDb::Sqlite(_) => ["INSERT", "UPDATE"]
-                .map(|event| {
+                )),
+                TestDb::Sqlite(_) => triggers.extend(["INSERT", "UPDATE"].map(|event| {
                     format!(
-                        "CREATE TRIGGER test_count_{event} AFTER {event} ON \"{table}\" \
+                        "CREATE TRIGGER test_count_{table}_{event} AFTER {event} ON \"{table}\" \
                          BEGIN UPDATE test_writes SET n = n + 1; END"
                     )
-                })
-                .into(),
-        };
+                })),
+            }
+        }
         for sql in triggers {
             self.execute(&sql).await;
         }

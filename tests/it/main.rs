@@ -9,6 +9,7 @@ mod completeness;
 mod config;
 mod daemon;
 mod database;
+mod deletions;
 mod deploy;
 mod fake_api;
 mod helpers;

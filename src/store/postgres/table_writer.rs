@@ -35,7 +35,7 @@ use super::PgStore;
 use crate::record::{ContentHash, Record};
 use crate::run::RunId;
 use crate::store::dialect::{self, Db};
-use crate::store::plan::{self, Lookup, Stored};
+use crate::store::plan::{Lookup, Stored};
 use crate::store::{Batch, BatchWrite, StoreError, TableSpec, ledger};
 
 /// How the rows of a page are written.
@@ -72,14 +72,14 @@ impl PgStore {
         lookup: &Lookup<'_>,
     ) -> Result<Stored, StoreError> {
         let batch = lookup.batch;
-        let mut hashes = vec![None; batch.rows.len()];
+        let mut stored = Stored::for_rows(batch.rows.len());
         // Several pages written together ask in several statements: one
         // statement for 5,000 keys took 70 ms where five of 1,000 take 25.
         for asked in lookup.asked.chunks(LOOKUP_CHUNK) {
-            stored_hashes(&self.pool, lookup.table, batch, asked, &mut hashes).await?;
+            stored_hashes(&self.pool, lookup.table, batch, asked, &mut stored).await?;
         }
-        let rejects = stored_rejects(&self.pool, lookup.job, batch).await?;
-        Ok(Stored { hashes, rejects })
+        stored.rejects = stored_rejects(&self.pool, lookup.job, batch).await?;
+        Ok(stored)
     }
 }
 
@@ -162,27 +162,39 @@ impl BatchWrite<'_> {
                     )
                     .await?;
                 }
-                if !self.plan.updates.is_empty() {
+                let mut changed = self.plan.updates.clone();
+                changed.extend(&self.plan.restores);
+                if !changed.is_empty() {
                     let sql = update_sql(self.table);
-                    execute_rows(
-                        &mut tx,
-                        sql,
-                        self.table,
-                        self.run,
-                        self.batch,
-                        &self.plan.updates,
-                    )
-                    .await?;
+                    execute_rows(&mut tx, sql, self.table, self.run, self.batch, &changed).await?;
                 }
             }
             WritePath::Simple => {
                 let mut rows = self.plan.inserts.clone();
                 rows.extend(&self.plan.updates);
+                rows.extend(&self.plan.restores);
                 if !rows.is_empty() {
                     let sql = upsert_sql(self.table);
                     execute_rows(&mut tx, sql, self.table, self.run, self.batch, &rows).await?;
                 }
             }
+        }
+        if let Some(history) = &self.table.history {
+            let versions = [
+                (&self.plan.inserts, "insert"),
+                (&self.plan.updates, "update"),
+                (&self.plan.restores, "restore"),
+            ];
+            let mut keys: Vec<&[String]> = Vec::new();
+            let mut ops: Vec<&str> = Vec::new();
+            for (rows, op) in versions {
+                keys.extend(
+                    rows.iter()
+                        .map(|&i| self.batch.rows[i].record.key.as_slice()),
+                );
+                ops.extend(std::iter::repeat_n(op, rows.len()));
+            }
+            write_versions(&mut tx, self.table, history, self.run, &keys, &ops).await?;
         }
         if !self.plan.new_rejects.is_empty() {
             let rejects = || {
@@ -253,13 +265,146 @@ fn key_arrays<'a>(
     batch: &'a Batch,
     rows: impl Iterator<Item = usize> + Clone,
 ) -> Vec<Vec<&'a str>> {
+    columns_of(table, rows.map(|i| batch.rows[i].record.key.as_slice()))
+}
+
+/// `keys` column by column, as UNNEST wants them.
+fn columns_of<'a>(
+    table: &TableSpec,
+    keys: impl Iterator<Item = &'a [String]> + Clone,
+) -> Vec<Vec<&'a str>> {
     (0..table.key_columns.len())
-        .map(|k| {
-            rows.clone()
-                .map(|i| batch.rows[i].record.key[k].as_str())
-                .collect()
-        })
+        .map(|k| keys.clone().map(|key| key[k].as_str()).collect())
         .collect()
+}
+
+/// The versions of the rows of `keys` as they now stand in the table, one
+/// per key with its `ops` entry, each closing the key's open version: the
+/// closed version's `valid_to` and the new one's `valid_from` are the same
+/// `now()`, the transaction's time. Read from the table, not sent again:
+/// the rows were written (or, for a deletion, are about to be) in this
+/// transaction.
+async fn write_versions(
+    conn: &mut PgConnection,
+    table: &TableSpec,
+    history: &crate::store::Ident,
+    run: RunId,
+    keys: &[&[String]],
+    ops: &[&str],
+) -> Result<(), StoreError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let n = table.key_columns.len();
+    let (params, aliases) = key_params(table, 1);
+    let on = |alias: &str| {
+        table
+            .key_columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{alias}.{} = b.k{i}", c.quoted()))
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let close = format!(
+        "UPDATE {history} AS h SET valid_to = now() FROM UNNEST({params}) AS b({aliases}) \
+         WHERE {on} AND h.valid_to IS NULL",
+        history = history.quoted(),
+        on = on("h"),
+    );
+    let columns = table.key_list();
+    let from_table: Vec<String> = table
+        .key_columns
+        .iter()
+        .map(|c| format!("t.{}", c.quoted()))
+        .collect();
+    let insert = format!(
+        "INSERT INTO {history} ({columns}, valid_from, op, record, content_hash, run_id) \
+         SELECT {from_table}, now(), b.op, t.record, t.content_hash, ${run} \
+         FROM UNNEST({params}, ${ops}::text[]) AS b({aliases}, op) \
+         JOIN {table} AS t ON {on}",
+        history = history.quoted(),
+        from_table = from_table.join(", "),
+        run = n + 2,
+        ops = n + 1,
+        table = table.name.quoted(),
+        on = on("t"),
+    );
+    let key_columns = columns_of(table, keys.iter().copied());
+    let mut query = sqlx::query(AssertSqlSafe(close));
+    for column in &key_columns {
+        query = query.bind(column);
+    }
+    query.execute(&mut *conn).await?;
+    let mut query = sqlx::query(AssertSqlSafe(insert));
+    for column in &key_columns {
+        query = query.bind(column);
+    }
+    query.bind(ops).bind(run).execute(&mut *conn).await?;
+    Ok(())
+}
+
+impl PgStore {
+    /// Marks (or removes, with `remove`) the rows of `keys`, each with its
+    /// `delete` version first when history is kept, and adds the count to
+    /// the run's row: one transaction, guarded like a batch's.
+    pub(in crate::store) async fn delete_keys(
+        &self,
+        deletion: &crate::store::KeyDeletion<'_>,
+    ) -> Result<u64, StoreError> {
+        let table = deletion.table;
+        let mut tx = self.pool.begin().await?;
+        let ours: Option<i32> = sqlx::query_scalar(
+            "SELECT 1 FROM apisync.runs WHERE id = $1 AND status = 'running' FOR UPDATE",
+        )
+        .bind(deletion.run)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if ours.is_none() {
+            return Err(StoreError::RunClosed);
+        }
+        let mut deleted = 0;
+        for keys in deletion.keys.chunks(LOOKUP_CHUNK * 10) {
+            let keys: Vec<&[String]> = keys.iter().map(Vec::as_slice).collect();
+            if let Some(history) = &table.history {
+                let ops = vec!["delete"; keys.len()];
+                write_versions(&mut tx, table, history, deletion.run, &keys, &ops).await?;
+            }
+            let (params, aliases) = key_params(table, 1);
+            let sql = if deletion.remove {
+                format!(
+                    "DELETE FROM {table} AS t USING UNNEST({params}) AS b({aliases}) WHERE {join}",
+                    table = table.name.quoted(),
+                    join = key_join(table),
+                )
+            } else {
+                format!(
+                    "UPDATE {table} AS t SET deleted_at = now(), run_id = ${run} \
+                     FROM UNNEST({params}) AS b({aliases}) WHERE {join} AND t.deleted_at IS NULL",
+                    table = table.name.quoted(),
+                    run = table.key_columns.len() + 1,
+                    join = key_join(table),
+                )
+            };
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for column in columns_of(table, keys.iter().copied()) {
+                query = query.bind(column);
+            }
+            if !deletion.remove {
+                query = query.bind(deletion.run);
+            }
+            deleted += query.execute(&mut *tx).await?.rows_affected();
+        }
+        ledger::add_deleted(
+            Db::Postgres(&mut *tx),
+            &dialect::POSTGRES,
+            deletion.run,
+            deleted,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
 }
 
 /// `$first::text[], …` for the key columns, and their aliases `k0, …`.
@@ -292,7 +437,7 @@ async fn stored_hashes(
     table: &TableSpec,
     batch: &Batch,
     asked: &[usize],
-    existing: &mut [Option<ContentHash>],
+    existing: &mut Stored,
 ) -> Result<(), StoreError> {
     let n = table.key_columns.len();
     let (params, aliases) = key_params(table, 1);
@@ -305,11 +450,19 @@ async fn stored_hashes(
     // then prefers a hash join over a scan of the whole table (measured: 70 ms
     // instead of 20 ms for 5,000 keys in 200,000 rows). `LIMIT 1` (a key
     // matches at most one row) keeps the subquery, and so the probes.
+    //
+    // A row marked deleted is answered too, whatever its hash: it is restored.
+    let (marked, or_marked) = if table.marks {
+        ("t.deleted_at IS NOT NULL", " OR s.marked")
+    } else {
+        ("false", "")
+    };
     let sql = format!(
-        "SELECT b.ord, s.content_hash \
+        "SELECT b.ord, s.content_hash, COALESCE(s.marked, false) \
          FROM UNNEST({params}, ${hashes}::bytea[]) WITH ORDINALITY AS b({aliases}, h, ord) \
-         LEFT JOIN LATERAL (SELECT t.content_hash FROM {table} AS t WHERE {join} LIMIT 1) AS s \
-         ON true WHERE s.content_hash IS DISTINCT FROM b.h",
+         LEFT JOIN LATERAL (SELECT t.content_hash, {marked} AS marked FROM {table} AS t \
+           WHERE {join} LIMIT 1) AS s \
+         ON true WHERE s.content_hash IS DISTINCT FROM b.h{or_marked}",
         hashes = n + 1,
         table = table.name.quoted(),
         join = key_join(table),
@@ -323,14 +476,14 @@ async fn stored_hashes(
         .map(|&row| &batch.rows[row].record.content_hash[..])
         .collect();
     query = query.bind(hashes);
-    // Keys not in the answer are stored with the same hash.
+    // Keys not in the answer are stored with the same hash, unmarked.
     for &row in asked {
-        existing[row] = Some(batch.rows[row].record.content_hash);
+        existing.hashes[row] = Some(batch.rows[row].record.content_hash);
     }
     for row in query.fetch_all(pool).await? {
         // ORDINALITY counts from 1.
         let ord: i64 = row.try_get(0)?;
-        plan::note_stored(existing, asked, ord - 1, row.try_get(1)?);
+        existing.note(asked, ord - 1, row.try_get(1)?, row.try_get(2)?);
     }
     Ok(())
 }
@@ -434,11 +587,17 @@ impl BinaryCopy {
 /// The statement for changed rows, over [`unnest_rows`]; the `WHERE`
 /// re-checks the hash.
 fn update_sql(table: &TableSpec) -> String {
+    // A marked row is written whatever its hash: its mark is cleared.
+    let (unmark, or_marked) = if table.marks {
+        (", deleted_at = NULL", " OR t.deleted_at IS NOT NULL")
+    } else {
+        ("", "")
+    };
     format!(
         "UPDATE {table} AS t SET record = b.record, content_hash = b.content_hash, \
-           changed_at = now(), run_id = ${run_param} \
+           changed_at = now(), run_id = ${run_param}{unmark} \
          FROM {unnest} \
-         WHERE {join} AND t.content_hash IS DISTINCT FROM b.content_hash",
+         WHERE {join} AND (t.content_hash IS DISTINCT FROM b.content_hash{or_marked})",
         table = table.name.quoted(),
         run_param = table.key_columns.len() + 3,
         unnest = unnest_rows(table),
@@ -451,14 +610,19 @@ fn update_sql(table: &TableSpec) -> String {
 fn upsert_sql(table: &TableSpec) -> String {
     let columns: Vec<String> = table.key_columns.iter().map(|c| c.quoted()).collect();
     let (_, aliases) = key_params(table, 1);
+    let (unmark, or_marked) = if table.marks {
+        (", deleted_at = NULL", " OR t.deleted_at IS NOT NULL")
+    } else {
+        ("", "")
+    };
     format!(
         "INSERT INTO {table} AS t ({columns}, record, content_hash, first_seen_at, changed_at, run_id) \
          SELECT {aliases}, b.record, b.content_hash, now(), now(), ${run_param} \
          FROM {unnest} \
          ON CONFLICT ({columns}) DO UPDATE SET record = excluded.record, \
            content_hash = excluded.content_hash, changed_at = excluded.changed_at, \
-           run_id = excluded.run_id \
-         WHERE t.content_hash IS DISTINCT FROM excluded.content_hash",
+           run_id = excluded.run_id{unmark} \
+         WHERE t.content_hash IS DISTINCT FROM excluded.content_hash{or_marked}",
         table = table.name.quoted(),
         columns = columns.join(", "),
         run_param = table.key_columns.len() + 3,

@@ -47,9 +47,24 @@ pub struct SqliteStore {
     /// How long to wait for another connection's lock (the busy timeout,
     /// `database.lock_timeout`), and for another process's lock file.
     lock_timeout: Duration,
+    /// The time of this process's latest write transaction.
+    last_write: std::sync::Arc<std::sync::Mutex<chrono::DateTime<chrono::Utc>>>,
 }
 
 impl SqliteStore {
+    /// The time of a write transaction, in the store's text form (RFC 3339,
+    /// milliseconds, UTC: what the SQL clock writes and sqlx reads back):
+    /// one value for every statement of the transaction, as PostgreSQL's
+    /// `now()` is, and later than the process's previous one, so a key's
+    /// versions never share a `valid_from` (a millisecond is coarse enough
+    /// for two transactions to fall within it).
+    pub(super) fn transaction_time(&self) -> String {
+        let mut last = self.last_write.lock().unwrap_or_else(|e| e.into_inner());
+        let now = chrono::Utc::now().max(*last + chrono::Duration::milliseconds(1));
+        *last = now;
+        now.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    }
+
     /// Opens (creating when missing) the database at a `sqlite:` URL.
     ///
     /// # Errors
@@ -111,6 +126,7 @@ impl SqliteStore {
             pool,
             file,
             lock_timeout,
+            last_write: Default::default(),
         }
     }
 

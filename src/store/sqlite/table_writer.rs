@@ -9,10 +9,9 @@
 use sqlx::{AssertSqlSafe, Row};
 
 use super::SqliteStore;
-use crate::record::ContentHash;
 use crate::run::RunId;
 use crate::store::dialect::{self, Db};
-use crate::store::plan::{self, Lookup, Stored};
+use crate::store::plan::{Lookup, Stored};
 use crate::store::{Batch, BatchWrite, StoreError, TableSpec, ledger};
 
 impl SqliteStore {
@@ -23,17 +22,14 @@ impl SqliteStore {
         lookup: &Lookup<'_>,
     ) -> Result<Stored, StoreError> {
         let Lookup { job, batch, .. } = *lookup;
-        let mut stored = Stored {
-            hashes: vec![None; batch.rows.len()],
-            ..Stored::default()
-        };
+        let mut stored = Stored::for_rows(batch.rows.len());
         let mut conn = self.pool.acquire().await?;
         for chunk in lookup.asked.chunks(LOOKUP_CHUNK) {
             let chunk = Lookup {
                 asked: chunk,
                 ..*lookup
             };
-            stored_hashes(&mut conn, &chunk, &mut stored.hashes).await?;
+            stored_hashes(&mut conn, &chunk, &mut stored).await?;
         }
         for chunk in batch.rejects.chunks(LOOKUP_CHUNK) {
             let sql = format!(
@@ -75,9 +71,32 @@ impl SqliteStore {
         if ours.is_none() {
             return Err(StoreError::RunClosed);
         }
-        let written: Vec<usize> = plan.inserts.iter().chain(&plan.updates).copied().collect();
+        // One time for the whole transaction, as PostgreSQL's now() is.
+        let now = self.transaction_time();
+        let written: Vec<usize> = plan
+            .inserts
+            .iter()
+            .chain(&plan.updates)
+            .chain(&plan.restores)
+            .copied()
+            .collect();
         for chunk in written.chunks(WRITE_CHUNK) {
-            upsert(&mut tx, table, run, batch, chunk).await?;
+            upsert(&mut tx, table, run, &now, batch, chunk).await?;
+        }
+        if let Some(history) = &table.history {
+            let versions = [
+                (&plan.inserts, "insert"),
+                (&plan.updates, "update"),
+                (&plan.restores, "restore"),
+            ];
+            let mut keyed: Vec<(&[String], &str)> = Vec::new();
+            for (rows, op) in versions {
+                keyed.extend(
+                    rows.iter()
+                        .map(|&i| (batch.rows[i].record.key.as_slice(), op)),
+                );
+            }
+            write_versions(&mut tx, table, history, run, &now, &keyed).await?;
         }
         for reject in plan.new_rejects.iter().map(|&i| &batch.rejects[i]) {
             sqlx::query(
@@ -110,22 +129,25 @@ async fn upsert(
     conn: &mut sqlx::SqliteConnection,
     table: &TableSpec,
     run: RunId,
+    now: &str,
     batch: &Batch,
     rows: &[usize],
 ) -> Result<(), StoreError> {
     let columns: Vec<String> = table.key_columns.iter().map(|c| c.quoted()).collect();
-    let row = format!(
-        "({}?, ?, {now}, {now}, ?)",
-        "?, ".repeat(columns.len()),
-        now = dialect::SQLITE.now
-    );
+    let row = format!("({}?, ?, ?, ?, ?)", "?, ".repeat(columns.len()));
+    // A marked row is written whatever its hash: its mark is cleared.
+    let (unmark, or_marked) = if table.marks {
+        (", deleted_at = NULL", " OR deleted_at IS NOT NULL")
+    } else {
+        ("", "")
+    };
     let sql = format!(
         "INSERT INTO {table} ({columns}, record, content_hash, first_seen_at, changed_at, run_id) \
          VALUES {values} \
          ON CONFLICT ({columns}) DO UPDATE SET record = excluded.record, \
            content_hash = excluded.content_hash, changed_at = excluded.changed_at, \
-           run_id = excluded.run_id \
-         WHERE content_hash IS NOT excluded.content_hash",
+           run_id = excluded.run_id{unmark} \
+         WHERE content_hash IS NOT excluded.content_hash{or_marked}",
         table = table.name.quoted(),
         columns = columns.join(", "),
         values = vec![row; rows.len()].join(", "),
@@ -139,6 +161,8 @@ async fn upsert(
         query = query
             .bind(record.text.as_str())
             .bind(record.content_hash.as_slice())
+            .bind(now)
+            .bind(now)
             .bind(run);
     }
     query.execute(&mut *conn).await?;
@@ -155,7 +179,7 @@ const LOOKUP_CHUNK: usize = 500;
 async fn stored_hashes(
     conn: &mut sqlx::SqliteConnection,
     lookup: &Lookup<'_>,
-    existing: &mut [Option<ContentHash>],
+    existing: &mut Stored,
 ) -> Result<(), StoreError> {
     let (table, batch, asked) = (lookup.table, lookup.batch, lookup.asked);
     let columns = table.key_columns.len();
@@ -168,9 +192,14 @@ async fn stored_hashes(
         .enumerate()
         .map(|(i, c)| format!("t.{} = asked.k{i}", c.quoted()))
         .collect();
+    let marked = if table.marks {
+        "t.deleted_at IS NOT NULL"
+    } else {
+        "0"
+    };
     let sql = format!(
         "WITH asked(ord, {aliases}) AS (VALUES {values}) \
-         SELECT asked.ord, t.content_hash FROM asked JOIN {table} AS t ON {join}",
+         SELECT asked.ord, t.content_hash, {marked} FROM asked JOIN {table} AS t ON {join}",
         aliases = aliases.join(", "),
         table = table.name.quoted(),
         join = join.join(" AND "),
@@ -185,7 +214,153 @@ async fn stored_hashes(
     for found in query.fetch_all(&mut *conn).await? {
         let ord: i64 = found.try_get(0)?;
         let hash: Vec<u8> = found.try_get(1)?;
-        plan::note_stored(existing, asked, ord, Some(hash));
+        existing.note(asked, ord, Some(hash), found.try_get(2)?);
     }
     Ok(())
+}
+
+/// `WITH b(k0, …[, op]) AS (VALUES (?, …), …)` for `rows` keys of `table`,
+/// each with an `op` when `with_op`.
+fn keys_cte(table: &TableSpec, rows: usize, with_op: bool) -> String {
+    let n = table.key_columns.len() + usize::from(with_op);
+    let mut aliases: Vec<String> = (0..table.key_columns.len())
+        .map(|i| format!("k{i}"))
+        .collect();
+    if with_op {
+        aliases.push("op".to_owned());
+    }
+    let row = format!("(?{})", ", ?".repeat(n - 1));
+    format!(
+        "WITH b({}) AS (VALUES {})",
+        aliases.join(", "),
+        vec![row; rows].join(", ")
+    )
+}
+
+/// `{alias}."id" = b.k0 AND …`
+fn on_keys(table: &TableSpec, alias: &str) -> String {
+    table
+        .key_columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| format!("{alias}.{} = b.k{i}", c.quoted()))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// The versions of the rows of `keyed` as they now stand in the table, one
+/// per key with its op, each closing the key's open version at `now`, the
+/// new version's `valid_from` (see the PostgreSQL writer's `write_versions`).
+async fn write_versions(
+    conn: &mut sqlx::SqliteConnection,
+    table: &TableSpec,
+    history: &crate::store::Ident,
+    run: RunId,
+    now: &str,
+    keyed: &[(&[String], &str)],
+) -> Result<(), StoreError> {
+    let columns = table.key_list();
+    let from_table: Vec<String> = table
+        .key_columns
+        .iter()
+        .map(|c| format!("t.{}", c.quoted()))
+        .collect();
+    for chunk in keyed.chunks(WRITE_CHUNK) {
+        let close = format!(
+            "{cte} UPDATE {history} AS h SET valid_to = ? \
+             WHERE h.valid_to IS NULL AND EXISTS (SELECT 1 FROM b WHERE {on})",
+            cte = keys_cte(table, chunk.len(), false),
+            history = history.quoted(),
+            on = on_keys(table, "h"),
+        );
+        let mut query = sqlx::query(AssertSqlSafe(close));
+        for (key, _) in chunk {
+            for part in *key {
+                query = query.bind(part.as_str());
+            }
+        }
+        query.bind(now).execute(&mut *conn).await?;
+        let insert = format!(
+            "{cte} INSERT INTO {history} ({columns}, valid_from, op, record, content_hash, run_id) \
+             SELECT {from_table}, ?, b.op, t.record, t.content_hash, ? \
+             FROM b JOIN {table} AS t ON {on}",
+            cte = keys_cte(table, chunk.len(), true),
+            history = history.quoted(),
+            from_table = from_table.join(", "),
+            table = table.name.quoted(),
+            on = on_keys(table, "t"),
+        );
+        let mut query = sqlx::query(AssertSqlSafe(insert));
+        for (key, op) in chunk {
+            for part in *key {
+                query = query.bind(part.as_str());
+            }
+            query = query.bind(*op);
+        }
+        query.bind(now).bind(run).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Marks (or removes, with `remove`) the rows of `keys`, each with its
+    /// `delete` version first when history is kept, and adds the count to
+    /// the run's row, in one transaction.
+    pub(in crate::store) async fn delete_keys(
+        &self,
+        deletion: &crate::store::KeyDeletion<'_>,
+    ) -> Result<u64, StoreError> {
+        let table = deletion.table;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let ours: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM apisync_runs WHERE id = ? AND status = 'running'")
+                .bind(deletion.run)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if ours.is_none() {
+            return Err(StoreError::RunClosed);
+        }
+        let now = self.transaction_time();
+        let mut deleted = 0;
+        for keys in deletion.keys.chunks(WRITE_CHUNK) {
+            if let Some(history) = &table.history {
+                let keyed: Vec<(&[String], &str)> =
+                    keys.iter().map(|key| (key.as_slice(), "delete")).collect();
+                write_versions(&mut tx, table, history, deletion.run, &now, &keyed).await?;
+            }
+            let cte = keys_cte(table, keys.len(), false);
+            let matches = format!("EXISTS (SELECT 1 FROM b WHERE {})", on_keys(table, "t"));
+            let sql = if deletion.remove {
+                format!(
+                    "{cte} DELETE FROM {table} AS t WHERE {matches}",
+                    table = table.name.quoted()
+                )
+            } else {
+                format!(
+                    "{cte} UPDATE {table} AS t SET deleted_at = ?, run_id = ? \
+                     WHERE t.deleted_at IS NULL AND {matches}",
+                    table = table.name.quoted()
+                )
+            };
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for key in keys {
+                for part in key {
+                    query = query.bind(part.as_str());
+                }
+            }
+            if !deletion.remove {
+                query = query.bind(&now).bind(deletion.run);
+            }
+            deleted += query.execute(&mut *tx).await?.rows_affected();
+        }
+        ledger::add_deleted(
+            Db::Sqlite(&mut *tx),
+            &dialect::SQLITE,
+            deletion.run,
+            deleted,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(deleted)
+    }
 }

@@ -1,0 +1,438 @@
+//! Guarantee 8: deletions (`deletions = "mark" | "delete"`, the
+//! `max_deleted` guard, `full_refresh`, `--full`) and history
+//! (`history = true`), on both stores.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::fake_api::faults::Fault;
+use crate::helpers::*;
+
+/// Ten pages of ten.
+const N: usize = 100;
+
+fn marking(job: JobToml) -> JobToml {
+    job.with("deletions", "mark")
+}
+
+/// The fake API's records without the ids `gone`.
+fn without(records: &[Value], gone: &[usize]) -> Vec<Value> {
+    records
+        .iter()
+        .filter(|r| !gone.contains(&(r["id"].as_u64().unwrap() as usize)))
+        .cloned()
+        .collect()
+}
+
+/// The ids of `sql`'s first column, as numbers, sorted.
+async fn ids(env: &TestEnv, sql: &str) -> Vec<usize> {
+    let mut ids: Vec<usize> = env
+        .db
+        .fetch_all::<(String,)>(sql)
+        .await
+        .into_iter()
+        .map(|(id,)| id.parse().unwrap())
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+async fn marked(env: &TestEnv) -> Vec<usize> {
+    ids(env, "SELECT id FROM products WHERE deleted_at IS NOT NULL").await
+}
+
+/// `deleted` of a run's row.
+async fn run_deleted(env: &TestEnv, run_id: Option<i64>) -> i64 {
+    let sql = format!(
+        "SELECT deleted FROM apisync.runs WHERE id = {}",
+        run_id.unwrap()
+    );
+    env.query_i64(&sql).await
+}
+
+/// `(op, open)` of each version of `id`, oldest first, and whether each
+/// closed version's `valid_to` is the next one's `valid_from`.
+async fn versions(env: &TestEnv, id: usize) -> (Vec<(String, bool)>, bool) {
+    let sql = format!(
+        "SELECT op, CAST(valid_from AS TEXT), CAST(valid_to AS TEXT) FROM products_history \
+         WHERE id = '{id}' ORDER BY valid_from"
+    );
+    let rows: Vec<(String, String, Option<String>)> = env.db.fetch_all(&sql).await;
+    let meet = rows
+        .windows(2)
+        .all(|pair| pair[0].2.as_deref() == Some(pair[1].1.as_str()));
+    (
+        rows.into_iter()
+            .map(|(op, _, to)| (op, to.is_none()))
+            .collect(),
+        meet,
+    )
+}
+
+/// Keys with other than exactly one open version.
+async fn keys_without_one_open_version(env: &TestEnv) -> i64 {
+    env.query_i64(
+        "SELECT count(*) FROM (SELECT id FROM products_history GROUP BY id \
+         HAVING sum(CASE WHEN valid_to IS NULL THEN 1 ELSE 0 END) <> 1) AS bad",
+    )
+    .await
+}
+
+store_tests! {
+    async fn keys_deleted_upstream_are_marked_and_come_back_restored(backend: Backend) {
+        // Arrange: a full load, then five records deleted upstream.
+        let env = TestEnv::start_on(backend, products(N)).await;
+        let job = env.job(marking(JobToml::paged(10)));
+        let first = env.run(&job).await;
+        assert_eq!(first.counts.inserted, N as u64, "{:?}", first.error);
+        let before = env.row_versions("products").await;
+        let gone = [3, 17, 42, 77, 100];
+        env.api.set_records(without(&products(N), &gone));
+        env.count_writes("products").await;
+
+        // Act
+        let second = env.run(&job).await;
+
+        // Assert: exactly those five marked, counted as deleted (in the
+        // report and the runs table), and no other row touched.
+        assert_eq!(second.status.as_str(), "succeeded", "{:?}", second.error);
+        assert_eq!(
+            (second.counts.deleted, second.counts.unchanged, second.counts.updated),
+            (5, 95, 0)
+        );
+        assert_eq!(run_deleted(&env, second.run_id).await, 5);
+        assert_eq!(marked(&env).await, gone);
+        assert_eq!(env.writes().await, 5, "one write per mark, none else");
+        let after = env.row_versions("products").await;
+        for (id, version) in &before {
+            if !gone.contains(&id.parse().unwrap()) {
+                assert_eq!(&after[id], version, "row {id} untouched");
+            }
+        }
+        assert_eq!(env.rows("products").await.len(), N, "marked rows stay");
+
+        // A run that finds the same keys still gone marks nothing again.
+        let third = env.run(&job).await;
+        assert_eq!((third.counts.deleted, env.writes().await), (0, 5));
+
+        // Two come back, one of them changed: both restored, as updated.
+        let mut back = without(&products(N), &[3, 42, 100]);
+        let mut changed = product(77);
+        changed["name"] = json!("back, renamed");
+        back.retain(|r| r["id"] != 77);
+        back.push(changed.clone());
+        env.api.set_records(back);
+        let fourth = env.run(&job).await;
+        assert_eq!(fourth.status.as_str(), "succeeded", "{:?}", fourth.error);
+        assert_eq!((fourth.counts.updated, fourth.counts.deleted), (2, 0));
+        assert_eq!(marked(&env).await, [3, 42, 100]);
+        assert_eq!(env.rows("products").await["77"], changed);
+    }
+
+    async fn deletions_delete_removes_the_rows_of_keys_gone_upstream(backend: Backend) {
+        // Arrange
+        let env = TestEnv::start_on(backend, products(N)).await;
+        let job = env.job(JobToml::paged(10).with("deletions", "delete"));
+        env.run(&job).await;
+        env.api.set_records(without(&products(N), &[5, 6]));
+
+        // Act
+        let report = env.run(&job).await;
+
+        // Assert: the rows are gone; the table has no deleted_at.
+        assert_eq!(report.status.as_str(), "succeeded", "{:?}", report.error);
+        assert_eq!(report.counts.deleted, 2);
+        let rows = env.rows("products").await;
+        assert_eq!(rows.len(), N - 2);
+        assert!(!rows.contains_key("5") && !rows.contains_key("6"));
+        // Back again: inserted anew.
+        env.api.set_records(products(N));
+        let back = env.run(&job).await;
+        assert_eq!((back.counts.inserted, back.counts.deleted), (2, 0));
+    }
+
+    async fn the_guard_refuses_a_run_that_would_remove_half_the_table_and_changes_nothing(backend: Backend) {
+        // Arrange: half the records vanish upstream (an API answering short).
+        let env = TestEnv::start_on(backend, products(N)).await;
+        let job = env.job(marking(JobToml::paged(10)));
+        env.run(&job).await;
+        let before = env.row_versions("products").await;
+        env.api.set_records(products(N / 2));
+
+        // Act
+        let report = env.run(&job).await;
+
+        // Assert: failed with reason deletions, naming the count, the live
+        // rows and the setting; nothing marked; the pages read were counted.
+        assert_eq!(report.status.as_str(), "failed");
+        assert_eq!(report.failure.map(|r| r.as_str()), Some("deletions"));
+        let error = report.error.unwrap_or_default();
+        for part in ["50 of the 100 stored keys", "max_deleted = 10%"] {
+            assert!(error.contains(part), "{part:?} in {error}");
+        }
+        assert_eq!(report.counts.unchanged, 50, "the pages read are committed");
+        assert_eq!(report.counts.deleted, 0);
+        assert!(marked(&env).await.is_empty());
+        assert_eq!(env.row_versions("products").await, before);
+        let (status, recorded) = env.run_row(report.run_id).await;
+        assert_eq!((status.as_str(), recorded.as_deref()), ("failed", Some(error.as_str())));
+
+        // An API that suddenly answers an empty list never empties the archive.
+        env.api.set_records(Vec::new());
+        let empty = env.run(&job).await;
+        assert_eq!(empty.failure.map(|r| r.as_str()), Some("deletions"));
+        assert!(marked(&env).await.is_empty());
+    }
+
+    async fn max_deleted_fails_a_run_only_when_it_would_remove_more(backend: Backend) {
+        // Arrange: a count of 3, and then a share of 4%.
+        let env = TestEnv::start_on(backend, products(N)).await;
+        let by_count = env.job(marking(JobToml::paged(10)).with("max_deleted", 3));
+        env.run(&by_count).await;
+
+        // Act / Assert: three gone is allowed; four more are not.
+        env.api.set_records(without(&products(N), &[1, 2, 3]));
+        let three = env.run(&by_count).await;
+        assert_eq!((three.status.as_str(), three.counts.deleted), ("succeeded", 3));
+        env.api.set_records(without(&products(N), &[1, 2, 3, 4, 5, 6, 7]));
+        let four = env.run(&by_count).await;
+        assert_eq!(four.failure.map(|r| r.as_str()), Some("deletions"));
+        assert!(four.error.unwrap().contains("4 of the 97 stored keys"));
+        // 4% of the 97 live rows is 3.88: four are more.
+        let by_share = env.job(marking(JobToml::paged(10)).with("max_deleted", "4%"));
+        assert_eq!(env.run(&by_share).await.failure.map(|r| r.as_str()), Some("deletions"));
+        let by_share = env.job(marking(JobToml::paged(10)).with("max_deleted", "5%"));
+        let allowed = env.run(&by_share).await;
+        assert_eq!((allowed.status.as_str(), allowed.counts.deleted), ("succeeded", 4));
+        assert_eq!(marked(&env).await, [1, 2, 3, 4, 5, 6, 7]);
+    }
+
+    async fn a_failed_or_partial_run_marks_nothing(backend: Backend) {
+        // Arrange
+        let env = TestEnv::start_on(backend, products(N)).await;
+        let job = env.job(marking(JobToml::paged(10)));
+        env.run(&job).await;
+        env.api.set_records(without(&products(N), &[99]));
+
+        // Act / Assert: a fetch that fails for good on page 3.
+        env.api
+            .queue_faults([Fault::Slow(Duration::ZERO), Fault::Slow(Duration::ZERO)]);
+        env.api.set_fault(Some(Fault::Status(404)));
+        let failed = env.run(&job).await;
+        env.api.set_fault(None);
+        assert_eq!(failed.status.as_str(), "failed");
+        assert!(marked(&env).await.is_empty(), "a failed run marks nothing");
+
+        // A run that reads fewer keys than the API states.
+        env.api.state_totals(Some(N), None);
+        let job_with_total = env.job(marking(JobToml::paged(10).with("pagination.total_path", "/total")));
+        let partial = env.run(&job_with_total).await;
+        assert_eq!(partial.failure.map(|r| r.as_str()), Some("incomplete"), "{:?}", partial.error);
+        assert!(marked(&env).await.is_empty(), "an incomplete run marks nothing");
+        env.api.state_totals(None, None);
+
+        // Too many rejects (a key typo, into the same column).
+        let mut typo_key = toml::Table::new();
+        typo_key.insert("field".into(), "/idd".into());
+        typo_key.insert("column".into(), "id".into());
+        let typo = env.job(
+            marking(JobToml::paged(10)).with("key", toml::Value::Array(vec![typo_key.into()])),
+        );
+        let rejected = env.run(&typo).await;
+        assert_eq!(rejected.failure.map(|r| r.as_str()), Some("rejects"));
+        assert!(marked(&env).await.is_empty(), "a run over rejects marks nothing");
+
+        // The control: the same change, read whole, is marked.
+        let complete = env.run(&job).await;
+        assert_eq!((complete.status.as_str(), complete.counts.deleted), ("succeeded", 1));
+        assert_eq!(marked(&env).await, [99]);
+    }
+
+    async fn an_interrupted_run_marks_nothing(backend: Backend) {
+        // Arrange: pages that take a while, and a record gone upstream.
+        let env = TestEnv::start_on(backend, products(N)).await;
+        let job = env.job(marking(JobToml::paged(10)));
+        env.run(&job).await;
+        env.api.set_records(without(&products(N), &[1]));
+        env.api.set_delay(Duration::from_millis(100));
+
+        // Act: shutdown once two pages are committed.
+        let run = {
+            let ctx = env.ctx.clone();
+            let job = job.clone();
+            tokio::spawn(async move { apisync::sync::run_once(&job, &ctx).await.unwrap() })
+        };
+        wait_until("two pages are committed", async || {
+            env.query_i64("SELECT COALESCE(max(pages), 0) FROM apisync.runs").await >= 2
+                && env.query_i64("SELECT count(*) FROM apisync.runs").await == 2
+        })
+        .await;
+        env.ctx.cancel.cancel();
+        let report = run.await.unwrap();
+
+        // Assert
+        assert_eq!(report.status.as_str(), "interrupted");
+        assert!(marked(&env).await.is_empty());
+    }
+
+    async fn an_incremental_run_marks_nothing_and_a_full_one_does(backend: Backend) {
+        // Arrange: an incremental job with deletions, its first (full) run.
+        let records: Vec<Value> = products(N)
+            .into_iter()
+            .map(|mut r| {
+                r["updated_at"] = json!("2026-01-01T00:00:00Z");
+                r
+            })
+            .collect();
+        let env = TestEnv::start_on(backend, records.clone()).await;
+        let incremental = marking(JobToml::paged(10))
+            .with("incremental.field", "updated_at")
+            .with("incremental.param", "updated_since")
+            .with("full_refresh", "24h");
+        let mut job = env.job(incremental);
+        let first = env.run(&job).await;
+        assert_eq!(first.counts.inserted, N as u64, "{:?}", first.error);
+        env.api.set_records(without(&records, &[10, 20]));
+
+        // Act / Assert: the next run reads changes only (the full run was
+        // less than 24 h ago): nothing marked.
+        let changes = env.run(&job).await;
+        assert_eq!(changes.status.as_str(), "succeeded", "{:?}", changes.error);
+        assert!(env.api.requests().last().unwrap().contains("updated_since="));
+        assert_eq!(changes.counts.deleted, 0);
+        assert!(marked(&env).await.is_empty());
+
+        // `sync --full` reads everything and marks the two.
+        job.full = true;
+        let full = env.run(&job).await;
+        assert!(!env.api.requests().last().unwrap().contains("updated_since="));
+        assert_eq!((full.status.as_str(), full.counts.deleted), ("succeeded", 2));
+        assert_eq!(marked(&env).await, [10, 20]);
+
+        // A full run falls due once full_refresh has passed since the last.
+        job.full = false;
+        env.api.set_records(without(&records, &[10, 20, 30]));
+        let old = "2020-01-01T00:00:00Z";
+        match env.db {
+            TestDb::Postgres(_) => env.execute(&format!(
+                "UPDATE apisync.job_state SET state = jsonb_set(state, '{{full_run_at}}', '\"{old}\"')"
+            )).await,
+            TestDb::Sqlite(_) => env.execute(&format!(
+                "UPDATE apisync.job_state SET state = json_set(state, '$.full_run_at', '{old}')"
+            )).await,
+        }
+        let due = env.run(&job).await;
+        assert_eq!((due.status.as_str(), due.counts.deleted), ("succeeded", 1));
+        assert_eq!(marked(&env).await, [10, 20, 30]);
+        // …and the next is incremental again.
+        env.api.set_records(without(&records, &[10, 20, 30, 40]));
+        assert_eq!(env.run(&job).await.counts.deleted, 0);
+    }
+
+    async fn a_table_made_before_deletions_were_turned_on_gets_its_column(backend: Backend) {
+        // Arrange: a table filled without deletions.
+        let env = TestEnv::start_on(backend, products(N)).await;
+        env.run(&env.job(JobToml::paged(10))).await;
+        env.api.set_records(without(&products(N), &[8]));
+
+        // Act
+        let report = env.run(&env.job(marking(JobToml::paged(10)))).await;
+
+        // Assert
+        assert_eq!((report.status.as_str(), report.counts.deleted), ("succeeded", 1), "{:?}", report.error);
+        assert_eq!(marked(&env).await, [8]);
+    }
+
+    async fn history_keeps_every_version_with_one_open_per_key(backend: Backend) {
+        // Arrange
+        let env = TestEnv::start_on(backend, products(N)).await;
+        let job = env.job(marking(JobToml::paged(10)).with("history", true));
+
+        // Act: a first load; two changes; one deletion; its return.
+        let first = env.run(&job).await;
+        assert_eq!(first.status.as_str(), "succeeded", "{:?}", first.error);
+        let mut records = products(N);
+        records[0]["name"] = json!("one, renamed");
+        records[1]["name"] = json!("two, renamed");
+        env.api.set_records(records.clone());
+        env.run(&job).await;
+        env.api.set_records(without(&records, &[3]));
+        let deleting = env.run(&job).await;
+        assert_eq!(deleting.counts.deleted, 1);
+        env.api.set_records(records.clone());
+        let restoring = env.run(&job).await;
+        assert_eq!(restoring.counts.updated, 1);
+
+        // Assert: the ops in order, versions that meet exactly, one open
+        // version per key.
+        assert_eq!(env.query_i64("SELECT count(*) FROM products_history").await, N as i64 + 4);
+        let open = |op: &str| (op.to_owned(), true);
+        let closed = |op: &str| (op.to_owned(), false);
+        assert_eq!(versions(&env, 1).await, (vec![closed("insert"), open("update")], true));
+        assert_eq!(versions(&env, 4).await, (vec![open("insert")], true));
+        assert_eq!(
+            versions(&env, 3).await,
+            (vec![closed("insert"), closed("delete"), open("restore")], true)
+        );
+        assert_eq!(keys_without_one_open_version(&env).await, 0);
+        // The delete version holds the record as last seen.
+        let last_seen: (String,) = env
+            .db
+            .fetch_one("SELECT CAST(record AS TEXT) FROM products_history WHERE id = '3' AND op = 'delete'")
+            .await;
+        assert_eq!(serde_json::from_str::<Value>(&last_seen.0).unwrap(), product(3));
+
+        // An unchanged re-sync writes nothing to either table.
+        env.count_writes_to(&["products", "products_history"]).await;
+        let unchanged = env.run(&job).await;
+        assert_eq!(unchanged.counts.unchanged, N as u64);
+        assert_eq!(env.writes().await, 0);
+    }
+
+    async fn history_with_deletions_delete_keeps_the_delete_version(backend: Backend) {
+        // Arrange
+        let env = TestEnv::start_on(backend, products(N)).await;
+        let job = env.job(JobToml::paged(10).with("deletions", "delete").with("history", true));
+        env.run(&job).await;
+        env.api.set_records(without(&products(N), &[9]));
+
+        // Act
+        env.run(&job).await;
+        env.api.set_records(products(N));
+        let back = env.run(&job).await;
+
+        // Assert: removed from the table, kept in history; back as an insert.
+        assert_eq!(back.counts.inserted, 1);
+        assert_eq!(
+            versions(&env, 9).await,
+            (
+                vec![
+                    ("insert".to_owned(), false),
+                    ("delete".to_owned(), false),
+                    ("insert".to_owned(), true)
+                ],
+                true
+            )
+        );
+        assert_eq!(keys_without_one_open_version(&env).await, 0);
+    }
+
+    async fn history_turned_on_for_a_filled_table_starts_with_each_current_row(backend: Backend) {
+        // Arrange: a table filled without history.
+        let env = TestEnv::start_on(backend, products(N)).await;
+        env.run(&env.job(JobToml::paged(10))).await;
+
+        // Act
+        let job = env.job(JobToml::paged(10).with("history", true));
+        let report = env.run(&job).await;
+
+        // Assert
+        assert_eq!(report.counts.unchanged, N as u64, "{:?}", report.error);
+        assert_eq!(
+            env.query_i64("SELECT count(*) FROM products_history WHERE op = 'insert' AND valid_to IS NULL").await,
+            N as i64
+        );
+        assert_eq!(keys_without_one_open_version(&env).await, 0);
+    }
+}
