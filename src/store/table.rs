@@ -209,6 +209,41 @@ impl Store {
         Ok(())
     }
 
+    /// `table` as it stands, for reading without writing: `None` when it
+    /// does not exist yet; rows marked only if `table` marks them and the
+    /// column is there already (a sync adds it).
+    pub async fn existing_table(&self, table: &TableSpec) -> Result<Option<TableSpec>, StoreError> {
+        let dialect = self.dialect();
+        let found = async {
+            Ok::<_, StoreError>(per_db!(self.pools(), pool => {
+                let exists: bool = sqlx::query_scalar(dialect.table_exists)
+                    .bind(table.name.as_str())
+                    .fetch_one(pool)
+                    .await?;
+                let names: Vec<String> = if exists {
+                    sqlx::query(dialect.columns)
+                        .bind(table.name.as_str())
+                        .fetch_all(pool)
+                        .await?
+                        .iter()
+                        .map(|row| row.try_get(0))
+                        .collect::<Result<_, sqlx::Error>>()?
+                } else {
+                    Vec::new()
+                };
+                exists.then_some(names)
+            }))
+        };
+        let Some(columns) = found.await.map_err(|e| e.on_table(table))? else {
+            return Ok(None);
+        };
+        Ok(Some(TableSpec {
+            marks: table.marks && columns.iter().any(|c| c == "deleted_at"),
+            history: None,
+            ..table.clone()
+        }))
+    }
+
     /// The live rows of the job's table (all rows, unless rows are marked).
     pub async fn live_rows(&self, table: &TableSpec) -> Result<u64, StoreError> {
         let sql = format!(

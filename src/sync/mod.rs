@@ -26,6 +26,7 @@ mod fetch;
 mod job;
 mod prepare;
 mod repeat_guard;
+mod verify;
 mod write;
 
 use std::collections::HashSet;
@@ -37,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::error::SyncError;
 pub use self::job::Job;
 use self::prepare::Preparer;
+pub use self::verify::{Comparison, KEYS_SHOWN, Keys, VerifyError, verify};
 use self::write::{Committed, Target};
 use crate::config::Deletions;
 use crate::redact::Redactor;

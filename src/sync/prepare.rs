@@ -511,6 +511,7 @@ mod tests {
             None,
             page.records.iter(),
             &mut SeenKeys::default(),
+            &mut Vec::new(),
             Some(&mut tracker),
             None,
         );
@@ -531,8 +532,15 @@ mod tests {
             is_last: false,
             if_repeated: IfRepeated::Fails,
         };
-        let (_, first_fingerprint) =
-            build_batch(&shape, None, first.records.iter(), &mut seen, None, None);
+        let (_, first_fingerprint) = build_batch(
+            &shape,
+            None,
+            first.records.iter(),
+            &mut seen,
+            &mut Vec::new(),
+            None,
+            None,
+        );
         let second = Page {
             number: 2,
             records: RawRecords::from_values(&[
@@ -544,8 +552,15 @@ mod tests {
             is_last: false,
             if_repeated: IfRepeated::Fails,
         };
-        let (batch, second_fingerprint) =
-            build_batch(&shape, None, second.records.iter(), &mut seen, None, None);
+        let (batch, second_fingerprint) = build_batch(
+            &shape,
+            None,
+            second.records.iter(),
+            &mut seen,
+            &mut Vec::new(),
+            None,
+            None,
+        );
         assert_ne!(first_fingerprint, second_fingerprint);
         assert_eq!(batch.fetched, 4);
         assert_eq!(batch.collapsed, 1, "id 2 twice on page 2");
@@ -571,7 +586,15 @@ mod tests {
             is_last: true,
             if_repeated: IfRepeated::Fails,
         };
-        let (batch, _) = build_batch(&shape, None, third.records.iter(), &mut seen, None, None);
+        let (batch, _) = build_batch(
+            &shape,
+            None,
+            third.records.iter(),
+            &mut seen,
+            &mut Vec::new(),
+            None,
+            None,
+        );
         let rows: Vec<_> = batch.rows.iter().map(|r| r.record.text.as_str()).collect();
         assert_eq!(
             rows,
@@ -595,6 +618,7 @@ mod tests {
             None,
             records.iter(),
             &mut SeenKeys::default(),
+            &mut Vec::new(),
             None,
             None,
         );

@@ -436,3 +436,88 @@ store_tests! {
         assert_eq!(keys_without_one_open_version(&env).await, 0);
     }
 }
+
+/// `apisync verify products --json` in `dir`: the exit code and the
+/// comparison.
+async fn verify(dir: &std::path::Path) -> (Option<i32>, Value) {
+    let output = crate::binary::run(dir, &["verify", "products", "--json"], &[]).await;
+    let text = crate::binary::stdout(&output);
+    let comparison = serde_json::from_str(text.trim()).unwrap_or(Value::Null);
+    (output.status.code(), comparison)
+}
+
+/// The keys of one kind in a comparison, as numbers, sorted.
+fn keys_of(comparison: &Value, kind: &str) -> (u64, Vec<usize>) {
+    let mut keys: Vec<usize> = comparison[kind]["keys"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{kind} in {comparison}"))
+        .iter()
+        .map(|key| key[0].as_str().unwrap().parse().unwrap())
+        .collect();
+    keys.sort_unstable();
+    (comparison[kind]["count"].as_u64().unwrap(), keys)
+}
+
+store_tests! {
+    async fn verify_names_the_keys_that_differ_and_agrees_after_a_sync(backend: Backend) {
+        // Arrange: a synced table, then upstream one record deleted, one
+        // changed and one added.
+        let env = TestEnv::start_on(backend, products(N)).await;
+        let dir = crate::binary::scratch(&format!("verify-{}", env.store_name));
+        let job = marking(JobToml::paged(10));
+        std::fs::write(dir.join("apisync.toml"), env.config_file(job.clone())).unwrap();
+        let synced = crate::binary::run(&dir, &["sync", "products"], &[]).await;
+        assert_eq!(synced.status.code(), Some(0), "{}", crate::binary::stderr(&synced));
+        assert_eq!(verify(&dir).await.0, Some(0), "a fresh sync agrees");
+        let mut records = without(&products(N), &[7]);
+        records[0]["name"] = json!("renamed");
+        records.push(product(101));
+        env.api.set_records(records);
+        let versions = env.row_versions("products").await;
+        let runs = env.query_i64("SELECT count(*) FROM apisync.runs").await;
+
+        // Act
+        let (code, comparison) = verify(&dir).await;
+
+        // Assert: exit 1, each kind with its key; nothing written.
+        assert_eq!(code, Some(1), "{comparison}");
+        assert_eq!(keys_of(&comparison, "missing"), (1, vec![101]));
+        assert_eq!(keys_of(&comparison, "gone"), (1, vec![7]));
+        assert_eq!(keys_of(&comparison, "differ"), (1, vec![1]));
+        assert_eq!(comparison["read"], N);
+        assert_eq!(env.row_versions("products").await, versions, "verify writes no row");
+        assert_eq!(env.query_i64("SELECT count(*) FROM apisync.runs").await, runs);
+
+        // After a sync (which marks 7) they agree: a marked row the API does
+        // not return agrees.
+        let synced = crate::binary::run(&dir, &["sync", "products"], &[]).await;
+        assert!(crate::binary::stdout(&synced).contains("deleted=1"), "{}", crate::binary::stdout(&synced));
+        let (code, comparison) = verify(&dir).await;
+        assert_eq!(code, Some(0), "{comparison}");
+
+        // With deletions = "ignore", a key gone upstream stays a difference.
+        std::fs::write(dir.join("apisync.toml"), env.config_file(JobToml::paged(10))).unwrap();
+        let (code, comparison) = verify(&dir).await;
+        assert_eq!(code, Some(1));
+        assert_eq!(keys_of(&comparison, "gone"), (1, vec![7]));
+    }
+
+    async fn verify_exits_3_when_the_source_cannot_be_read_and_2_on_a_bad_job(backend: Backend) {
+        // Arrange
+        let env = TestEnv::start_on(backend, products(N)).await;
+        let dir = crate::binary::scratch(&format!("verify-bad-{}", env.store_name));
+        std::fs::write(dir.join("apisync.toml"), env.config_file(JobToml::paged(10))).unwrap();
+        crate::binary::run(&dir, &["sync", "products"], &[]).await;
+        env.api.set_fault(Some(Fault::Status(404)));
+
+        // Act
+        let unreadable = crate::binary::run(&dir, &["verify", "products"], &[]).await;
+        let unknown = crate::binary::run(&dir, &["verify", "nosuch"], &[]).await;
+
+        // Assert
+        assert_eq!(unreadable.status.code(), Some(3), "{}", crate::binary::stderr(&unreadable));
+        assert!(crate::binary::stderr(&unreadable).contains("could not be read completely"));
+        assert_eq!(unknown.status.code(), Some(2));
+        assert!(crate::binary::stderr(&unknown).contains("no job named nosuch"));
+    }
+}

@@ -21,6 +21,8 @@ use crate::store::{RunRecord, Store};
 use crate::sync::{Job, RunReport, SyncContext, run_once};
 use crate::telemetry;
 
+mod verify;
+
 const EXIT_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
 
@@ -87,6 +89,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read the whole source without writing and compare it with the job's table (exit 0 agree, 1 differ, 2 bad configuration, 3 the source could not be read completely)
+    Verify {
+        /// The job to verify
+        job: String,
+        /// One JSON object with the counts and (up to 1,000 of each kind) the keys
+        #[arg(long)]
+        json: bool,
+    },
     /// Show recent runs from the audit table
     Runs {
         /// Only this job's runs
@@ -143,6 +153,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Sync { jobs, all, full } => sync(&settings, &jobs, all, full).await,
         Command::Check { connect } => check(&settings, &path, connect).await,
         Command::Migrate => migrate(&settings).await,
+        Command::Verify { job, json } => verify::verify(&settings, &job, json).await,
         Command::Health => health(&settings).await,
         Command::Runs { job, limit, json } => runs(&settings, job.as_deref(), limit, json).await,
         Command::Rejects {
