@@ -29,9 +29,9 @@ impl RunStatus {
 }
 
 /// Per-run counts. Every fetched record has exactly one outcome, so
-/// `fetched = inserted + updated + unchanged + duplicate + rejected`;
-/// `deleted` counts stored keys, not fetched records: those a complete run
-/// found gone.
+/// `fetched = inserted + updated + unchanged + duplicate + rejected`, plus
+/// the tombstones that deleted a key; `deleted` counts stored keys: those a
+/// complete run found gone, and those a tombstone deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     /// Records found in the responses.

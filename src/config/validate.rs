@@ -231,6 +231,12 @@ fn validate_deletions(job: &JobSettings, report: &mut JobReport) {
     }
     if let Some(pointer) = &job.tombstone {
         report.pointer("tombstone", pointer);
+        if pointer.is_empty() {
+            report.bad(
+                "tombstone",
+                "must name the field that says a record is deleted, such as \"/deleted\"".into(),
+            );
+        }
         if job.deletions == Deletions::Ignore {
             report.bad(
                 "tombstone",

@@ -136,6 +136,8 @@ pub struct RecordShape {
     /// Each key field's pointer, split into segments once.
     key_segments: Vec<Vec<String>>,
     exclude: ExcludeTree,
+    /// The segments of the `tombstone` pointer, if the job has one.
+    tombstone: Option<Vec<String>>,
 }
 
 /// A record ready to be stored.
@@ -151,6 +153,9 @@ pub struct Record {
     /// It holds a number beyond what PostgreSQL's `numeric` holds (see
     /// [`raw_json::fits_numeric`]); the store decides.
     pub wide_number: bool,
+    /// The record is the deletion of its key (its `tombstone` field is
+    /// `true`), not content.
+    pub tombstone: bool,
 }
 
 /// Why serde_json cannot read a record on its own, for the reject: what
@@ -270,7 +275,16 @@ impl RecordShape {
             key,
             key_segments,
             exclude,
+            tombstone: None,
         })
+    }
+
+    /// Records where `pointer` is `true` are read as tombstones.
+    pub fn with_tombstone(self, pointer: &str) -> Self {
+        Self {
+            tombstone: Some(json_pointer::segments(pointer)),
+            ..self
+        }
     }
 
     pub fn key_fields(&self) -> &[KeyField] {
@@ -312,11 +326,20 @@ impl RecordShape {
     /// `read_text_directly`), so such a record is refused with the reason
     /// and its neighbours are read as usual.
     pub fn read_text(&self, text: &[u8]) -> Result<Record, String> {
-        if let Some(record) = self.read_text_directly(text) {
-            return Ok(record);
-        }
-        let value: Value = serde_json::from_slice(text).map_err(|e| unreadable(text, &e))?;
-        self.read(&value)
+        let mut record = match self.read_text_directly(text) {
+            Some(record) => record,
+            None => {
+                let value: Value =
+                    serde_json::from_slice(text).map_err(|e| unreadable(text, &e))?;
+                self.read(&value)?
+            }
+        };
+        // Only the JSON literal `true` makes a tombstone: `"true"`, `1` or
+        // a missing field are content.
+        record.tombstone = self.tombstone.as_ref().is_some_and(|segments| {
+            raw_json::pointer(text, segments).is_some_and(|v| raw_json::trim(v) == b"true")
+        });
+        Ok(record)
     }
 
     /// The text reader: `None` for whatever it leaves to the `Value`.
@@ -352,6 +375,7 @@ impl RecordShape {
             text: String::from_utf8(stored).ok()?,
             // The text reader declines such numbers.
             wide_number: false,
+            tombstone: false,
         })
     }
 
@@ -417,6 +441,7 @@ impl RecordShape {
             key,
             text,
             wide_number: holds_wide_number(json),
+            tombstone: false,
         })
     }
 

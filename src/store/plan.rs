@@ -42,9 +42,25 @@ enum Outcome {
     /// A key marked deleted that came back: written (its mark cleared),
     /// counted as updated.
     Restored,
+    /// A tombstone for a live stored key: the key is deleted (marked or
+    /// removed), counted as deleted.
+    Deletes,
 }
 
-fn classify(existing: Option<&ContentHash>, marked: bool, new: &ContentHash) -> Outcome {
+fn classify(
+    existing: Option<&ContentHash>,
+    marked: bool,
+    tombstone: bool,
+    new: &ContentHash,
+) -> Outcome {
+    if tombstone {
+        // One for a key not stored, or stored as deleted already, changes
+        // nothing.
+        return match existing {
+            Some(_) if !marked => Outcome::Deletes,
+            _ => Outcome::Unchanged,
+        };
+    }
     match existing {
         None => Outcome::Inserted,
         Some(_) if marked => Outcome::Restored,
@@ -63,6 +79,9 @@ pub struct WritePlan {
     pub inserts: Vec<usize>,
     pub updates: Vec<usize>,
     pub restores: Vec<usize>,
+    /// Tombstones whose key is stored and live: deleted in the batch's
+    /// transaction.
+    pub tombstoned: Vec<usize>,
     pub new_rejects: Vec<usize>,
 }
 
@@ -74,6 +93,7 @@ impl WritePlan {
         !self.inserts.is_empty()
             || !self.updates.is_empty()
             || !self.restores.is_empty()
+            || !self.tombstoned.is_empty()
             || !self.new_rejects.is_empty()
             || moves_watermark
     }
@@ -149,14 +169,22 @@ pub(super) fn write_plan(
     };
     for (index, (row, stored)) in batch.rows.iter().zip(existing).enumerate() {
         let is_marked = marked.get(index).copied().unwrap_or(false);
-        let outcome = classify(stored.as_ref(), is_marked, &row.record.content_hash);
+        let outcome = classify(
+            stored.as_ref(),
+            is_marked,
+            row.record.tombstone,
+            &row.record.content_hash,
+        );
         match outcome {
             Outcome::Inserted => plan.inserts.push(index),
             Outcome::Updated => plan.updates.push(index),
             Outcome::Restored => plan.restores.push(index),
+            Outcome::Deletes => plan.tombstoned.push(index),
             Outcome::Unchanged => {}
         }
         let counter = match (row.repeat, outcome) {
+            // A deletion counts as one, repeat or not: `deleted` counts keys.
+            (_, Outcome::Deletes) => &mut plan.counts.deleted,
             (true, _) => &mut plan.counts.duplicate,
             (false, Outcome::Inserted) => &mut plan.counts.inserted,
             (false, Outcome::Updated | Outcome::Restored) => &mut plan.counts.updated,

@@ -54,8 +54,11 @@ impl Job {
     }
 
     fn with_hosts(settings: &JobSettings, hosts: &HostThrottles) -> Result<Self, String> {
-        let shape = RecordShape::with_key_entries(&settings.key, &settings.hash_exclude)
+        let mut shape = RecordShape::with_key_entries(&settings.key, &settings.hash_exclude)
             .map_err(|(key, message)| format!("{key}: {message}"))?;
+        if let Some(pointer) = &settings.tombstone {
+            shape = shape.with_tombstone(pointer);
+        }
         let mut table = TableSpec::new(Ident::table(&settings.table)?, shape.key_fields());
         if settings.deletions == Deletions::Mark {
             table = table.marking_deletions();

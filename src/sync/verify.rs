@@ -142,6 +142,8 @@ async fn compare_batches(
             (&plan.inserts, &mut comparison.missing),
             (&plan.updates, &mut comparison.differ),
             (&plan.restores, &mut comparison.marked_but_returned),
+            // A tombstone for a live stored key: the API says it is gone.
+            (&plan.tombstoned, &mut comparison.gone),
         ];
         for (rows, keys) in kinds {
             // A key read again later in the run was compared the first time.

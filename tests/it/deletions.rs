@@ -521,3 +521,82 @@ store_tests! {
         assert!(crate::binary::stderr(&unknown).contains("no job named nosuch"));
     }
 }
+
+/// Products with an `updated_at` a minute apart from 2026-01-01.
+fn timed(n: usize) -> Vec<Value> {
+    (1..=n)
+        .map(|id| {
+            let mut record = product(id);
+            record["updated_at"] = json!(format!("2026-01-01T{:02}:{:02}:00Z", id / 60, id % 60));
+            record
+        })
+        .collect()
+}
+
+store_tests! {
+    async fn tombstones_in_an_incremental_feed_delete_their_keys_in_the_page(backend: Backend) {
+        for (mode, history) in [("mark", true), ("delete", false)] {
+            // Arrange: an incremental feed whose deletions come as records.
+            let env = TestEnv::start_on(match (&backend, mode) {
+                (Backend::Postgres(pool), _) => Backend::Postgres(pool.clone()),
+                (Backend::Sqlite, _) => Backend::Sqlite,
+            }, timed(N)).await;
+            let table = format!("tomb_{mode}");
+            let job = env.job(
+                JobToml::paged(10)
+                    .named(&table)
+                    .with("table", table.as_str())
+                    .with("deletions", mode)
+                    .with("history", history)
+                    .with("tombstone", "/deleted")
+                    .with("incremental.field", "updated_at")
+                    .with("incremental.param", "updated_since")
+                    .with("incremental.lookback", "0s"),
+            );
+            let first = env.run(&job).await;
+            assert_eq!(first.counts.inserted, N as u64, "{:?}", first.error);
+            let mut records = timed(N);
+            records[4] = json!({"id": 5, "deleted": true, "updated_at": "2026-02-01T00:00:00Z"});
+            records.push(json!({"id": 999, "deleted": true, "updated_at": "2026-02-01T00:00:00Z"}));
+            env.api.set_records(records);
+
+            // Act
+            let report = env.run(&job).await;
+
+            // Assert: the run read changes only (and the record at the
+            // watermark again); the known key is deleted (not stored as
+            // content), the unknown one changes nothing.
+            assert_eq!(report.status.as_str(), "succeeded", "{mode}: {:?}", report.error);
+            assert!(env.api.requests().last().unwrap().contains("updated_since="));
+            assert_eq!(
+                (report.counts.fetched, report.counts.deleted, report.counts.unchanged, report.counts.inserted),
+                (3, 1, 2, 0),
+                "{mode}"
+            );
+            let rows = ids(&env, &format!("SELECT id FROM {table}")).await;
+            assert!(!rows.contains(&999), "{mode}: a tombstone is never stored");
+            match mode {
+                "mark" => {
+                    assert_eq!(
+                        ids(&env, &format!("SELECT id FROM {table} WHERE deleted_at IS NOT NULL")).await,
+                        [5]
+                    );
+                    let kept: (String,) = env
+                        .db
+                        .fetch_one(&format!("SELECT CAST(record AS TEXT) FROM {table} WHERE id = '5'"))
+                        .await;
+                    assert_eq!(serde_json::from_str::<Value>(&kept.0).unwrap(), timed(N)[4], "the content as last seen");
+                    let ops: Vec<(String,)> = env
+                        .db
+                        .fetch_all(&format!("SELECT op FROM {table}_history WHERE id = '5' ORDER BY valid_from"))
+                        .await;
+                    assert_eq!(ops, [("insert".to_owned(),), ("delete".to_owned(),)]);
+                }
+                _ => assert_eq!(rows.len(), N - 1, "{mode}: the row is removed"),
+            }
+            // Served again (lookback), the tombstone changes nothing more.
+            let again = env.run(&job).await;
+            assert_eq!(again.counts.deleted, 0, "{mode}");
+        }
+    }
+}

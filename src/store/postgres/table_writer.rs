@@ -196,6 +196,16 @@ impl BatchWrite<'_> {
             }
             write_versions(&mut tx, self.table, history, self.run, &keys, &ops).await?;
         }
+        if !self.plan.tombstoned.is_empty() {
+            let keys: Vec<&[String]> = self
+                .plan
+                .tombstoned
+                .iter()
+                .map(|&i| self.batch.rows[i].record.key.as_slice())
+                .collect();
+            // A job with tombstones deletes; one that does not mark removes.
+            delete_rows(&mut tx, self.table, self.run, &keys, !self.table.marks).await?;
+        }
         if !self.plan.new_rejects.is_empty() {
             let rejects = || {
                 self.plan
@@ -363,38 +373,8 @@ impl PgStore {
         if ours.is_none() {
             return Err(StoreError::RunClosed);
         }
-        let mut deleted = 0;
-        for keys in deletion.keys.chunks(LOOKUP_CHUNK * 10) {
-            let keys: Vec<&[String]> = keys.iter().map(Vec::as_slice).collect();
-            if let Some(history) = &table.history {
-                let ops = vec!["delete"; keys.len()];
-                write_versions(&mut tx, table, history, deletion.run, &keys, &ops).await?;
-            }
-            let (params, aliases) = key_params(table, 1);
-            let sql = if deletion.remove {
-                format!(
-                    "DELETE FROM {table} AS t USING UNNEST({params}) AS b({aliases}) WHERE {join}",
-                    table = table.name.quoted(),
-                    join = key_join(table),
-                )
-            } else {
-                format!(
-                    "UPDATE {table} AS t SET deleted_at = now(), run_id = ${run} \
-                     FROM UNNEST({params}) AS b({aliases}) WHERE {join} AND t.deleted_at IS NULL",
-                    table = table.name.quoted(),
-                    run = table.key_columns.len() + 1,
-                    join = key_join(table),
-                )
-            };
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for column in columns_of(table, keys.iter().copied()) {
-                query = query.bind(column);
-            }
-            if !deletion.remove {
-                query = query.bind(deletion.run);
-            }
-            deleted += query.execute(&mut *tx).await?.rows_affected();
-        }
+        let keys: Vec<&[String]> = deletion.keys.iter().map(Vec::as_slice).collect();
+        let deleted = delete_rows(&mut tx, table, deletion.run, &keys, deletion.remove).await?;
         ledger::add_deleted(
             Db::Postgres(&mut *tx),
             &dialect::POSTGRES,
@@ -405,6 +385,50 @@ impl PgStore {
         tx.commit().await?;
         Ok(deleted)
     }
+}
+
+/// Marks (or, with `remove`, removes) the rows of `keys`, each with its
+/// `delete` version first when history is kept; returns how many rows
+/// changed (a row marked already is left as it is).
+async fn delete_rows(
+    conn: &mut PgConnection,
+    table: &TableSpec,
+    run: RunId,
+    keys: &[&[String]],
+    remove: bool,
+) -> Result<u64, StoreError> {
+    let mut deleted = 0;
+    for keys in keys.chunks(LOOKUP_CHUNK * 10) {
+        if let Some(history) = &table.history {
+            let ops = vec!["delete"; keys.len()];
+            write_versions(conn, table, history, run, keys, &ops).await?;
+        }
+        let (params, aliases) = key_params(table, 1);
+        let sql = if remove {
+            format!(
+                "DELETE FROM {table} AS t USING UNNEST({params}) AS b({aliases}) WHERE {join}",
+                table = table.name.quoted(),
+                join = key_join(table),
+            )
+        } else {
+            format!(
+                "UPDATE {table} AS t SET deleted_at = now(), run_id = ${run} \
+                 FROM UNNEST({params}) AS b({aliases}) WHERE {join} AND t.deleted_at IS NULL",
+                table = table.name.quoted(),
+                run = table.key_columns.len() + 1,
+                join = key_join(table),
+            )
+        };
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for column in columns_of(table, keys.iter().copied()) {
+            query = query.bind(column);
+        }
+        if !remove {
+            query = query.bind(run);
+        }
+        deleted += query.execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(deleted)
 }
 
 /// `$first::text[], …` for the key columns, and their aliases `k0, …`.

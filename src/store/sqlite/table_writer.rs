@@ -98,6 +98,15 @@ impl SqliteStore {
             }
             write_versions(&mut tx, table, history, run, &now, &keyed).await?;
         }
+        if !plan.tombstoned.is_empty() {
+            let keys: Vec<&[String]> = plan
+                .tombstoned
+                .iter()
+                .map(|&i| batch.rows[i].record.key.as_slice())
+                .collect();
+            // A job with tombstones deletes; one that does not mark removes.
+            delete_rows(&mut tx, table, run, &now, &keys, !table.marks).await?;
+        }
         for reject in plan.new_rejects.iter().map(|&i| &batch.rejects[i]) {
             sqlx::query(
                 "INSERT INTO apisync_rejects (job, run_id, record, reason, content_hash) \
@@ -302,6 +311,51 @@ async fn write_versions(
     Ok(())
 }
 
+/// Marks (or, with `remove`, removes) the rows of `keys` at `now`, each
+/// with its `delete` version first when history is kept; returns how many
+/// rows changed (a row marked already is left as it is).
+async fn delete_rows(
+    conn: &mut sqlx::SqliteConnection,
+    table: &TableSpec,
+    run: RunId,
+    now: &str,
+    keys: &[&[String]],
+    remove: bool,
+) -> Result<u64, StoreError> {
+    let mut deleted = 0;
+    for keys in keys.chunks(WRITE_CHUNK) {
+        if let Some(history) = &table.history {
+            let keyed: Vec<(&[String], &str)> = keys.iter().map(|&key| (key, "delete")).collect();
+            write_versions(conn, table, history, run, now, &keyed).await?;
+        }
+        let cte = keys_cte(table, keys.len(), false);
+        let matches = format!("EXISTS (SELECT 1 FROM b WHERE {})", on_keys(table, "t"));
+        let sql = if remove {
+            format!(
+                "{cte} DELETE FROM {table} AS t WHERE {matches}",
+                table = table.name.quoted()
+            )
+        } else {
+            format!(
+                "{cte} UPDATE {table} AS t SET deleted_at = ?, run_id = ? \
+                 WHERE t.deleted_at IS NULL AND {matches}",
+                table = table.name.quoted()
+            )
+        };
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for key in keys {
+            for part in *key {
+                query = query.bind(part.as_str());
+            }
+        }
+        if !remove {
+            query = query.bind(now).bind(run);
+        }
+        deleted += query.execute(&mut *conn).await?.rows_affected();
+    }
+    Ok(deleted)
+}
+
 impl SqliteStore {
     /// Marks (or removes, with `remove`) the rows of `keys`, each with its
     /// `delete` version first when history is kept, and adds the count to
@@ -321,38 +375,9 @@ impl SqliteStore {
             return Err(StoreError::RunClosed);
         }
         let now = self.transaction_time();
-        let mut deleted = 0;
-        for keys in deletion.keys.chunks(WRITE_CHUNK) {
-            if let Some(history) = &table.history {
-                let keyed: Vec<(&[String], &str)> =
-                    keys.iter().map(|key| (key.as_slice(), "delete")).collect();
-                write_versions(&mut tx, table, history, deletion.run, &now, &keyed).await?;
-            }
-            let cte = keys_cte(table, keys.len(), false);
-            let matches = format!("EXISTS (SELECT 1 FROM b WHERE {})", on_keys(table, "t"));
-            let sql = if deletion.remove {
-                format!(
-                    "{cte} DELETE FROM {table} AS t WHERE {matches}",
-                    table = table.name.quoted()
-                )
-            } else {
-                format!(
-                    "{cte} UPDATE {table} AS t SET deleted_at = ?, run_id = ? \
-                     WHERE t.deleted_at IS NULL AND {matches}",
-                    table = table.name.quoted()
-                )
-            };
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for key in keys {
-                for part in key {
-                    query = query.bind(part.as_str());
-                }
-            }
-            if !deletion.remove {
-                query = query.bind(&now).bind(deletion.run);
-            }
-            deleted += query.execute(&mut *tx).await?.rows_affected();
-        }
+        let keys: Vec<&[String]> = deletion.keys.iter().map(Vec::as_slice).collect();
+        let deleted =
+            delete_rows(&mut tx, table, deletion.run, &now, &keys, deletion.remove).await?;
         ledger::add_deleted(
             Db::Sqlite(&mut *tx),
             &dialect::SQLITE,
