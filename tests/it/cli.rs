@@ -38,7 +38,7 @@ async fn sync_prints_a_summary_per_job_and_exits_by_outcome(pool: PgPool) {
     assert!(
         stdout(&first).starts_with(
             "products succeeded fetched=250 inserted=250 updated=0 unchanged=0 duplicate=0 \
-             rejected=0 pages=4 seconds="
+             rejected=0 deleted=0 pages=4 seconds="
         ),
         "{}",
         stdout(&first)

@@ -600,3 +600,120 @@ store_tests! {
         }
     }
 }
+
+store_tests! {
+    async fn kill_9_during_runs_with_deletions_and_history_converges_exactly(backend: Backend) {
+        // Arrange: runs of about 1.5 s (40 pages), deletions marked, every
+        // version kept, and a source that changes, loses and regains records
+        // between kills.
+        let env = TestEnv::start_on(backend, products(1_000)).await;
+        env.api.set_delay(Duration::from_millis(30));
+        let dir = crate::binary::scratch(&format!("kill9-history-{}", env.store_name));
+        let job = marking(JobToml::paged(25))
+            .with("history", true)
+            .with("max_deleted", "100%");
+        std::fs::write(dir.join("apisync.toml"), env.config_file(job)).unwrap();
+        let mut rng = fastrand::Rng::with_seed(15);
+        let mut next_id = 1_001;
+        let mut gone: Vec<Value> = Vec::new();
+
+        // Act: 12 runs, each killed with SIGKILL after a random time; some
+        // complete (and mark), most are killed mid-run.
+        for round in 0..12 {
+            let mut child = crate::binary::spawn(&dir, &["sync", "products"], &[]);
+            tokio::time::sleep(Duration::from_millis(rng.u64(100..2_000))).await;
+            crate::binary::signal(&child, libc::SIGKILL);
+            child.wait().unwrap();
+            let mut records = env.api.records();
+            for _ in 0..5 {
+                let i = rng.usize(..records.len());
+                records[i]["price"]["amount"] = json!(round * 1_000 + rng.u32(..1_000));
+            }
+            for _ in 0..3 {
+                gone.push(records.remove(rng.usize(..records.len())));
+            }
+            for _ in 0..2.min(gone.len()) {
+                records.push(gone.remove(rng.usize(..gone.len())));
+            }
+            records.push(product(next_id));
+            next_id += 1;
+            env.api.set_records(records);
+        }
+        env.api.set_delay(Duration::ZERO);
+        // A killed process's session may hold the job's lock for a moment more.
+        let mut last = crate::binary::run(&dir, &["sync", "products"], &[]).await;
+        for _ in 0..50 {
+            if !crate::binary::stdout(&last).contains("skipped") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            last = crate::binary::run(&dir, &["sync", "products"], &[]).await;
+        }
+
+        // Assert: the live rows are the source, exactly; every other key
+        // ever stored is marked.
+        assert_eq!(last.status.code(), Some(0), "{}", crate::binary::stderr(&last));
+        let source = env.api.records();
+        let live: std::collections::BTreeMap<String, Value> = env
+            .db
+            .fetch_all::<(String, String)>(
+                "SELECT id, CAST(record AS TEXT) FROM products WHERE deleted_at IS NULL",
+            )
+            .await
+            .into_iter()
+            .map(|(id, record)| (id, serde_json::from_str(&record).unwrap()))
+            .collect();
+        assert_eq!(live, expected_rows(&source));
+        let stored = env.query_i64("SELECT count(*) FROM products").await;
+        assert_eq!(stored as usize, next_id - 1, "every key ever read has one row");
+        assert_eq!(marked(&env).await.len(), next_id - 1 - source.len());
+
+        // History: one open version per key, matching the row; versions meet
+        // exactly; none lost or doubled (each version follows the one before
+        // as its op says).
+        assert_eq!(keys_without_one_open_version(&env).await, 0);
+        let mismatched = env
+            .query_i64(
+                "SELECT count(*) FROM products AS t JOIN products_history AS h \
+                 ON h.id = t.id AND h.valid_to IS NULL \
+                 WHERE h.content_hash <> t.content_hash \
+                 OR (t.deleted_at IS NULL) <> (h.op <> 'delete')",
+            )
+            .await;
+        assert_eq!(mismatched, 0, "the open version is the row as it stands");
+        let history: Vec<(String, String, String, Option<String>, Vec<u8>)> = env
+            .db
+            .fetch_all(
+                "SELECT id, op, CAST(valid_from AS TEXT), CAST(valid_to AS TEXT), content_hash \
+                 FROM products_history ORDER BY id, valid_from",
+            )
+            .await;
+        for pair in history.windows(2).filter(|pair| pair[0].0 == pair[1].0) {
+            let ((id, before, _, to, old_hash), (_, op, from, _, new_hash)) =
+                (&pair[0], &pair[1]);
+            assert_eq!(to.as_deref(), Some(from.as_str()), "{id}: versions meet");
+            let follows = match op.as_str() {
+                "update" => before != "delete" && old_hash != new_hash,
+                "delete" => before != "delete" && old_hash == new_hash,
+                "restore" => before == "delete",
+                _ => false,
+            };
+            assert!(follows, "{id}: {op} after {before}");
+        }
+        let statuses: std::collections::BTreeMap<String, i64> = env
+            .query_pairs("SELECT status, count(*) FROM apisync.runs GROUP BY status")
+            .await
+            .into_iter()
+            .collect();
+        assert_eq!(statuses.get("running"), None, "{statuses:?}");
+        let killed_mid_run = env
+            .query_i64("SELECT count(*) FROM apisync.runs WHERE status = 'failed' AND pages > 0")
+            .await;
+        assert!(killed_mid_run >= 4, "kills landed mid-run: {statuses:?}");
+        let marking_runs = env
+            .query_i64("SELECT count(*) FROM apisync.runs WHERE deleted > 0")
+            .await;
+        // At least the last (more, when a killed round's run completed).
+        assert!(marking_runs >= 1, "runs that marked: {statuses:?}");
+    }
+}
