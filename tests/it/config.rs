@@ -486,3 +486,74 @@ fn a_bad_key_from_the_environment_names_the_variable_not_the_file() {
         "{error}"
     );
 }
+
+/// The problems `check` reports for `job_lines` added to the minimal job.
+fn problems_with(job_lines: &str) -> Vec<String> {
+    let text = MINIMAL.replacen("[jobs.request]", &format!("{job_lines}\n[jobs.request]"), 1);
+    match config::load_str(&text, Path::new("apisync.toml"), &env(&[])) {
+        Ok(_) => Vec::new(),
+        Err(error) => error.problems,
+    }
+}
+
+#[test]
+fn deletion_settings_that_cannot_work_are_refused_by_check() {
+    let incremental = "[jobs.incremental]\nfield = \"/updated_at\"\nparam = \"since\"";
+    let cases = [
+        // An incremental job reads only changes: it sees deletions only in
+        // a periodic full run, or as tombstones.
+        (
+            format!("deletions = \"mark\"\n{incremental}"),
+            "key \"full_refresh\": deletions = \"mark\" on an incremental job needs full_refresh",
+        ),
+        (
+            "full_refresh = \"24h\"".to_owned(),
+            "key \"full_refresh\": only incremental jobs",
+        ),
+        (
+            "tombstone = \"/deleted\"".to_owned(),
+            "key \"tombstone\": a tombstone deletes its key as `deletions` says, but deletions = \"ignore\"",
+        ),
+        (
+            "deletions = \"delete\"\ntombstone = \"\"".to_owned(),
+            "key \"tombstone\": must name the field",
+        ),
+        ("deletions = \"erase\"".to_owned(), "deletions"),
+        ("max_deleted = \"150%\"".to_owned(), "max_deleted"),
+        (
+            format!("full_refresh = \"0s\"\n{incremental}"),
+            "key \"full_refresh\"",
+        ),
+    ];
+    for (lines, expected) in cases {
+        let problems = problems_with(&lines);
+        assert!(
+            problems.iter().any(|p| p.contains(expected)),
+            "{lines:?}: expected {expected:?} in {problems:?}"
+        );
+    }
+    // What does work.
+    for lines in [
+        format!("deletions = \"mark\"\nfull_refresh = \"24h\"\n{incremental}"),
+        format!("deletions = \"delete\"\ntombstone = \"/deleted\"\n{incremental}"),
+        "deletions = \"mark\"\nmax_deleted = 500\nhistory = true".to_owned(),
+    ] {
+        assert_eq!(problems_with(&lines), Vec::<String>::new(), "{lines:?}");
+    }
+}
+
+#[test]
+fn a_history_table_name_too_long_for_an_identifier_is_refused() {
+    let text = MINIMAL.replace(
+        "table = \"orders\"",
+        &format!("table = \"{}\"\nhistory = true", "o".repeat(60)),
+    );
+    let error = config::load_str(&text, Path::new("apisync.toml"), &env(&[])).unwrap_err();
+    assert!(
+        error
+            .problems
+            .iter()
+            .any(|p| p.contains("key \"history\"") && p.contains("_history")),
+        "{error}"
+    );
+}

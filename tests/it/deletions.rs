@@ -70,6 +70,9 @@ async fn versions(env: &TestEnv, id: usize) -> (Vec<(String, bool)>, bool) {
     )
 }
 
+/// `(id, op, valid_from, valid_to, content_hash)` of a history row.
+type Version = (String, String, String, Option<String>, Vec<u8>);
+
 /// Keys with other than exactly one open version.
 async fn keys_without_one_open_version(env: &TestEnv) -> i64 {
     env.query_i64(
@@ -681,7 +684,7 @@ store_tests! {
             )
             .await;
         assert_eq!(mismatched, 0, "the open version is the row as it stands");
-        let history: Vec<(String, String, String, Option<String>, Vec<u8>)> = env
+        let history: Vec<Version> = env
             .db
             .fetch_all(
                 "SELECT id, op, CAST(valid_from AS TEXT), CAST(valid_to AS TEXT), content_hash \
