@@ -107,7 +107,10 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
-    describe_counter!(RECORDS_TOTAL, "Records fetched, by what happened to them.");
+    describe_counter!(
+        RECORDS_TOTAL,
+        "Records fetched, by what happened to them; deleted: stored keys a complete run found gone, or a tombstone deleted."
+    );
     describe_gauge!(
         DUPLICATE_RATIO,
         "Share of the last finished run's fetched records that needed no write: (unchanged + duplicate) / fetched."

@@ -468,8 +468,9 @@ pub struct JobSettings {
     /// (`500`) or a share of the live rows before the run (`"10%"`).
     #[serde(default)]
     pub max_deleted: Threshold,
-    /// Incremental jobs with deletions: at most this long between runs that
-    /// read everything (no `since`), the only runs that can see deletions.
+    /// Incremental jobs: at most this long between runs that read everything
+    /// (no `since`), the only runs that can see deletions (required with
+    /// `deletions` unless `tombstone` is set).
     #[serde(default, with = "humantime_serde")]
     pub full_refresh: Option<Duration>,
     /// Incremental feeds: a JSON pointer; a record where it is `true` is the

@@ -288,18 +288,20 @@ async fn transfer(
 
     // Every page read, every check passed, every batch committed: the run
     // saw the whole collection, so a stored key it did not see is gone.
-    let (Some(live_before), Some(keys_read)) = (live_before, keys_read) else {
+    let Some(keys_read) = keys_read else {
         return Ok(());
     };
-    let gone = Gone {
-        job,
-        ctx,
-        run,
-        live_before,
-        keys_read: &keys_read,
-    };
-    gone.act(lock, committed).await?;
-    if job.incremental.is_some() {
+    if let Some(live_before) = live_before {
+        let gone = Gone {
+            job,
+            ctx,
+            run,
+            live_before,
+            keys_read: &keys_read,
+        };
+        gone.act(lock, committed).await?;
+    }
+    if job.incremental.is_some() && since.is_empty() {
         ctx.store.save_full_run(&job.name, run).await?;
     }
     Ok(())
@@ -307,13 +309,13 @@ async fn transfer(
 
 /// Whether this run reads the whole collection: every run of a job that is
 /// not incremental; for an incremental one, a run asked to (`--full`), the
-/// first (no watermark: the tracker decides that), and, with deletions,
-/// one due by `full_refresh` since the last complete full run.
+/// first (no watermark yet: then no `since` is sent either), and one due
+/// by `full_refresh` since the last complete full run.
 async fn reads_everything(job: &Job, store: &Store) -> Result<bool, StoreError> {
     if job.incremental.is_none() || job.full {
         return Ok(true);
     }
-    let (Some(every), true) = (job.full_refresh, job.deletions != Deletions::Ignore) else {
+    let Some(every) = job.full_refresh else {
         return Ok(false);
     };
     let due = match store.last_full_run(&job.name).await? {

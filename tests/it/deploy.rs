@@ -165,6 +165,8 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests() {
         "ApisyncDuplicatesHigh",
         "ApisyncRateLimited",
         "ApisyncJobStuck",
+        "ApisyncDeletionsRefused",
+        "ApisyncDeletionSpike",
     ] {
         assert!(
             tests.contains(&format!("alertname: {alert}")),
