@@ -175,9 +175,15 @@ impl Bench {
 
     /// Runs `apisync sync bench` once with the release binary.
     async fn sync(&self, api_url: &str) -> (Figures, String) {
+        self.sync_with(api_url, "").await
+    }
+
+    /// Like [`Bench::sync`], with `settings` (job keys, one per line) added.
+    async fn sync_with(&self, api_url: &str, settings: &str) -> (Figures, String) {
         let job = format!(
             r#"records = "/data"
 max_pages = 100000
+{settings}
 [jobs.request]
 url = "{api_url}/page"
 timeout = "60s"
@@ -382,6 +388,11 @@ async fn main() {
     }
     let n = env_number("BENCH_RECORDS", 200_000);
     let rounds = env_number("BENCH_ROUNDS", 3).max(1);
+    if std::env::var("BENCH_ONLY").is_ok_and(|only| only == "archive") {
+        archive(&server, n, rounds).await;
+        remove_scratch();
+        return;
+    }
     println!(
         "apisync benchmark: N = {n} records of ~400 B, pages of {PAGE_SIZE}, {rounds} round(s)"
     );
@@ -428,12 +439,20 @@ async fn main() {
         }
     }
 
-    let copy_seconds = median(&mut results[3].iter().map(|f| f.seconds).collect::<Vec<_>>());
+    print_table(&scenarios, &results, 3, n);
+    large_page(&server).await;
+    remove_scratch();
+}
+
+/// The medians of each scenario's rounds, with × COPY taken from the
+/// scenario at `copy`.
+fn print_table(scenarios: &[&str], results: &[Vec<Figures>], copy: usize, n: usize) {
+    let copy_seconds = median(&mut results[copy].iter().map(|f| f.seconds).collect::<Vec<_>>());
     println!(
-        "\n{:<20} {:>9} {:>11} {:>8} {:>9} {:>10} {:>10} {:>9}",
+        "\n{:<28} {:>9} {:>11} {:>8} {:>9} {:>10} {:>10} {:>9}",
         "scenario", "seconds", "records/s", "× COPY", "RSS MiB", "rows ins", "rows upd", "WAL MB"
     );
-    for (name, runs) in scenarios.iter().zip(&results) {
+    for (name, runs) in scenarios.iter().zip(results) {
         let pick = |f: fn(&Figures) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
         let seconds = pick(|f| f.seconds);
         let rss = pick(|f| f.peak_rss_mib);
@@ -443,7 +462,7 @@ async fn main() {
         let updated = pick(|f| f.rows_updated as f64);
         let wal = pick(|f| f.wal_bytes as f64);
         println!(
-            "{:<20} {:>9.2} {:>11.0} {:>8.2} {:>9} {:>10} {:>10} {:>9}",
+            "{:<28} {:>9.2} {:>11.0} {:>8.2} {:>9} {:>10} {:>10} {:>9}",
             name,
             seconds,
             n as f64 / seconds,
@@ -454,8 +473,72 @@ async fn main() {
             or_dash(wal, format!("{:.1}", wal / 1e6)),
         );
     }
-    large_page(&server).await;
-    remove_scratch();
+}
+
+/// `BENCH_ONLY=archive`: what history and deletions cost. The same three
+/// runs with and without `history = true`; then, on a table of N rows with
+/// `deletions = "mark"`, a run over a source that lost 1% of its keys, once
+/// with `deletions = "ignore"` and once with `"mark"`: the difference is the
+/// deletion step (the live-row count, the key read, the marking).
+async fn archive(server: &str, n: usize, rounds: usize) {
+    println!("apisync archive benchmark: N = {n}, pages of {PAGE_SIZE}, {rounds} round(s)");
+    let records: Vec<Value> = (1..=n).map(|id| product(id, 0)).collect();
+    let api = fake_api::FakeApi::start(records.clone()).await;
+    let scenarios = [
+        "first load",
+        "unchanged re-sync",
+        "1% changed",
+        "first load, history",
+        "unchanged re-sync, history",
+        "1% changed, history",
+        "99% left, deletions ignore",
+        "99% left, deletions mark",
+        "COPY (yardstick)",
+    ];
+    let mut results: Vec<Vec<Figures>> = vec![Vec::new(); scenarios.len()];
+    let mut changed = records.clone();
+    for id in (1..=n).step_by(100) {
+        changed[id - 1] = product(id, 1);
+    }
+    let left: Vec<Value> = records
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 100 != 50)
+        .map(|(_, r)| r.clone())
+        .collect();
+    for round in 1..=rounds {
+        let mut figures = Vec::new();
+        for settings in ["", "history = true"] {
+            let bench = Bench::new(server).await;
+            api.set_records(records.clone());
+            warm(&api, n).await;
+            figures.push(bench.sync_with(&api.url(""), settings).await.0);
+            figures.push(bench.sync_with(&api.url(""), settings).await.0);
+            api.set_records(changed.clone());
+            warm(&api, n).await;
+            figures.push(bench.sync_with(&api.url(""), settings).await.0);
+        }
+        let bench = Bench::new(server).await;
+        api.set_records(records.clone());
+        warm(&api, n).await;
+        bench.sync_with(&api.url(""), "deletions = \"mark\"").await;
+        api.set_records(left.clone());
+        warm(&api, n).await;
+        figures.push(
+            bench
+                .sync_with(&api.url(""), "deletions = \"ignore\"")
+                .await
+                .0,
+        );
+        let (marking, out) = bench.sync_with(&api.url(""), "deletions = \"mark\"").await;
+        figures.push(marking);
+        figures.push(bench.copy(&records).await);
+        eprintln!("round {round}: {}", out.trim());
+        for (i, f) in figures.into_iter().enumerate() {
+            results[i].push(f);
+        }
+    }
+    print_table(&scenarios, &results, scenarios.len() - 1, n);
 }
 
 /// The folder of the configuration files, made by [`Bench::new`].

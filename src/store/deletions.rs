@@ -1,9 +1,11 @@
 //! Finding the stored keys a complete run did not see, and the write that
-//! marks or removes them. Written once for both stores: the keys are read
-//! in pages of the primary key's order (keyset paging: each page starts
-//! after the last key of the previous one), so memory holds one page and
-//! the keys found gone, never the table.
+//! marks or removes them. Written once for both stores: the table's live
+//! keys are read in one streamed query (rows decoded as they arrive, so
+//! memory holds the keys found gone, never the table). One sequential read:
+//! paging through the primary key instead cost a sort per page whenever the
+//! planner misjudged `deleted_at IS NULL` (1.4 s at 200,000 rows).
 
+use futures_util::TryStreamExt;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::dialect::per_db;
@@ -11,9 +13,6 @@ use super::{Store, StoreError, TableSpec};
 use crate::record::key_fingerprint;
 use crate::run::RunId;
 use crate::seen_keys::SeenKeys;
-
-/// Keys read per statement.
-const KEYS_PER_PAGE: i64 = 10_000;
 
 /// The live stored keys a run did not see: how many, and the first `keep`
 /// of them.
@@ -57,47 +56,30 @@ impl Store {
         keep: usize,
     ) -> Result<Unseen, StoreError> {
         let n = table.key_columns.len();
-        let keys = table.key_list();
-        let after: Vec<String> = (1..=n).map(|i| format!("${i}")).collect();
-        let page = |from: &str| {
-            format!(
-                "SELECT {keys} FROM {table} WHERE {live}{from} ORDER BY {keys} LIMIT {KEYS_PER_PAGE}",
-                table = table.name.quoted(),
-                live = table.live(),
-            )
-        };
-        let first = page("");
-        let next = page(&format!(" AND ({keys}) > ({})", after.join(", ")));
+        let sql = format!(
+            "SELECT {keys} FROM {table} WHERE {live}",
+            keys = table.key_list(),
+            table = table.name.quoted(),
+            live = table.live(),
+        );
         let mut unseen = Unseen::default();
-        let mut last: Option<Vec<String>> = None;
-        loop {
-            let sql = if last.is_some() { &next } else { &first };
-            let rows: Vec<Vec<String>> = per_db!(self.pools(), pool => {
-                let mut query = sqlx::query(AssertSqlSafe(sql.clone()));
-                for part in last.iter().flatten() {
-                    query = query.bind(part.as_str());
+        let mut key: Vec<String> = Vec::with_capacity(n);
+        per_db!(self.pools(), pool => {
+            let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(pool);
+            while let Some(row) = rows.try_next().await? {
+                key.clear();
+                for i in 0..n {
+                    key.push(row.try_get::<String, _>(i)?);
                 }
-                query
-                    .fetch_all(pool)
-                    .await?
-                    .iter()
-                    .map(|row| (0..n).map(|i| row.try_get::<String, _>(i)).collect())
-                    .collect::<Result<_, sqlx::Error>>()?
-            });
-            let full_page = rows.len() as i64 == KEYS_PER_PAGE;
-            for key in &rows {
-                if !seen.contains(key_fingerprint(key) as u64) {
+                if !seen.contains(key_fingerprint(&key) as u64) {
                     unseen.count += 1;
                     if unseen.keys.len() < keep {
                         unseen.keys.push(key.clone());
                     }
                 }
             }
-            if !full_page {
-                return Ok(unseen);
-            }
-            last = rows.into_iter().last();
-        }
+        });
+        Ok(unseen)
     }
 
     /// Marks or removes the rows of `deletion.keys` (with their `delete`

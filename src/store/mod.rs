@@ -117,6 +117,9 @@ pub struct BatchWrite<'a> {
     pub plan: &'a WritePlan,
     /// Set on the last batch of an incremental run that may move it.
     pub watermark: Option<&'a serde_json::Value>,
+    /// The history table held no version when the run began: a key the
+    /// batch inserts has no open version to close.
+    pub fresh_history: bool,
 }
 
 /// What the end of a run records in its row.

@@ -244,6 +244,21 @@ impl Store {
         }))
     }
 
+    /// Whether the job's history table holds no version (`false` when the
+    /// job keeps no history).
+    pub async fn history_is_empty(&self, table: &TableSpec) -> Result<bool, StoreError> {
+        let Some(history) = &table.history else {
+            return Ok(false);
+        };
+        let sql = format!("SELECT NOT EXISTS (SELECT 1 FROM {})", history.quoted());
+        let empty = async {
+            Ok::<bool, StoreError>(per_db!(self.pools(), pool => {
+                sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(pool).await?
+            }))
+        };
+        empty.await.map_err(|e| e.on_table(table))
+    }
+
     /// The live rows of the job's table (all rows, unless rows are marked).
     pub async fn live_rows(&self, table: &TableSpec) -> Result<u64, StoreError> {
         let sql = format!(

@@ -58,7 +58,7 @@ pub enum SyncError {
     Watermark(String),
     #[error(
         "the run read the whole collection, but {gone} of the {live} stored keys were \
-         not in it: more than max_deleted = {max_deleted} allows, so none was {done}; \
+         not in it: more than max_deleted = {max_deleted} allows ({allowed}), so none was {done}; \
          the pages read are stored. If the API really deleted them, raise max_deleted \
          for one run; if it answered short (an outage, a changed filter), fix that"
     )]
@@ -66,6 +66,8 @@ pub enum SyncError {
         gone: u64,
         live: u64,
         max_deleted: Threshold,
+        /// What `max_deleted` allows of `live`.
+        allowed: u64,
         /// `marked deleted` or `deleted`.
         done: &'static str,
     },

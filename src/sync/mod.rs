@@ -219,6 +219,7 @@ async fn transfer(
     // lock another session holds on the table.
     until_cancelled(ctx, ctx.store.prepare_table(&job.table)).await?;
     let empty_at_start = until_cancelled(ctx, ctx.store.table_is_empty(&job.table)).await?;
+    let fresh_history = until_cancelled(ctx, ctx.store.history_is_empty(&job.table)).await?;
     let tracker = match &job.incremental {
         Some(incremental) => Some(
             incremental
@@ -272,6 +273,7 @@ async fn transfer(
         lock,
         run,
         empty_at_start,
+        fresh_history,
     };
     let written = write::write_batches(target, committed, ready).await;
     // The writer is done: the prepare stage has stopped (or stops at its
@@ -355,13 +357,16 @@ impl Gone<'_> {
         let started = Instant::now();
         let allowed = job.max_deleted.allowed_of(live_before);
         let keep = usize::try_from(allowed).unwrap_or(usize::MAX);
-        let unseen = ctx.store.unseen_keys(&job.table, keys_read, keep).await?;
+        // Nothing is written yet: shutdown wins over the read.
+        let unseen =
+            until_cancelled(ctx, ctx.store.unseen_keys(&job.table, keys_read, keep)).await?;
         let remove = job.deletions == Deletions::Delete;
         if unseen.count > allowed {
             return Err(SyncError::Deletions {
                 gone: unseen.count,
                 live: live_before,
                 max_deleted: job.max_deleted,
+                allowed,
                 done: if remove { "deleted" } else { "marked deleted" },
             });
         }

@@ -33,6 +33,8 @@ pub(super) struct Target<'a> {
     pub run: RunId,
     /// The table held no row when the run began (see `Store::plan`).
     pub empty_at_start: bool,
+    /// The history table held no version when the run began.
+    pub fresh_history: bool,
 }
 
 /// Plans and commits the batches `ready` yields, until it closes.
@@ -47,6 +49,7 @@ pub(super) async fn write_batches(
         lock,
         run,
         empty_at_start,
+        fresh_history,
     } = target;
     // A batch taken from the queue that could not join the previous
     // transaction; it starts the next one.
@@ -94,6 +97,7 @@ pub(super) async fn write_batches(
                 batch: &batch,
                 plan: &plan,
                 watermark: watermark.as_ref(),
+                fresh_history,
             })
             .await?;
         committed.counts += plan.counts;

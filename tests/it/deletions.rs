@@ -171,7 +171,7 @@ store_tests! {
         assert_eq!(report.status.as_str(), "failed");
         assert_eq!(report.failure.map(|r| r.as_str()), Some("deletions"));
         let error = report.error.unwrap_or_default();
-        for part in ["50 of the 100 stored keys", "max_deleted = 10%"] {
+        for part in ["50 of the 100 stored keys", "max_deleted = 10% allows (10)"] {
             assert!(error.contains(part), "{part:?} in {error}");
         }
         assert_eq!(report.counts.unchanged, 50, "the pages read are committed");
@@ -201,7 +201,7 @@ store_tests! {
         env.api.set_records(without(&products(N), &[1, 2, 3, 4, 5, 6, 7]));
         let four = env.run(&by_count).await;
         assert_eq!(four.failure.map(|r| r.as_str()), Some("deletions"));
-        assert!(four.error.unwrap().contains("4 of the 97 stored keys"));
+        assert!(four.error.unwrap().contains("4 of the 97 stored keys were not in it: more than max_deleted = 3 allows (3)"));
         // 4% of the 97 live rows is 3.88: four are more.
         let by_share = env.job(marking(JobToml::paged(10)).with("max_deleted", "4%"));
         assert_eq!(env.run(&by_share).await.failure.map(|r| r.as_str()), Some("deletions"));
@@ -718,5 +718,45 @@ store_tests! {
             .await;
         // At least the last (more, when a killed round's run completed).
         assert!(marking_runs >= 1, "runs that marked: {statuses:?}");
+    }
+}
+
+store_tests! {
+    async fn keys_gone_from_a_table_larger_than_one_read_are_all_found(backend: Backend) {
+        // Arrange: 21,000 rows under a composite key, so the table's keys are
+        // read in three pages (10,000 a page, ordered by the key), and one
+        // key gone from each.
+        let records: Vec<Value> = (1..=10_500)
+            .flat_map(|id| ["eu", "us"].map(|region| json!({"id": id, "meta": {"region": region}})))
+            .collect();
+        let env = TestEnv::start_on(backend, records.clone()).await;
+        let job = env.job(
+            marking(JobToml::get("/none", "/data"))
+                .keyed(&["id", "/meta/region"])
+                .with("max_deleted", 3),
+        );
+        let first = env.run(&job).await;
+        assert_eq!(first.counts.inserted, 21_000, "{:?}", first.error);
+        let gone = [(1, "eu"), (5_000, "us"), (10_500, "eu")];
+        env.api.set_records(
+            records
+                .into_iter()
+                .filter(|r| !gone.iter().any(|(id, region)| r["id"] == *id && r["meta"]["region"] == *region))
+                .collect(),
+        );
+
+        // Act
+        let report = env.run(&job).await;
+
+        // Assert
+        assert_eq!((report.status.as_str(), report.counts.deleted), ("succeeded", 3), "{:?}", report.error);
+        let mut marked: Vec<(String, String)> = env
+            .query_texts("SELECT id, meta_region FROM products WHERE deleted_at IS NOT NULL")
+            .await;
+        marked.sort();
+        assert_eq!(
+            marked,
+            [("1", "eu"), ("10500", "eu"), ("5000", "us")].map(|(id, region)| (id.to_owned(), region.to_owned()))
+        );
     }
 }

@@ -189,6 +189,7 @@ async fn a_key_that_appears_between_plan_and_write_falls_back_to_the_upsert(pool
     env.ctx
         .store
         .commit(&BatchWrite {
+            fresh_history: false,
             job: "products",
             table: &table,
             run,

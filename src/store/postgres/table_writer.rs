@@ -194,7 +194,16 @@ impl BatchWrite<'_> {
                 );
                 ops.extend(std::iter::repeat_n(op, rows.len()));
             }
-            write_versions(&mut tx, self.table, history, self.run, &keys, &ops).await?;
+            write_versions(
+                &mut tx,
+                self.table,
+                history,
+                self.run,
+                &keys,
+                &ops,
+                self.fresh_history,
+            )
+            .await?;
         }
         if !self.plan.tombstoned.is_empty() {
             let keys: Vec<&[String]> = self
@@ -293,7 +302,13 @@ fn columns_of<'a>(
 /// closed version's `valid_to` and the new one's `valid_from` are the same
 /// `now()`, the transaction's time. Read from the table, not sent again:
 /// the rows were written (or, for a deletion, are about to be) in this
-/// transaction.
+/// transaction. With `fresh_history` (no version existed when the run
+/// began) an `insert` has nothing to close, and is not looked for.
+///
+/// One statement (the closing is a data-modifying CTE), with one
+/// primary-key probe per key in LATERAL subqueries kept apart by OFFSET 0:
+/// a plain join to a table without statistics yet (a first load, a history
+/// just made) was planned as a scan of the whole table per batch.
 async fn write_versions(
     conn: &mut PgConnection,
     table: &TableSpec,
@@ -301,56 +316,47 @@ async fn write_versions(
     run: RunId,
     keys: &[&[String]],
     ops: &[&str],
+    fresh_history: bool,
 ) -> Result<(), StoreError> {
     if keys.is_empty() {
         return Ok(());
     }
     let n = table.key_columns.len();
     let (params, aliases) = key_params(table, 1);
-    let on = |alias: &str| {
-        table
-            .key_columns
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{alias}.{} = b.k{i}", c.quoted()))
-            .collect::<Vec<_>>()
-            .join(" AND ")
-    };
-    let close = format!(
-        "UPDATE {history} AS h SET valid_to = now() FROM UNNEST({params}) AS b({aliases}) \
-         WHERE {on} AND h.valid_to IS NULL",
-        history = history.quoted(),
-        on = on("h"),
-    );
-    let columns = table.key_list();
     let from_table: Vec<String> = table
         .key_columns
         .iter()
         .map(|c| format!("t.{}", c.quoted()))
         .collect();
-    let insert = format!(
-        "INSERT INTO {history} ({columns}, valid_from, op, record, content_hash, run_id) \
-         SELECT {from_table}, now(), b.op, t.record, t.content_hash, ${run} \
-         FROM UNNEST({params}, ${ops}::text[]) AS b({aliases}, op) \
-         JOIN {table} AS t ON {on}",
-        history = history.quoted(),
-        from_table = from_table.join(", "),
-        run = n + 2,
+    let sql = format!(
+        "WITH b AS (SELECT * FROM UNNEST({params}, ${ops}::text[]) AS b({aliases}, op)), \
+         closed AS (UPDATE {history} SET valid_to = now() WHERE ctid = ANY(ARRAY( \
+           SELECT o.ctid FROM b CROSS JOIN LATERAL (SELECT h.ctid FROM {history} AS h \
+             WHERE {on_h} AND h.valid_to IS NULL OFFSET 0) AS o \
+           WHERE b.op <> 'insert' OR NOT ${fresh}))) \
+         INSERT INTO {history} ({columns}, valid_from, op, record, content_hash, run_id) \
+         SELECT {from_table}, now(), b.op, t.record, t.content_hash, ${run} FROM b \
+         CROSS JOIN LATERAL (SELECT * FROM {table} AS t WHERE {on_t} OFFSET 0) AS t",
         ops = n + 1,
+        fresh = n + 2,
+        run = n + 3,
+        history = history.quoted(),
+        on_h = key_join_on(table, "h"),
+        on_t = key_join_on(table, "t"),
+        columns = table.key_list(),
+        from_table = from_table.join(", "),
         table = table.name.quoted(),
-        on = on("t"),
     );
-    let key_columns = columns_of(table, keys.iter().copied());
-    let mut query = sqlx::query(AssertSqlSafe(close));
-    for column in &key_columns {
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for column in columns_of(table, keys.iter().copied()) {
         query = query.bind(column);
     }
-    query.execute(&mut *conn).await?;
-    let mut query = sqlx::query(AssertSqlSafe(insert));
-    for column in &key_columns {
-        query = query.bind(column);
-    }
-    query.bind(ops).bind(run).execute(&mut *conn).await?;
+    query
+        .bind(ops)
+        .bind(fresh_history)
+        .bind(run)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
@@ -362,17 +368,30 @@ impl PgStore {
         &self,
         deletion: &crate::store::KeyDeletion<'_>,
     ) -> Result<u64, StoreError> {
+        let result = self.delete_keys_noting(deletion).await;
+        self.writers.forget(deletion.run);
+        result
+    }
+
+    /// [`PgStore::delete_keys`], its session noted as a batch write's is
+    /// (see [`BatchWrite::commit`]).
+    async fn delete_keys_noting(
+        &self,
+        deletion: &crate::store::KeyDeletion<'_>,
+    ) -> Result<u64, StoreError> {
         let table = deletion.table;
         let mut tx = self.pool.begin().await?;
-        let ours: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM apisync.runs WHERE id = $1 AND status = 'running' FOR UPDATE",
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT pg_backend_pid() FROM apisync.runs \
+             WHERE id = $1 AND status = 'running' FOR UPDATE",
         )
         .bind(deletion.run)
         .fetch_optional(&mut *tx)
         .await?;
-        if ours.is_none() {
+        let Some(pid) = pid else {
             return Err(StoreError::RunClosed);
-        }
+        };
+        self.writers.note(deletion.run, pid);
         let keys: Vec<&[String]> = deletion.keys.iter().map(Vec::as_slice).collect();
         let deleted = delete_rows(&mut tx, table, deletion.run, &keys, deletion.remove).await?;
         ledger::add_deleted(
@@ -401,22 +420,27 @@ async fn delete_rows(
     for keys in keys.chunks(LOOKUP_CHUNK * 10) {
         if let Some(history) = &table.history {
             let ops = vec!["delete"; keys.len()];
-            write_versions(conn, table, history, run, keys, &ops).await?;
+            write_versions(conn, table, history, run, keys, &ops, false).await?;
         }
         let (params, aliases) = key_params(table, 1);
         let sql = if remove {
             format!(
-                "DELETE FROM {table} AS t USING UNNEST({params}) AS b({aliases}) WHERE {join}",
+                "DELETE FROM {table} WHERE ctid = ANY({rows})",
                 table = table.name.quoted(),
-                join = key_join(table),
+                rows = probe_rows(table, &table.name, &params, &aliases, "true"),
             )
         } else {
             format!(
-                "UPDATE {table} AS t SET deleted_at = now(), run_id = ${run} \
-                 FROM UNNEST({params}) AS b({aliases}) WHERE {join} AND t.deleted_at IS NULL",
+                "UPDATE {table} SET deleted_at = now(), run_id = ${run} WHERE ctid = ANY({rows})",
                 table = table.name.quoted(),
                 run = table.key_columns.len() + 1,
-                join = key_join(table),
+                rows = probe_rows(
+                    table,
+                    &table.name,
+                    &params,
+                    &aliases,
+                    "h.deleted_at IS NULL"
+                ),
             )
         };
         let mut query = sqlx::query(AssertSqlSafe(sql));
@@ -443,13 +467,41 @@ fn key_params(table: &TableSpec, first: usize) -> (String, String) {
 
 /// `t."id" = b.k0 AND …`
 fn key_join(table: &TableSpec) -> String {
+    key_join_on(table, "t")
+}
+
+/// `{alias}."id" = b.k0 AND …`
+fn key_join_on(table: &TableSpec, alias: &str) -> String {
     table
         .key_columns
         .iter()
         .enumerate()
-        .map(|(i, c)| format!("t.{} = b.k{i}", c.quoted()))
+        .map(|(i, c)| format!("{alias}.{} = b.k{i}", c.quoted()))
         .collect::<Vec<_>>()
         .join(" AND ")
+}
+
+/// `ARRAY(…)` of the `ctid`s of the rows of `target` (the job's table or
+/// its history, aliased `h`) whose key is one of the keys bound as
+/// `params` (`UNNEST` aliases `aliases`) and that match `filter`: one
+/// primary-key probe per key. An `UPDATE … FROM UNNEST(…)` on a table
+/// whose statistics do not know the filtered column yet (a `deleted_at`
+/// just added, a history table just made) was planned as a scan of the
+/// whole table per statement; a probe per key in a LATERAL subquery (kept
+/// apart by OFFSET 0) and a TID scan do not depend on statistics.
+fn probe_rows(
+    table: &TableSpec,
+    target: &crate::store::Ident,
+    params: &str,
+    aliases: &str,
+    filter: &str,
+) -> String {
+    format!(
+        "ARRAY(SELECT o.ctid FROM UNNEST({params}) AS b({aliases}) \
+         CROSS JOIN LATERAL (SELECT h.ctid FROM {target} AS h WHERE {on} AND {filter} OFFSET 0) AS o)",
+        target = target.quoted(),
+        on = key_join_on(table, "h"),
+    )
 }
 
 /// Keys asked about in one statement.

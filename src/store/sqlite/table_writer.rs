@@ -96,7 +96,16 @@ impl SqliteStore {
                         .map(|&i| (batch.rows[i].record.key.as_slice(), op)),
                 );
             }
-            write_versions(&mut tx, table, history, run, &now, &keyed).await?;
+            write_versions(
+                &mut tx,
+                table,
+                history,
+                run,
+                &now,
+                &keyed,
+                write.fresh_history,
+            )
+            .await?;
         }
         if !plan.tombstoned.is_empty() {
             let keys: Vec<&[String]> = plan
@@ -246,6 +255,31 @@ fn keys_cte(table: &TableSpec, rows: usize, with_op: bool) -> String {
     )
 }
 
+/// Closes the open versions of `keys` at `now`.
+async fn close_versions(
+    conn: &mut sqlx::SqliteConnection,
+    table: &TableSpec,
+    history: &crate::store::Ident,
+    now: &str,
+    keys: &[&[String]],
+) -> Result<(), StoreError> {
+    let close = format!(
+        "{cte} UPDATE {history} AS h SET valid_to = ? \
+         WHERE h.valid_to IS NULL AND EXISTS (SELECT 1 FROM b WHERE {on})",
+        cte = keys_cte(table, keys.len(), false),
+        history = history.quoted(),
+        on = on_keys(table, "h"),
+    );
+    let mut query = sqlx::query(AssertSqlSafe(close));
+    for key in keys {
+        for part in *key {
+            query = query.bind(part.as_str());
+        }
+    }
+    query.bind(now).execute(&mut *conn).await?;
+    Ok(())
+}
+
 /// `{alias}."id" = b.k0 AND …`
 fn on_keys(table: &TableSpec, alias: &str) -> String {
     table
@@ -267,6 +301,7 @@ async fn write_versions(
     run: RunId,
     now: &str,
     keyed: &[(&[String], &str)],
+    fresh_history: bool,
 ) -> Result<(), StoreError> {
     let columns = table.key_list();
     let from_table: Vec<String> = table
@@ -275,20 +310,16 @@ async fn write_versions(
         .map(|c| format!("t.{}", c.quoted()))
         .collect();
     for chunk in keyed.chunks(WRITE_CHUNK) {
-        let close = format!(
-            "{cte} UPDATE {history} AS h SET valid_to = ? \
-             WHERE h.valid_to IS NULL AND EXISTS (SELECT 1 FROM b WHERE {on})",
-            cte = keys_cte(table, chunk.len(), false),
-            history = history.quoted(),
-            on = on_keys(table, "h"),
-        );
-        let mut query = sqlx::query(AssertSqlSafe(close));
-        for (key, _) in chunk {
-            for part in *key {
-                query = query.bind(part.as_str());
-            }
+        // In a history that was empty when the run began, an insert has no
+        // open version to close.
+        let closing: Vec<&[String]> = chunk
+            .iter()
+            .filter(|(_, op)| *op != "insert" || !fresh_history)
+            .map(|(key, _)| *key)
+            .collect();
+        if !closing.is_empty() {
+            close_versions(conn, table, history, now, &closing).await?;
         }
-        query.bind(now).execute(&mut *conn).await?;
         let insert = format!(
             "{cte} INSERT INTO {history} ({columns}, valid_from, op, record, content_hash, run_id) \
              SELECT {from_table}, ?, b.op, t.record, t.content_hash, ? \
@@ -326,7 +357,7 @@ async fn delete_rows(
     for keys in keys.chunks(WRITE_CHUNK) {
         if let Some(history) = &table.history {
             let keyed: Vec<(&[String], &str)> = keys.iter().map(|&key| (key, "delete")).collect();
-            write_versions(conn, table, history, run, now, &keyed).await?;
+            write_versions(conn, table, history, run, now, &keyed, false).await?;
         }
         let cte = keys_cte(table, keys.len(), false);
         let matches = format!("EXISTS (SELECT 1 FROM b WHERE {})", on_keys(table, "t"));
