@@ -760,3 +760,58 @@ store_tests! {
         );
     }
 }
+
+store_tests! {
+    async fn history_under_a_composite_key_records_each_op(backend: Backend) {
+        // Arrange: the same id in two regions is two keys.
+        let records = |name: &str| -> Vec<Value> {
+            (1..=20)
+                .flat_map(|id| {
+                    ["eu", "us"].map(|region| json!({"id": id, "meta": {"region": region}, "name": name}))
+                })
+                .collect()
+        };
+        let env = TestEnv::start_on(backend, records("a")).await;
+        let job = env.job(
+            marking(JobToml::paged(7))
+                .keyed(&["id", "/meta/region"])
+                .with("history", true)
+                .with("max_deleted", "100%"),
+        );
+
+        // Act: a load, every record changed, (3, us) gone, then back.
+        env.run(&job).await;
+        env.api.set_records(records("b"));
+        let changed = env.run(&job).await;
+        let mut without_one = records("b");
+        without_one.retain(|r| !(r["id"] == 3 && r["meta"]["region"] == "us"));
+        env.api.set_records(without_one);
+        let deleting = env.run(&job).await;
+        env.api.set_records(records("b"));
+        let restoring = env.run(&job).await;
+
+        // Assert
+        assert_eq!(
+            (changed.counts.updated, deleting.counts.deleted, restoring.counts.updated),
+            (40, 1, 1),
+            "{:?} {:?} {:?}",
+            changed.error,
+            deleting.error,
+            restoring.error
+        );
+        let ops: Vec<(String,)> = env
+            .db
+            .fetch_all(
+                "SELECT op FROM products_history WHERE id = '3' AND meta_region = 'us' \
+                 ORDER BY valid_from",
+            )
+            .await;
+        let ops: Vec<&str> = ops.iter().map(|(op,)| op.as_str()).collect();
+        assert_eq!(ops, ["insert", "update", "delete", "restore"]);
+        let open = env
+            .query_i64("SELECT count(*) FROM products_history WHERE valid_to IS NULL")
+            .await;
+        assert_eq!(open, 40, "one open version per key");
+        assert_eq!(env.query_i64("SELECT count(*) FROM products_history").await, 40 + 40 + 2);
+    }
+}

@@ -165,8 +165,33 @@ impl BatchWrite<'_> {
                 let mut changed = self.plan.updates.clone();
                 changed.extend(&self.plan.restores);
                 if !changed.is_empty() {
-                    let sql = update_sql(self.table);
-                    execute_rows(&mut tx, sql, self.table, self.run, self.batch, &changed).await?;
+                    match &self.table.history {
+                        // The changed rows and their versions in one statement.
+                        Some(history) => {
+                            let mut ops = vec!["update"; self.plan.updates.len()];
+                            ops.extend(vec!["restore"; self.plan.restores.len()]);
+                            let sql = versioned_update_sql(self.table, history);
+                            bind_rows(
+                                sqlx::query(AssertSqlSafe(sql)),
+                                self.table,
+                                self.batch,
+                                &changed,
+                            )
+                            .bind(self.run)
+                            .bind(ops)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        None => {
+                            let sql = update_sql(self.table);
+                            execute_rows(&mut tx, sql, self.table, self.run, self.batch, &changed)
+                                .await?;
+                        }
+                    }
+                }
+                if let Some(history) = &self.table.history {
+                    self.write_versions_of(&mut tx, history, &[(&self.plan.inserts, "insert")])
+                        .await?;
                 }
             }
             WritePath::Simple => {
@@ -177,33 +202,15 @@ impl BatchWrite<'_> {
                     let sql = upsert_sql(self.table);
                     execute_rows(&mut tx, sql, self.table, self.run, self.batch, &rows).await?;
                 }
+                if let Some(history) = &self.table.history {
+                    let versions = [
+                        (&self.plan.inserts, "insert"),
+                        (&self.plan.updates, "update"),
+                        (&self.plan.restores, "restore"),
+                    ];
+                    self.write_versions_of(&mut tx, history, &versions).await?;
+                }
             }
-        }
-        if let Some(history) = &self.table.history {
-            let versions = [
-                (&self.plan.inserts, "insert"),
-                (&self.plan.updates, "update"),
-                (&self.plan.restores, "restore"),
-            ];
-            let mut keys: Vec<&[String]> = Vec::new();
-            let mut ops: Vec<&str> = Vec::new();
-            for (rows, op) in versions {
-                keys.extend(
-                    rows.iter()
-                        .map(|&i| self.batch.rows[i].record.key.as_slice()),
-                );
-                ops.extend(std::iter::repeat_n(op, rows.len()));
-            }
-            write_versions(
-                &mut tx,
-                self.table,
-                history,
-                self.run,
-                &keys,
-                &ops,
-                self.fresh_history,
-            )
-            .await?;
         }
         if !self.plan.tombstoned.is_empty() {
             let keys: Vec<&[String]> = self
@@ -243,6 +250,37 @@ impl BatchWrite<'_> {
         ledger::record_batch(Db::Postgres(&mut *tx), &dialect::POSTGRES, self).await?;
         tx.commit().await?;
         Ok(())
+    }
+}
+
+impl BatchWrite<'_> {
+    /// The versions of the rows `versions` lists (row indexes, and the op
+    /// of each), as they now stand in the table.
+    async fn write_versions_of(
+        &self,
+        conn: &mut PgConnection,
+        history: &crate::store::Ident,
+        versions: &[(&Vec<usize>, &'static str)],
+    ) -> Result<(), StoreError> {
+        let mut keys: Vec<&[String]> = Vec::new();
+        let mut ops: Vec<&str> = Vec::new();
+        for (rows, op) in versions {
+            keys.extend(
+                rows.iter()
+                    .map(|&i| self.batch.rows[i].record.key.as_slice()),
+            );
+            ops.extend(std::iter::repeat_n(*op, rows.len()));
+        }
+        write_versions(
+            conn,
+            self.table,
+            history,
+            self.run,
+            &keys,
+            &ops,
+            self.fresh_history,
+        )
+        .await
     }
 }
 
@@ -663,6 +701,12 @@ impl BinaryCopy {
 /// The statement for changed rows, over [`unnest_rows`]; the `WHERE`
 /// re-checks the hash.
 fn update_sql(table: &TableSpec) -> String {
+    update_over(table, &unnest_rows(table))
+}
+
+/// [`update_sql`] from the rows of `unnest`, a relation `b` with the key
+/// aliases, `record` and `content_hash`; the run is parameter n + 3.
+fn update_over(table: &TableSpec, unnest: &str) -> String {
     // A marked row is written whatever its hash: its mark is cleared.
     let (unmark, or_marked) = if table.marks {
         (", deleted_at = NULL", " OR t.deleted_at IS NOT NULL")
@@ -676,8 +720,55 @@ fn update_sql(table: &TableSpec) -> String {
          WHERE {join} AND (t.content_hash IS DISTINCT FROM b.content_hash{or_marked})",
         table = table.name.quoted(),
         run_param = table.key_columns.len() + 3,
-        unnest = unnest_rows(table),
         join = key_join(table),
+    )
+}
+
+/// [`update_sql`] with the rows' versions in the same statement: the
+/// updated rows (`RETURNING`, with the op bound after the run) close their
+/// key's open version and become its new one. One round trip per batch:
+/// a batch of a few changed rows cost two statements' latency before.
+fn versioned_update_sql(table: &TableSpec, history: &crate::store::Ident) -> String {
+    let n = table.key_columns.len();
+    let returned: Vec<String> = table
+        .key_columns
+        .iter()
+        .map(|c| format!("t.{}", c.quoted()))
+        .collect();
+    let from_upd: Vec<String> = table
+        .key_columns
+        .iter()
+        .map(|c| format!("u.{}", c.quoted()))
+        .collect();
+    let on_h: Vec<String> = table
+        .key_columns
+        .iter()
+        .map(|c| format!("h.{c} = u.{c}", c = c.quoted()))
+        .collect();
+    let (params, aliases) = key_params(table, 1);
+    let update = update_over(
+        table,
+        &format!(
+            "UNNEST({params}, ${record}::text[]::jsonb[], ${hash}::bytea[], ${ops}::text[]) \
+             AS b({aliases}, record, content_hash, op)",
+            record = n + 1,
+            hash = n + 2,
+            ops = n + 4,
+        ),
+    );
+    format!(
+        "WITH u AS ({update} RETURNING {returned}, t.record, t.content_hash, b.op), \
+         closed AS (UPDATE {history} SET valid_to = now() WHERE ctid = ANY(ARRAY( \
+           SELECT o.ctid FROM u CROSS JOIN LATERAL (SELECT h.ctid FROM {history} AS h \
+             WHERE {on_h} AND h.valid_to IS NULL OFFSET 0) AS o))) \
+         INSERT INTO {history} ({columns}, valid_from, op, record, content_hash, run_id) \
+         SELECT {from_upd}, now(), u.op, u.record, u.content_hash, ${run} FROM u",
+        returned = returned.join(", "),
+        history = history.quoted(),
+        on_h = on_h.join(" AND "),
+        columns = table.key_list(),
+        from_upd = from_upd.join(", "),
+        run = n + 3,
     )
 }
 
