@@ -132,6 +132,18 @@ pub(super) fn validate(settings: &Settings, overrides: &EnvOverrides) -> Vec<Str
         if names[job.name.as_str()] == 2 {
             report.bad("name", "the name is used by more than one job".into());
         }
+        if job.history {
+            let history = format!("{}_history", job.table);
+            if let Some(other) = settings.jobs.iter().find(|other| other.table == history) {
+                report.bad(
+                    "history",
+                    format!(
+                        "the history table `{history}` is the target of job \"{}\"",
+                        other.name
+                    ),
+                );
+            }
+        }
         if let Some(other) = tables.insert(&job.table, &job.name) {
             report.bad(
                 "table",
@@ -214,11 +226,23 @@ fn validate_deletions(job: &JobSettings, report: &mut JobReport) {
     if let Threshold::Count(count) = job.max_deleted {
         report.count("max_deleted", count);
     }
-    if job.history
-        && let Ok(table) = Ident::table(&job.table)
-        && let Err(message) = table.history_table()
-    {
-        report.bad("history", message);
+    // What the table gets from these settings: a `deleted_at` column, a
+    // history table (its name, its columns).
+    if let (Ok(name), Ok(shape)) = (
+        Ident::table(&job.table),
+        RecordShape::with_key_entries(&job.key, &job.hash_exclude),
+    ) {
+        let table = crate::store::TableSpec::new(name, shape.key_fields());
+        if job.deletions == Deletions::Mark
+            && let Err(message) = table.clone().marking_deletions()
+        {
+            report.bad("key", message);
+        }
+        if job.history
+            && let Err(message) = table.keeping_history()
+        {
+            report.bad("history", message);
+        }
     }
     if let Some(every) = job.full_refresh {
         report.time("full_refresh", every);

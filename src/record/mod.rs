@@ -379,6 +379,16 @@ impl RecordShape {
         })
     }
 
+    /// The key of a record refused for something else than its key (a NUL,
+    /// bytes that are not UTF-8, a lone surrogate, deep nesting), when its
+    /// text still yields one: the API returns that key, so a deletion step
+    /// must not take it for gone.
+    pub fn key_of_refused(&self, text: &[u8]) -> Option<Vec<String>> {
+        let members: Vec<(&[u8], &[u8])> =
+            raw_json::members(raw_json::trim(text))?.collect::<Option<_>>()?;
+        self.key_from_members(&members)
+    }
+
     /// The key as [`RecordShape::read`] finds it in a record object's
     /// members, or `None` for any key it would refuse (it says why).
     fn key_from_members(&self, members: &[(&[u8], &[u8])]) -> Option<Vec<String>> {

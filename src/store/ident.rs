@@ -16,9 +16,11 @@ pub const RESERVED_COLUMNS: [&str; 5] = [
     "run_id",
 ];
 
-/// Columns apisync adds with `deletions = "mark"` (`deleted_at`) and in a
-/// history table (the others); a key column may not take these names either.
-pub const OPTIONAL_COLUMNS: [&str; 4] = ["deleted_at", "valid_from", "valid_to", "op"];
+/// The column apisync adds with `deletions = "mark"`, and those of a history
+/// table besides the key and the reserved ones: a key column may take these
+/// names only while the feature is off (see `TableSpec`).
+pub const MARK_COLUMN: &str = "deleted_at";
+pub const HISTORY_COLUMNS: [&str; 3] = ["valid_from", "valid_to", "op"];
 
 /// Columns the stores keep in every table (PostgreSQL's system columns,
 /// SQLite's rowid aliases): a key column by one of these names is never the
@@ -56,7 +58,6 @@ impl Ident {
         }
         if RESERVED_COLUMNS
             .iter()
-            .chain(&OPTIONAL_COLUMNS)
             .any(|reserved| reserved.eq_ignore_ascii_case(name))
         {
             return Err(format!(
@@ -141,8 +142,7 @@ mod tests {
     fn column_names_keep_case_and_refuse_reserved_names() {
         assert_eq!(Ident::column("userId").unwrap().quoted(), "\"userId\"");
         assert!(Ident::column("record").is_err());
-        assert!(Ident::column("deleted_at").is_err());
-        assert!(Ident::column("valid_from").is_err());
+
         assert!(Ident::column("id\"; --").is_err());
     }
 }

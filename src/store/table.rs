@@ -6,7 +6,7 @@
 use sqlx::{AssertSqlSafe, Row};
 
 use super::dialect::{Dialect, per_db};
-use super::ident::RESERVED_COLUMNS;
+use super::ident::{HISTORY_COLUMNS, MARK_COLUMN, RESERVED_COLUMNS};
 use super::{Store, StoreError};
 use crate::record::KeyField;
 use crate::store::Ident;
@@ -33,22 +33,42 @@ impl TableSpec {
     }
 
     /// Rows get `deleted_at`, set when a complete run finds them gone.
-    pub fn marking_deletions(self) -> Self {
-        Self {
+    ///
+    /// # Errors
+    /// When a key column is named `deleted_at`.
+    pub fn marking_deletions(self) -> Result<Self, String> {
+        self.refuse_key_columns(&[MARK_COLUMN], "deletions = \"mark\"")?;
+        Ok(Self {
             marks: true,
             ..self
-        }
+        })
     }
 
     /// Every version goes to `<table>_history` too.
     ///
     /// # Errors
-    /// When that name is longer than an identifier may be.
+    /// When that name is longer than an identifier may be, or a key column
+    /// takes the name of a history column.
     pub fn keeping_history(self) -> Result<Self, String> {
+        self.refuse_key_columns(&HISTORY_COLUMNS, "history = true")?;
         Ok(Self {
             history: Some(self.name.history_table()?),
             ..self
         })
+    }
+
+    fn refuse_key_columns(&self, names: &[&str], feature: &str) -> Result<(), String> {
+        match self.key_columns.iter().find(|c| {
+            names
+                .iter()
+                .any(|name| name.eq_ignore_ascii_case(c.as_str()))
+        }) {
+            Some(column) => Err(format!(
+                "the key column `{column}` has the name of a column {feature} adds; name it \
+                 otherwise, as {{ field = \"…\", column = \"{column}_\" }}"
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The quoted key columns, joined by `, `.

@@ -61,7 +61,7 @@ impl Job {
         }
         let mut table = TableSpec::new(Ident::table(&settings.table)?, shape.key_fields());
         if settings.deletions == Deletions::Mark {
-            table = table.marking_deletions();
+            table = table.marking_deletions()?;
         }
         if settings.history {
             table = table.keeping_history()?;

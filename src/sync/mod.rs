@@ -303,8 +303,14 @@ async fn transfer(
         };
         gone.act(lock, committed).await?;
     }
-    if job.incremental.is_some() && since.is_empty() {
-        ctx.store.save_full_run(&job.name, run).await?;
+    if job.incremental.is_some()
+        && since.is_empty()
+        && let Err(e) = ctx.store.save_full_run(&job.name, run).await
+    {
+        // What the run committed stands (its deletions too): a run that
+        // fails here would say `failed` after changing the table. The next
+        // run is a full one again, which is safe.
+        tracing::warn!(error = %e, "Could not record the full run; the next run reads everything again.");
     }
     Ok(())
 }
@@ -322,10 +328,12 @@ async fn reads_everything(job: &Job, store: &Store) -> Result<bool, StoreError> 
     };
     let due = match store.last_full_run(&job.name).await? {
         None => true,
+        // A time ahead of the clock (it was set back) is due too: else full
+        // runs, and with them deletions, would stop until it caught up.
         Some(at) => chrono::Utc::now()
             .signed_duration_since(at)
             .to_std()
-            .is_ok_and(|since| since >= every),
+            .map_or(true, |since| since >= every),
     };
     Ok(due)
 }

@@ -22,7 +22,7 @@ use super::repeat_guard::{Judgement, RepeatGuard};
 use crate::batch::{Batch, BatchRow};
 use crate::config::Threshold;
 use crate::incremental::WatermarkTracker;
-use crate::record::{ContentHash, Record, RecordShape};
+use crate::record::{ContentHash, Record, RecordShape, key_fingerprint};
 use crate::redact::Redactor;
 use crate::seen_keys::SeenKeys;
 use crate::source::{Page, Stated};
@@ -52,9 +52,12 @@ pub(super) fn prepare_pages(
 ) -> Result<Option<SeenKeys>, SyncError> {
     while let Some(Fetched { page, stated }) = fetched.blocking_recv() {
         let step = preparer.prepare(page, stated, &writer);
-        if let Some(ready) = step.ready
-            && writer.blocking_send(ready).is_err()
-        {
+        let Some(ready) = step.ready else {
+            // The page failed the run before any of it was written, or the
+            // writer stopped while taking its parts (its error says why).
+            return step.failure.map_or(Ok(None), Err);
+        };
+        if writer.blocking_send(ready).is_err() {
             // The writer stopped; its error says why.
             return Ok(None);
         }
@@ -416,13 +419,17 @@ fn build_batch<'a>(
 }
 
 /// The record of `text`, or why it cannot be stored (by the shape, or by
-/// what the store can hold: then with its key's fingerprint).
+/// what the store can hold), with its key's fingerprint when the text has
+/// a readable key.
 fn read_checked(
     shape: &RecordShape,
     limits: Option<&StoreLimits>,
     text: &[u8],
 ) -> Result<Record, (String, Option<u128>)> {
-    let record = shape.read_text(text).map_err(|reason| (reason, None))?;
+    let record = shape.read_text(text).map_err(|reason| {
+        let key = shape.key_of_refused(text).map(|key| key_fingerprint(&key));
+        (reason, key)
+    })?;
     match limits.and_then(|limits| limits.check(&record)) {
         Some(reason) => Err((reason, Some(record.key_fingerprint))),
         None => Ok(record),

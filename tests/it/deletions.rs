@@ -815,3 +815,64 @@ store_tests! {
         assert_eq!(env.query_i64("SELECT count(*) FROM products_history").await, 40 + 40 + 2);
     }
 }
+
+store_tests! {
+    async fn a_record_rejected_for_its_content_keeps_its_key_live(backend: Backend) {
+        // Arrange: a stored record the API then serves with a NUL character
+        // (a reject: PostgreSQL cannot store it), its key still readable.
+        let env = TestEnv::start_on(backend, products(N)).await;
+        let job = env.job(marking(JobToml::paged(10)));
+        env.run(&job).await;
+        let mut records = products(N);
+        records[4]["name"] = json!("nul \u{0000} inside");
+        env.api.set_records(records);
+
+        // Act
+        let report = env.run(&job).await;
+
+        // Assert: rejected, and not taken for gone: the API still returns it.
+        assert_eq!(report.status.as_str(), "succeeded", "{:?}", report.error);
+        assert_eq!((report.counts.rejected, report.counts.deleted), (1, 0));
+        assert!(marked(&env).await.is_empty());
+    }
+
+    async fn a_key_deleted_and_back_within_one_first_load_has_one_open_version(backend: Backend) {
+        // Arrange: a first load in which key 1 comes, is deleted by a
+        // tombstone on the next page, and comes back on the one after.
+        let records = vec![
+            json!({"id": 1, "v": 1}),
+            json!({"id": 2}),
+            json!({"id": 1, "deleted": true}),
+            json!({"id": 3}),
+            json!({"id": 1, "v": 2}),
+            json!({"id": 4}),
+        ];
+        let env = TestEnv::start_on(backend, records).await;
+        let job = env.job(
+            JobToml::paged(2)
+                .with("deletions", "delete")
+                .with("tombstone", "/deleted")
+                .with("history", true)
+                .with("max_deleted", "100%"),
+        );
+
+        // Act
+        let report = env.run(&job).await;
+
+        // Assert
+        assert_eq!(report.status.as_str(), "succeeded", "{:?}", report.error);
+        assert_eq!(
+            versions(&env, 1).await,
+            (
+                vec![
+                    ("insert".to_owned(), false),
+                    ("delete".to_owned(), false),
+                    ("insert".to_owned(), true)
+                ],
+                true
+            )
+        );
+        assert_eq!(keys_without_one_open_version(&env).await, 0);
+        assert_eq!(env.rows("products").await["1"], json!({"id": 1, "v": 2}));
+    }
+}

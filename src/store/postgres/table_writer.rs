@@ -255,7 +255,11 @@ impl BatchWrite<'_> {
 
 impl BatchWrite<'_> {
     /// The versions of the rows `versions` lists (row indexes, and the op
-    /// of each), as they now stand in the table.
+    /// of each), as they now stand in the table. In a history that held no
+    /// version when the run began, a key inserted for the first time in the
+    /// run has no open version, and none is looked for (a first load would
+    /// otherwise probe for every key); a repeat may have one (deleted by a
+    /// tombstone earlier in the run, say).
     async fn write_versions_of(
         &self,
         conn: &mut PgConnection,
@@ -264,23 +268,16 @@ impl BatchWrite<'_> {
     ) -> Result<(), StoreError> {
         let mut keys: Vec<&[String]> = Vec::new();
         let mut ops: Vec<&str> = Vec::new();
+        let mut close: Vec<bool> = Vec::new();
         for (rows, op) in versions {
-            keys.extend(
-                rows.iter()
-                    .map(|&i| self.batch.rows[i].record.key.as_slice()),
-            );
-            ops.extend(std::iter::repeat_n(*op, rows.len()));
+            for &i in rows.iter() {
+                let row = &self.batch.rows[i];
+                keys.push(row.record.key.as_slice());
+                ops.push(op);
+                close.push(*op != "insert" || !self.fresh_history || row.repeat);
+            }
         }
-        write_versions(
-            conn,
-            self.table,
-            history,
-            self.run,
-            &keys,
-            &ops,
-            self.fresh_history,
-        )
-        .await
+        write_versions(conn, self.table, history, self.run, &keys, &ops, &close).await
     }
 }
 
@@ -340,8 +337,8 @@ fn columns_of<'a>(
 /// closed version's `valid_to` and the new one's `valid_from` are the same
 /// `now()`, the transaction's time. Read from the table, not sent again:
 /// the rows were written (or, for a deletion, are about to be) in this
-/// transaction. With `fresh_history` (no version existed when the run
-/// began) an `insert` has nothing to close, and is not looked for.
+/// transaction. Only keys whose `close` is set are looked for an open
+/// version (see [`BatchWrite::write_versions_of`]).
 ///
 /// One statement (the closing is a data-modifying CTE), with one
 /// primary-key probe per key in LATERAL subqueries kept apart by OFFSET 0:
@@ -354,7 +351,7 @@ async fn write_versions(
     run: RunId,
     keys: &[&[String]],
     ops: &[&str],
-    fresh_history: bool,
+    close: &[bool],
 ) -> Result<(), StoreError> {
     if keys.is_empty() {
         return Ok(());
@@ -367,16 +364,17 @@ async fn write_versions(
         .map(|c| format!("t.{}", c.quoted()))
         .collect();
     let sql = format!(
-        "WITH b AS (SELECT * FROM UNNEST({params}, ${ops}::text[]) AS b({aliases}, op)), \
+        "WITH b AS (SELECT * FROM UNNEST({params}, ${ops}::text[], ${close}::bool[]) \
+           AS b({aliases}, op, close)), \
          closed AS (UPDATE {history} SET valid_to = now() WHERE ctid = ANY(ARRAY( \
            SELECT o.ctid FROM b CROSS JOIN LATERAL (SELECT h.ctid FROM {history} AS h \
              WHERE {on_h} AND h.valid_to IS NULL OFFSET 0) AS o \
-           WHERE b.op <> 'insert' OR NOT ${fresh}))) \
+           WHERE b.close))) \
          INSERT INTO {history} ({columns}, valid_from, op, record, content_hash, run_id) \
          SELECT {from_table}, now(), b.op, t.record, t.content_hash, ${run} FROM b \
          CROSS JOIN LATERAL (SELECT * FROM {table} AS t WHERE {on_t} OFFSET 0) AS t",
         ops = n + 1,
-        fresh = n + 2,
+        close = n + 2,
         run = n + 3,
         history = history.quoted(),
         on_h = key_join_on(table, "h"),
@@ -391,7 +389,7 @@ async fn write_versions(
     }
     query
         .bind(ops)
-        .bind(fresh_history)
+        .bind(close)
         .bind(run)
         .execute(&mut *conn)
         .await?;
@@ -458,7 +456,8 @@ async fn delete_rows(
     for keys in keys.chunks(LOOKUP_CHUNK * 10) {
         if let Some(history) = &table.history {
             let ops = vec!["delete"; keys.len()];
-            write_versions(conn, table, history, run, keys, &ops, false).await?;
+            let close = vec![true; keys.len()];
+            write_versions(conn, table, history, run, keys, &ops, &close).await?;
         }
         let (params, aliases) = key_params(table, 1);
         let sql = if remove {

@@ -89,23 +89,18 @@ impl SqliteStore {
                 (&plan.updates, "update"),
                 (&plan.restores, "restore"),
             ];
-            let mut keyed: Vec<(&[String], &str)> = Vec::new();
+            // In a history that held no version when the run began, a key
+            // inserted for the first time in the run has no open version
+            // (see the PostgreSQL writer's `write_versions_of`).
+            let mut keyed: Vec<(&[String], &str, bool)> = Vec::new();
             for (rows, op) in versions {
-                keyed.extend(
-                    rows.iter()
-                        .map(|&i| (batch.rows[i].record.key.as_slice(), op)),
-                );
+                for &i in rows.iter() {
+                    let row = &batch.rows[i];
+                    let close = op != "insert" || !write.fresh_history || row.repeat;
+                    keyed.push((row.record.key.as_slice(), op, close));
+                }
             }
-            write_versions(
-                &mut tx,
-                table,
-                history,
-                run,
-                &now,
-                &keyed,
-                write.fresh_history,
-            )
-            .await?;
+            write_versions(&mut tx, table, history, run, &now, &keyed).await?;
         }
         if !plan.tombstoned.is_empty() {
             let keys: Vec<&[String]> = plan
@@ -292,7 +287,8 @@ fn on_keys(table: &TableSpec, alias: &str) -> String {
 }
 
 /// The versions of the rows of `keyed` as they now stand in the table, one
-/// per key with its op, each closing the key's open version at `now`, the
+/// per key with its op, each closing the key's open version (when its flag
+/// says to look for one) at `now`, the
 /// new version's `valid_from` (see the PostgreSQL writer's `write_versions`).
 async fn write_versions(
     conn: &mut sqlx::SqliteConnection,
@@ -300,8 +296,7 @@ async fn write_versions(
     history: &crate::store::Ident,
     run: RunId,
     now: &str,
-    keyed: &[(&[String], &str)],
-    fresh_history: bool,
+    keyed: &[(&[String], &str, bool)],
 ) -> Result<(), StoreError> {
     let columns = table.key_list();
     let from_table: Vec<String> = table
@@ -310,12 +305,10 @@ async fn write_versions(
         .map(|c| format!("t.{}", c.quoted()))
         .collect();
     for chunk in keyed.chunks(WRITE_CHUNK) {
-        // In a history that was empty when the run began, an insert has no
-        // open version to close.
         let closing: Vec<&[String]> = chunk
             .iter()
-            .filter(|(_, op)| *op != "insert" || !fresh_history)
-            .map(|(key, _)| *key)
+            .filter(|(_, _, close)| *close)
+            .map(|(key, _, _)| *key)
             .collect();
         if !closing.is_empty() {
             close_versions(conn, table, history, now, &closing).await?;
@@ -331,7 +324,7 @@ async fn write_versions(
             on = on_keys(table, "t"),
         );
         let mut query = sqlx::query(AssertSqlSafe(insert));
-        for (key, op) in chunk {
+        for (key, op, _) in chunk {
             for part in *key {
                 query = query.bind(part.as_str());
             }
@@ -356,8 +349,9 @@ async fn delete_rows(
     let mut deleted = 0;
     for keys in keys.chunks(WRITE_CHUNK) {
         if let Some(history) = &table.history {
-            let keyed: Vec<(&[String], &str)> = keys.iter().map(|&key| (key, "delete")).collect();
-            write_versions(conn, table, history, run, now, &keyed, false).await?;
+            let keyed: Vec<(&[String], &str, bool)> =
+                keys.iter().map(|&key| (key, "delete", true)).collect();
+            write_versions(conn, table, history, run, now, &keyed).await?;
         }
         let cte = keys_cte(table, keys.len(), false);
         let matches = format!("EXISTS (SELECT 1 FROM b WHERE {})", on_keys(table, "t"));
