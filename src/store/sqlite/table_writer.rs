@@ -260,10 +260,10 @@ async fn close_versions(
 ) -> Result<(), StoreError> {
     let close = format!(
         "{cte} UPDATE {history} AS h SET valid_to = ? \
-         WHERE h.valid_to IS NULL AND EXISTS (SELECT 1 FROM b WHERE {on})",
+         WHERE h.valid_to IS NULL AND {matches}",
         cte = keys_cte(table, keys.len(), false),
         history = history.quoted(),
-        on = on_keys(table, "h"),
+        matches = key_in_b(table, "h"),
     );
     let mut query = sqlx::query(AssertSqlSafe(close));
     for key in keys {
@@ -273,6 +273,26 @@ async fn close_versions(
     }
     query.bind(now).execute(&mut *conn).await?;
     Ok(())
+}
+
+/// `({alias}."id", …) IN (SELECT k0, … FROM b)`: a lookup of each of the
+/// CTE's keys in the primary key. (`EXISTS (SELECT … WHERE alias.id =
+/// b.k0)` was run as a scan of the whole table: 1.4 s a statement at
+/// 200,000 rows.)
+fn key_in_b(table: &TableSpec, alias: &str) -> String {
+    let columns: Vec<String> = table
+        .key_columns
+        .iter()
+        .map(|c| format!("{alias}.{}", c.quoted()))
+        .collect();
+    let aliases: Vec<String> = (0..table.key_columns.len())
+        .map(|i| format!("k{i}"))
+        .collect();
+    format!(
+        "({}) IN (SELECT {} FROM b)",
+        columns.join(", "),
+        aliases.join(", ")
+    )
 }
 
 /// `{alias}."id" = b.k0 AND …`
@@ -354,7 +374,7 @@ async fn delete_rows(
             write_versions(conn, table, history, run, now, &keyed).await?;
         }
         let cte = keys_cte(table, keys.len(), false);
-        let matches = format!("EXISTS (SELECT 1 FROM b WHERE {})", on_keys(table, "t"));
+        let matches = key_in_b(table, "t");
         let sql = if remove {
             format!(
                 "{cte} DELETE FROM {table} AS t WHERE {matches}",
