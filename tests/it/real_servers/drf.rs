@@ -8,8 +8,8 @@ use serde_json::json;
 use super::servers::{self, RealServer};
 use super::{
     Changes, TABLE, assert_archive_is_exact, assert_changes_applied_exactly,
-    assert_complete_or_loud, assert_failed_with, assert_resync_writes_nothing, assert_succeeded,
-    assert_table_is_source, run_job,
+    assert_complete_or_loud, assert_deletions_marked_exactly, assert_failed_with,
+    assert_resync_writes_nothing, assert_succeeded, assert_table_is_source, run_job,
 };
 use crate::helpers::{Backend, TestEnv, store_tests};
 
@@ -101,6 +101,12 @@ store_tests! {
     async fn changes_are_applied_exactly(backend: Backend) {
         let server = servers::drf().await;
         assert_changes_applied_exactly(backend, &server, PAGES_BY_NEXT_URL, changes()).await;
+    }
+
+    async fn records_deleted_through_the_api_are_marked_exactly(backend: Backend) {
+        let server = servers::drf().await;
+        let deletes = ["/pages/tickets/1/", "/pages/tickets/2501/", "/pages/tickets/5002/"];
+        assert_deletions_marked_exactly(backend, &server, PAGES_BY_NEXT_URL, &deletes).await;
     }
 
     /// DRF answers 404 `{"detail": "Invalid page."}` for the page after the

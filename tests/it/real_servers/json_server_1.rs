@@ -8,7 +8,8 @@ use serde_json::json;
 
 use super::servers;
 use super::{
-    Changes, assert_archive_is_exact, assert_changes_applied_exactly, assert_resync_writes_nothing,
+    Changes, assert_archive_is_exact, assert_changes_applied_exactly,
+    assert_deletions_marked_exactly, assert_resync_writes_nothing,
 };
 use crate::helpers::store_tests;
 
@@ -72,6 +73,12 @@ store_tests! {
     async fn changes_are_applied_exactly(backend: Backend) {
         let server = servers::json_server_1().await;
         assert_changes_applied_exactly(backend, &server, PAGES_WITH_COUNT, changes()).await;
+    }
+
+    async fn records_deleted_through_the_api_are_marked_exactly(backend: Backend) {
+        let server = servers::json_server_1().await;
+        let deletes = ["/tickets/1", "/tickets/170", "/tickets/320"];
+        assert_deletions_marked_exactly(backend, &server, PAGES_WITH_COUNT, &deletes).await;
     }
 
     /// With no total configured, page 8 of 7 answers page 7 again. That is

@@ -315,3 +315,97 @@ async fn assert_changes_applied_exactly(
     assert_eq!(env.writes().await, (patched + posted) as i64);
     assert_table_is_source(&env, server).await;
 }
+
+/// Records deleted through the server's own API (`DELETE` of each path in
+/// `deletes`) between two runs of `body` with `deletions = "mark"` and
+/// history: the second run marks exactly those keys, their history ends
+/// with a `delete` version, every other row is untouched, and `verify`
+/// then agrees.
+async fn assert_deletions_marked_exactly(
+    backend: Backend,
+    server: &RealServer,
+    body: &str,
+    deletes: &[&str],
+) {
+    // Arrange
+    let env = TestEnv::start_on(backend, Vec::new()).await;
+    let job = env.job(
+        JobToml::lines(body)
+            .api(&server.url)
+            .with("deletions", "mark")
+            .with("history", true),
+    );
+    let before = source(server).await;
+    assert_succeeded(&env.run(&job).await);
+    for path in deletes {
+        server.delete(path).await;
+    }
+    let after = source(server).await;
+    let gone: Vec<&String> = before.keys().filter(|k| !after.contains_key(*k)).collect();
+    assert_eq!(gone.len(), deletes.len(), "the server deleted the records");
+    let versions = env.row_versions(TABLE).await;
+    env.count_writes(TABLE).await;
+
+    // Act
+    let second = env.run(&job).await;
+
+    // Assert
+    assert_succeeded(&second);
+    assert_eq!(second.counts.deleted, deletes.len() as u64);
+    assert_eq!(
+        env.writes().await,
+        deletes.len() as i64,
+        "one write per mark"
+    );
+    let mut marked: Vec<String> = env
+        .db
+        .fetch_all::<(String,)>(&format!(
+            "SELECT id FROM {TABLE} WHERE deleted_at IS NOT NULL"
+        ))
+        .await
+        .into_iter()
+        .map(|(id,)| id)
+        .collect();
+    marked.sort();
+    let mut gone: Vec<String> = gone.into_iter().cloned().collect();
+    gone.sort();
+    assert_eq!(marked, gone);
+    let live: BTreeMap<String, Value> = env
+        .rows(TABLE)
+        .await
+        .into_iter()
+        .filter(|(id, _)| !marked.contains(id))
+        .collect();
+    assert_eq!(live, after, "the live rows are the source");
+    let after_versions = env.row_versions(TABLE).await;
+    for (id, version) in &versions {
+        if !marked.contains(id) {
+            assert_eq!(&after_versions[id], version, "row {id} untouched");
+        }
+    }
+    for id in &marked {
+        let ops: Vec<(String,)> = env
+            .db
+            .fetch_all(&format!(
+                "SELECT op FROM {TABLE}_history WHERE id = '{id}' ORDER BY valid_from"
+            ))
+            .await;
+        assert_eq!(
+            ops,
+            [("insert".to_owned(),), ("delete".to_owned(),)],
+            "{id}"
+        );
+    }
+    let mut lock = env
+        .ctx
+        .store
+        .try_lock_job(&job.name)
+        .await
+        .unwrap()
+        .unwrap();
+    let comparison = apisync::sync::verify(&job, &env.ctx, &mut lock)
+        .await
+        .unwrap();
+    lock.release().await;
+    assert!(comparison.agrees(), "{comparison:?}");
+}

@@ -393,6 +393,22 @@ impl RealServer {
         body
     }
 
+    /// `DELETE path`; the answer must be a success.
+    pub async fn delete(&self, path: &str) {
+        let response = self
+            .http
+            .delete(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("DELETE {path} on {}: {e}", self.name));
+        let status = response.status();
+        assert!(
+            status.is_success(),
+            "DELETE {path} on {} answered {status}",
+            self.name
+        );
+    }
+
     /// Sends `body` with `method` to `path`; the answer must be a success.
     /// Returns the JSON answer (`Null` for an empty one).
     pub async fn send(&self, method: Method, path: &str, body: &Value) -> Value {
