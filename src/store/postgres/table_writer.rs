@@ -12,9 +12,7 @@
 //! - **Fast path** (the default): new rows with binary `COPY` straight into
 //!   the table, changed rows with one `UPDATE … FROM UNNEST(…) WHERE
 //!   content_hash IS DISTINCT FROM …`. COPY costs PostgreSQL about half of
-//!   what an `INSERT … ON CONFLICT` of the same rows does. With history,
-//!   each statement carries the rows' versions too (`INSERT`/`UPDATE …
-//!   RETURNING` into the history table), in place of COPY for new rows.
+//!   what an `INSERT … ON CONFLICT` of the same rows does.
 //! - **Simple path**: one `INSERT … SELECT FROM UNNEST(…) ON CONFLICT … DO
 //!   UPDATE … WHERE content_hash IS DISTINCT FROM excluded.content_hash`. It
 //!   is the fallback when a key appeared between plan and write (COPY fails
@@ -153,26 +151,7 @@ impl BatchWrite<'_> {
 
         match path {
             WritePath::Fast => {
-                if let (Some(history), false) = (&self.table.history, self.plan.inserts.is_empty())
-                {
-                    // The new rows and their versions in one statement.
-                    let inserts = &self.plan.inserts;
-                    let close: Vec<bool> = inserts
-                        .iter()
-                        .map(|&i| !self.fresh_history || self.batch.rows[i].repeat)
-                        .collect();
-                    let sql = versioned_insert_sql(self.table, history);
-                    bind_rows(
-                        sqlx::query(AssertSqlSafe(sql)),
-                        self.table,
-                        self.batch,
-                        inserts,
-                    )
-                    .bind(self.run)
-                    .bind(close)
-                    .execute(&mut *tx)
-                    .await?;
-                } else if !self.plan.inserts.is_empty() {
+                if !self.plan.inserts.is_empty() {
                     copy_rows(
                         &mut tx,
                         self.table,
@@ -209,6 +188,10 @@ impl BatchWrite<'_> {
                                 .await?;
                         }
                     }
+                }
+                if let Some(history) = &self.table.history {
+                    self.write_versions_of(&mut tx, history, &[(&self.plan.inserts, "insert")])
+                        .await?;
                 }
             }
             WritePath::Simple => {
@@ -785,51 +768,6 @@ fn versioned_update_sql(table: &TableSpec, history: &crate::store::Ident) -> Str
         columns = table.key_list(),
         from_upd = from_upd.join(", "),
         run = n + 3,
-    )
-}
-
-/// New rows and their `insert` versions in one statement, for a table with
-/// history: `INSERT … SELECT FROM UNNEST(…) RETURNING` into the history
-/// insert. It parses each record once and reads nothing back, where COPY
-/// and then an insert of the versions from the copied rows cost a probe of
-/// the table per row: measured on 200,000 rows, 2.1 s against 2.6. Keys
-/// flagged in `$n+4` (a repeat, or any key once the history held versions
-/// at the start of the run) close their open version first.
-fn versioned_insert_sql(table: &TableSpec, history: &crate::store::Ident) -> String {
-    let n = table.key_columns.len();
-    let (params, aliases) = key_params(table, 1);
-    let returned: Vec<String> = table
-        .key_columns
-        .iter()
-        .map(|c| format!("t.{}", c.quoted()))
-        .collect();
-    let from_ins: Vec<String> = table
-        .key_columns
-        .iter()
-        .map(|c| format!("i.{}", c.quoted()))
-        .collect();
-    format!(
-        "WITH b AS (SELECT * FROM UNNEST({params}, ${record}::text[]::jsonb[], ${hash}::bytea[], \
-           ${close}::bool[]) AS b({aliases}, record, content_hash, close)), \
-         i AS (INSERT INTO {table} AS t ({columns}, record, content_hash, first_seen_at, \
-           changed_at, run_id) \
-           SELECT {aliases}, b.record, b.content_hash, now(), now(), ${run} FROM b \
-           RETURNING {returned}, t.record, t.content_hash), \
-         closed AS (UPDATE {history} SET valid_to = now() WHERE ctid = ANY(ARRAY( \
-           SELECT o.ctid FROM b CROSS JOIN LATERAL (SELECT h.ctid FROM {history} AS h \
-             WHERE {on_h} AND h.valid_to IS NULL OFFSET 0) AS o WHERE b.close))) \
-         INSERT INTO {history} ({columns}, valid_from, op, record, content_hash, run_id) \
-         SELECT {from_ins}, now(), 'insert', i.record, i.content_hash, ${run} FROM i",
-        record = n + 1,
-        hash = n + 2,
-        run = n + 3,
-        close = n + 4,
-        table = table.name.quoted(),
-        columns = table.key_list(),
-        returned = returned.join(", "),
-        history = history.quoted(),
-        on_h = key_join_on(table, "h"),
-        from_ins = from_ins.join(", "),
     )
 }
 
