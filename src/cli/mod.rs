@@ -208,6 +208,26 @@ fn fail(settings: &Settings, what: &str, error: &dyn std::error::Error) -> ExitC
     ExitCode::from(EXIT_FAILED)
 }
 
+/// What a run needs, for the commands that run jobs from the command line
+/// (`sync`, `verify`): the store (migrated), an HTTP client, and a
+/// cancellation token that Ctrl-C or SIGTERM cancels, so a run commits its
+/// current page and is recorded `interrupted` instead of left `running`.
+async fn sync_context(settings: &Settings) -> Result<SyncContext, ExitCode> {
+    let store = open_store(settings).await?;
+    let client =
+        ApiClient::new().map_err(|e| fail(settings, "cannot create the HTTP client", &e))?;
+    let cancel = CancellationToken::new();
+    crate::shutdown::listen(cancel.clone())
+        .map_err(|e| fail(settings, "cannot install the signal handlers", &e))?;
+    Ok(SyncContext {
+        store,
+        client,
+        redactor: settings.redactor.clone(),
+        cancel,
+        in_flight: Default::default(),
+    })
+}
+
 /// The store, with migrations applied.
 async fn open_store(settings: &Settings) -> Result<Store, ExitCode> {
     let store = Store::connect_lazy(&settings.database)
@@ -309,26 +329,9 @@ async fn sync(settings: &Settings, names: &[String], all: bool, full: bool) -> E
     for job in &mut jobs {
         job.full = full;
     }
-    let store = match open_store(settings).await {
-        Ok(store) => store,
+    let ctx = match sync_context(settings).await {
+        Ok(ctx) => ctx,
         Err(code) => return code,
-    };
-    let client = match ApiClient::new() {
-        Ok(client) => client,
-        Err(e) => return fail(settings, "cannot create the HTTP client", &e),
-    };
-    // Ctrl-C or SIGTERM lets the run commit its current page and records it
-    // `interrupted`, instead of leaving it `running`.
-    let cancel = CancellationToken::new();
-    if let Err(e) = crate::shutdown::listen(cancel.clone()) {
-        return fail(settings, "cannot install the signal handlers", &e);
-    }
-    let ctx = SyncContext {
-        store,
-        client,
-        redactor: settings.redactor.clone(),
-        cancel,
-        in_flight: Default::default(),
     };
 
     // The job being run, for the line printed if shutdown_timeout runs out.

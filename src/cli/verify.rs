@@ -6,12 +6,9 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
-use super::{EXIT_CONFIG, EXIT_FAILED, complain, fail, open_store, say};
+use super::{EXIT_CONFIG, EXIT_FAILED, complain, fail, say, sync_context};
 use crate::config::Settings;
-use crate::source::ApiClient;
-use crate::sync::{Comparison, Job, Keys, SyncContext, VerifyError};
+use crate::sync::{Comparison, Job, Keys, VerifyError};
 
 /// The source could not be read completely.
 const EXIT_INCOMPLETE: u8 = 3;
@@ -39,24 +36,9 @@ pub(super) async fn verify(settings: &Settings, name: &str, json: bool) -> ExitC
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let store = match open_store(settings).await {
-        Ok(store) => store,
+    let ctx = match sync_context(settings).await {
+        Ok(ctx) => ctx,
         Err(code) => return code,
-    };
-    let client = match ApiClient::new() {
-        Ok(client) => client,
-        Err(e) => return fail(settings, "cannot create the HTTP client", &e),
-    };
-    let cancel = CancellationToken::new();
-    if let Err(e) = crate::shutdown::listen(cancel.clone()) {
-        return fail(settings, "cannot install the signal handlers", &e);
-    }
-    let ctx = SyncContext {
-        store,
-        client,
-        redactor: settings.redactor.clone(),
-        cancel,
-        in_flight: Default::default(),
     };
 
     // The job's lock, as a run takes it: a run in progress is waited for,
