@@ -208,6 +208,19 @@ fn fail(settings: &Settings, what: &str, error: &dyn std::error::Error) -> ExitC
     ExitCode::from(EXIT_FAILED)
 }
 
+/// Says that `names` name no configured job, listing the jobs; exit 2.
+fn no_such_job(settings: &Settings, names: &str) -> ExitCode {
+    let known: Vec<&str> = settings.jobs.iter().map(|j| j.name.as_str()).collect();
+    complain(
+        settings,
+        &format!(
+            "apisync: no job named {names}; configured jobs: {}",
+            known.join(", ")
+        ),
+    );
+    ExitCode::from(EXIT_CONFIG)
+}
+
 /// What a run needs, for the commands that run jobs from the command line
 /// (`sync`, `verify`): the store (migrated), an HTTP client, and a
 /// cancellation token that Ctrl-C or SIGTERM cancels, so a run commits its
@@ -304,16 +317,7 @@ async fn sync(settings: &Settings, names: &[String], all: bool, full: bool) -> E
             .map(String::as_str)
             .collect();
         if !unknown.is_empty() {
-            let known: Vec<&str> = settings.jobs.iter().map(|j| j.name.as_str()).collect();
-            complain(
-                settings,
-                &format!(
-                    "apisync: no job named {}; configured jobs: {}",
-                    unknown.join(", "),
-                    known.join(", ")
-                ),
-            );
-            return ExitCode::from(EXIT_CONFIG);
+            return no_such_job(settings, &unknown.join(", "));
         }
         names.iter().filter_map(|name| settings.job(name)).collect()
     };
@@ -732,15 +736,7 @@ async fn rejects(
     if let Some(name) = job
         && settings.job(name).is_none()
     {
-        let known: Vec<&str> = settings.jobs.iter().map(|j| j.name.as_str()).collect();
-        complain(
-            settings,
-            &format!(
-                "apisync: no job named {name}; configured jobs: {}",
-                known.join(", ")
-            ),
-        );
-        return ExitCode::from(EXIT_CONFIG);
+        return no_such_job(settings, name);
     }
     let store = match open_store(settings).await {
         Ok(store) => store,

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use super::{EXIT_CONFIG, EXIT_FAILED, complain, fail, say, sync_context};
+use super::{EXIT_CONFIG, EXIT_FAILED, complain, fail, no_such_job, say, sync_context};
 use crate::config::Settings;
 use crate::sync::{Comparison, Job, Keys, VerifyError};
 
@@ -19,15 +19,7 @@ const KEYS_LISTED: usize = 10;
 
 pub(super) async fn verify(settings: &Settings, name: &str, json: bool) -> ExitCode {
     let Some(job_settings) = settings.job(name) else {
-        let known: Vec<&str> = settings.jobs.iter().map(|j| j.name.as_str()).collect();
-        complain(
-            settings,
-            &format!(
-                "apisync: no job named {name}; configured jobs: {}",
-                known.join(", ")
-            ),
-        );
-        return ExitCode::from(EXIT_CONFIG);
+        return no_such_job(settings, name);
     };
     let job = match Job::from_settings(job_settings) {
         Ok(job) => job,
