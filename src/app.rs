@@ -102,10 +102,12 @@ impl App {
         for job in &jobs {
             metrics::register_job(&job.job.name);
         }
+        let client = ApiClient::new().context("cannot create the HTTP client")?;
+        client.keep_tokens_in(store.clone());
         Ok(App {
             jobs,
             store,
-            client: ApiClient::new().context("cannot create the HTTP client")?,
+            client,
             redactor: settings.redactor.clone(),
             listener,
             metrics,

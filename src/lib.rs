@@ -16,6 +16,7 @@
 //! - `incremental`: the watermark and the `since` parameter of incremental jobs.
 //! - `record`: natural keys, canonical content hashes, rejects.
 //! - `source`: the pages of a run: HTTP requests, retries, pagination.
+//! - `auth`: credentials on requests: static ones, and tokens fetched, shared and renewed.
 //! - `store`: the database seam: the run ledger, target tables, batch plans and writes.
 //! - `batch`: the rows and rejects one transaction writes, shared by `sync` and `store`.
 //! - `run`: run ids, statuses and counts shared by the above.
@@ -25,6 +26,7 @@
 //! - `raw_json`: finding values in checked JSON text without parsing it into a tree.
 
 pub mod app;
+pub mod auth;
 pub mod batch;
 pub mod cli;
 pub mod config;

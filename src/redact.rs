@@ -41,9 +41,18 @@ const MASK: &str = "[redacted]";
 /// Values shorter than this are masked only as whole tokens (see the module doc).
 const MIN_ANYWHERE_LEN: usize = 4;
 
+/// How many secrets learned at run time (tokens) are kept: a token
+/// renewed every few minutes must not grow the list for the life of a
+/// daemon, and an old token is expired anyway.
+const MAX_LEARNED: usize = 64;
+
 #[derive(Clone, Default)]
 pub struct Redactor {
     secrets: Vec<Secret>,
+    /// Secrets met at run time (access tokens, rotated refresh tokens),
+    /// shared by every clone of this redactor: the log writer, the runs
+    /// table and `check` all hold clones of the configuration's one.
+    learned: std::sync::Arc<std::sync::RwLock<std::collections::VecDeque<Secret>>>,
 }
 
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -66,7 +75,32 @@ impl Redactor {
             .collect();
         secrets.sort();
         secrets.dedup();
-        Self { secrets }
+        Self {
+            secrets,
+            learned: Default::default(),
+        }
+    }
+
+    /// Masks `value` from now on, here and in every clone of this redactor.
+    pub fn learn(&self, value: &str) {
+        if value.is_empty() {
+            return;
+        }
+        let secret = Secret {
+            whole_token: value.chars().count() < MIN_ANYWHERE_LEN,
+            text: value.to_owned(),
+        };
+        let mut learned = self
+            .learned
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if learned.contains(&secret) {
+            return;
+        }
+        if learned.len() >= MAX_LEARNED {
+            learned.pop_front();
+        }
+        learned.push_back(secret);
     }
 
     /// `text` with every secret replaced by `[redacted]`.
@@ -104,18 +138,23 @@ impl Redactor {
 
     /// The byte ranges of `text` to mask, sorted and merged.
     fn ranges(&self, text: &str) -> Vec<Range<usize>> {
-        if self.secrets.is_empty() || text.is_empty() {
+        let learned = self
+            .learned
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if (self.secrets.is_empty() && learned.is_empty()) || text.is_empty() {
             return Vec::new();
         }
         let mut found = Vec::new();
+        let secrets: Vec<&Secret> = self.secrets.iter().chain(learned.iter()).collect();
         let raw = Decoded::identity(text);
-        self.find_in(&raw, &mut found);
+        find_in(&secrets, &raw, &mut found);
         if text.contains(['\\', '%', '&', '+']) {
             let once = raw.decode(false);
-            self.find_in(&once, &mut found);
-            self.find_in(&once.decode(false), &mut found);
+            find_in(&secrets, &once, &mut found);
+            find_in(&secrets, &once.decode(false), &mut found);
             if text.contains('+') {
-                self.find_in(&raw.decode(true), &mut found);
+                find_in(&secrets, &raw.decode(true), &mut found);
             }
         }
         found.sort_by_key(|r| (r.start, r.end));
@@ -128,22 +167,22 @@ impl Redactor {
         }
         merged
     }
+}
 
-    fn find_in(&self, decoded: &Decoded, found: &mut Vec<Range<usize>>) {
-        for secret in &self.secrets {
-            for (at, _) in decoded.text.match_indices(secret.text.as_str()) {
-                let end = at + secret.text.len();
-                if secret.whole_token
-                    && !(decoded.text[..at]
-                        .chars()
-                        .next_back()
-                        .is_none_or(is_delimiter)
-                        && decoded.text[end..].chars().next().is_none_or(is_delimiter))
-                {
-                    continue;
-                }
-                found.push(decoded.original(at..end));
+fn find_in(secrets: &[&Secret], decoded: &Decoded, found: &mut Vec<Range<usize>>) {
+    for secret in secrets {
+        for (at, _) in decoded.text.match_indices(secret.text.as_str()) {
+            let end = at + secret.text.len();
+            if secret.whole_token
+                && !(decoded.text[..at]
+                    .chars()
+                    .next_back()
+                    .is_none_or(is_delimiter)
+                    && decoded.text[end..].chars().next().is_none_or(is_delimiter))
+            {
+                continue;
             }
+            found.push(decoded.original(at..end));
         }
     }
 }
@@ -453,6 +492,27 @@ mod tests {
 
     fn redactor(values: &[&str]) -> Redactor {
         Redactor::new(values.iter().map(|s| s.to_string()), None)
+    }
+
+    #[test]
+    fn learned_secrets_are_masked_by_every_clone_and_bounded() {
+        let config = redactor(&["configured-secret"]);
+        let log_writer = config.clone();
+        config.learn("eyJ-access-token-1");
+        assert_eq!(
+            log_writer.redact("token eyJ-access-token-1 and configured-secret"),
+            "token [redacted] and [redacted]"
+        );
+        for n in 0..MAX_LEARNED {
+            config.learn(&format!("later-token-{n}"));
+        }
+        assert_eq!(
+            log_writer.redact("eyJ-access-token-1"),
+            "eyJ-access-token-1",
+            "the oldest learned secret makes room"
+        );
+        assert_eq!(log_writer.redact("later-token-3"), "[redacted]");
+        assert_eq!(log_writer.redact("configured-secret"), "[redacted]");
     }
 
     #[test]

@@ -229,6 +229,7 @@ async fn sync_context(settings: &Settings) -> Result<SyncContext, ExitCode> {
     let store = open_store(settings).await?;
     let client =
         ApiClient::new().map_err(|e| fail(settings, "cannot create the HTTP client", &e))?;
+    client.keep_tokens_in(store.clone());
     let cancel = CancellationToken::new();
     crate::shutdown::listen(cancel.clone())
         .map_err(|e| fail(settings, "cannot install the signal handlers", &e))?;
@@ -480,16 +481,20 @@ async fn check(settings: &Settings, path: &std::path::Path, connect: bool) -> Ex
     }
 
     let mut ok = true;
+    let mut usable_store = None;
     match Store::connect_lazy(&settings.database) {
         Ok(store) => match store.ping(settings.database.acquire_timeout).await {
-            Ok(()) => say(
-                settings,
-                &format!(
-                    "database: reachable: {} (url from {})",
-                    store.describe(),
-                    settings.database.url_origin
-                ),
-            ),
+            Ok(()) => {
+                usable_store = Some(store.clone());
+                say(
+                    settings,
+                    &format!(
+                        "database: reachable: {} (url from {})",
+                        store.describe(),
+                        settings.database.url_origin
+                    ),
+                )
+            }
             Err(e) => {
                 ok = false;
                 say(
@@ -507,6 +512,24 @@ async fn check(settings: &Settings, path: &std::path::Path, connect: bool) -> Ex
         Ok(client) => client,
         Err(e) => return fail(settings, "cannot create the HTTP client", &e),
     };
+    // A rotated refresh token must be kept: the store must be migrated
+    // (as any start migrates it) before a token is asked for.
+    if let Some(store) = usable_store
+        && settings.jobs.iter().any(|job| {
+            matches!(
+                job.auth,
+                Some(crate::config::AuthSettings::RefreshToken { .. })
+            )
+        })
+    {
+        match store.migrate().await {
+            Ok(()) => client.keep_tokens_in(store),
+            Err(e) => say(
+                settings,
+                &format!("database: cannot keep refresh tokens: {}", error_chain(&e)),
+            ),
+        }
+    }
     let hosts = crate::source::HostThrottles::default();
     for job in &settings.jobs {
         let line = match crate::source::SourceSpec::new(job, &hosts) {

@@ -7,6 +7,7 @@
 //! errors cannot name the job a bad key belongs to.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use serde_path_to_error::{Path as SerdePath, Segment};
 
@@ -34,25 +35,46 @@ pub(super) fn job_names(table: &toml::Table) -> Vec<Option<String>> {
 /// Replaces every `${NAME}` in string values with the variable's value,
 /// collecting the values (they are treated as secrets) and a problem for each
 /// variable that is not set.
+///
+/// `${file:PATH}` is replaced by the file's content, one trailing newline
+/// trimmed (systemd's `LoadCredential=`, Docker secrets), and is a secret
+/// too. PATH may itself hold `${VAR}` (`${file:${CREDENTIALS_DIRECTORY}/token}`);
+/// a relative PATH is read from `base`, the configuration file's folder.
 pub(super) fn expand_variables(
     table: &mut toml::Table,
     env: &HashMap<String, String>,
+    base: &Path,
     secrets: &mut Vec<String>,
     job_names: &[Option<String>],
 ) -> Vec<String> {
     let mut problems = Vec::new();
     let mut path = Vec::new();
+    let sources = Sources { env, base };
     for (key, value) in table.iter_mut() {
         path.push(Step::Key(key));
-        expand_value(value, env, secrets, &mut path, job_names, &mut problems);
+        expand_value(
+            value,
+            &sources,
+            secrets,
+            &mut path,
+            job_names,
+            &mut problems,
+        );
         path.pop();
     }
     problems
 }
 
+/// Where `${…}` references are read from.
+struct Sources<'a> {
+    env: &'a HashMap<String, String>,
+    /// Relative `${file:…}` paths start here.
+    base: &'a Path,
+}
+
 fn expand_value<'a>(
     value: &'a mut toml::Value,
-    env: &HashMap<String, String>,
+    env: &Sources<'_>,
     secrets: &mut Vec<String>,
     path: &mut Vec<Step<'a>>,
     job_names: &[Option<String>],
@@ -87,10 +109,7 @@ fn expand_value<'a>(
 
 /// `Ok(None)` when `text` references no variable; else the expanded text and
 /// the values that went into it.
-fn expand_str(
-    text: &str,
-    env: &HashMap<String, String>,
-) -> Result<Option<(String, Vec<String>)>, String> {
+fn expand_str(text: &str, sources: &Sources<'_>) -> Result<Option<(String, Vec<String>)>, String> {
     if !text.contains("${") {
         return Ok(None);
     }
@@ -100,6 +119,15 @@ fn expand_str(
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
+        if let Some(reference) = after.strip_prefix("file:") {
+            let end = closing_brace(reference)
+                .ok_or_else(|| "`${file:` without a closing `}`".to_owned())?;
+            let value = read_file_reference(&reference[..end], sources)?;
+            out.push_str(&value);
+            values.push(value);
+            rest = &reference[end + 1..];
+            continue;
+        }
         let end = after
             .find('}')
             .ok_or_else(|| "`${` without a closing `}`".to_owned())?;
@@ -112,7 +140,8 @@ fn expand_str(
         if !valid {
             return Err(format!("`${{{name}}}` is not a valid variable reference"));
         }
-        let value = env
+        let value = sources
+            .env
             .get(name)
             .ok_or_else(|| format!("environment variable {name} is not set"))?;
         out.push_str(value);
@@ -121,6 +150,49 @@ fn expand_str(
     }
     out.push_str(rest);
     Ok(Some((out, values)))
+}
+
+/// The index of the `}` that closes a reference whose text starts `text`,
+/// counting the `${…}` nested in it.
+fn closing_brace(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let bytes = text.as_bytes();
+    for (i, &b) in bytes.iter().enumerate() {
+        match b {
+            b'{' if i > 0 && bytes[i - 1] == b'$' => depth += 1,
+            b'}' if depth == 0 => return Some(i),
+            b'}' => depth -= 1,
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The content of the file a `${file:PATH}` names, one trailing newline
+/// (`\n` or `\r\n`) trimmed: editors and `echo` add one, and a secret with
+/// a newline in it would be refused as a header value.
+fn read_file_reference(path: &str, sources: &Sources<'_>) -> Result<String, String> {
+    let path = match expand_str(path, sources)? {
+        Some((expanded, _)) => expanded,
+        None => path.to_owned(),
+    };
+    if path.trim().is_empty() {
+        return Err("`${file:}` names no file".to_owned());
+    }
+    let full = sources.base.join(&path);
+    let mut text = std::fs::read_to_string(&full).map_err(|e| {
+        format!(
+            "cannot read the file {} that `${{file:…}}` names: {e}",
+            full.display()
+        )
+    })?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
 }
 
 /// The keys set from the environment, and by which variable, so that a
@@ -325,15 +397,65 @@ mod tests {
             .collect()
     }
 
+    fn sources(env: &HashMap<String, String>) -> Sources<'_> {
+        Sources {
+            env,
+            base: Path::new("."),
+        }
+    }
+
+    #[test]
+    fn file_references_read_the_file_and_trim_one_newline() {
+        let dir = std::env::temp_dir().join(format!("apisync-file-ref-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("secret"), "s3cret-value\n\n").unwrap();
+        std::fs::write(dir.join("crlf"), "other\r\n").unwrap();
+        let env = env(&[("CREDS", dir.to_str().unwrap())]);
+        let sources = Sources {
+            env: &env,
+            base: &dir,
+        };
+        let (text, values) = expand_str("Bearer ${file:secret}", &sources)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            text, "Bearer s3cret-value\n",
+            "one newline trimmed, not two"
+        );
+        assert_eq!(values, vec!["s3cret-value\n"]);
+        let (text, _) = expand_str("${file:${CREDS}/crlf}!", &sources)
+            .unwrap()
+            .unwrap();
+        assert_eq!(text, "other!");
+        let missing = expand_str("${file:nope}", &sources).unwrap_err();
+        assert!(
+            missing.contains("cannot read the file") && missing.contains("nope"),
+            "{missing}"
+        );
+        assert_eq!(
+            expand_str("${file:secret", &sources).unwrap_err(),
+            "`${file:` without a closing `}`"
+        );
+        assert_eq!(
+            expand_str("${file:}", &sources).unwrap_err(),
+            "`${file:}` names no file"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn variables_expand_and_are_collected_as_secrets() {
         let env = env(&[("TOKEN", "s3cret"), ("HOST", "api.test")]);
-        let (text, values) = expand_str("https://${HOST}/?t=${TOKEN}", &env)
+        let (text, values) = expand_str("https://${HOST}/?t=${TOKEN}", &sources(&env))
             .unwrap()
             .unwrap();
         assert_eq!(text, "https://api.test/?t=s3cret");
         assert_eq!(values, vec!["api.test", "s3cret"]);
-        assert!(expand_str("no reference", &env).unwrap().is_none());
+        assert!(
+            expand_str("no reference", &sources(&env))
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
@@ -345,7 +467,11 @@ mod tests {
             ("${1X}", "`${1X}` is not a valid variable reference"),
         ];
         for (text, expected) in cases {
-            assert_eq!(expand_str(text, &env).unwrap_err(), expected, "case {text}");
+            assert_eq!(
+                expand_str(text, &sources(&env)).unwrap_err(),
+                expected,
+                "case {text}"
+            );
         }
     }
 

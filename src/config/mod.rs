@@ -6,6 +6,7 @@
 //! values. The environment is passed in as a map so that tests never mutate the
 //! process environment.
 
+mod auth;
 mod bounds;
 #[cfg(test)]
 mod fuzz;
@@ -22,6 +23,7 @@ use serde::Deserialize;
 
 pub use crate::record::KeyEntry;
 use crate::redact::Redactor;
+pub use auth::{AuthSettings, ClientAuth, KeyPlacement, OAuthClient, form_encode};
 pub use bounds::{LONGEST_WAIT, timer};
 pub use pagination::{Locator, Pagination, PaginationKind, TotalMethod};
 
@@ -83,7 +85,11 @@ pub fn load_str(
     let url_origin = layers::url_origin(&table, origin, env);
 
     let mut secrets = Vec::new();
-    let mut problems = layers::expand_variables(&mut table, env, &mut secrets, &job_names);
+    let base = origin
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut problems = layers::expand_variables(&mut table, env, base, &mut secrets, &job_names);
     let mut overrides = layers::EnvOverrides::default();
     problems.extend(layers::apply_env_overrides(&mut table, env, &mut overrides));
     if !problems.is_empty() {
@@ -160,6 +166,9 @@ fn setting_secrets(settings: &Settings) -> Vec<String> {
         }
         if let Ok(url) = reqwest::Url::parse(&job.request.url) {
             secrets.extend(userinfo_secrets(&url));
+        }
+        if let Some(auth) = &job.auth {
+            secrets.extend(auth.secrets());
         }
     }
     if let Some(url) = &settings.database.url
@@ -450,6 +459,8 @@ pub struct JobSettings {
     #[serde(default)]
     pub rate_limit_scope: RateLimitScope,
     pub request: RequestSettings,
+    /// How the job authenticates (`[jobs.auth]`); none by default.
+    pub auth: Option<AuthSettings>,
     #[serde(default)]
     pub retry: RetrySettings,
     #[serde(default)]

@@ -10,7 +10,8 @@ use secrecy::ExposeSecret;
 use super::bounds::{self, Range};
 use super::layers::EnvOverrides;
 use super::{
-    Deletions, JobSettings, Locator, Method, PaginationKind, Settings, Threshold, TotalMethod,
+    AuthSettings, Deletions, JobSettings, KeyPlacement, Locator, Method, PaginationKind, Settings,
+    Threshold, TotalMethod,
 };
 use crate::json_pointer;
 use crate::record::RecordShape;
@@ -219,6 +220,75 @@ impl JobReport<'_> {
     }
 }
 
+/// `[jobs.auth]`: URLs that are URLs, pointers that are pointers, one
+/// body, and no second `Authorization` in `request.headers`.
+fn validate_auth(job: &JobSettings, report: &mut JobReport) {
+    let Some(auth) = &job.auth else {
+        return;
+    };
+    let http_url = |report: &mut JobReport, key: &str, url: &str| match reqwest::Url::parse(url) {
+        Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+        Ok(_) => report.bad(key, "must be an http:// or https:// URL".into()),
+        Err(e) => report.bad(key, format!("is not a valid URL: {e}")),
+    };
+    let sends_authorization = match auth {
+        AuthSettings::ApiKey {
+            name, placement, ..
+        } => {
+            report.param("auth.name", name);
+            *placement == KeyPlacement::Header && name.eq_ignore_ascii_case("authorization")
+        }
+        AuthSettings::TokenRequest {
+            url,
+            method,
+            body,
+            form,
+            token_path,
+            expires_in_path,
+            ..
+        } => {
+            http_url(report, "auth.url", url);
+            report.pointer("auth.token_path", token_path);
+            report.pointer("auth.expires_in_path", expires_in_path);
+            if body.is_some() && form.is_some() {
+                report.bad(
+                    "auth.body",
+                    "a login call sends a JSON body or a form, not both".into(),
+                );
+            }
+            if *method == Method::Get && (body.is_some() || form.is_some()) {
+                report.bad(
+                    "auth.method",
+                    "a GET login call sends no body; use method = \"POST\"".into(),
+                );
+            }
+            true
+        }
+        other => {
+            if let Some(client) = other.oauth_client() {
+                http_url(report, "auth.token_url", client.token_url);
+                report.param("auth.client_id", client.client_id);
+            }
+            true
+        }
+    };
+    if sends_authorization
+        && job
+            .request
+            .headers
+            .keys()
+            .any(|name| name.eq_ignore_ascii_case("authorization"))
+    {
+        report.bad(
+            "request.headers",
+            format!(
+                "sets Authorization, and so does [jobs.auth] (kind = \"{}\"); keep one",
+                auth.kind()
+            ),
+        );
+    }
+}
+
 /// `deletions`, `max_deleted`, `full_refresh` and `tombstone` together: an
 /// incremental run reads only changes, so it can see deletions only as
 /// tombstones or in a periodic full run.
@@ -359,6 +429,7 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
         );
     }
     validate_deletions(job, report);
+    validate_auth(job, report);
     if let Some(incremental) = &job.incremental {
         report.time("incremental.lookback", incremental.lookback);
         report.time("incremental.max_future", incremental.max_future);

@@ -9,8 +9,10 @@ use reqwest::{StatusCode, Url};
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
+use crate::auth::{Authorized, Authorizer, TokenError, Tokens};
 use crate::config::{Method, RequestSettings};
 use crate::redact::Redactor;
+use crate::store::Store;
 
 /// Longest body excerpt kept in an error: enough to recognise an HTML error
 /// page or an API's error message, short enough for a log line.
@@ -20,6 +22,8 @@ const EXCERPT_CHARS: usize = 200;
 #[derive(Debug, Clone)]
 pub struct ApiClient {
     http: reqwest::Client,
+    /// The tokens of every job, shared by those with the same auth settings.
+    tokens: Tokens,
 }
 
 impl ApiClient {
@@ -31,7 +35,16 @@ impl ApiClient {
             .gzip(true)
             .redirect(same_origin_redirects())
             .build()?;
-        Ok(Self { http })
+        Ok(Self {
+            tokens: Tokens::new(http.clone()),
+            http,
+        })
+    }
+
+    /// Keeps rotated OAuth2 refresh tokens in `store` (without one, a job
+    /// with `auth.kind = "oauth2_refresh_token"` cannot get a token).
+    pub fn keep_tokens_in(&self, store: Store) {
+        self.tokens.keep_in(store);
     }
 }
 
@@ -69,12 +82,19 @@ pub struct RequestSpec {
     body: Option<Value>,
     timeout: Duration,
     max_body_bytes: u64,
+    /// `[jobs.auth]`, when set.
+    auth: Option<Authorizer>,
 }
 
 impl RequestSpec {
     /// # Errors
     /// A header that is not valid; `apisync check` reports these first.
-    pub fn new(job: &str, settings: &RequestSettings, max_body_bytes: u64) -> Result<Self, String> {
+    pub fn new(
+        job: &str,
+        settings: &RequestSettings,
+        auth: Option<&crate::config::AuthSettings>,
+        max_body_bytes: u64,
+    ) -> Result<Self, String> {
         let mut headers = HeaderMap::new();
         for (name, value) in &settings.headers {
             let name = HeaderName::from_bytes(name.as_bytes())
@@ -91,6 +111,7 @@ impl RequestSpec {
             body: settings.body.clone(),
             timeout: settings.timeout,
             max_body_bytes,
+            auth: auth.map(Authorizer::new).transpose()?,
         })
     }
 }
@@ -132,6 +153,9 @@ pub enum FetchError {
         source: serde_json::Error,
         excerpt: String,
     },
+    /// No token to send: the request never reached the API.
+    #[error("no token")]
+    Token(#[source] TokenError),
 }
 
 fn excerpt_suffix(excerpt: &str) -> String {
@@ -154,6 +178,17 @@ impl FetchError {
                 matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
             }
             FetchError::TooLarge { .. } | FetchError::Redirect(_) => false,
+            FetchError::Token(error) => error.is_retriable(),
+        }
+    }
+
+    /// The API or its token endpoint refused the credentials: a 401 that a
+    /// new token did not cure, a 403, or a token endpoint's refusal.
+    pub fn is_auth(&self) -> bool {
+        match self {
+            FetchError::Status { status, .. } => matches!(status.as_u16(), 401 | 403),
+            FetchError::Token(_) => true,
+            _ => false,
         }
     }
 
@@ -175,6 +210,7 @@ impl FetchError {
             FetchError::Status { status, .. } => status.as_u16().to_string(),
             FetchError::TooLarge { .. } => "too_large".to_owned(),
             FetchError::Decode { .. } => "decode".to_owned(),
+            FetchError::Token(_) => "token".to_owned(),
         }
     }
 }
@@ -190,9 +226,32 @@ pub async fn fetch_body(
     url: &Url,
     redactor: &Redactor,
 ) -> Result<BodyResponse, FetchError> {
+    let authorized = spec.authorize(client, url, redactor).await?;
+    let result = counted_attempt(client, spec, &authorized, redactor).await;
+    match (result, &authorized.token) {
+        (Err(FetchError::Status { status, .. }), Some(stale))
+            if status == StatusCode::UNAUTHORIZED =>
+        {
+            // One renewal and one more request, inside the same attempt:
+            // an expired token is not a failure of the API. A 401 again
+            // fails the run (`auth`), with no retries.
+            tracing::debug!("The API answered 401; renewing the token and asking once more.");
+            let renewed = spec.renew(client, url, stale, redactor).await?;
+            counted_attempt(client, spec, &renewed, redactor).await
+        }
+        (result, _) => result,
+    }
+}
+
+async fn counted_attempt(
+    client: &ApiClient,
+    spec: &RequestSpec,
+    authorized: &Authorized,
+    redactor: &Redactor,
+) -> Result<BodyResponse, FetchError> {
     let started = std::time::Instant::now();
     let mut status = None;
-    let result = attempt(client, spec, url, redactor, &mut status).await;
+    let result = attempt(client, spec, authorized, redactor, &mut status).await;
     crate::metrics::http_attempt(&spec.job, status, started.elapsed());
     result
 }
@@ -206,15 +265,31 @@ pub async fn fetch_head(
     client: &ApiClient,
     spec: &RequestSpec,
     url: &Url,
+    redactor: &Redactor,
+) -> Result<HeaderMap, FetchError> {
+    let authorized = spec.authorize(client, url, redactor).await?;
+    let result = counted_head(client, spec, &authorized).await;
+    match (result, &authorized.token) {
+        (Err(FetchError::Status { status, .. }), Some(stale))
+            if status == StatusCode::UNAUTHORIZED =>
+        {
+            let renewed = spec.renew(client, url, stale, redactor).await?;
+            counted_head(client, spec, &renewed).await
+        }
+        (result, _) => result,
+    }
+}
+
+async fn counted_head(
+    client: &ApiClient,
+    spec: &RequestSpec,
+    authorized: &Authorized,
 ) -> Result<HeaderMap, FetchError> {
     let started = std::time::Instant::now();
     let mut status_seen = None;
     let result = async {
-        let response = client
-            .http
-            .head(url.clone())
-            .headers(spec.headers.clone())
-            .timeout(spec.timeout)
+        let response = spec
+            .request(client, reqwest::Method::HEAD, authorized)
             .send()
             .await
             .map_err(|e| spec.transport_error(e))?;
@@ -239,6 +314,61 @@ pub async fn fetch_head(
 }
 
 impl RequestSpec {
+    /// The URL and credentials of a request to `url`.
+    async fn authorize(
+        &self,
+        client: &ApiClient,
+        url: &Url,
+        redactor: &Redactor,
+    ) -> Result<Authorized, FetchError> {
+        match &self.auth {
+            None => Ok(Authorized {
+                url: url.clone(),
+                header: None,
+                token: None,
+            }),
+            Some(auth) => auth
+                .authorize(&client.tokens, url, redactor)
+                .await
+                .map_err(FetchError::Token),
+        }
+    }
+
+    /// [`RequestSpec::authorize`] after the API refused `stale`.
+    async fn renew(
+        &self,
+        client: &ApiClient,
+        url: &Url,
+        stale: &std::sync::Arc<crate::auth::Token>,
+        redactor: &Redactor,
+    ) -> Result<Authorized, FetchError> {
+        match &self.auth {
+            Some(auth) if auth.renews() => auth
+                .renew(&client.tokens, url, stale, redactor)
+                .await
+                .map_err(FetchError::Token),
+            _ => self.authorize(client, url, redactor).await,
+        }
+    }
+
+    /// A request with the job's headers, timeout and credentials.
+    fn request(
+        &self,
+        client: &ApiClient,
+        method: reqwest::Method,
+        authorized: &Authorized,
+    ) -> reqwest::RequestBuilder {
+        let mut headers = self.headers.clone();
+        if let Some((name, value)) = &authorized.header {
+            headers.insert(name.clone(), value.clone());
+        }
+        client
+            .http
+            .request(method, authorized.url.clone())
+            .headers(headers)
+            .timeout(self.timeout)
+    }
+
     fn transport_error(&self, e: reqwest::Error) -> FetchError {
         if e.is_timeout() {
             FetchError::Timeout(self.timeout)
@@ -254,7 +384,7 @@ impl RequestSpec {
 async fn attempt(
     client: &ApiClient,
     spec: &RequestSpec,
-    url: &Url,
+    authorized: &Authorized,
     redactor: &Redactor,
     status_seen: &mut Option<u16>,
 ) -> Result<BodyResponse, FetchError> {
@@ -262,11 +392,7 @@ async fn attempt(
         Method::Get => reqwest::Method::GET,
         Method::Post => reqwest::Method::POST,
     };
-    let mut request = client
-        .http
-        .request(method, url.clone())
-        .headers(spec.headers.clone())
-        .timeout(spec.timeout);
+    let mut request = spec.request(client, method, authorized);
     if let Some(body) = &spec.body {
         request = request.json(body);
     }

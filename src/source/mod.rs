@@ -62,7 +62,12 @@ impl SourceSpec {
             (limit, _) => Throttle::new(limit),
         };
         Ok(Self {
-            request: RequestSpec::new(&job.name, &job.request, job.max_body_bytes)?,
+            request: RequestSpec::new(
+                &job.name,
+                &job.request,
+                job.auth.as_ref(),
+                job.max_body_bytes,
+            )?,
             job: job.name.clone(),
             base_url,
             pagination: job.pagination.clone(),
@@ -295,7 +300,14 @@ impl Pages {
         if number == 1 && spec.pagination.total_method == TotalMethod::Head {
             let headers = self
                 .fetcher
-                .with_retries(|| http::fetch_head(&self.fetcher.client, &spec.request, &url))
+                .with_retries(|| {
+                    http::fetch_head(
+                        &self.fetcher.client,
+                        &spec.request,
+                        &url,
+                        &self.fetcher.redactor,
+                    )
+                })
                 .await
                 .map_err(|kind| error(SourceErrorKind::Head(Box::new(kind))))?;
             self.paginator

@@ -106,6 +106,8 @@ fn is_missing_table(error: &sqlx::Error) -> bool {
 /// The member of the job's state that says when its latest complete full
 /// run ended (RFC 3339), for `full_refresh`.
 const FULL_RUN_AT: &str = "full_run_at";
+/// The `job_state` member holding a rotated refresh token.
+const REFRESH_TOKEN: &str = "refresh_token";
 
 /// One `apisync.runs` row as read by [`Store::recent_runs`].
 const RUN_COLUMNS: &str = "id, job, status, started_at, finished_at, fetched, inserted, updated, \
@@ -285,6 +287,33 @@ impl Store {
                 .bind(now.to_string())
                 .bind(run)
                 .bind(FULL_RUN_AT)
+                .execute(pool)
+                .await?;
+        });
+        Ok(())
+    }
+
+    /// The refresh token kept for the auth settings `holder` names (see
+    /// `auth::tokens`), if one was saved.
+    pub async fn refresh_token(&self, holder: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .state_field(holder, REFRESH_TOKEN)
+            .await?
+            .and_then(|token| token.as_str().map(str::to_owned)))
+    }
+
+    /// Keeps a rotated refresh token for `holder`, committed before this
+    /// returns. Its run id is 0: the row belongs to auth settings that
+    /// several jobs may share, not to one run.
+    pub async fn save_refresh_token(&self, holder: &str, token: &str) -> Result<(), StoreError> {
+        let value = serde_json::Value::String(token.to_owned());
+        let dialect = self.dialect();
+        per_db!(self.pools(), pool => {
+            sqlx::query(dialect.save_state)
+                .bind(holder)
+                .bind(value.to_string())
+                .bind(0_i64)
+                .bind(REFRESH_TOKEN)
                 .execute(pool)
                 .await?;
         });

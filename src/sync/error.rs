@@ -93,7 +93,11 @@ impl SyncError {
     /// The `reason` label of a failed run; `None` for an interrupted one.
     pub fn reason(&self) -> Option<FailureReason> {
         Some(match self {
-            SyncError::Source(error) => match error.kind {
+            SyncError::Source(error) => match &error.kind {
+                SourceErrorKind::Fetch { source, .. } if source.is_auth() => FailureReason::Auth,
+                SourceErrorKind::Head(kind) if matches!(&**kind, SourceErrorKind::Fetch { source, .. } if source.is_auth()) => {
+                    FailureReason::Auth
+                }
                 SourceErrorKind::Fetch { .. } | SourceErrorKind::Head(_) => FailureReason::Fetch,
                 SourceErrorKind::Records { .. }
                 | SourceErrorKind::Pagination(_)
