@@ -81,7 +81,8 @@ pub enum FailureReason {
     Rejects,
     /// Deletions beyond `max_deleted`.
     Deletions,
-    /// Authentication failed (not used yet).
+    /// The API refused the credentials (401 after a renewal, 403), or the
+    /// token endpoint refused or could not be reached.
     Auth,
     /// The store failed.
     Database,

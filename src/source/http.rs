@@ -155,7 +155,7 @@ pub enum FetchError {
     },
     /// No token to send: the request never reached the API.
     #[error("no token")]
-    Token(#[source] TokenError),
+    Token(#[source] Box<TokenError>),
 }
 
 fn excerpt_suffix(excerpt: &str) -> String {
@@ -330,7 +330,7 @@ impl RequestSpec {
             Some(auth) => auth
                 .authorize(&client.tokens, url, redactor)
                 .await
-                .map_err(FetchError::Token),
+                .map_err(|e| FetchError::Token(Box::new(e))),
         }
     }
 
@@ -346,7 +346,7 @@ impl RequestSpec {
             Some(auth) if auth.renews() => auth
                 .renew(&client.tokens, url, stale, redactor)
                 .await
-                .map_err(FetchError::Token),
+                .map_err(|e| FetchError::Token(Box::new(e))),
             _ => self.authorize(client, url, redactor).await,
         }
     }

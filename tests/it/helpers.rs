@@ -173,9 +173,11 @@ impl TestEnv {
             }
         };
         let api = FakeApi::start(records).await;
+        let client = ApiClient::new().expect("HTTP client");
+        client.keep_tokens_in(store.clone());
         let ctx = SyncContext {
             store,
-            client: ApiClient::new().expect("HTTP client"),
+            client,
             redactor: Redactor::default(),
             cancel: CancellationToken::new(),
             in_flight: Default::default(),

@@ -1,6 +1,7 @@
 //! The one integration test binary (one link step for all suites).
 
 mod adversarial;
+mod auth;
 mod bad_records;
 mod binary;
 mod bounds;
@@ -12,6 +13,7 @@ mod database;
 mod deletions;
 mod deploy;
 mod fake_api;
+mod fake_oauth;
 mod helpers;
 mod pagination;
 mod process;
