@@ -33,8 +33,9 @@ use chrono::{
 use chrono_tz::Tz;
 use serde_json::Value;
 
-use crate::config::IncrementalSettings;
+use crate::config::{IncrementalSettings, ValueIn};
 use crate::record::KeyField;
+use crate::source::Since;
 
 /// Ticks per second of an epoch number, told apart by its size.
 fn ticks_per_second(magnitude: f64) -> i128 {
@@ -114,10 +115,17 @@ pub struct Incremental {
     /// The configured spelling of `field`, for messages.
     field: String,
     param: String,
+    /// Query or body.
+    param_in: ValueIn,
+    /// What is sent, `{since}` standing for the time.
+    template: String,
     lookback: Duration,
     max_future: Duration,
     format: TimeFormat,
 }
+
+/// What `{since}` stands for in `incremental.value`.
+const SINCE: &str = "{since}";
 
 /// A comparable reading of a record's `field`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -182,6 +190,18 @@ impl Incremental {
         if settings.param.trim().is_empty() {
             return Err(("incremental.param", "must not be empty".to_owned()));
         }
+        let template = settings.value.clone().unwrap_or_else(|| SINCE.to_owned());
+        if !template.contains(SINCE) {
+            return Err((
+                "incremental.value",
+                format!(
+                    "`{template}` does not hold {SINCE}, where the time goes (as in \"gte.{SINCE}\")"
+                ),
+            ));
+        }
+        if settings.param_in == ValueIn::Body && settings.param.starts_with('/') {
+            crate::json_pointer::validate(&settings.param).map_err(|e| ("incremental.param", e))?;
+        }
         let zone = settings
             .timezone
             .as_deref()
@@ -217,6 +237,8 @@ impl Incremental {
             pointer: field,
             field: settings.field.clone(),
             param: settings.param.clone(),
+            param_in: settings.param_in,
+            template,
             lookback: settings.lookback,
             max_future: settings.max_future,
             format: TimeFormat {
@@ -227,9 +249,19 @@ impl Incremental {
         })
     }
 
-    /// The query parameter for a run that starts from `watermark`:
+    /// What a run that starts from `watermark` sends: `watermark - lookback`
+    /// in the watermark's own format, written into `incremental.value`.
+    pub fn since(&self, watermark: &Value) -> Option<Since> {
+        let (param, value) = self.since_value(watermark)?;
+        Some(Since {
+            param,
+            value: self.template.replace(SINCE, &value),
+            placement: self.param_in,
+        })
+    }
+
     /// `(param, watermark - lookback)`, in the watermark's own format.
-    pub fn since(&self, watermark: &Value) -> Option<(String, String)> {
+    fn since_value(&self, watermark: &Value) -> Option<(String, String)> {
         let mark = Mark::of(watermark, &self.format)?;
         let value = if self.lookback.is_zero() {
             // Exactly as the API wrote it.
@@ -427,12 +459,44 @@ mod tests {
         Incremental::new(&IncrementalSettings {
             field: "updated_at".into(),
             param: "updated_since".into(),
+            param_in: ValueIn::Query,
+            value: None,
             lookback: Duration::from_secs(lookback),
             max_future: Duration::from_secs(86_400),
             format: None,
             timezone: None,
         })
         .unwrap()
+    }
+
+    #[test]
+    fn the_value_template_wraps_the_time_and_must_hold_it() {
+        let mut settings = IncrementalSettings {
+            field: "updated_at".into(),
+            param: "updated_at".into(),
+            param_in: ValueIn::Query,
+            value: Some("gte.{since}".into()),
+            lookback: Duration::ZERO,
+            max_future: Duration::from_secs(86_400),
+            format: None,
+            timezone: None,
+        };
+        let since = Incremental::new(&settings)
+            .unwrap()
+            .since(&json!("2026-01-02T03:04:05Z"))
+            .unwrap();
+        assert_eq!(
+            since,
+            Since {
+                param: "updated_at".into(),
+                value: "gte.2026-01-02T03:04:05Z".into(),
+                placement: ValueIn::Query,
+            }
+        );
+        settings.value = Some("gte.".into());
+        let (key, message) = Incremental::new(&settings).unwrap_err();
+        assert_eq!(key, "incremental.value");
+        assert!(message.contains("{since}"), "{message}");
     }
 
     #[test]
@@ -490,7 +554,7 @@ mod tests {
             ),
         ];
         for (lookback, watermark, expected) in cases {
-            let (param, value) = incremental(lookback).since(&watermark).unwrap();
+            let (param, value) = incremental(lookback).since_value(&watermark).unwrap();
             assert_eq!(param, "updated_since");
             assert_eq!(value, expected, "watermark {watermark} lookback {lookback}");
         }
@@ -573,6 +637,8 @@ mod tests {
             let settings = IncrementalSettings {
                 field: "updated_at".into(),
                 param: "since".into(),
+                param_in: ValueIn::Query,
+                value: None,
                 lookback: lookbacks[fuzz.rng.usize(0..lookbacks.len())],
                 max_future: lookbacks[fuzz.rng.usize(0..lookbacks.len())],
                 format: formats[fuzz.rng.usize(0..formats.len())].map(str::to_owned),

@@ -42,9 +42,59 @@ pub fn join(segments: &[String]) -> String {
         .collect()
 }
 
+/// Sets the member `pointer` names in `document` to `value`, creating the
+/// objects on the way (a request body template, a cursor or `since` put
+/// into it). A segment that meets something other than an object replaces
+/// it with one: the configuration said that member holds the value.
+pub fn set(document: &mut serde_json::Value, pointer: &str, value: serde_json::Value) {
+    let mut at = document;
+    for segment in segments(pointer) {
+        if !at.is_object() {
+            *at = serde_json::Value::Object(serde_json::Map::new());
+        }
+        at = at
+            .as_object_mut()
+            .expect("made an object above")
+            .entry(segment)
+            .or_insert(serde_json::Value::Null);
+    }
+    *at = value;
+}
+
+/// A field name (`cursor`) or a pointer (`/page/cursor`) as a pointer, the
+/// way `key` entries are read.
+pub fn of_field(field: &str) -> String {
+    if field.starts_with('/') {
+        field.to_owned()
+    } else {
+        join(&[field.to_owned()])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_creates_the_members_on_the_way() {
+        let mut body = serde_json::json!({ "query": { "status": "open" }, "page": 3 });
+        set(&mut body, "/page/cursor", serde_json::json!("c2"));
+        set(&mut body, "/query/updated_at", serde_json::json!("gte.x"));
+        set(&mut body, &of_field("limit"), serde_json::json!(50));
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "query": { "status": "open", "updated_at": "gte.x" },
+                "page": { "cursor": "c2" },
+                "limit": 50,
+            })
+        );
+        let mut whole = serde_json::Value::Null;
+        set(&mut whole, "", serde_json::json!(1));
+        assert_eq!(whole, serde_json::json!(1));
+        assert_eq!(of_field("/a/b"), "/a/b");
+        assert_eq!(of_field("a/b"), "/a~1b");
+    }
 
     #[test]
     fn pointers_are_validated() {

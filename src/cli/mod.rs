@@ -538,7 +538,7 @@ async fn check(settings: &Settings, path: &std::path::Path, connect: bool) -> Ex
                 format!("job {}: {e}", job.name)
             }
             Ok(spec) => match spec
-                .pages(&client, &settings.redactor, &[])
+                .pages(&client, &settings.redactor, None)
                 .next_page()
                 .await
             {

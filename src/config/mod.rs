@@ -25,7 +25,7 @@ pub use crate::record::KeyEntry;
 use crate::redact::Redactor;
 pub use auth::{AuthSettings, ClientAuth, KeyPlacement, OAuthClient, form_encode};
 pub use bounds::{LONGEST_WAIT, timer};
-pub use pagination::{Locator, Pagination, PaginationKind, TotalMethod};
+pub use pagination::{Locator, Pagination, PaginationKind, TotalMethod, ValueIn};
 
 /// The file read when neither `--config` nor `$APISYNC_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "apisync.toml";
@@ -580,8 +580,15 @@ pub struct IncrementalSettings {
     /// JSON pointer (or top-level field name) to the record's change time:
     /// an RFC 3339 timestamp or a number (epoch seconds).
     pub field: String,
-    /// Query parameter that carries `watermark - lookback`.
+    /// Query parameter that carries `watermark - lookback`; with
+    /// `param_in = "body"`, the field or JSON pointer in the POST body.
     pub param: String,
+    /// `"query"` (default) or `"body"`.
+    #[serde(default)]
+    pub param_in: ValueIn,
+    /// What is sent, `{since}` standing for the time: `"gte.{since}"` for
+    /// PostgREST's `updated_at=gte.<time>`. Default `"{since}"`.
+    pub value: Option<String>,
     /// Re-read this much before the watermark, for records the API makes
     /// visible late. Re-read records are unchanged and cost no writes.
     #[serde(default = "default_lookback", with = "humantime_serde")]

@@ -54,6 +54,16 @@ impl Default for Pagination {
     }
 }
 
+/// Where a value apisync sends goes: the query of the URL, or the JSON
+/// body of a POST (a search endpoint).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ValueIn {
+    #[default]
+    Query,
+    Body,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum TotalMethod {
@@ -88,9 +98,12 @@ pub enum PaginationKind {
         /// Sent as `limit_param` when set.
         limit: Option<u64>,
     },
-    /// `?cursor=…` taken from the previous response.
+    /// `?cursor=…` taken from the previous response, or the cursor put into
+    /// the JSON body of a POST search (`cursor_in = "body"`, `cursor_param`
+    /// then a field or pointer in the body).
     Cursor {
         cursor_param: String,
+        cursor_in: ValueIn,
         cursor: Locator,
         has_more: Option<Locator>,
         /// A cursor member absent from a non-empty first page ends paging
@@ -140,6 +153,7 @@ pub struct RawPagination {
     total_method: Option<TotalMethod>,
     end_on_status: Option<Vec<u16>>,
     cursor_param: Option<String>,
+    cursor_in: Option<ValueIn>,
     cursor_path: Option<String>,
     cursor_header: Option<String>,
     has_more_path: Option<String>,
@@ -201,6 +215,7 @@ impl RawKind {
             ],
             RawKind::Cursor => &[
                 "cursor_param",
+                "cursor_in",
                 "cursor_path",
                 "cursor_header",
                 "has_more_path",
@@ -240,6 +255,7 @@ impl RawPagination {
             ("total_method", self.total_method.is_some()),
             ("end_on_status", self.end_on_status.is_some()),
             ("cursor_param", self.cursor_param.is_some()),
+            ("cursor_in", self.cursor_in.is_some()),
             ("cursor_path", self.cursor_path.is_some()),
             ("cursor_header", self.cursor_header.is_some()),
             ("has_more_path", self.has_more_path.is_some()),
@@ -310,6 +326,7 @@ impl TryFrom<RawPagination> for Pagination {
             },
             RawKind::Cursor => PaginationKind::Cursor {
                 cursor_param: raw.cursor_param.unwrap_or_else(|| "cursor".to_owned()),
+                cursor_in: raw.cursor_in.unwrap_or_default(),
                 cursor: locator("cursor", raw.cursor_path, raw.cursor_header)?
                     .unwrap_or_else(|| Locator::Body("/next_cursor".to_owned())),
                 has_more: locator("has_more", raw.has_more_path, raw.has_more_header)?,

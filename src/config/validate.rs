@@ -11,7 +11,7 @@ use super::bounds::{self, Range};
 use super::layers::EnvOverrides;
 use super::{
     AuthSettings, Deletions, JobSettings, KeyPlacement, Locator, Method, PaginationKind, Settings,
-    Threshold, TotalMethod,
+    Threshold, TotalMethod, ValueIn,
 };
 use crate::json_pointer;
 use crate::record::RecordShape;
@@ -431,6 +431,9 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
     validate_deletions(job, report);
     validate_auth(job, report);
     if let Some(incremental) = &job.incremental {
+        if incremental.param_in == ValueIn::Body {
+            needs_a_body(job, report, "incremental.param_in", "the time");
+        }
         report.time("incremental.lookback", incremental.lookback);
         report.time("incremental.max_future", incremental.max_future);
         if let Err((key, message)) = crate::incremental::Incremental::new(incremental) {
@@ -492,8 +495,33 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
     validate_pagination(job, report);
 }
 
+/// A value sent in the JSON body (`cursor_in`, `param_in` = `"body"`)
+/// needs a request that has one.
+fn needs_a_body(job: &JobSettings, report: &mut JobReport, key: &str, what: &str) {
+    if job.request.method != Method::Post {
+        report.bad(
+            key,
+            format!(
+                "\"body\" puts {what} in the JSON body, which only a POST request has; set \
+                 request.method = \"POST\" (and request.body)"
+            ),
+        );
+    }
+}
+
 fn validate_pagination(job: &JobSettings, report: &mut JobReport) {
     let pagination = &job.pagination;
+    if let PaginationKind::Cursor {
+        cursor_in: ValueIn::Body,
+        cursor_param,
+        ..
+    } = &pagination.kind
+    {
+        needs_a_body(job, report, "pagination.cursor_in", "the cursor");
+        if cursor_param.starts_with('/') {
+            report.pointer("pagination.cursor_param", cursor_param);
+        }
+    }
     let locator = |report: &mut JobReport, value: &str, locator: &Locator| match locator {
         Locator::Body(pointer) => {
             report.pagination_pointer(&format!("pagination.{value}_path"), pointer, &job.records)

@@ -114,6 +114,11 @@ impl RequestSpec {
             auth: auth.map(Authorizer::new).transpose()?,
         })
     }
+
+    /// The configured JSON body (POST).
+    pub fn body(&self) -> Option<&Value> {
+        self.body.as_ref()
+    }
 }
 
 /// A successful response, its body read whole (JSON or not: what it holds is
@@ -224,10 +229,11 @@ pub async fn fetch_body(
     client: &ApiClient,
     spec: &RequestSpec,
     url: &Url,
+    body: Option<&Value>,
     redactor: &Redactor,
 ) -> Result<BodyResponse, FetchError> {
     let authorized = spec.authorize(client, url, redactor).await?;
-    let result = counted_attempt(client, spec, &authorized, redactor).await;
+    let result = counted_attempt(client, spec, &authorized, body, redactor).await;
     match (result, &authorized.token) {
         (Err(FetchError::Status { status, .. }), Some(stale))
             if status == StatusCode::UNAUTHORIZED =>
@@ -237,7 +243,7 @@ pub async fn fetch_body(
             // fails the run (`auth`), with no retries.
             tracing::debug!("The API answered 401; renewing the token and asking once more.");
             let renewed = spec.renew(client, url, stale, redactor).await?;
-            counted_attempt(client, spec, &renewed, redactor).await
+            counted_attempt(client, spec, &renewed, body, redactor).await
         }
         (result, _) => result,
     }
@@ -247,11 +253,12 @@ async fn counted_attempt(
     client: &ApiClient,
     spec: &RequestSpec,
     authorized: &Authorized,
+    body: Option<&Value>,
     redactor: &Redactor,
 ) -> Result<BodyResponse, FetchError> {
     let started = std::time::Instant::now();
     let mut status = None;
-    let result = attempt(client, spec, authorized, redactor, &mut status).await;
+    let result = attempt(client, spec, authorized, body, redactor, &mut status).await;
     crate::metrics::http_attempt(&spec.job, status, started.elapsed());
     result
 }
@@ -385,6 +392,7 @@ async fn attempt(
     client: &ApiClient,
     spec: &RequestSpec,
     authorized: &Authorized,
+    body: Option<&Value>,
     redactor: &Redactor,
     status_seen: &mut Option<u16>,
 ) -> Result<BodyResponse, FetchError> {
@@ -393,7 +401,7 @@ async fn attempt(
         Method::Post => reqwest::Method::POST,
     };
     let mut request = spec.request(client, method, authorized);
-    if let Some(body) = &spec.body {
+    if let Some(body) = body {
         request = request.json(body);
     }
     let transport = |e: reqwest::Error| spec.transport_error(e);

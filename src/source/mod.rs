@@ -17,7 +17,9 @@ use backon::{ExponentialBuilder, Retryable};
 use reqwest::Url;
 use xxhash_rust::xxh3::xxh3_128;
 
-use crate::config::{JobSettings, Pagination, RateLimitScope, RetrySettings, TotalMethod};
+use crate::config::{
+    JobSettings, Pagination, PaginationKind, RateLimitScope, RetrySettings, TotalMethod, ValueIn,
+};
 use crate::redact::Redactor;
 pub use body::{RawRecords, ResponseBody};
 pub use http::{ApiClient, FetchError, RequestSpec};
@@ -80,22 +82,34 @@ impl SourceSpec {
     }
 
     /// Starts walking the pages from the first; `redactor` cleans the errors
-    /// logged on retries; `params` are added to the first request's query
-    /// (the incremental sync's `since`).
-    pub fn pages(
-        &self,
-        client: &ApiClient,
-        redactor: &Redactor,
-        params: &[(&str, String)],
-    ) -> Pages {
-        let base = paginate::with_params(&self.base_url, params);
+    /// logged on retries; `since` (the incremental sync's) goes into the
+    /// query or the body of every request.
+    pub fn pages(&self, client: &ApiClient, redactor: &Redactor, since: Option<&Since>) -> Pages {
+        let mut base = self.base_url.clone();
+        let mut body = self.request.body().cloned();
+        match since {
+            Some(since) if since.placement == ValueIn::Body => {
+                let body = body.get_or_insert_with(|| serde_json::json!({}));
+                crate::json_pointer::set(
+                    body,
+                    &crate::json_pointer::of_field(&since.param),
+                    serde_json::Value::String(since.value.clone()),
+                );
+            }
+            Some(since) => {
+                base = paginate::with_params(&base, &[(since.param.as_str(), since.value.clone())]);
+            }
+            None => {}
+        }
         let paginator =
             Paginator::new(self.pagination.clone(), base).with_redactor(redactor.clone());
         Pages {
             next: Some(Request {
                 url: paginator.first(),
                 confirms_end: false,
+                body_cursor: None,
             }),
+            body: body.map(Arc::new),
             previous_records: None,
             total_was_low: false,
             fetcher: Arc::new(Fetcher {
@@ -110,6 +124,16 @@ impl SourceSpec {
             quota_announced: false,
         }
     }
+}
+
+/// The incremental sync's value on a run's requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Since {
+    /// A query parameter, or a field or JSON pointer in the body.
+    pub param: String,
+    /// The time, written into the configured template.
+    pub value: String,
+    pub placement: ValueIn,
 }
 
 /// One response's records.
@@ -210,6 +234,9 @@ pub struct Pages {
     prefetch: Option<Prefetch>,
     /// A response told how much of a quota is left.
     quota_announced: bool,
+    /// The JSON body of every request (POST), `since` in it when it goes
+    /// there; a body cursor is put into a copy.
+    body: Option<Arc<serde_json::Value>>,
 }
 
 /// The next request of a run.
@@ -217,6 +244,18 @@ struct Request {
     url: Url,
     /// It asks past a stated end, to confirm it (see [`paginate::Step`]).
     confirms_end: bool,
+    /// `cursor_in = "body"`: the cursor its body carries.
+    body_cursor: Option<serde_json::Value>,
+}
+
+impl Request {
+    /// What tells two requests apart: the URL, and a body cursor.
+    fn fingerprint(&self) -> u128 {
+        match &self.body_cursor {
+            None => xxh3_128(self.url.as_str().as_bytes()),
+            Some(cursor) => xxh3_128(format!("{} {cursor}", self.url).as_bytes()),
+        }
+    }
 }
 
 /// A page's response, its body split into records and envelope.
@@ -245,10 +284,11 @@ struct Prefetch {
 }
 
 impl Prefetch {
-    fn start(fetcher: &Arc<Fetcher>, url: Url) -> Self {
+    /// Only for `page` pagination: its requests differ by URL alone.
+    fn start(fetcher: &Arc<Fetcher>, url: Url, body: Option<Arc<serde_json::Value>>) -> Self {
         let task = tokio::spawn({
             let (fetcher, url) = (Arc::clone(fetcher), url.clone());
-            async move { fetcher.fetch_page(&url).await }
+            async move { fetcher.fetch_page(&url, body.as_deref()).await }
         });
         Self { url, task }
     }
@@ -276,9 +316,15 @@ impl Pages {
     /// # Errors
     /// A [`SourceError`] naming the page and what went wrong; the run ends.
     pub async fn next_page(&mut self) -> Result<Option<Page>, SourceError> {
-        let Some(Request { url, confirms_end }) = self.next.take() else {
+        let Some(request) = self.next.take() else {
             return Ok(None);
         };
+        let fingerprint = request.fingerprint();
+        let Request {
+            url,
+            confirms_end,
+            body_cursor,
+        } = request;
         let number = self.fetched + 1;
         let error = |kind| SourceError {
             page: number,
@@ -291,10 +337,7 @@ impl Pages {
                 max_pages: spec.max_pages,
             }));
         }
-        if let Some(first_seen) = self
-            .visited
-            .insert(xxh3_128(url.as_str().as_bytes()), number)
-        {
+        if let Some(first_seen) = self.visited.insert(fingerprint, number) {
             return Err(error(SourceErrorKind::Loop { first_seen }));
         }
         if number == 1 && spec.pagination.total_method == TotalMethod::Head {
@@ -326,7 +369,8 @@ impl Pages {
                 prefetch.response().await
             }
             None => {
-                let response = self.fetcher.fetch_page(&url).await;
+                let body = self.body_with(body_cursor.as_ref());
+                let response = self.fetcher.fetch_page(&url, body.as_deref()).await;
                 if response.is_ok() {
                     self.start_prefetch(number);
                 }
@@ -384,19 +428,24 @@ impl Pages {
             .paginator
             .next(&view)
             .map_err(|e| error(SourceErrorKind::Pagination(e)))?;
+        let next_cursor = self.paginator.body_cursor().cloned();
         self.next = match step {
             // An empty page that points at itself is the end of a feed
             // (CouchDB's `_changes` answers past its end with no records and
             // the same `last_seq`): nothing is skipped by stopping, and
             // asking again would only trip the loop guard.
-            Step::Next(next) if records.is_empty() && next == url => None,
+            Step::Next(next) if records.is_empty() && next == url && next_cursor == body_cursor => {
+                None
+            }
             Step::Next(url) => Some(Request {
                 url,
                 confirms_end: false,
+                body_cursor: next_cursor,
             }),
             Step::Confirm(url) => Some(Request {
                 url,
                 confirms_end: true,
+                body_cursor: next_cursor,
             }),
             Step::End => None,
         };
@@ -467,8 +516,29 @@ impl Pages {
             return;
         }
         if let Some(url) = self.paginator.predicted_next() {
-            self.prefetch = Some(Prefetch::start(&self.fetcher, url));
+            self.prefetch = Some(Prefetch::start(&self.fetcher, url, self.body.clone()));
         }
+    }
+
+    /// The body of a request: the run's, with `cursor` put in it
+    /// (`cursor_in = "body"`).
+    fn body_with(&self, cursor: Option<&serde_json::Value>) -> Option<Arc<serde_json::Value>> {
+        let (Some(cursor), PaginationKind::Cursor { cursor_param, .. }) =
+            (cursor, &self.fetcher.spec.pagination.kind)
+        else {
+            return self.body.clone();
+        };
+        let mut body = self
+            .body
+            .as_deref()
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({}));
+        crate::json_pointer::set(
+            &mut body,
+            &crate::json_pointer::of_field(cursor_param),
+            cursor.clone(),
+        );
+        Some(Arc::new(body))
     }
 }
 
@@ -476,11 +546,16 @@ impl Fetcher {
     /// One page's request, retried while the failure is transient; a spent
     /// quota the response announces pauses the job's later requests.
     /// A body that is not JSON is retried too: a response cut short says so.
-    async fn fetch_page(&self, url: &Url) -> Result<PageResponse, SourceErrorKind> {
+    async fn fetch_page(
+        &self,
+        url: &Url,
+        body: Option<&serde_json::Value>,
+    ) -> Result<PageResponse, SourceErrorKind> {
         let response = self
             .with_retries(|| async {
                 let response =
-                    http::fetch_body(&self.client, &self.spec.request, url, &self.redactor).await?;
+                    http::fetch_body(&self.client, &self.spec.request, url, body, &self.redactor)
+                        .await?;
                 let body =
                     ResponseBody::parse_off_the_runtime(response.body, self.spec.records.clone())
                         .await

@@ -16,7 +16,7 @@ use reqwest::Url;
 use reqwest::header::HeaderMap;
 use serde_json::Value;
 
-use crate::config::{Locator, Pagination, PaginationKind};
+use crate::config::{Locator, Pagination, PaginationKind, ValueIn};
 use crate::record::kind_of;
 use crate::redact::Redactor;
 
@@ -197,6 +197,8 @@ pub struct Paginator {
     stated: Stated,
     /// Masks secrets in excerpts before they are cut.
     redactor: Redactor,
+    /// `cursor_in = "body"`: the cursor the next request puts in its body.
+    body_cursor: Option<Value>,
 }
 
 impl Paginator {
@@ -216,6 +218,7 @@ impl Paginator {
             expected: None,
             stated: Stated::default(),
             redactor: Redactor::default(),
+            body_cursor: None,
         }
     }
 
@@ -366,6 +369,7 @@ impl Paginator {
             }
         }
 
+        let mut body_cursor = None;
         let step = match &self.settings.kind {
             PaginationKind::None => Step::End,
             PaginationKind::Page {
@@ -421,6 +425,7 @@ impl Paginator {
             }
             PaginationKind::Cursor {
                 cursor_param,
+                cursor_in,
                 cursor,
                 has_more,
                 end_when_missing,
@@ -429,22 +434,31 @@ impl Paginator {
                     .as_ref()
                     .map(|locator| flag_at(locator, response))
                     .transpose()?;
+                // The cursor's value, as the next request carries it.
+                let mut next = |value: Value| match cursor_in {
+                    ValueIn::Query => {
+                        let text = match value {
+                            Value::String(s) => s,
+                            other => other.to_string(),
+                        };
+                        Step::Next(with_params(&self.base, &[(cursor_param.as_str(), text)]))
+                    }
+                    ValueIn::Body => {
+                        body_cursor = Some(value);
+                        Step::Next(self.base.clone())
+                    }
+                };
                 if more == Some(false) {
                     Step::End
                 } else {
                     match find(cursor, response)? {
-                        Found::Json(Value::String(s)) if !s.is_empty() => Step::Next(with_params(
-                            &self.base,
-                            &[(cursor_param.as_str(), s.clone())],
-                        )),
-                        Found::Json(Value::Number(n)) => Step::Next(with_params(
-                            &self.base,
-                            &[(cursor_param.as_str(), n.to_string())],
-                        )),
-                        Found::Header(text) if !text.is_empty() => Step::Next(with_params(
-                            &self.base,
-                            &[(cursor_param.as_str(), text.to_owned())],
-                        )),
+                        Found::Json(Value::String(s)) if !s.is_empty() => {
+                            next(Value::String(s.clone()))
+                        }
+                        Found::Json(Value::Number(n)) => next(Value::Number(n.clone())),
+                        Found::Header(text) if !text.is_empty() => {
+                            next(Value::String(text.to_owned()))
+                        }
                         Found::Null | Found::Json(Value::String(_)) | Found::Header(_) => {
                             if more == Some(true) {
                                 return Err(PaginationError::MoreWithoutCursor {
@@ -509,7 +523,15 @@ impl Paginator {
                 }
             },
         };
+        self.body_cursor = body_cursor;
         Ok(step)
+    }
+
+    /// `cursor_in = "body"`: the cursor the request [`Paginator::next`] gave
+    /// last puts in its body (`None` for the first request, and for every
+    /// other kind).
+    pub fn body_cursor(&self) -> Option<&Value> {
+        self.body_cursor.as_ref()
     }
 
     /// The page size to derive a page count from: the first non-empty

@@ -235,8 +235,12 @@ async fn transfer(
         }
         _ => None,
     };
-    if let Some((param, value)) = &since {
-        tracing::info!(param = %param, since = %value, "Fetching changes since the watermark.");
+    if let Some(since) = &since {
+        tracing::info!(
+            param = %since.param,
+            since = %since.value,
+            "Fetching changes since the watermark."
+        );
     } else if job.incremental.is_some() {
         tracing::info!("Reading the whole collection (a full run: no watermark applied).");
     }
@@ -247,11 +251,7 @@ async fn transfer(
     } else {
         None
     };
-    let since: Vec<(&str, String)> = since
-        .iter()
-        .map(|(param, value)| (param.as_str(), value.clone()))
-        .collect();
-    let pages = job.source.pages(&ctx.client, &ctx.redactor, &since);
+    let pages = job.source.pages(&ctx.client, &ctx.redactor, since.as_ref());
 
     let (to_prepare, fetched) = fetch::queue();
     let (to_write, ready) = tokio::sync::mpsc::channel(QUEUED_BATCHES);
@@ -304,7 +304,7 @@ async fn transfer(
         gone.act(lock, committed).await?;
     }
     if job.incremental.is_some()
-        && since.is_empty()
+        && since.is_none()
         && let Err(e) = ctx.store.save_full_run(&job.name, run).await
     {
         // What the run committed stands (its deletions too): a run that

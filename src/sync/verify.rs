@@ -79,7 +79,7 @@ pub async fn verify(
     let Some(table) = ctx.store.existing_table(&job.table).await? else {
         return Err(VerifyError::NoTable(job.table.name.to_string()));
     };
-    let pages = job.source.pages(&ctx.client, &ctx.redactor, &[]);
+    let pages = job.source.pages(&ctx.client, &ctx.redactor, None);
     let (to_prepare, fetched) = fetch::queue();
     let (to_compare, ready) = mpsc::channel(super::QUEUED_BATCHES);
     let fetching = Stage(tokio::spawn(fetch::fetch_pages(

@@ -550,7 +550,7 @@ pub async fn walk(api: &FakeApi, job: impl Into<JobToml>) -> Walk {
         .unwrap_or_else(|e| panic!("test configuration is valid: {e}\n{text}"));
     let spec = SourceSpec::new(&settings.jobs[0], &Default::default()).expect("the source builds");
     let client = ApiClient::new().expect("HTTP client");
-    let mut pages = spec.pages(&client, &settings.redactor, &[]);
+    let mut pages = spec.pages(&client, &settings.redactor, None);
     let mut walk = Walk {
         records: Vec::new(),
         pages: 0,

@@ -18,6 +18,7 @@ mod helpers;
 mod pagination;
 mod process;
 mod real_servers;
+mod request_shapes;
 mod resilience;
 mod secrets;
 mod store;

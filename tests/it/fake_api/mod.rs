@@ -20,6 +20,8 @@
 //! | `/redirect`     | 302 to the same API under another origin (`localhost`)           |
 //! | `/gzip`         | all records, gzip-compressed, without `Content-Length`           |
 //! | `/search` (POST)| `{"data": [...]}` when the JSON body and `X-Api-Key` header are right |
+//! | `/search/cursor` (POST) | body `{"filter": {"status": "all", "updated_at"?: "gte.T"}, "page": {"size": S, "cursor"?: C}}` → `{"data": [...], "meta": {"next_cursor": C2 \| null}}` |
+//! | `/postgrest`    | PostgREST-style: `?updated_at=gte.T&offset=O&limit=L` → bare array |
 //!
 //! `/page` also filters on `?updated_since=T` (records whose `updated_at` is
 //! at least T), and every route can be slowed down or hit by `faults`.
@@ -78,6 +80,8 @@ struct ApiState {
     offset_overlap: usize,
     /// `/page` states these totals instead of the true ones.
     stated_total: Option<usize>,
+    /// Every JSON body `/search/cursor` received.
+    bodies: Vec<Value>,
     stated_total_pages: Option<usize>,
 }
 
@@ -125,6 +129,8 @@ impl FakeApi {
             .route("/badlink", get(bad_link))
             .route("/ctl", get(control))
             .route("/search", post(search))
+            .route("/search/cursor", post(search_cursor))
+            .route("/postgrest", get(postgrest))
             .route("/redirect", get(redirect))
             .route("/gzip", get(gzip))
             .route("/drf", get(shapes::drf))
@@ -187,6 +193,11 @@ impl FakeApi {
 
     pub fn requests(&self) -> Vec<String> {
         self.state.lock().unwrap().requests.clone()
+    }
+
+    /// Every JSON body `/search/cursor` received, in order.
+    pub fn bodies(&self) -> Vec<Value> {
+        self.state.lock().unwrap().bodies.clone()
     }
 
     /// When each request arrived, and its path and query.
@@ -591,6 +602,61 @@ async fn search(
     let len = s.records.len();
     let data = slice(&mut s, &uri, 0, len);
     json_response(&s, json!({ "data": data }))
+}
+
+/// The records whose `updated_at` is at least the time of a PostgREST-style
+/// filter `gte.T`; all of them without one; `Err` for another operator.
+fn changed_since(s: &ApiState, filter: Option<&str>) -> Result<Vec<Value>, Response> {
+    let Some(filter) = filter else {
+        return Ok(s.records.clone());
+    };
+    let Some(since) = filter.strip_prefix("gte.") else {
+        return Err((StatusCode::BAD_REQUEST, format!("unknown filter {filter}")).into_response());
+    };
+    Ok(s.records
+        .iter()
+        .filter(|r| r["updated_at"].as_str().is_some_and(|t| t >= since))
+        .cloned()
+        .collect())
+}
+
+async fn search_cursor(State(state): Shared, uri: Uri, Json(body): Json<Value>) -> Response {
+    let mut s = state.lock().unwrap();
+    s.bodies.push(body.clone());
+    s.requests.push(uri.to_string());
+    if body["filter"]["status"] != "all" {
+        return (StatusCode::BAD_REQUEST, format!("unexpected body {body}")).into_response();
+    }
+    let records = match changed_since(&s, body["filter"]["updated_at"].as_str()) {
+        Ok(records) => records,
+        Err(response) => return response,
+    };
+    let size = body["page"]["size"].as_u64().unwrap_or(10).max(1) as usize;
+    let start = match &body["page"]["cursor"] {
+        Value::Null => 0,
+        Value::String(c) => match c.strip_prefix("pos-").and_then(|n| n.parse().ok()) {
+            Some(n) => n,
+            None => return (StatusCode::BAD_REQUEST, "bad cursor").into_response(),
+        },
+        _ => return (StatusCode::BAD_REQUEST, "bad cursor").into_response(),
+    };
+    let end = (start + size).min(records.len());
+    let data = &records[start.min(end)..end];
+    let next = (end < records.len()).then(|| format!("pos-{end}"));
+    json_response(&s, json!({ "data": data, "meta": { "next_cursor": next } }))
+}
+
+async fn postgrest(State(state): Shared, Query(params): Params, uri: Uri) -> Response {
+    let mut s = state.lock().unwrap();
+    s.requests.push(uri.to_string());
+    let records = match changed_since(&s, params.get("updated_at").map(String::as_str)) {
+        Ok(records) => records,
+        Err(response) => return response,
+    };
+    let offset = param(&params, "offset", 0);
+    let limit = param(&params, "limit", 100).max(1);
+    let end = (offset + limit).min(records.len());
+    json_response(&s, json!(records[offset.min(end)..end]))
 }
 
 async fn redirect(headers: HeaderMap) -> Response {
