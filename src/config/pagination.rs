@@ -404,6 +404,7 @@ mod tests {
             cursor.kind,
             PaginationKind::Cursor {
                 cursor_param: "cursor".into(),
+                cursor_in: ValueIn::Query,
                 cursor: Locator::Body("/next_cursor".into()),
                 has_more: Some(Locator::Header("X-More".into())),
                 end_when_missing: false,

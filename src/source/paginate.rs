@@ -1307,6 +1307,11 @@ mod tests {
             },
             3 => PaginationKind::Cursor {
                 cursor_param: "cursor".into(),
+                cursor_in: if fuzz.rng.bool() {
+                    ValueIn::Query
+                } else {
+                    ValueIn::Body
+                },
                 cursor: body_or_header(fuzz, "/next", "X-Next"),
                 has_more: fuzz
                     .rng

@@ -490,6 +490,8 @@ mod tests {
         Incremental::new(&crate::config::IncrementalSettings {
             field: "updated_at".into(),
             param: "updated_since".into(),
+            param_in: crate::config::ValueIn::Query,
+            value: None,
             lookback: Duration::ZERO,
             max_future: Duration::from_secs(86_400),
             format: None,

@@ -606,12 +606,12 @@ async fn search(
 
 /// The records whose `updated_at` is at least the time of a PostgREST-style
 /// filter `gte.T`; all of them without one; `Err` for another operator.
-fn changed_since(s: &ApiState, filter: Option<&str>) -> Result<Vec<Value>, Response> {
+fn changed_since(s: &ApiState, filter: Option<&str>) -> Result<Vec<Value>, String> {
     let Some(filter) = filter else {
         return Ok(s.records.clone());
     };
     let Some(since) = filter.strip_prefix("gte.") else {
-        return Err((StatusCode::BAD_REQUEST, format!("unknown filter {filter}")).into_response());
+        return Err(format!("unknown filter {filter}"));
     };
     Ok(s.records
         .iter()
@@ -629,7 +629,7 @@ async fn search_cursor(State(state): Shared, uri: Uri, Json(body): Json<Value>) 
     }
     let records = match changed_since(&s, body["filter"]["updated_at"].as_str()) {
         Ok(records) => records,
-        Err(response) => return response,
+        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
     };
     let size = body["page"]["size"].as_u64().unwrap_or(10).max(1) as usize;
     let start = match &body["page"]["cursor"] {
@@ -651,7 +651,7 @@ async fn postgrest(State(state): Shared, Query(params): Params, uri: Uri) -> Res
     s.requests.push(uri.to_string());
     let records = match changed_since(&s, params.get("updated_at").map(String::as_str)) {
         Ok(records) => records,
-        Err(response) => return response,
+        Err(message) => return (StatusCode::BAD_REQUEST, message).into_response(),
     };
     let offset = param(&params, "offset", 0);
     let limit = param(&params, "limit", 100).max(1);
