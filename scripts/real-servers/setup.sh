@@ -3,7 +3,8 @@
 # from, into a cache outside the clone, and builds their seed data:
 #
 #   - Django REST Framework (a Ticket model, 5,002 rows in a template SQLite
-#     file each test copies), FastAPI + fastapi-pagination, and Datasette
+#     file each test copies; django-oauth-toolkit issues OAuth2 tokens for a
+#     copy behind auth), FastAPI + fastapi-pagination, and Datasette
 #     (serving a copy of that same file), in one venv;
 #   - json-server 0.17.4 and 1.0.0-beta.3, one node_modules each.
 #
@@ -121,6 +122,8 @@ else
     die "DRF migrate"
   (cd "$here/drf" && TICKETS_DB="$data/drf.sqlite3" "$venv/bin/python" manage.py seed_tickets >&2) ||
     die "DRF seed_tickets"
+  (cd "$here/drf" && TICKETS_DB="$data/drf.sqlite3" "$venv/bin/python" manage.py seed_oauth >&2) ||
+    die "DRF seed_oauth"
   "$venv/bin/python" "$here/seed/records.py" json-server "$data/json-server.json" ||
     die "json-server db.json"
   echo "$data_key" >"$data/.stamp"

@@ -17,6 +17,7 @@ mod drf;
 mod fastapi;
 mod json_server_0_17;
 mod json_server_1;
+mod oauth;
 mod servers;
 
 use std::collections::BTreeMap;

@@ -154,6 +154,11 @@ fn spawn_kept(command: Command) -> std::io::Result<Child> {
 
 /// Django REST Framework's dev server over a copy of the 5,002-ticket template.
 pub async fn drf() -> RealServer {
+    drf_with_token_lifetime(36_000).await
+}
+
+/// [`drf`] with django-oauth-toolkit's access tokens living `seconds`.
+pub async fn drf_with_token_lifetime(seconds: u64) -> RealServer {
     let installed = installed();
     start("DRF", Everything::Array("/all/tickets/"), |port, dir| {
         let db = dir.join(DATA_FILE);
@@ -167,6 +172,7 @@ pub async fn drf() -> RealServer {
             .arg(format!("127.0.0.1:{port}"))
             .current_dir(sources().join("drf"))
             .env("TICKETS_DB", db)
+            .env("OAUTH_TOKEN_SECONDS", seconds.to_string())
             .env("PYTHONDONTWRITEBYTECODE", "1");
         command
     })
@@ -411,6 +417,30 @@ impl RealServer {
 
     /// Sends `body` with `method` to `path`; the answer must be a success.
     /// Returns the JSON answer (`Null` for an empty one).
+    /// `POST path` with a form body and HTTP Basic credentials: the JSON answer
+    /// and its status.
+    pub async fn post_form(
+        &self,
+        path: &str,
+        basic: (&str, &str),
+        form: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let response = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .basic_auth(basic.0, Some(basic.1))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     pub async fn send(&self, method: Method, path: &str, body: &Value) -> Value {
         let response = self
             .http

@@ -16,6 +16,7 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
     "rest_framework",
+    "oauth2_provider",
     "tickets",
 ]
 # No CommonMiddleware: its APPEND_SLASH redirect would hide a wrong URL in a
@@ -40,6 +41,18 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
     "UNAUTHENTICATED_USER": None,
+}
+
+# django-oauth-toolkit: the token endpoint at /o/token/ and the OAuth2-only
+# copy of the tickets at /secure/tickets/. OAUTH_TOKEN_SECONDS sets the access
+# token lifetime (short ones make a run outlive its token); refresh tokens
+# rotate on every use and a used one is refused at once, as many providers do.
+OAUTH2_PROVIDER = {
+    "ACCESS_TOKEN_EXPIRE_SECONDS": int(os.environ.get("OAUTH_TOKEN_SECONDS", "36000")),
+    "ROTATE_REFRESH_TOKEN": True,
+    "REFRESH_TOKEN_GRACE_PERIOD_SECONDS": 0,
+    "SCOPES": {"read": "Read tickets"},
+    "DEFAULT_SCOPES": ["read"],
 }
 
 # Request lines go to the server's log file (the test keeps it for failures).

@@ -9,6 +9,7 @@ settings real deployments use (and whose quirks apisync must survive):
   "results"}`, opaque `?cursor=` in the links, no count.
 """
 
+from oauth2_provider.contrib.rest_framework import OAuth2Authentication, TokenHasScope
 from rest_framework import pagination, viewsets
 
 from .models import Ticket
@@ -56,3 +57,15 @@ class AllTickets(Tickets):
     """Everything in one response: what the tests compare the table with."""
 
     pagination_class = None
+
+
+class SecureTickets(Tickets):
+    """The paged tickets, only for a valid OAuth2 access token with the `read`
+    scope (401 without one): a service account's token has no user, so the
+    scope is what is checked."""
+
+    pagination_class = TicketPages
+    authentication_classes = [OAuth2Authentication]
+    permission_classes = [TokenHasScope]
+    required_scopes = ["read"]
+    http_method_names = ["get"]
