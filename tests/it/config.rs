@@ -24,10 +24,12 @@ fn the_example_configuration_parses_and_validates() {
     let products = settings
         .job("products")
         .expect("the example has a products job");
-    assert_eq!(
-        products.request.headers["Authorization"].expose_secret(),
-        "Bearer t0ken-value"
-    );
+    match &products.auth {
+        Some(config::AuthSettings::Bearer { token }) => {
+            assert_eq!(token.expose_secret(), "t0ken-value")
+        }
+        other => panic!("the example's products job uses a bearer token: {other:?}"),
+    }
     assert_eq!(settings.redactor.redact("t0ken-value"), "[redacted]");
 }
 
