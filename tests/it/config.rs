@@ -150,7 +150,60 @@ fn query_keys_keep_their_case() {
 /// `(description, configuration, expected fragments of one problem)`.
 fn invalid_cases() -> Vec<(&'static str, String, Vec<&'static str>)> {
     let with = |extra: &str| MINIMAL.replace("key = [\"id\"]", &format!("key = [\"id\"]\n{extra}"));
+    let auth = |lines: &str| format!("{MINIMAL}[jobs.auth]\n{lines}\n");
     vec![
+        (
+            "unknown auth kind",
+            auth("kind = \"kerberos\""),
+            vec![
+                "job \"orders\", key \"auth",
+                "unknown variant `kerberos`",
+                "oauth2_client_credentials",
+            ],
+        ),
+        (
+            "auth key of another kind",
+            auth("kind = \"bearer\"\ntoken = \"t\"\nclient_id = \"x\""),
+            vec!["job \"orders\", key \"auth", "unknown field `client_id`"],
+        ),
+        (
+            "auth without its secret",
+            auth(
+                "kind = \"oauth2_client_credentials\"\ntoken_url = \"https://a.test/t\"\nclient_id = \"x\"",
+            ),
+            vec![
+                "job \"orders\", key \"auth",
+                "missing field `client_secret`",
+            ],
+        ),
+        (
+            "token url that is not http",
+            auth(
+                "kind = \"oauth2_client_credentials\"\ntoken_url = \"ftp://a.test/t\"\nclient_id = \"x\"\nclient_secret = \"s\"",
+            ),
+            vec![
+                "job \"orders\", key \"auth.token_url\"",
+                "http:// or https://",
+            ],
+        ),
+        (
+            "two Authorization headers",
+            auth("kind = \"bearer\"\ntoken = \"t\"").replace(
+                "query = {",
+                "headers = { Authorization = \"Bearer x\" }\nquery = {",
+            ),
+            vec![
+                "job \"orders\", key \"request.headers\"",
+                "sets Authorization, and so does [jobs.auth]",
+            ],
+        ),
+        (
+            "a login call with a body and a form",
+            auth(
+                "kind = \"token_request\"\nurl = \"https://a.test/login\"\nbody = { a = \"b\" }\nform = { a = \"b\" }",
+            ),
+            vec!["job \"orders\", key \"auth.body\"", "not both"],
+        ),
         (
             "unknown job key",
             with("colour = \"red\""),
