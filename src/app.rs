@@ -180,7 +180,7 @@ impl App {
             ));
             let ctx = SyncContext {
                 store: store.clone(),
-                client,
+                client: client.clone(),
                 redactor,
                 cancel: shutdown.clone(),
                 in_flight: in_flight.clone(),
@@ -195,7 +195,11 @@ impl App {
         notify::stopping();
         tracing::info!("Shutting down: waiting for runs in flight to commit their page.");
         let drain = shutdown_timeout.saturating_sub(EXIT_MARGIN);
+        let started = tokio::time::Instant::now();
         if tokio::time::timeout(drain, tasks.wait()).await.is_ok() {
+            client
+                .finish_token_requests(drain.saturating_sub(started.elapsed()))
+                .await;
             tracing::info!("Stopped.");
             return Ok(());
         }

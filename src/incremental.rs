@@ -257,6 +257,7 @@ impl Incremental {
             param,
             value: self.template.replace(SINCE, &value),
             placement: self.param_in,
+            is_number: self.template == SINCE && watermark.is_number(),
         })
     }
 
@@ -491,6 +492,7 @@ mod tests {
                 param: "updated_at".into(),
                 value: "gte.2026-01-02T03:04:05Z".into(),
                 placement: ValueIn::Query,
+                is_number: false,
             }
         );
         settings.value = Some("gte.".into());

@@ -94,8 +94,12 @@ impl Redactor {
             .learned
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if learned.contains(&secret) {
-            return;
+        // A secret learned again moves to the back: the ones in use stay.
+        if let Some(at) = learned.iter().position(|known| *known == secret) {
+            if at + 1 == learned.len() {
+                return;
+            }
+            learned.remove(at);
         }
         if learned.len() >= MAX_LEARNED {
             learned.pop_front();
@@ -503,9 +507,13 @@ mod tests {
             log_writer.redact("token eyJ-access-token-1 and configured-secret"),
             "token [redacted] and [redacted]"
         );
+        config.learn("in-use-token-kept");
         for n in 0..MAX_LEARNED {
             config.learn(&format!("later-token-{n}"));
+            // A token in use is learned again on every request.
+            config.learn("in-use-token-kept");
         }
+        assert_eq!(log_writer.redact("in-use-token-kept"), "[redacted]");
         assert_eq!(
             log_writer.redact("eyJ-access-token-1"),
             "eyJ-access-token-1",

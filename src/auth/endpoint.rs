@@ -14,7 +14,7 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use crate::config::{AuthSettings, ClientAuth, Method, form_encode};
+use crate::config::{AuthSettings, ClientAuth, LoginBody, Method, form_encode};
 
 /// A token endpoint's answer is small; a larger one is not a token.
 const MAX_ANSWER_BYTES: usize = 1 << 20;
@@ -47,7 +47,7 @@ enum Grant {
         holder: String,
     },
     Login {
-        body: Option<Value>,
+        body: Option<LoginBody>,
         form: Option<BTreeMap<String, SecretString>>,
         headers: Vec<(HeaderName, HeaderValue)>,
         token_path: String,
@@ -106,6 +106,8 @@ pub enum TokenError {
     },
     #[error("the token endpoint {url} answered with something other than a JSON object")]
     NotJson { url: String },
+    #[error("the token endpoint {url} answered with a token that cannot be sent in a header")]
+    BadToken { url: String },
     #[error(
         "the refresh token the server rotated could not be kept in the store; it is held in \
          memory and saved before the next token request"
@@ -128,6 +130,11 @@ fn describe_refusal(code: Option<&str>, description: Option<&str>) -> String {
 }
 
 impl TokenError {
+    /// The store, not the token endpoint, failed.
+    pub fn is_store(&self) -> bool {
+        matches!(self, TokenError::Keep(_))
+    }
+
     /// A token endpoint that is down or overloaded may answer the next
     /// attempt; one that refuses (any 4xx) will refuse again.
     pub fn is_retriable(&self) -> bool {
@@ -294,7 +301,7 @@ impl TokenSource {
                         form.iter().map(|(k, v)| (k.as_str(), v.expose_secret())),
                     );
                 } else if let Some(body) = body {
-                    request = request.json(body);
+                    request = request.json(&body.0);
                 }
                 (token_path.as_str(), expires_in_path.as_str())
             }
@@ -346,6 +353,11 @@ impl TokenSource {
             return Err(TokenError::NotJson { url });
         };
         let token = match answer.pointer(token_path) {
+            Some(Value::String(token))
+                if HeaderValue::try_from(format!("Bearer {token}")).is_err() =>
+            {
+                return Err(TokenError::BadToken { url });
+            }
             Some(Value::String(token)) if !token.is_empty() => SecretString::from(token.as_str()),
             _ => {
                 return Err(TokenError::NoToken {

@@ -114,12 +114,7 @@ impl Authorizer {
                 token: None,
             }),
             Authorizer::Query { name, value } => Ok(Authorized {
-                // Replaces a parameter of the same name (a next link that
-                // echoes the key), never doubles it.
-                url: crate::source::paginate::with_params(
-                    url,
-                    &[(name.as_str(), value.expose_secret().to_owned())],
-                ),
+                url: with_key(url, name, value.expose_secret()),
                 header: None,
                 token: None,
             }),
@@ -156,5 +151,49 @@ impl Authorizer {
             header: Some((AUTHORIZATION, token.header())),
             token: Some(token),
         })
+    }
+}
+
+/// `url` with the query parameter `name` set to `value`: a parameter of that
+/// name (a next link that echoes the key) is replaced, never doubled, and
+/// every other pair is left byte for byte as the URL had it (a signed next
+/// link stays valid).
+fn with_key(url: &Url, name: &str, value: &str) -> Url {
+    let mut url = url.clone();
+    let query = url.query().unwrap_or_default().to_owned();
+    let mut pairs: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter(|pair| {
+            url::form_urlencoded::parse(pair.as_bytes())
+                .next()
+                .is_none_or(|(pair_name, _)| pair_name != name)
+        })
+        .collect();
+    let key = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair(name, value)
+        .finish();
+    pairs.push(&key);
+    url.set_query(Some(&pairs.join("&")));
+    url
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_api_key_replaces_its_own_parameter_and_leaves_the_rest_as_it_was() {
+        let url =
+            Url::parse("https://api.test/items?b=1&flag&sig=a%2Cb&api_key=old&c=x:y").unwrap();
+        assert_eq!(
+            with_key(&url, "api_key", "k y").as_str(),
+            "https://api.test/items?b=1&flag&sig=a%2Cb&c=x:y&api_key=k+y"
+        );
+        let bare = Url::parse("https://api.test/items").unwrap();
+        assert_eq!(
+            with_key(&bare, "api_key", "k").as_str(),
+            "https://api.test/items?api_key=k"
+        );
     }
 }

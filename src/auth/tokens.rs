@@ -67,8 +67,13 @@ impl std::fmt::Debug for Token {
 pub struct Tokens {
     http: reqwest::Client,
     slots: Arc<Mutex<HashMap<u128, Arc<tokio::sync::Mutex<Slot>>>>>,
+    /// One lock per refresh token chain, by its `job_state` row.
+    chains: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
     /// Where rotated refresh tokens are kept.
     keeper: Arc<RwLock<Option<Store>>>,
+    /// Token requests in flight, each a task of its own (see
+    /// [`Tokens::current`]): the process waits for them before it exits.
+    requests: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -77,11 +82,31 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
+/// Why a token is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Renewal {
+    First,
+    Expiring,
+    /// The API answered 401 to the token held.
+    Refused,
+}
+
+impl Renewal {
+    fn as_str(self) -> &'static str {
+        match self {
+            Renewal::First => "no token yet",
+            Renewal::Expiring => "the token is about to expire",
+            Renewal::Refused => "the API refused the token (401)",
+        }
+    }
+}
+
 /// One auth settings' token.
 #[derive(Default)]
 struct Slot {
     token: Option<Arc<Token>>,
-    /// The refresh token in use (refresh token grant), once read.
+    /// The refresh token in use (refresh token grant), as last read or
+    /// rotated.
     refresh: Option<SecretString>,
     /// `refresh` was rotated but not yet committed to the store.
     unsaved: bool,
@@ -92,8 +117,27 @@ impl Tokens {
         Self {
             http,
             slots: Arc::default(),
+            chains: Arc::default(),
             keeper: Arc::default(),
+            requests: tokio_util::task::TaskTracker::new(),
         }
+    }
+
+    /// Waits, at most `within`, for the token requests in flight to end
+    /// (and a rotated refresh token among their answers to be committed):
+    /// called once the runs are over, before the process exits.
+    pub async fn finish(&self, within: Duration) {
+        self.requests.close();
+        if tokio::time::timeout(within, self.requests.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "A token request was still unanswered at exit; a refresh token it rotates is lost \
+                 (see ARCHITECTURE.md)."
+            );
+        }
+        self.requests.reopen();
     }
 
     /// Keeps rotated refresh tokens in `store` from now on.
@@ -113,7 +157,7 @@ impl Tokens {
     /// at the same time wait for a single request to the token endpoint.
     pub(super) async fn current(
         &self,
-        source: &TokenSource,
+        source: &Arc<TokenSource>,
         stale: Option<&Arc<Token>>,
         redactor: &Redactor,
     ) -> Result<Arc<Token>, TokenError> {
@@ -124,32 +168,76 @@ impl Tokens {
                 .entry(source.fingerprint)
                 .or_default(),
         );
-        let mut slot = slot.lock().await;
+        let slot = slot.lock_owned().await;
+        let reason = match &slot.token {
+            Some(token) if stale.is_some_and(|stale| Arc::ptr_eq(stale, token)) => Renewal::Refused,
+            Some(token) if token.is_fresh() && !slot.unsaved => {
+                // Learned again on every use: the redactor keeps the
+                // secrets it met last, and this one is still in use.
+                redactor.learn(token.value.expose_secret());
+                return Ok(Arc::clone(token));
+            }
+            Some(_) => Renewal::Expiring,
+            None => Renewal::First,
+        };
+        // The request and the commit of a rotated refresh token run as a
+        // task of their own, owning the slot: a caller cancelled meanwhile
+        // (shutdown, a stage that failed, a prefetch called off) must not
+        // drop a rotation the server already made.
+        let task = self.requests.spawn({
+            let (tokens, source, redactor) = (self.clone(), Arc::clone(source), redactor.clone());
+            async move { tokens.obtain(&source, slot, reason, &redactor).await }
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(join) => {
+                std::panic::resume_unwind(join.try_into_panic().unwrap_or_else(|e| Box::new(e)))
+            }
+        }
+    }
+
+    /// Asks the token endpoint for a new token and keeps it in `slot`,
+    /// committing a rotated refresh token before it returns.
+    async fn obtain(
+        &self,
+        source: &TokenSource,
+        mut slot: tokio::sync::OwnedMutexGuard<Slot>,
+        reason: Renewal,
+        redactor: &Redactor,
+    ) -> Result<Arc<Token>, TokenError> {
         if slot.unsaved {
             self.save_rotated(source, &mut slot).await?;
-        }
-        let reason = match &slot.token {
-            Some(token) if stale.is_some_and(|stale| Arc::ptr_eq(stale, token)) => {
-                "the API refused the token (401)"
+            if let Some(token) = slot.token.as_ref().filter(|t| t.is_fresh())
+                && reason != Renewal::Refused
+            {
+                return Ok(Arc::clone(token));
             }
-            Some(token) if token.is_fresh() => return Ok(Arc::clone(token)),
-            Some(_) => "the token is about to expire",
-            None => "no token yet",
+        }
+        if reason == Renewal::Refused {
+            // Refused by the API: not handed out again, whatever follows.
+            slot.token = None;
+        }
+        // One refresh at a time per chain: jobs whose settings differ only
+        // in, say, `scope` hold slots of their own over one chain.
+        let _chain = match source.refresh_chain() {
+            Some((holder, _)) => Some(self.chain(holder).lock_owned().await),
+            None => None,
         };
-
         let refresh = match source.refresh_chain() {
             Some((holder, seed)) => {
+                // Read again before every refresh: another process with the
+                // same chain (a `sync` beside the daemon) may have rotated it
+                // since. What this process rotated is committed already
+                // (above), so the store is never behind.
                 let store = self.keeper().ok_or(TokenError::NoStore)?;
-                if slot.refresh.is_none() {
-                    let kept = store
-                        .refresh_token(holder)
-                        .await
-                        .map_err(TokenError::Keep)?;
-                    if let Some(kept) = &kept {
-                        redactor.learn(kept);
-                    }
-                    slot.refresh = Some(kept.map_or_else(|| seed.clone(), SecretString::from));
+                let kept = store
+                    .refresh_token(holder)
+                    .await
+                    .map_err(TokenError::Keep)?;
+                if let Some(kept) = &kept {
+                    redactor.learn(kept);
                 }
+                slot.refresh = Some(kept.map_or_else(|| seed.clone(), SecretString::from));
                 slot.refresh.clone()
             }
             None => None,
@@ -158,7 +246,7 @@ impl Tokens {
         redactor.learn(issued.access_token.expose_secret());
         tracing::debug!(
             token_endpoint = %source.display_url(),
-            reason,
+            reason = reason.as_str(),
             expires_in_s = issued.expires_in.map(|d| d.as_secs_f64()),
             "Token obtained."
         );
@@ -176,6 +264,17 @@ impl Tokens {
             }
         }
         Ok(token)
+    }
+
+    /// The lock of one refresh token chain (a `job_state` row).
+    fn chain(&self, holder: &str) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(
+            self.chains
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(holder.to_owned())
+                .or_default(),
+        )
     }
 
     /// Commits the slot's rotated refresh token.

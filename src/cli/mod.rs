@@ -413,6 +413,9 @@ async fn sync(settings: &Settings, names: &[String], all: bool, full: bool) -> E
             std::process::exit(i32::from(EXIT_FAILED));
         }
     };
+    ctx.client
+        .finish_token_requests(settings.shutdown_timeout)
+        .await;
     if all_succeeded {
         ExitCode::SUCCESS
     } else {

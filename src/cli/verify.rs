@@ -55,6 +55,9 @@ pub(super) async fn verify(settings: &Settings, name: &str, json: bool) -> ExitC
         }
     };
     let result = crate::sync::verify(&job, &ctx, &mut lock).await;
+    ctx.client
+        .finish_token_requests(settings.shutdown_timeout)
+        .await;
     lock.release().await;
     ctx.store.close().await;
     match result {

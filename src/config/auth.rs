@@ -67,7 +67,7 @@ pub enum AuthSettings {
         #[serde(default = "post")]
         method: Method,
         /// A JSON body (`{ username = "…", password = "${PASSWORD}" }`).
-        body: Option<serde_json::Value>,
+        body: Option<LoginBody>,
         /// A form body instead (`application/x-www-form-urlencoded`).
         form: Option<BTreeMap<String, SecretString>>,
         #[serde(default)]
@@ -80,6 +80,17 @@ pub enum AuthSettings {
         #[serde(default = "default_expires_in_path")]
         expires_in_path: String,
     },
+}
+
+/// A login call's JSON body: it holds a password, so `Debug` shows none of it.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct LoginBody(pub serde_json::Value);
+
+impl std::fmt::Debug for LoginBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LoginBody([redacted])")
+    }
 }
 
 /// The OAuth2 client of the two grants, borrowed from their settings.
@@ -206,7 +217,7 @@ impl AuthSettings {
                 // A login body holds a password; which member is not known,
                 // so every string in it is treated as one.
                 if let Some(body) = body {
-                    string_leaves(body, &mut secrets);
+                    string_leaves(&body.0, &mut secrets);
                 }
                 for value in form.iter().flat_map(|form| form.values()) {
                     secrets.push(value.expose_secret().to_owned());
@@ -300,9 +311,11 @@ pub fn form_encode(text: &str) -> String {
     url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }
 
+/// Every string and number in `value` (a PIN is a number).
 fn string_leaves(value: &serde_json::Value, out: &mut Vec<String>) {
     match value {
         serde_json::Value::String(s) => out.push(s.clone()),
+        serde_json::Value::Number(n) => out.push(n.to_string()),
         serde_json::Value::Array(items) => items.iter().for_each(|v| string_leaves(v, out)),
         serde_json::Value::Object(members) => members.values().for_each(|v| string_leaves(v, out)),
         _ => {}

@@ -7,6 +7,7 @@
 //! errors cannot name the job a bad key belongs to.
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
 
 use serde_path_to_error::{Path as SerdePath, Segment};
@@ -152,6 +153,10 @@ fn expand_str(text: &str, sources: &Sources<'_>) -> Result<Option<(String, Vec<S
     Ok(Some((out, values)))
 }
 
+/// The most a `${file:…}` file may hold: a secret, not a data file (and never
+/// `/dev/zero` read to the end).
+const MAX_FILE_BYTES: u64 = 64 * 1024;
+
 /// The index of the `}` that closes a reference whose text starts `text`,
 /// counting the `${…}` nested in it.
 fn closing_brace(text: &str) -> Option<usize> {
@@ -180,12 +185,22 @@ fn read_file_reference(path: &str, sources: &Sources<'_>) -> Result<String, Stri
         return Err("`${file:}` names no file".to_owned());
     }
     let full = sources.base.join(&path);
-    let mut text = std::fs::read_to_string(&full).map_err(|e| {
+    let cannot = |e: &dyn std::fmt::Display| {
         format!(
             "cannot read the file {} that `${{file:…}}` names: {e}",
             full.display()
         )
-    })?;
+    };
+    let mut text = String::new();
+    std::fs::File::open(&full)
+        .and_then(|file| file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| cannot(&e))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(cannot(&format!(
+            "it is larger than {} KiB, which no secret is",
+            MAX_FILE_BYTES / 1024
+        )));
+    }
     if text.ends_with('\n') {
         text.pop();
         if text.ends_with('\r') {
@@ -427,6 +442,9 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(text, "other!");
+        std::fs::write(dir.join("huge"), vec![b'x'; 70 * 1024]).unwrap();
+        let huge = expand_str("${file:huge}", &sources).unwrap_err();
+        assert!(huge.contains("larger than 64 KiB"), "{huge}");
         let missing = expand_str("${file:nope}", &sources).unwrap_err();
         assert!(
             missing.contains("cannot read the file") && missing.contains("nope"),

@@ -23,7 +23,7 @@ use serde::Deserialize;
 
 pub use crate::record::KeyEntry;
 use crate::redact::Redactor;
-pub use auth::{AuthSettings, ClientAuth, KeyPlacement, OAuthClient, form_encode};
+pub use auth::{AuthSettings, ClientAuth, KeyPlacement, LoginBody, OAuthClient, form_encode};
 pub use bounds::{LONGEST_WAIT, timer};
 pub use pagination::{Locator, Pagination, PaginationKind, TotalMethod, ValueIn};
 

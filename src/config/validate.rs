@@ -432,7 +432,13 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
     validate_auth(job, report);
     if let Some(incremental) = &job.incremental {
         if incremental.param_in == ValueIn::Body {
-            needs_a_body(job, report, "incremental.param_in", "the time");
+            needs_a_body(
+                job,
+                report,
+                "incremental.param_in",
+                "the time",
+                &incremental.param,
+            );
         }
         report.time("incremental.lookback", incremental.lookback);
         report.time("incremental.max_future", incremental.max_future);
@@ -497,7 +503,11 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
 
 /// A value sent in the JSON body (`cursor_in`, `param_in` = `"body"`)
 /// needs a request that has one.
-fn needs_a_body(job: &JobSettings, report: &mut JobReport, key: &str, what: &str) {
+///
+/// The value goes at `pointer` (a field or a JSON pointer): every member on
+/// the way must be an object or absent, else setting it would replace part
+/// of the configured body.
+fn needs_a_body(job: &JobSettings, report: &mut JobReport, key: &str, what: &str, pointer: &str) {
     if job.request.method != Method::Post {
         report.bad(
             key,
@@ -506,6 +516,32 @@ fn needs_a_body(job: &JobSettings, report: &mut JobReport, key: &str, what: &str
                  request.method = \"POST\" (and request.body)"
             ),
         );
+    }
+    let pointer = json_pointer::of_field(pointer);
+    let Some(mut at) = job.request.body.as_ref() else {
+        return;
+    };
+    let segments = json_pointer::segments(&pointer);
+    for (depth, segment) in segments.iter().enumerate() {
+        if !at.is_object() {
+            report.bad(
+                key,
+                format!(
+                    "`{pointer}` passes through {} of request.body, which is not an object: \
+                     putting {what} there would replace it",
+                    if depth == 0 {
+                        "the top".to_owned()
+                    } else {
+                        format!("`{}`", json_pointer::join(&segments[..depth]))
+                    }
+                ),
+            );
+            return;
+        }
+        match at.get(segment) {
+            Some(next) => at = next,
+            None => return,
+        }
     }
 }
 
@@ -517,7 +553,13 @@ fn validate_pagination(job: &JobSettings, report: &mut JobReport) {
         ..
     } = &pagination.kind
     {
-        needs_a_body(job, report, "pagination.cursor_in", "the cursor");
+        needs_a_body(
+            job,
+            report,
+            "pagination.cursor_in",
+            "the cursor",
+            cursor_param,
+        );
         if cursor_param.starts_with('/') {
             report.pointer("pagination.cursor_param", cursor_param);
         }
@@ -539,6 +581,18 @@ fn validate_pagination(job: &JobSettings, report: &mut JobReport) {
         locator(report, "total", total);
     }
     if pagination.total_method == TotalMethod::Head
+        && job
+            .incremental
+            .as_ref()
+            .is_some_and(|i| i.param_in == ValueIn::Body)
+    {
+        report.bad(
+            "pagination.total_method",
+            "\"HEAD\" sends no body, so its total would ignore incremental.param_in = \"body\""
+                .into(),
+        );
+    }
+    if pagination.total_method == TotalMethod::Head
         && !matches!(pagination.total, Some(Locator::Header(_)))
     {
         report.bad(
@@ -550,13 +604,13 @@ fn validate_pagination(job: &JobSettings, report: &mut JobReport) {
         if bounded("pagination.end_on_status")
             .check_count(u64::from(status))
             .is_err()
-            || matches!(status, 408 | 429)
+            || matches!(status, 401 | 403 | 408 | 429)
         {
             report.bad(
                 "pagination.end_on_status",
                 format!(
                     "{status} cannot mean \"past the end\": use client errors (400-499) other \
-                     than 408 and 429, which are retried"
+                     than 401 and 403 (refused credentials) and 408 and 429 (retried)"
                 ),
             );
         }

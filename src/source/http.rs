@@ -41,6 +41,12 @@ impl ApiClient {
         })
     }
 
+    /// Waits, at most `within`, for token requests still in flight, so a
+    /// refresh token rotated meanwhile is committed before the process exits.
+    pub async fn finish_token_requests(&self, within: Duration) {
+        self.tokens.finish(within).await;
+    }
+
     /// Keeps rotated OAuth2 refresh tokens in `store` (without one, a job
     /// with `auth.kind = "oauth2_refresh_token"` cannot get a token).
     pub fn keep_tokens_in(&self, store: Store) {
@@ -191,10 +197,21 @@ impl FetchError {
     /// new token did not cure, a 403, or a token endpoint's refusal.
     pub fn is_auth(&self) -> bool {
         match self {
-            FetchError::Status { status, .. } => matches!(status.as_u16(), 401 | 403),
-            FetchError::Token(_) => true,
+            // A 403 that says when to come back is a spent quota (GitHub's
+            // rate limit), not a refusal of the credentials.
+            FetchError::Status {
+                status,
+                retry_after,
+                ..
+            } => status.as_u16() == 401 || (status.as_u16() == 403 && retry_after.is_none()),
+            FetchError::Token(error) => !error.is_store(),
             _ => false,
         }
+    }
+
+    /// The store failed to keep a rotated refresh token.
+    pub fn is_store(&self) -> bool {
+        matches!(self, FetchError::Token(error) if error.is_store())
     }
 
     /// The server's `Retry-After`, when it sent one.

@@ -93,7 +93,7 @@ impl SourceSpec {
                 crate::json_pointer::set(
                     body,
                     &crate::json_pointer::of_field(&since.param),
-                    serde_json::Value::String(since.value.clone()),
+                    since.json(),
                 );
             }
             Some(since) => {
@@ -134,6 +134,23 @@ pub struct Since {
     /// The time, written into the configured template.
     pub value: String,
     pub placement: ValueIn,
+    /// A number (an epoch watermark, no template around it): in a JSON body
+    /// it goes as a number, since an API that compares by type would match
+    /// nothing against a string.
+    pub is_number: bool,
+}
+
+impl Since {
+    /// The value as a JSON body carries it.
+    fn json(&self) -> serde_json::Value {
+        self.is_number
+            .then(|| serde_json::from_str::<serde_json::Number>(&self.value).ok())
+            .flatten()
+            .map_or_else(
+                || serde_json::Value::String(self.value.clone()),
+                serde_json::Value::Number,
+            )
+    }
 }
 
 /// One response's records.
@@ -490,6 +507,11 @@ impl Pages {
         else {
             return false;
         };
+        // Refused credentials are never "the end": a run that stopped there
+        // would report success with what it read so far.
+        if source.is_auth() {
+            return false;
+        }
         let pagination = &self.fetcher.spec.pagination;
         let listed =
             pagination.kind.is_positional() && pagination.end_on_status.contains(&status.as_u16());

@@ -95,6 +95,9 @@ impl SyncError {
         Some(match self {
             SyncError::Source(error) => match &error.kind {
                 SourceErrorKind::Fetch { source, .. } if source.is_auth() => FailureReason::Auth,
+                SourceErrorKind::Fetch { source, .. } if source.is_store() => {
+                    FailureReason::Database
+                }
                 SourceErrorKind::Head(kind) if matches!(&**kind, SourceErrorKind::Fetch { source, .. } if source.is_auth()) => {
                     FailureReason::Auth
                 }

@@ -12,7 +12,7 @@ use crate::binary::{run as apisync, scratch, stderr, stdout};
 use crate::fake_oauth::{
     API_KEY, CLIENT_ID, CLIENT_SECRET, ClientAuth, FakeAuth, PAGE_SIZE, PASSWORD, USERNAME,
 };
-use crate::helpers::{JobToml, TestEnv, expected_rows, products, store_tests};
+use crate::helpers::{Backend, JobToml, TestEnv, expected_rows, products, store_tests};
 
 /// `/items`, paged, behind `auth` (TOML lines of `[jobs.auth]`).
 fn protected(auth: &str) -> JobToml {
@@ -345,6 +345,64 @@ store_tests! {
         assert_eq!(report.failure.map(|f| f.as_str()), Some("auth"));
         let error = report.error.unwrap();
         assert!(error.contains("invalid_grant"), "{error}");
+    }
+}
+
+store_tests! {
+    async fn a_run_cancelled_while_a_refresh_token_rotates_keeps_the_rotation(
+        backend: Backend
+    ) {
+        // Arrange: the server rotates, then takes half a second to answer;
+        // the run is cancelled (a shutdown) in between.
+        let env = TestEnv::start_on(backend, Vec::new()).await;
+        let auth =
+            FakeAuth::start(products(15), ClientAuth::Basic, Duration::from_secs(60)).await;
+        auth.token_delay(Duration::from_millis(500));
+        let job = protected(&refresh_token(&auth.current_refresh_token())).api(&auth.url(""));
+        let (job, _) = env.job_with_env(job, &secret_env());
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let ctx = apisync::sync::SyncContext {
+            client: env.ctx.client.clone(),
+            store: env.ctx.store.clone(),
+            redactor: env.ctx.redactor.clone(),
+            cancel: cancel.clone(),
+            in_flight: Default::default(),
+        };
+        let run = tokio::spawn({
+            let job = job.clone();
+            async move { apisync::sync::run_once(&job, &ctx).await.unwrap() }
+        });
+        crate::helpers::wait_until("the token request arrives", async || {
+            auth.token_requests() == 1
+        })
+        .await;
+        cancel.cancel();
+        let cancelled = run.await.unwrap();
+        // What `sync` and the daemon do before they exit.
+        env.ctx
+            .client
+            .finish_token_requests(Duration::from_secs(30))
+            .await;
+        // A new process: nothing in memory.
+        let fresh = apisync::source::ApiClient::new().unwrap();
+        fresh.keep_tokens_in(env.ctx.store.clone());
+        let ctx = apisync::sync::SyncContext {
+            client: fresh,
+            store: env.ctx.store.clone(),
+            redactor: env.ctx.redactor.clone(),
+            cancel: tokio_util::sync::CancellationToken::new(),
+            in_flight: Default::default(),
+        };
+
+        // Act
+        let next = apisync::sync::run_once(&job, &ctx).await.unwrap();
+
+        // Assert: the cancelled run is interrupted, and the next process
+        // goes on with the token the server rotated meanwhile.
+        assert_eq!(cancelled.status.as_str(), "interrupted", "{:?}", cancelled.error);
+        assert_eq!(next.status.as_str(), "succeeded", "{:?}", next.error);
+        assert_eq!(auth.refresh_tokens_used().len(), 2);
+        assert_eq!(env.rows("products").await, expected_rows(&auth.records()));
     }
 }
 

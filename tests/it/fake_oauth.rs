@@ -61,6 +61,9 @@ struct AuthState {
     deny_after: Option<usize>,
     /// Each answer of `/items` waits this long after its token was checked.
     delay: Duration,
+    /// Each answer of the token endpoint waits this long after it was
+    /// decided (a rotation is made before the wait).
+    token_delay: Duration,
     /// What the token endpoint saw: grant type, scope, extra fields.
     forms: Vec<HashMap<String, String>>,
     /// Every query the API saw.
@@ -92,6 +95,7 @@ impl FakeAuth {
             revoke_after: None,
             deny_after: None,
             delay: Duration::ZERO,
+            token_delay: Duration::ZERO,
             forms: Vec::new(),
             queries: Vec::new(),
             nonce: fastrand::u64(..),
@@ -162,6 +166,11 @@ impl FakeAuth {
         self.state.lock().unwrap().deny_after = Some(n);
     }
 
+    /// Each token endpoint answer waits `delay` once the server decided it.
+    pub fn token_delay(&self, delay: Duration) {
+        self.state.lock().unwrap().token_delay = delay;
+    }
+
     /// Each `/items` answer waits `delay` once its token was checked.
     pub fn delay(&self, delay: Duration) {
         self.state.lock().unwrap().delay = delay;
@@ -188,8 +197,17 @@ fn issue(s: &mut AuthState) -> String {
 }
 
 async fn token(State(state): Shared, headers: HeaderMap, body: Bytes) -> Response {
-    let form: HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
-    let mut s = state.lock().unwrap();
+    let (response, delay) = {
+        let mut s = state.lock().unwrap();
+        let delay = s.token_delay;
+        (answer_token(&mut s, &headers, &body), delay)
+    };
+    tokio::time::sleep(delay).await;
+    response
+}
+
+fn answer_token(s: &mut AuthState, headers: &HeaderMap, body: &Bytes) -> Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
     s.token_requests += 1;
     s.forms.push(form.clone());
     let basic = headers
@@ -216,7 +234,7 @@ async fn token(State(state): Shared, headers: HeaderMap, body: Bytes) -> Respons
     let lifetime = s.lifetime.as_secs_f64();
     match form.get("grant_type").map(String::as_str) {
         Some("client_credentials") => {
-            let token = issue(&mut s);
+            let token = issue(s);
             axum::Json(json!({
                 "access_token": token, "token_type": "Bearer", "expires_in": lifetime,
             }))
@@ -234,7 +252,7 @@ async fn token(State(state): Shared, headers: HeaderMap, body: Bytes) -> Respons
             }
             let rotated = format!("rt-{:016x}-{}", s.nonce, s.refresh_tokens_used.len() + 1);
             s.refresh_token = rotated.clone();
-            let token = issue(&mut s);
+            let token = issue(s);
             axum::Json(json!({
                 "access_token": token, "token_type": "Bearer", "expires_in": lifetime,
                 "refresh_token": rotated,

@@ -162,3 +162,40 @@ value = "gte."
         assert!(error.contains(expected), "{expected}\n{error}");
     }
 }
+
+#[test]
+fn a_body_value_may_not_replace_part_of_the_configured_body() {
+    let text = r#"
+[[jobs]]
+name = "search"
+schedule = "* * * * *"
+table = "search"
+key = ["id"]
+[jobs.request]
+url = "http://127.0.0.1:9/search"
+method = "POST"
+body = { page = 3 }
+[jobs.pagination]
+kind = "cursor"
+cursor_in = "body"
+cursor_param = "/page/cursor"
+"#;
+    let refused = |text: &str| {
+        apisync::config::load_str(text, Path::new("t.toml"), &HashMap::new())
+            .unwrap_err()
+            .to_string()
+    };
+    let error = refused(text);
+    let expected = "key \"pagination.cursor_in\": `/page/cursor` passes through `/page` of \
+                    request.body, which is not an object";
+    assert!(error.contains(expected), "{error}");
+    let paged = text.replace(
+        "kind = \"cursor\"\ncursor_in = \"body\"\ncursor_param = \"/page/cursor\"",
+        "kind = \"page\"\nend_on_status = [401]",
+    );
+    let error = refused(&paged);
+    assert!(
+        error.contains("key \"pagination.end_on_status\": 401 cannot mean \"past the end\""),
+        "{error}"
+    );
+}
