@@ -12,7 +12,7 @@ use crate::binary::{run as apisync, scratch, stderr, stdout};
 use crate::fake_oauth::{
     API_KEY, CLIENT_ID, CLIENT_SECRET, ClientAuth, FakeAuth, PAGE_SIZE, PASSWORD, USERNAME,
 };
-use crate::helpers::{Backend, JobToml, TestEnv, expected_rows, products, store_tests};
+use crate::helpers::{JobToml, TestEnv, expected_rows, products, store_tests};
 
 /// `/items`, paged, behind `auth` (TOML lines of `[jobs.auth]`).
 fn protected(auth: &str) -> JobToml {
