@@ -450,8 +450,14 @@ impl Pages {
             // An empty page that points at itself is the end of a feed
             // (CouchDB's `_changes` answers past its end with no records and
             // the same `last_seq`): nothing is skipped by stopping, and
-            // asking again would only trip the loop guard.
-            Step::Next(next) if records.is_empty() && next == url && next_cursor == body_cursor => {
+            // asking again would only trip the loop guard. Unless `has_more`
+            // says there is more: then the loop guard fails the run.
+            Step::Next(next)
+                if records.is_empty()
+                    && next == url
+                    && next_cursor == body_cursor
+                    && !self.paginator.said_more() =>
+            {
                 None
             }
             Step::Next(url) => Some(Request {

@@ -199,6 +199,8 @@ pub struct Paginator {
     redactor: Redactor,
     /// `cursor_in = "body"`: the cursor the next request puts in its body.
     body_cursor: Option<Value>,
+    /// The last response's `has_more` said true.
+    said_more: bool,
 }
 
 impl Paginator {
@@ -219,6 +221,7 @@ impl Paginator {
             stated: Stated::default(),
             redactor: Redactor::default(),
             body_cursor: None,
+            said_more: false,
         }
     }
 
@@ -370,6 +373,7 @@ impl Paginator {
         }
 
         let mut body_cursor = None;
+        let mut said_more = false;
         let step = match &self.settings.kind {
             PaginationKind::None => Step::End,
             PaginationKind::Page {
@@ -434,6 +438,7 @@ impl Paginator {
                     .as_ref()
                     .map(|locator| flag_at(locator, response))
                     .transpose()?;
+                said_more = more == Some(true);
                 // The cursor's value, as the next request carries it.
                 let mut next = |value: Value| match cursor_in {
                     ValueIn::Query => {
@@ -524,7 +529,13 @@ impl Paginator {
             },
         };
         self.body_cursor = body_cursor;
+        self.said_more = said_more;
         Ok(step)
+    }
+
+    /// Whether the last response's `has_more` said there is more.
+    pub fn said_more(&self) -> bool {
+        self.said_more
     }
 
     /// `cursor_in = "body"`: the cursor the request [`Paginator::next`] gave

@@ -495,6 +495,43 @@ store_tests! {
         assert_eq!(report.error, None);
     }
 
+    /// The same feed, but its `has_more` says true on the empty page that
+    /// repeats the cursor: that is no end, and the run must not say
+    /// `succeeded` with what it read.
+    async fn an_empty_page_that_repeats_the_cursor_while_has_more_says_true_fails(
+        backend: Backend
+    ) {
+        let env = TestEnv::start_on(backend, vec![]).await;
+        let url = serve(Arc::new(|query, _| {
+            let since = number(query, "since", 0);
+            // Records 1 to 4 are served; 5 exists but never comes.
+            let page: Vec<Value> = records(1..=4).into_iter().skip(since).take(2).collect();
+            let last = since + page.len();
+            ok(json!({"results": page, "last_seq": last, "more": true}))
+        }))
+        .await;
+        let job = env.job(format!(
+            r#"
+    records = "/results"
+    [jobs.request]
+    url = "{url}"
+    [jobs.pagination]
+    kind = "cursor"
+    cursor_path = "/last_seq"
+    cursor_param = "since"
+    has_more_path = "/more"
+    [jobs.retry]
+    max_attempts = 1
+    "#
+        ));
+
+        let report = env.run(&job).await;
+
+        assert_eq!(report.status.as_str(), "failed");
+        let error = report.error.unwrap_or_default();
+        assert!(error.contains("again"), "{error}");
+    }
+
     /// A local time in a DST gap (Europe/Berlin skips 02:00–03:00 on
     /// 2026-03-29) is read as no time at all: with `format` and `timezone`
     /// set and a value that matches the format, the run fails "none of the 1

@@ -301,6 +301,10 @@ store_tests! {
         for output in &outputs {
             let text = format!("{}{}", stdout(output), stderr(output));
             assert!(text.contains("TRACE") || text.contains("trace"), "the log is at trace");
+            assert!(
+                text.contains("Token obtained.") && text.contains("no token yet"),
+                "each token request is in the debug log, with its reason: {text}"
+            );
             for secret in &secrets {
                 assert!(!text.contains(secret.as_str()), "the output shows {secret}");
             }
