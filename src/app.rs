@@ -82,7 +82,16 @@ impl App {
             .map_err(|(job, e)| anyhow::anyhow!("job \"{job}\": {e}"))?;
         let mut jobs = Vec::with_capacity(settings.jobs.len());
         for (job, built) in settings.jobs.iter().zip(built) {
-            let schedule = Schedule::new(&job.schedule, job.timezone.as_deref())
+            let Some(line) = job.schedule.as_deref() else {
+                anyhow::bail!(
+                    "job \"{}\" has no schedule: `apisync run` runs every job on its schedule; \
+                     give it one (such as schedule = \"@hourly\"), or sync it by hand with \
+                     `apisync sync {}`",
+                    job.name,
+                    job.name
+                );
+            };
+            let schedule = Schedule::new(line, job.timezone.as_deref())
                 .map_err(|(key, e)| anyhow::anyhow!("job \"{}\", key \"{key}\": {e}", job.name))?;
             jobs.push(ScheduledJob {
                 job: Arc::new(built),

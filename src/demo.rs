@@ -117,10 +117,11 @@ size = {PAGE_SIZE}
     if reused {
         println!("  (reusing the rows of an earlier demo in this file: run 1 finds them)");
     }
-    println!(
-        "  every {} a run; Ctrl-C stops.\n",
-        humantime::format_duration(options.interval)
-    );
+    let every = humantime::format_duration(options.interval);
+    match options.runs {
+        Some(runs) => println!("  every {every} a run, {runs} run(s) in all.\n"),
+        None => println!("  every {every} a run; Ctrl-C stops.\n"),
+    }
 
     let ctx = SyncContext {
         store,

@@ -58,18 +58,86 @@ impl Schedule {
 
 /// Standard 5-field cron, or 6 fields with seconds first.
 pub fn parse_cron(line: &str) -> Result<Cron, String> {
-    let fields = line.split_whitespace().count();
-    if !(fields == 5 || fields == 6) {
+    let trimmed = line.trim();
+    let expanded = if trimmed.starts_with('@') {
+        NICKNAMES
+            .iter()
+            .find(|(nickname, _)| nickname.eq_ignore_ascii_case(trimmed))
+            .map(|(_, expanded)| *expanded)
+            .ok_or_else(|| {
+                let names: Vec<&str> = NICKNAMES.iter().map(|(name, _)| *name).collect();
+                format!(
+                    "`{line}` is not a cron nickname; the nicknames are {}",
+                    names.join(", ")
+                )
+            })?
+    } else {
+        trimmed
+    };
+    let fields: Vec<&str> = expanded.split_whitespace().collect();
+    if !(fields.len() == 5 || fields.len() == 6) {
         return Err(format!(
             "`{line}` is not a cron line: expected 5 fields (minute hour day month weekday) \
-             or 6 (with seconds first), found {fields}"
+             or 6 (with seconds first), or a nickname such as @hourly; found {}",
+            fields.len()
         ));
     }
+    check_ranges(&fields).map_err(|e| format!("`{line}` is not a valid cron line: {e}"))?;
     CronParser::builder()
         .seconds(Seconds::Optional)
         .build()
-        .parse(line)
+        .parse(expanded)
         .map_err(|e| format!("`{line}` is not a valid cron line: {e}"))
+}
+
+/// The cron nicknames and the lines they stand for.
+const NICKNAMES: [(&str, &str); 7] = [
+    ("@yearly", "0 0 1 1 *"),
+    ("@annually", "0 0 1 1 *"),
+    ("@monthly", "0 0 1 * *"),
+    ("@weekly", "0 0 * * 0"),
+    ("@daily", "0 0 * * *"),
+    ("@midnight", "0 0 * * *"),
+    ("@hourly", "0 * * * *"),
+];
+
+/// Each field's numbers within its range, so a mistake names the field and
+/// the range (`minute 60: 0–59`) rather than a parser's position. Names
+/// (`MON`, `JAN`) and specials (`L`, `W`, `#`) are left to the parser.
+fn check_ranges(fields: &[&str]) -> Result<(), String> {
+    const FIVE: [(&str, u32, u32); 5] = [
+        ("minute", 0, 59),
+        ("hour", 0, 23),
+        ("day of month", 1, 31),
+        ("month", 1, 12),
+        ("day of week", 0, 7),
+    ];
+    let ranges: Vec<(&str, u32, u32)> = if fields.len() == 6 {
+        std::iter::once(("second", 0, 59)).chain(FIVE).collect()
+    } else {
+        FIVE.to_vec()
+    };
+    for (field, (name, low, high)) in fields.iter().zip(ranges) {
+        for part in field.split(',') {
+            let (values, step) = match part.split_once('/') {
+                Some((values, step)) => (values, Some(step)),
+                None => (part, None),
+            };
+            if let Some(step) = step
+                && step.parse::<u32>().is_ok_and(|step| step == 0)
+            {
+                return Err(format!("{name} step 0: a step is at least 1"));
+            }
+            for bound in values.split('-') {
+                if let Ok(n) = bound.parse::<u32>()
+                    && !(low..=high).contains(&n)
+                {
+                    return Err(format!("{name} {n}: {low}–{high}"));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An IANA time zone name such as `Europe/Berlin` or `UTC`.
@@ -103,6 +171,32 @@ mod tests {
             cursor = next;
         }
         out
+    }
+
+    #[test]
+    fn nicknames_stand_for_their_lines_and_ranges_name_the_field() {
+        let hourly = Schedule::new("@hourly", None).unwrap();
+        assert_eq!(
+            hourly.next_after(utc(2026, 1, 1, 10, 30, 0)),
+            Some(utc(2026, 1, 1, 11, 0, 0))
+        );
+        let daily = Schedule::new("@DAILY", None).unwrap();
+        assert_eq!(
+            daily.next_after(utc(2026, 1, 1, 10, 30, 0)),
+            Some(utc(2026, 1, 2, 0, 0, 0))
+        );
+        let error = |line: &str| Schedule::new(line, None).unwrap_err().1;
+        assert!(
+            error("60 0 * * *").contains("minute 60: 0–59"),
+            "{}",
+            error("60 0 * * *")
+        );
+        assert!(error("0 0 24 * * *").contains("hour 24: 0–23"));
+        assert!(error("0 0 0 * *").contains("day of month 0: 1–31"));
+        assert!(error("0 0 1 13 *").contains("month 13: 1–12"));
+        assert!(error("0 0 * * 1-9").contains("day of week 9: 0–7"));
+        assert!(error("*/0 * * * *").contains("minute step 0"));
+        assert!(error("@fortnightly").contains("the nicknames are @yearly"));
     }
 
     #[test]

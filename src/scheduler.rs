@@ -80,6 +80,8 @@ pub async fn run_schedule<F, Fut>(
             );
             return;
         };
+        // At start and after each run: when the job runs next.
+        tracing::info!(job, next_run = %due.to_rfc3339(), "Next run scheduled.");
         let wait = (due - clock.now()).to_std().unwrap_or_default();
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -187,6 +189,58 @@ mod tests {
         .await;
 
         assert_eq!(runs, vec![3, 10, 20]);
+    }
+
+    /// Log lines, written where a test can read them.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_next_run_is_logged_at_start_and_after_each_run() {
+        let captured = Captured::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer({
+                let captured = captured.clone();
+                move || captured.clone()
+            })
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let schedule = Schedule::new("*/10 * * * * *", None).unwrap();
+        let clock = TokioClock::starting_at(start() + chrono::Duration::seconds(3));
+        let cancel = CancellationToken::new();
+        let stopper = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(15)).await;
+            stopper.cancel();
+        });
+
+        run_schedule("logged", &schedule, false, &clock, &cancel, || async {}).await;
+
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let next: Vec<&str> = log
+            .lines()
+            .filter(|line| line.contains("Next run scheduled."))
+            .collect();
+        assert_eq!(next.len(), 2, "{log}");
+        assert!(
+            next[0].contains("next_run=2026-01-01T00:00:10+00:00"),
+            "{log}"
+        );
+        assert!(
+            next[1].contains("next_run=2026-01-01T00:00:20+00:00"),
+            "{log}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

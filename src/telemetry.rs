@@ -25,10 +25,32 @@ use crate::redact::Redactor;
 ///
 /// # Errors
 /// Why the text is not a filter.
+///
+/// Each directive is a level (`info`) or `target=level` (`apisync=debug`):
+/// a bare word that is no level (`verbose`, a typo of `debug`) would be read
+/// by `tracing` as a target at every level, and is refused instead.
 pub fn log_filter(text: &str) -> Result<EnvFilter, String> {
     let directives: Vec<&str> = text.split(',').map(str::trim).collect();
+    for directive in directives.iter().filter(|d| !d.is_empty()) {
+        let level = directive
+            .rsplit_once('=')
+            .map_or(*directive, |(_, level)| level);
+        if !LEVELS
+            .iter()
+            .any(|known| known.eq_ignore_ascii_case(level.trim()))
+        {
+            return Err(format!(
+                "`{level}` is not a log level; use one of {} (or target=level, as \
+                 apisync=debug)",
+                LEVELS.join(", ")
+            ));
+        }
+    }
     EnvFilter::try_new(directives.join(",")).map_err(|e| e.to_string())
 }
+
+/// The levels a log filter may name.
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
 
 /// Installs the global subscriber. `RUST_LOG`, when set, replaces `log.level`.
 /// Calling it again is harmless (the first subscriber stays).

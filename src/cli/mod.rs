@@ -28,7 +28,15 @@ const EXIT_CONFIG: u8 = 2;
 
 /// Copies records from HTTP/JSON APIs into PostgreSQL, idempotently.
 #[derive(Debug, Parser)]
-#[command(name = "apisync", version)]
+#[command(
+    name = "apisync",
+    version,
+    about = "Archives records from HTTP/JSON APIs into PostgreSQL or SQLite, exactly, on a schedule",
+    after_help = "The store is a SQLite file, ./apisync.db, unless database.url, DATABASE_URL or \
+                  APISYNC__DATABASE__URL names another (postgres://… or sqlite://FILE).\n\
+                  Exit codes: 0 success, 1 a run or a connection failed, 2 bad configuration \
+                  (verify: 3 when the source could not be read completely)."
+)]
 pub struct Cli {
     /// Configuration file [default: $APISYNC_CONFIG, else ./apisync.toml]
     #[arg(long, global = true, value_name = "PATH")]
@@ -43,8 +51,8 @@ pub enum Command {
     Run,
     /// Run jobs once now and exit (0: all succeeded, 1: a run failed, 2: bad configuration)
     Sync {
-        /// Jobs to run, by name
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        /// Jobs to run, by name (or --all)
+        #[arg(conflicts_with = "all")]
         jobs: Vec<String>,
         /// Run every configured job
         #[arg(long)]
@@ -53,9 +61,9 @@ pub enum Command {
         #[arg(long)]
         full: bool,
     },
-    /// Validate the configuration and exit (2 when it is invalid)
+    /// Validate the configuration and exit (0 valid, 2 invalid)
     Check {
-        /// Also reach the database and fetch the first page of each job once (nothing is written)
+        /// Also reach the database and fetch the first page of each job once (nothing is written); exit 1 when the database or an API cannot be reached
         #[arg(long)]
         connect: bool,
     },
@@ -311,6 +319,16 @@ async fn daemon(settings: Settings) -> ExitCode {
 async fn sync(settings: &Settings, names: &[String], all: bool, full: bool) -> ExitCode {
     let selected: Vec<&config::JobSettings> = if all {
         settings.jobs.iter().collect()
+    } else if names.is_empty() {
+        let known: Vec<&str> = settings.jobs.iter().map(|j| j.name.as_str()).collect();
+        complain(
+            settings,
+            &format!(
+                "apisync: name the jobs to sync, or --all for every job; configured jobs: {}",
+                known.join(", ")
+            ),
+        );
+        return ExitCode::from(EXIT_CONFIG);
     } else {
         let unknown: Vec<&str> = names
             .iter()
@@ -633,6 +651,11 @@ async fn migrate(settings: &Settings) -> ExitCode {
 }
 
 async fn runs(settings: &Settings, job: Option<&str>, limit: i64, json: bool) -> ExitCode {
+    if let Some(name) = job
+        && settings.job(name).is_none()
+    {
+        return no_such_job(settings, name);
+    }
     let store = match open_store(settings).await {
         Ok(store) => store,
         Err(code) => return code,

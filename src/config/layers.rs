@@ -357,6 +357,41 @@ pub(super) fn describe_path(path: &SerdePath, job_names: &[Option<String>]) -> S
     place(&steps, job_names)
 }
 
+/// Removes `field` from the table at `path` (or from the table the path's
+/// last key names, whichever holds it); whether it was there.
+pub(super) fn remove_key(table: &mut toml::Table, path: &SerdePath, field: &str) -> bool {
+    let mut steps: Vec<Step> = path
+        .iter()
+        .filter_map(|segment| match segment {
+            Segment::Map { key } => Some(Step::Key(key)),
+            Segment::Seq { index } => Some(Step::Index(*index)),
+            Segment::Enum { .. } | Segment::Unknown => None,
+        })
+        .collect();
+    if matches!(steps.last(), Some(Step::Key(key)) if *key == field) {
+        steps.pop();
+    }
+    remove_at(table, &steps, field)
+}
+
+fn remove_at(table: &mut toml::Table, steps: &[Step], field: &str) -> bool {
+    match steps.split_first() {
+        None => table.remove(field).is_some(),
+        Some((Step::Key(key), rest)) => match table.get_mut(*key) {
+            Some(toml::Value::Table(inner)) => remove_at(inner, rest, field),
+            Some(toml::Value::Array(items)) => match rest.split_first() {
+                Some((Step::Index(index), rest)) => match items.get_mut(*index) {
+                    Some(toml::Value::Table(inner)) => remove_at(inner, rest, field),
+                    _ => false,
+                },
+                _ => false,
+            },
+            _ => false,
+        },
+        Some((Step::Index(_), _)) => false,
+    }
+}
+
 /// The key a deserialization error is about, without its job and indices:
 /// `retry.max_attempts`, `pagination.end_on_status`.
 pub(super) fn key_of(path: &SerdePath) -> String {

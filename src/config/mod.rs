@@ -98,26 +98,46 @@ pub fn load_str(
 
     // Messages quote values (`server.listen`, `schedule`, `table` …), and a
     // value may come from `${VAR}`: every problem passes the redactor.
-    let mut settings: Settings = serde_path_to_error::deserialize(toml::Value::Table(table))
-        .map_err(|e| {
-            let key = layers::key_of(e.path());
-            // A value from the environment is not the file's fault.
-            let place = match overrides.source_of(&key) {
-                Some(_) => overrides.place(&key),
-                None => layers::describe_path(e.path(), &job_names),
-            };
-            // A number that does not even fit its type (negative, beyond
-            // u32) gets the range it must lie in, as a bounded one would.
-            let allowed = bounds::range(&key)
-                .map(|range| format!(" (allowed: {})", range.describe()))
-                .unwrap_or_default();
-            let message = e.into_inner().message().to_string();
-            let redactor = Redactor::new(secrets.iter().cloned(), None);
-            ConfigError::single(
-                origin,
-                redactor.redact(&format!("{place}{message}{allowed}")),
-            )
-        })?;
+    let describe = |e: &serde_path_to_error::Error<toml::de::Error>| {
+        let key = layers::key_of(e.path());
+        // A value from the environment is not the file's fault.
+        let place = match overrides.source_of(&key) {
+            Some(_) => overrides.place(&key),
+            None => layers::describe_path(e.path(), &job_names),
+        };
+        // A number that does not even fit its type (negative, beyond
+        // u32) gets the range it must lie in, as a bounded one would.
+        let allowed = bounds::range(&key)
+            .map(|range| format!(" (allowed: {})", range.describe()))
+            .unwrap_or_default();
+        let message = e.inner().message().to_string();
+        let redactor = Redactor::new(secrets.iter().cloned(), None);
+        redactor.redact(&format!("{place}{message}{allowed}"))
+    };
+    // Every unknown key at once, each with the keys allowed where it
+    // stands: serde stops at the first, so each is noted, taken out, and
+    // the tree read again.
+    let mut unknown = Vec::new();
+    let mut settings: Settings = loop {
+        match serde_path_to_error::deserialize(toml::Value::Table(table.clone())) {
+            Ok(settings) => break settings,
+            Err(e) => {
+                let problem = describe(&e);
+                if unknown.len() < MAX_UNKNOWN_KEYS
+                    && let Some(field) = unknown_field(e.inner().message())
+                    && layers::remove_key(&mut table, e.path(), &field)
+                {
+                    unknown.push(problem);
+                    continue;
+                }
+                unknown.push(problem);
+                return Err(ConfigError::new(origin, unknown));
+            }
+        }
+    };
+    if !unknown.is_empty() {
+        return Err(ConfigError::new(origin, unknown));
+    }
 
     settings.database.url_origin = url_origin;
     secrets.extend(setting_secrets(&settings));
@@ -131,6 +151,16 @@ pub fn load_str(
         return Err(ConfigError::new(origin, problems));
     }
     Ok(settings)
+}
+
+/// The most unknown keys reported at once (each costs one more reading of
+/// the tree).
+const MAX_UNKNOWN_KEYS: usize = 50;
+
+/// The key serde's "unknown field `x`, expected …" names.
+fn unknown_field(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown field `")?;
+    Some(rest[..rest.find('`')?].to_owned())
 }
 
 /// The secrets written in the settings themselves, beside `${VAR}` values.
@@ -419,10 +449,12 @@ pub enum LogFormat {
 pub struct JobSettings {
     /// Unique, `[a-z][a-z0-9_]*`.
     pub name: String,
-    /// 5-field cron, or 6 fields with seconds first. A run never overlaps the
-    /// previous run of the same job: a tick that finds it still running is
-    /// counted as skipped, and a long run is not followed by catch-up runs.
-    pub schedule: String,
+    /// 5-field cron, 6 fields with seconds first, or a nickname (`@hourly`,
+    /// `@daily` …). A run never overlaps the previous run of the same job: a
+    /// tick that finds it still running is counted as skipped, and a long run
+    /// is not followed by catch-up runs. Optional for a job that is only
+    /// synced by hand; `apisync run` refuses a job without one.
+    pub schedule: Option<String>,
     /// IANA time zone the schedule is read in (`Europe/Berlin`); default UTC.
     pub timezone: Option<String>,
     /// Also run once as soon as `apisync run` starts.

@@ -377,16 +377,19 @@ fn validate_job(job: &JobSettings, report: &mut JobReport) {
             ),
         );
     }
-    match Schedule::new(&job.schedule, job.timezone.as_deref()) {
-        Err((key, e)) => report.bad(key, e),
-        Ok(schedule) if schedule.next_after(chrono::Utc::now()).is_none() => report.bad(
-            "schedule",
-            format!(
-                "`{}` never comes due (a date that does not exist?)",
-                job.schedule
+    match job
+        .schedule
+        .as_deref()
+        .map(|line| (line, Schedule::new(line, job.timezone.as_deref())))
+    {
+        None => {}
+        Some((_, Err((key, e)))) => report.bad(key, e),
+        Some((line, Ok(schedule))) if schedule.next_after(chrono::Utc::now()).is_none() => report
+            .bad(
+                "schedule",
+                format!("`{line}` never comes due (a date that does not exist?)"),
             ),
-        ),
-        Ok(_) => {}
+        Some(_) => {}
     }
     if let Err(e) = Ident::table(&job.table) {
         report.bad("table", e);

@@ -482,3 +482,108 @@ async fn check_connect_fails_on_a_pagination_pointer_that_finds_nothing(pool: Pg
         "{text}"
     );
 }
+
+/// A job synced by hand: no schedule, no daemon.
+const HAND_SYNCED: &str = r#"
+[database]
+url = "sqlite://unused.db"
+
+[[jobs]]
+name = "products"
+table = "products"
+key = ["id"]
+[jobs.request]
+url = "http://127.0.0.1:9/p"
+
+[[jobs]]
+name = "orders"
+table = "orders"
+key = ["id"]
+[jobs.request]
+url = "http://127.0.0.1:9/o"
+"#;
+
+#[tokio::test]
+async fn the_cli_gaps_of_the_first_hour_are_closed() {
+    // Arrange: jobs without a schedule, every unknown key of a file at
+    // once, a log level that is none.
+    let dir = scratch("cli-gaps");
+    std::fs::write(dir.join("apisync.toml"), HAND_SYNCED).unwrap();
+    let typos = scratch("cli-gaps-typos");
+    let with_typos = HAND_SYNCED
+        .replace("[database]", "colour = 1\n[database]\nflavour = 2")
+        .replace("key = [\"id\"]\n[jobs.request]\nurl = \"http://127.0.0.1:9/o\"",
+            "key = [\"id\"]\nsched = \"@daily\"\n[jobs.request]\nurl = \"http://127.0.0.1:9/o\"\nverb = \"GET\"");
+    std::fs::write(typos.join("apisync.toml"), with_typos).unwrap();
+    let loud = scratch("cli-gaps-level");
+    std::fs::write(
+        loud.join("apisync.toml"),
+        format!("[log]\nlevel = \"verbose\"\n{HAND_SYNCED}"),
+    )
+    .unwrap();
+
+    // Act
+    let check = apisync(&dir, &["check"], &[]).await;
+    let bare_sync = apisync(&dir, &["sync"], &[]).await;
+    let runs_unknown = apisync(&dir, &["runs", "nosuch"], &[]).await;
+    let daemon = apisync(&dir, &["run"], &[]).await;
+    let unknown_keys = apisync(&typos, &["check"], &[]).await;
+    let level = apisync(&loud, &["check"], &[]).await;
+    let help = apisync(&dir, &["--help"], &[]).await;
+    let check_help = apisync(&dir, &["check", "--help"], &[]).await;
+
+    // Assert
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "a schedule is optional: {}",
+        stderr(&check)
+    );
+    let bare = stderr(&bare_sync);
+    assert_eq!(bare_sync.status.code(), Some(2), "{bare}");
+    assert!(
+        bare.contains("--all") && bare.contains("products, orders"),
+        "{bare}"
+    );
+    let runs = stderr(&runs_unknown);
+    assert_eq!(runs_unknown.status.code(), Some(2), "{runs}");
+    assert!(
+        runs.contains("no job named nosuch; configured jobs: products, orders"),
+        "{runs}"
+    );
+    let refused = stderr(&daemon);
+    assert_ne!(daemon.status.code(), Some(0), "{refused}");
+    assert!(
+        refused.contains("job \"products\" has no schedule"),
+        "{refused}"
+    );
+    let keys = stderr(&unknown_keys);
+    assert_eq!(unknown_keys.status.code(), Some(2), "{keys}");
+    for expected in [
+        "key \"colour\": unknown field `colour`, expected one of `max_concurrent_jobs`",
+        "key \"database.flavour\": unknown field `flavour`, expected one of `url`",
+        "job \"orders\", key \"sched\": unknown field `sched`, expected one of `name`, `schedule`",
+        "job \"orders\", key \"request.verb\": unknown field `verb`, expected one of `url`",
+    ] {
+        assert!(keys.contains(expected), "{expected}\n{keys}");
+    }
+    let level = stderr(&level);
+    assert!(level.contains("`verbose` is not a log level"), "{level}");
+    let help = stdout(&help);
+    assert!(help.contains("SQLite file, ./apisync.db"), "{help}");
+    let check_help = stdout(&check_help);
+    assert!(
+        check_help.contains("exit 1 when the database or an API cannot be reached"),
+        "{check_help}"
+    );
+}
+
+#[tokio::test]
+async fn the_demo_with_a_run_count_does_not_say_ctrl_c_stops_it() {
+    let dir = scratch("demo-count");
+    let output = apisync(&dir, &["demo", "--runs", "1", "--interval", "100ms"], &[]).await;
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(!text.contains("Ctrl-C"), "{text}");
+    assert!(text.contains("1 run(s) in all"), "{text}");
+}
