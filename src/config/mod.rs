@@ -326,9 +326,42 @@ pub struct DatabaseSettings {
     /// timeout.
     #[serde(default = "default_lock_timeout", with = "humantime_serde")]
     pub lock_timeout: Duration,
+    /// PostgreSQL: how the connection uses TLS, as libpq's `sslmode`:
+    /// `disable`, `prefer` (the default), `require` (encrypted, server not
+    /// verified), `verify-ca` (its certificate chains to `ssl_root_cert`)
+    /// or `verify-full` (and names the host). Overrides the URL's.
+    pub sslmode: Option<SslMode>,
+    /// PostgreSQL: the CA certificate file (PEM) `verify-ca` and
+    /// `verify-full` check the server's certificate against; default: the
+    /// system's roots.
+    pub ssl_root_cert: Option<PathBuf>,
     /// Where `url` came from, for the log line at start.
     #[serde(skip)]
     pub url_origin: UrlOrigin,
+}
+
+/// `database.sslmode`, libpq's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl From<SslMode> for sqlx::postgres::PgSslMode {
+    fn from(mode: SslMode) -> Self {
+        use sqlx::postgres::PgSslMode;
+        match mode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require => PgSslMode::Require,
+            SslMode::VerifyCa => PgSslMode::VerifyCa,
+            SslMode::VerifyFull => PgSslMode::VerifyFull,
+        }
+    }
 }
 
 /// Where `database.url` was set: it decides which database is used, so the
@@ -361,6 +394,8 @@ impl Default for DatabaseSettings {
             max_connections: default_max_connections(),
             acquire_timeout: default_acquire_timeout(),
             lock_timeout: default_lock_timeout(),
+            sslmode: None,
+            ssl_root_cert: None,
             url_origin: UrlOrigin::Default,
         }
     }

@@ -48,6 +48,31 @@ pub(super) fn validate(settings: &Settings, overrides: &EnvOverrides) -> Vec<Str
             );
         }
     }
+    {
+        use secrecy::ExposeSecret;
+        let tls = settings.database.sslmode.is_some() || settings.database.ssl_root_cert.is_some();
+        if tls
+            && settings
+                .database
+                .url()
+                .expose_secret()
+                .starts_with("sqlite:")
+        {
+            global(
+                "database.sslmode",
+                "sslmode and ssl_root_cert are PostgreSQL settings; a SQLite file has no TLS"
+                    .into(),
+            );
+        }
+    }
+    if let Some(ca) = &settings.database.ssl_root_cert
+        && let Err(e) = std::fs::File::open(ca)
+    {
+        global(
+            "database.ssl_root_cert",
+            format!("cannot read {}: {e}", ca.display()),
+        );
+    }
     let counts = [
         ("max_concurrent_jobs", settings.max_concurrent_jobs as u64),
         (

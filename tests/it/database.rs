@@ -808,3 +808,82 @@ async fn apisync_check_refuses_a_system_column_as_key() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The local server's certificate (Debian's snakeoil: self-signed, for
+/// `localhost`), which `verify-ca` and `verify-full` can be pointed at.
+const LOCAL_CERT: &str = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+
+/// Whether apisync's session on the test database uses TLS, as the server
+/// sees it (`pg_stat_ssl`).
+async fn apisync_session_uses_tls(pool: &PgPool) -> Option<bool> {
+    sqlx::query_scalar(
+        "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'apisync' AND a.datname = current_database() LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await
+    .unwrap()
+}
+
+/// The settings of a store on the test database, reached as `host`.
+fn tls_settings(pool: &PgPool, host: &str, extra: &str) -> config::Settings {
+    let url = database_url(pool).replace("127.0.0.1", host);
+    let text = format!(
+        "[database]\nurl = \"{url}\"\n{extra}\n[[jobs]]\nname = \"p\"\ntable = \"p\"\n\
+         key = [\"id\"]\n[jobs.request]\nurl = \"http://127.0.0.1:9/p\"\n"
+    );
+    config::load_str(&text, Path::new("t.toml"), &HashMap::new()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[sqlx::test(migrations = false)]
+async fn postgresql_tls_settings_are_applied_and_a_certificate_is_verified(pool: PgPool) {
+    // Arrange
+    let verified = format!("sslmode = \"verify-full\"\nssl_root_cert = \"{LOCAL_CERT}\"");
+    let full = tls_settings(&pool, "localhost", &verified);
+    let wrong_name = tls_settings(&pool, "127.0.0.1", &verified);
+    let plain = tls_settings(&pool, "localhost", "sslmode = \"disable\"");
+
+    // Act + Assert: verify-full against the server's own certificate works
+    // and the session is encrypted…
+    let store = Store::connect_lazy(&full.database).unwrap();
+    store
+        .ping(Duration::from_secs(10))
+        .await
+        .expect("verify-full with the server's CA");
+    assert_eq!(apisync_session_uses_tls(&pool).await, Some(true));
+    store.close().await;
+    drop(store);
+    // …a host the certificate does not name is refused…
+    let refused = Store::connect_lazy(&wrong_name.database).unwrap();
+    let error = refused.ping(Duration::from_secs(10)).await.unwrap_err();
+    let text = apisync::error_chain(&error);
+    assert!(text.to_lowercase().contains("certificate"), "{text}");
+    // …and sslmode = "disable" turns TLS off (the server would offer it).
+    let store = Store::connect_lazy(&plain.database).unwrap();
+    store.ping(Duration::from_secs(10)).await.unwrap();
+    wait_until("the plain session shows", async || {
+        apisync_session_uses_tls(&pool).await == Some(false)
+    })
+    .await;
+}
+
+#[test]
+fn tls_settings_that_cannot_work_are_refused() {
+    let load = |text: &str| {
+        config::load_str(text, Path::new("t.toml"), &HashMap::new())
+            .unwrap_err()
+            .to_string()
+    };
+    let missing = load(
+        "[database]\nurl = \"postgres://u@localhost/d\"\nsslmode = \"verify-ca\"\n\
+         ssl_root_cert = \"/nonexistent/ca.pem\"\n",
+    );
+    assert!(
+        missing.contains("key \"database.ssl_root_cert\": cannot read /nonexistent/ca.pem"),
+        "{missing}"
+    );
+    let sqlite = load("[database]\nurl = \"sqlite://x.db\"\nsslmode = \"require\"\n");
+    assert!(sqlite.contains("a SQLite file has no TLS"), "{sqlite}");
+    let unknown = load("[database]\nurl = \"postgres://u@localhost/d\"\nsslmode = \"maybe\"\n");
+    assert!(unknown.contains("unknown variant `maybe`"), "{unknown}");
+}

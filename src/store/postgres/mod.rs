@@ -103,7 +103,16 @@ impl PgStore {
         let url = settings.url.as_ref().ok_or_else(|| {
             StoreError::Database(sqlx::Error::Configuration("database.url is not set".into()))
         })?;
-        let options = PgConnectOptions::from_str(url.expose_secret())?.application_name("apisync");
+        let mut options =
+            PgConnectOptions::from_str(url.expose_secret())?.application_name("apisync");
+        // The configuration's TLS keys win over the URL's `sslmode` and
+        // `sslrootcert`, which work too.
+        if let Some(mode) = settings.sslmode {
+            options = options.ssl_mode(mode.into());
+        }
+        if let Some(ca) = &settings.ssl_root_cert {
+            options = options.ssl_root_cert(ca);
+        }
         // Set per session rather than as startup options, which a pooler
         // such as PgBouncer may refuse. `lock_timeout`: a statement waiting
         // on another session's lock fails instead of hanging the run;
