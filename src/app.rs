@@ -56,6 +56,7 @@ pub struct App {
     metrics: PrometheusHandle,
     max_concurrent_jobs: usize,
     shutdown_timeout: Duration,
+    runs_retention: Option<Duration>,
 }
 
 impl App {
@@ -122,6 +123,7 @@ impl App {
             metrics,
             max_concurrent_jobs: settings.max_concurrent_jobs,
             shutdown_timeout: settings.shutdown_timeout,
+            runs_retention: settings.runs_retention,
         })
     }
 
@@ -148,6 +150,7 @@ impl App {
             metrics,
             max_concurrent_jobs,
             shutdown_timeout,
+            runs_retention,
         } = self;
 
         let address = listener.local_addr()?;
@@ -195,7 +198,12 @@ impl App {
                 in_flight: in_flight.clone(),
             };
             for scheduled in jobs {
-                tasks.spawn(schedule_job(scheduled, ctx.clone(), slots.clone()));
+                tasks.spawn(schedule_job(
+                    scheduled,
+                    ctx.clone(),
+                    slots.clone(),
+                    runs_retention,
+                ));
             }
         }
         tasks.close();
@@ -263,7 +271,12 @@ async fn migrate_until_done(
 
 /// One job's life in the daemon: its schedule, each run taking one of the
 /// `max_concurrent_jobs` slots.
-async fn schedule_job(scheduled: ScheduledJob, ctx: SyncContext, slots: Arc<Semaphore>) {
+async fn schedule_job(
+    scheduled: ScheduledJob,
+    ctx: SyncContext,
+    slots: Arc<Semaphore>,
+    runs_retention: Option<Duration>,
+) {
     let ScheduledJob {
         job,
         schedule,
@@ -286,7 +299,13 @@ async fn schedule_job(scheduled: ScheduledJob, ctx: SyncContext, slots: Arc<Sema
             // and the job stays scheduled instead of silently ending.
             let name = job.name.clone();
             let redactor = ctx.redactor.clone();
-            let run = tokio::spawn(async move { run_once(&job, &ctx).await });
+            let run = tokio::spawn(async move {
+                let outcome = run_once(&job, &ctx).await;
+                if let Some(retention) = runs_retention {
+                    crate::sync::prune_history(&ctx.store, &job.name, retention).await;
+                }
+                outcome
+            });
             match run.await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::error!(

@@ -371,7 +371,11 @@ async fn sync(settings: &Settings, names: &[String], all: bool, full: bool) -> E
                 continue;
             }
             *current.lock().unwrap_or_else(|e| e.into_inner()) = Some(&job.name);
-            match run_once(job, &ctx).await {
+            let outcome = run_once(job, &ctx).await;
+            if let Some(retention) = settings.runs_retention {
+                crate::sync::prune_history(&ctx.store, &job.name, retention).await;
+            }
+            match outcome {
                 Ok(report) => {
                     // A run skipped because another process holds the job is not
                     // a failure: the job is being run.

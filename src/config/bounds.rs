@@ -86,6 +86,7 @@ pub(super) fn range(key: &str) -> Option<Range> {
         // Top level. A run is a task and holds at most one connection.
         "max_concurrent_jobs" => Count(1, 1024),
         "shutdown_timeout" => Time(SECOND, HOUR),
+        "runs_retention" => Time(HOUR, 36_500 * DAY),
         "database.max_connections" => Count(1, 1000),
         "database.acquire_timeout" => Time(MILLISECOND, HOUR),
         "database.lock_timeout" => Time(SECOND, HOUR),
@@ -188,6 +189,7 @@ mod tests {
     const CASES: &[(&str, &str, Option<&str>, &str)] = &[
         ("", "max_concurrent_jobs", Some("0"), "1025"),
         ("", "shutdown_timeout", Some("\"999ms\""), "\"61m\""),
+        ("", "runs_retention", Some("\"59m\""), "\"36501d\""),
         ("database", "max_connections", Some("0"), "1001"),
         ("database", "acquire_timeout", Some("\"0s\""), "\"61m\""),
         ("database", "lock_timeout", Some("\"999ms\""), "\"61m\""),

@@ -271,6 +271,11 @@ pub struct Settings {
     /// exits within this time.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Runs (in `apisync.runs`) that finished longer ago than this, and
+    /// rejects stored longer ago, are deleted after each run of their job
+    /// (`"90d"`). Default: kept for ever.
+    #[serde(default, with = "humantime_serde")]
+    pub runs_retention: Option<Duration>,
     #[serde(default)]
     pub database: DatabaseSettings,
     #[serde(default)]

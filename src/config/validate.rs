@@ -98,6 +98,11 @@ pub(super) fn validate(settings: &Settings, overrides: &EnvOverrides) -> Vec<Str
             global(key, message);
         }
     }
+    if let Some(retention) = settings.runs_retention
+        && let Err(message) = bounded("runs_retention").check_time(retention)
+    {
+        global("runs_retention", message);
+    }
     if settings
         .server
         .listen

@@ -293,6 +293,34 @@ impl Store {
         Ok(())
     }
 
+    /// Deletes `job`'s runs that finished more than `older_than` ago and its
+    /// rejects stored before then (`runs_retention`); how many of each. A
+    /// run still `running` is never deleted, whatever its age.
+    pub async fn prune(&self, job: &str, older_than: Duration) -> Result<(u64, u64), StoreError> {
+        let seconds = i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX);
+        let (runs, rejects) = match self {
+            Store::Postgres(_) => (
+                "DELETE FROM apisync.runs WHERE job = $1 AND status <> 'running' \
+                 AND finished_at < now() - make_interval(secs => $2::double precision)",
+                "DELETE FROM apisync.rejects WHERE job = $1 \
+                 AND rejected_at < now() - make_interval(secs => $2::double precision)",
+            ),
+            Store::Sqlite(_) => (
+                "DELETE FROM apisync_runs WHERE job = $1 AND status <> 'running' \
+                 AND finished_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || $2 || ' seconds')",
+                "DELETE FROM apisync_rejects WHERE job = $1 \
+                 AND rejected_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || $2 || ' seconds')",
+            ),
+        };
+        let mut deleted = [0; 2];
+        for (sql, count) in [runs, rejects].into_iter().zip(&mut deleted) {
+            *count = per_db!(self.pools(), pool => {
+                sqlx::query(sql).bind(job).bind(seconds).execute(pool).await?.rows_affected()
+            });
+        }
+        Ok((deleted[0], deleted[1]))
+    }
+
     /// The refresh token kept for the auth settings `holder` names (see
     /// `auth::tokens`), if one was saved.
     pub async fn refresh_token(&self, holder: &str) -> Result<Option<String>, StoreError> {

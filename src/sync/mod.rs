@@ -111,6 +111,27 @@ pub struct RunReport {
     pub first_reject: Option<String>,
 }
 
+/// Applies `runs_retention` to `job` after a run: deletes its runs and
+/// rejects older than `retention`, and says how many. A failure is logged,
+/// never the run's: the archive is not at stake.
+pub async fn prune_history(store: &Store, job: &str, retention: Duration) {
+    match store.prune(job, retention).await {
+        Ok((0, 0)) => {}
+        Ok((runs, rejects)) => tracing::info!(
+            job,
+            runs,
+            rejects,
+            retention = %humantime::format_duration(retention),
+            "Deleted runs and rejects older than runs_retention."
+        ),
+        Err(e) => tracing::warn!(
+            job,
+            error = %crate::error_chain(&e),
+            "Could not delete old runs and rejects (runs_retention); the next run tries again."
+        ),
+    }
+}
+
 /// Runs `job` once, start to finish.
 ///
 /// A failure while fetching or writing ends the run as `failed` with its error

@@ -887,3 +887,70 @@ fn tls_settings_that_cannot_work_are_refused() {
     let unknown = load("[database]\nurl = \"postgres://u@localhost/d\"\nsslmode = \"maybe\"\n");
     assert!(unknown.contains("unknown variant `maybe`"), "{unknown}");
 }
+
+store_tests! {
+    async fn runs_retention_deletes_old_runs_and_rejects_and_nothing_running(backend: Backend) {
+        // Arrange: two runs with a reject each time; then the first run,
+        // the reject and a run left running are made two days old.
+        let mut records = products(19);
+        records.push(json!({"name": "no id"}));
+        let env = TestEnv::start_on(backend, records).await;
+        let job = env.job(JobToml::paged(10));
+        let first = env.run(&job).await;
+        let second = env.run(&job).await;
+        let (runs, rejects) = match env.store_name {
+            "postgres" => ("apisync.runs", "apisync.rejects"),
+            _ => ("apisync_runs", "apisync_rejects"),
+        };
+        let old = "'2020-01-01T00:00:00.000Z'";
+        env.execute(&format!(
+            "UPDATE {runs} SET finished_at = {old} WHERE id = {}",
+            first.run_id.unwrap()
+        ))
+        .await;
+        env.execute(&format!("UPDATE {rejects} SET rejected_at = {old}")).await;
+        env.execute(&format!(
+            "INSERT INTO {runs} (job, status, started_at, finished_at) \
+             VALUES ('products', 'running', {old}, {old})"
+        ))
+        .await;
+
+        // Act
+        apisync::sync::prune_history(&env.ctx.store, "products", Duration::from_secs(86_400))
+            .await;
+
+        // Assert: the old finished run and the reject are gone; the recent
+        // run and the one still running stay.
+        let left = env
+            .query_pairs(&format!("SELECT status, id FROM {runs} ORDER BY id"))
+            .await;
+        assert_eq!(
+            left.iter().map(|(s, _)| s.as_str()).collect::<Vec<_>>(),
+            vec!["succeeded", "running"],
+            "{left:?}"
+        );
+        assert_eq!(left[0].1, second.run_id.unwrap());
+        assert_eq!(env.query_i64(&format!("SELECT count(*) FROM {rejects}")).await, 0);
+    }
+}
+
+#[tokio::test]
+async fn runs_retention_is_a_setting_with_a_range() {
+    let text = "runs_retention = \"10m\"\n[database]\nurl = \"sqlite://x.db\"\n[[jobs]]\n\
+                name = \"p\"\ntable = \"p\"\nkey = [\"id\"]\n[jobs.request]\n\
+                url = \"http://127.0.0.1:9/p\"\n";
+    let error = config::load_str(text, Path::new("t.toml"), &HashMap::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("key \"runs_retention\": `10m` is outside the allowed range, 1h to 36500d"),
+        "{error}"
+    );
+    let ok = config::load_str(
+        &text.replace("10m", "90d"),
+        Path::new("t.toml"),
+        &HashMap::new(),
+    )
+    .unwrap();
+    assert_eq!(ok.runs_retention, Some(Duration::from_secs(90 * 86_400)));
+}
