@@ -105,6 +105,8 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the JSON Schema of the configuration (the same as config/apisync.schema.json), for editors and CI
+    ConfigSchema,
     /// Show recent runs from the audit table
     Runs {
         /// Only this job's runs
@@ -142,9 +144,13 @@ pub async fn run(cli: Cli) -> ExitCode {
     let env: HashMap<String, String> = std::env::vars_os()
         .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
         .collect();
-    // The demo brings its own configuration.
+    // The demo brings its own configuration; the schema needs none.
     if let Command::Demo { runs, db, interval } = cli.command {
         return demo(runs, db, interval).await;
+    }
+    if let Command::ConfigSchema = cli.command {
+        print!("{}", config::json_schema());
+        return ExitCode::SUCCESS;
     }
     let path = config::config_path(cli.config.as_deref(), &env);
     let settings = match config::load(&path, &env) {
@@ -170,7 +176,9 @@ pub async fn run(cli: Cli) -> ExitCode {
             limit,
             json,
         } => rejects(&settings, job.as_deref(), run, limit, json).await,
-        Command::Demo { .. } => unreachable!("handled before the configuration is loaded"),
+        Command::Demo { .. } | Command::ConfigSchema => {
+            unreachable!("handled before the configuration is loaded")
+        }
     }
 }
 

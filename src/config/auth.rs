@@ -12,20 +12,25 @@ use serde::Deserialize;
 use super::Method;
 
 /// `[jobs.auth]`, chosen by `kind`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum AuthSettings {
     /// `Authorization: Bearer <token>`.
-    Bearer { token: SecretString },
+    Bearer {
+        #[schemars(with = "String")]
+        token: SecretString,
+    },
     /// `Authorization: Basic base64(username:password)`.
     Basic {
         username: String,
+        #[schemars(with = "String")]
         password: SecretString,
     },
     /// A key in a header (`X-Api-Key: …`) or a query parameter (`?api_key=…`,
     /// on every request, URLs the API hands back included).
     ApiKey {
         name: String,
+        #[schemars(with = "String")]
         value: SecretString,
         #[serde(default)]
         placement: KeyPlacement,
@@ -35,11 +40,13 @@ pub enum AuthSettings {
     ClientCredentials {
         token_url: String,
         client_id: String,
+        #[schemars(with = "String")]
         client_secret: SecretString,
         /// Space-separated scopes, sent as `scope`.
         scope: Option<String>,
         /// Extra form fields (`audience = "…"`).
         #[serde(default)]
+        #[schemars(with = "BTreeMap<String, String>")]
         params: BTreeMap<String, SecretString>,
         #[serde(default)]
         client_auth: ClientAuth,
@@ -51,12 +58,15 @@ pub enum AuthSettings {
         token_url: String,
         client_id: String,
         /// Optional: public clients have none.
+        #[schemars(with = "Option<String>")]
         client_secret: Option<SecretString>,
         /// The first refresh token; replaced in the store when the server
         /// rotates it. A different value here starts over from it.
+        #[schemars(with = "String")]
         refresh_token: SecretString,
         scope: Option<String>,
         #[serde(default)]
+        #[schemars(with = "BTreeMap<String, String>")]
         params: BTreeMap<String, SecretString>,
         #[serde(default)]
         client_auth: ClientAuth,
@@ -69,8 +79,10 @@ pub enum AuthSettings {
         /// A JSON body (`{ username = "…", password = "${PASSWORD}" }`).
         body: Option<LoginBody>,
         /// A form body instead (`application/x-www-form-urlencoded`).
+        #[schemars(with = "Option<BTreeMap<String, String>>")]
         form: Option<BTreeMap<String, SecretString>>,
         #[serde(default)]
+        #[schemars(with = "BTreeMap<String, String>")]
         headers: BTreeMap<String, SecretString>,
         /// JSON pointer to the token in the answer.
         #[serde(default = "default_token_path")]
@@ -83,7 +95,7 @@ pub enum AuthSettings {
 }
 
 /// A login call's JSON body: it holds a password, so `Debug` shows none of it.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, schemars::JsonSchema)]
 #[serde(transparent)]
 pub struct LoginBody(pub serde_json::Value);
 
@@ -105,7 +117,7 @@ pub struct OAuthClient<'a> {
 }
 
 /// How the client id and secret reach the token endpoint.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
     /// HTTP Basic (RFC 6749 §2.3.1).
@@ -116,7 +128,7 @@ pub enum ClientAuth {
 }
 
 /// Where an `api_key` goes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyPlacement {
     #[default]

@@ -12,6 +12,7 @@ mod bounds;
 mod fuzz;
 mod layers;
 mod pagination;
+mod schema;
 mod validate;
 
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +27,7 @@ use crate::redact::Redactor;
 pub use auth::{AuthSettings, ClientAuth, KeyPlacement, LoginBody, OAuthClient, form_encode};
 pub use bounds::{LONGEST_WAIT, timer};
 pub use pagination::{Locator, Pagination, PaginationKind, TotalMethod, ValueIn};
+pub use schema::json_schema;
 
 /// The file read when neither `--config` nor `$APISYNC_CONFIG` names one.
 pub const DEFAULT_CONFIG_PATH: &str = "apisync.toml";
@@ -256,7 +258,7 @@ impl ConfigError {
 }
 
 /// The whole configuration.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     /// `apisync run` starts at most this many runs at once, across all jobs;
@@ -270,11 +272,13 @@ pub struct Settings {
     /// flight commit the page it is writing, records it `interrupted`, and
     /// exits within this time.
     #[serde(default = "default_shutdown_timeout", with = "humantime_serde")]
+    #[schemars(schema_with = "schema::duration")]
     pub shutdown_timeout: Duration,
     /// Runs (in `apisync.runs`) that finished longer ago than this, and
     /// rejects stored longer ago, are deleted after each run of their job
     /// (`"90d"`). Default: kept for ever.
     #[serde(default, with = "humantime_serde")]
+    #[schemars(schema_with = "schema::duration")]
     pub runs_retention: Option<Duration>,
     #[serde(default)]
     pub database: DatabaseSettings,
@@ -308,12 +312,13 @@ fn default_shutdown_timeout() -> Duration {
 }
 
 /// `[database]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// `postgres://user:password@host:port/database`, or `sqlite://FILE`.
     /// Default: `sqlite://apisync.db` in the working directory. Overridden by
     /// `DATABASE_URL`, which is overridden by `APISYNC__DATABASE__URL`.
+    #[schemars(with = "Option<String>")]
     pub url: Option<SecretString>,
     /// Pool size. Each running job holds at most one connection at a time, and
     /// only while it writes a page, so a few connections serve many jobs.
@@ -324,12 +329,14 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// How long a run waits for a free connection before it fails.
     #[serde(default = "default_acquire_timeout", with = "humantime_serde")]
+    #[schemars(schema_with = "schema::duration")]
     pub acquire_timeout: Duration,
     /// How long one statement may wait for a lock another session holds
     /// (`LOCK TABLE`, a long `ALTER TABLE`, another writer on SQLite) before
     /// the run fails saying so. PostgreSQL's `lock_timeout`; SQLite's busy
     /// timeout.
     #[serde(default = "default_lock_timeout", with = "humantime_serde")]
+    #[schemars(schema_with = "schema::duration")]
     pub lock_timeout: Duration,
     /// PostgreSQL: how the connection uses TLS, as libpq's `sslmode`:
     /// `disable`, `prefer` (the default), `require` (encrypted, server not
@@ -346,7 +353,7 @@ pub struct DatabaseSettings {
 }
 
 /// `database.sslmode`, libpq's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum SslMode {
     Disable,
@@ -432,7 +439,7 @@ fn default_lock_timeout() -> Duration {
 }
 
 /// `[server]`: where `/metrics`, `/healthz` and `/readyz` are served by `apisync run`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     #[serde(default = "default_listen")]
@@ -452,7 +459,7 @@ fn default_listen() -> String {
 }
 
 /// `[log]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// A `tracing` filter such as `info` or `apisync=debug`; `RUST_LOG` wins.
@@ -475,7 +482,7 @@ fn default_log_level() -> String {
     "info".to_owned()
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     #[default]
@@ -484,7 +491,7 @@ pub enum LogFormat {
 }
 
 /// `[[jobs]]`: one API endpoint copied into one table.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSettings {
     /// Unique, `[a-z][a-z0-9_]*`.
@@ -521,6 +528,7 @@ pub struct JobSettings {
     pub max_pages: u64,
     /// Largest response body accepted, counted after decompression.
     #[serde(default = "default_max_body_bytes", deserialize_with = "byte_size")]
+    #[schemars(schema_with = "schema::byte_size")]
     pub max_body_bytes: u64,
     /// At most this many requests, e.g. `"10/s"`, `"600/m"`, `"1/5s"`;
     /// requests are spaced evenly. Default: no limit.
@@ -555,6 +563,7 @@ pub struct JobSettings {
     /// (no `since`), the only runs that can see deletions (required with
     /// `deletions` unless `tombstone` is set).
     #[serde(default, with = "humantime_serde")]
+    #[schemars(schema_with = "schema::duration")]
     pub full_refresh: Option<Duration>,
     /// Incremental feeds: a JSON pointer; a record where it is `true` is the
     /// deletion of its key (handled by `deletions`), never stored as content.
@@ -562,7 +571,7 @@ pub struct JobSettings {
 }
 
 /// `deletions`: what a complete full run does with stored keys it did not see.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Deletions {
     /// Keep them as they are.
@@ -635,7 +644,7 @@ impl<'de> Deserialize<'de> for RateLimit {
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RateLimitScope {
     #[default]
@@ -646,7 +655,7 @@ pub enum RateLimitScope {
 /// `[jobs.incremental]`: ask the API only for records changed since the
 /// watermark, the highest `field` among the records of the last run that
 /// read to the end, minus `lookback`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IncrementalSettings {
     /// JSON pointer (or top-level field name) to the record's change time:
@@ -664,11 +673,13 @@ pub struct IncrementalSettings {
     /// Re-read this much before the watermark, for records the API makes
     /// visible late. Re-read records are unchanged and cost no writes.
     #[serde(default = "default_lookback", with = "humantime_serde")]
+    #[schemars(schema_with = "schema::duration")]
     pub lookback: Duration,
     /// A record time further ahead of the local clock than this is stored
     /// but does not move the watermark (one far-future value would
     /// otherwise make every later run ask for changes since then).
     #[serde(default = "default_max_future", with = "humantime_serde")]
+    #[schemars(schema_with = "schema::duration")]
     pub max_future: Duration,
     /// strftime pattern of the field (`"%Y-%m-%d %H:%M:%S"`), also used to
     /// write `param`. Default: RFC 3339, or epoch numbers.
@@ -765,7 +776,7 @@ fn default_max_body_bytes() -> u64 {
 }
 
 /// `[jobs.request]`
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestSettings {
     pub url: String,
@@ -774,6 +785,7 @@ pub struct RequestSettings {
     /// Sent with every request of the job. Values may hold credentials, so
     /// they are secrets.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, String>")]
     pub headers: BTreeMap<String, SecretString>,
     /// Added to the URL of the first request; later URLs given by the API
     /// (`link_header`, `next_url`) are used as they are.
@@ -783,6 +795,7 @@ pub struct RequestSettings {
     pub body: Option<serde_json::Value>,
     /// Per request, from connect to the last byte of the body.
     #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[schemars(schema_with = "schema::duration")]
     pub timeout: Duration,
 }
 
@@ -790,7 +803,7 @@ fn default_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Method {
     #[default]
@@ -834,7 +847,7 @@ impl<'de> Deserialize<'de> for ScalarString {
 }
 
 /// `[jobs.retry]`: how transient failures are retried.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySettings {
     /// Attempts per request, the first included; 1 disables retries.
@@ -843,16 +856,20 @@ pub struct RetrySettings {
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
     #[serde(default = "default_initial_backoff", with = "humantime_serde")]
+    #[schemars(schema_with = "schema::duration")]
     pub initial_backoff: Duration,
     /// Cap on one computed wait.
     #[serde(default = "default_max_backoff", with = "humantime_serde")]
+    #[schemars(schema_with = "schema::duration")]
     pub max_backoff: Duration,
     /// A server's `Retry-After` (or rate-limit reset) is honoured up to
     /// this; asked to wait longer, the run fails instead of retrying early.
     #[serde(default = "default_max_retry_after", with = "humantime_serde")]
+    #[schemars(schema_with = "schema::duration")]
     pub max_retry_after: Duration,
     /// Total time one request may spend waiting between its attempts.
     #[serde(default = "default_max_elapsed", with = "humantime_serde")]
+    #[schemars(schema_with = "schema::duration")]
     pub max_elapsed: Duration,
 }
 

@@ -56,7 +56,7 @@ impl Default for Pagination {
 
 /// Where a value apisync sends goes: the query of the URL, or the JSON
 /// body of a POST (a search endpoint).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ValueIn {
     #[default]
@@ -64,7 +64,7 @@ pub enum ValueIn {
     Body,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum TotalMethod {
     #[default]
@@ -132,7 +132,7 @@ impl PaginationKind {
 }
 
 /// Every key of `[jobs.pagination]`, as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawPagination {
     #[serde(default)]
@@ -163,7 +163,7 @@ pub struct RawPagination {
     end_when_missing: Option<bool>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 enum RawKind {
     #[default]

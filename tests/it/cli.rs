@@ -587,3 +587,32 @@ async fn the_demo_with_a_run_count_does_not_say_ctrl_c_stops_it() {
     assert!(!text.contains("Ctrl-C"), "{text}");
     assert!(text.contains("1 run(s) in all"), "{text}");
 }
+
+#[tokio::test]
+async fn config_schema_prints_the_checked_in_schema() {
+    let dir = scratch("config-schema");
+    let output = apisync(&dir, &["config-schema"], &[]).await;
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let checked_in = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/apisync.schema.json"),
+    )
+    .unwrap();
+    assert!(
+        stdout(&output) == checked_in,
+        "config/apisync.schema.json differs from `apisync config-schema`; refresh it with \
+         `cargo run -q -- config-schema > config/apisync.schema.json`"
+    );
+    let schema: serde_json::Value = serde_json::from_str(&checked_in).unwrap();
+    let job = &schema["$defs"]["JobSettings"];
+    assert_eq!(job["additionalProperties"], false);
+    assert!(
+        job["properties"]["schedule"]["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("@hourly")),
+        "each key has its doc text: {job}"
+    );
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml"))
+            .unwrap();
+    assert!(example.starts_with("#:schema ./apisync.schema.json\n"));
+}
