@@ -15,28 +15,60 @@ fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
-#[test]
-fn the_example_configuration_parses_and_validates() {
+/// `config/example.toml`: part 1 as it stands, and part 1 with part 2 (the
+/// reference, commented out) uncommented: `# ` lines are settings, `##`
+/// lines their explanations.
+fn example_parts() -> (String, String) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
-    let settings = config::load(&path, &env(&[("EXAMPLE_TOKEN", "t0ken-value")]))
+    let text = std::fs::read_to_string(path).unwrap();
+    let marker = "# Part 2: the full reference.";
+    let at = text.find(marker).expect("the example has a part 2");
+    let reference: String = text[at..]
+        .lines()
+        .skip(2)
+        .filter(|line| !line.starts_with("##"))
+        .map(|line| line.strip_prefix("# ").unwrap_or(line))
+        .map(|line| format!("{line}\n"))
+        .collect();
+    (text.clone(), format!("{text}\n{reference}"))
+}
+
+#[test]
+fn the_example_works_as_it_is_and_its_reference_validates() {
+    // Part 1 alone: no variable to set, one minimal job, the default store.
+    let (minimal, full) = example_parts();
+    let settings = config::load_str(&minimal, Path::new("example.toml"), &env(&[]))
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(!settings.jobs.is_empty());
+    assert_eq!(settings.jobs.len(), 1);
+    let posts = settings.job("posts").expect("the minimal job");
+    assert!(posts.auth.is_none() && posts.incremental.is_none() && posts.rate_limit.is_none());
+    assert_eq!(posts.timezone, None, "UTC");
+    assert!(settings.database.url.is_none(), "the default SQLite file");
+
+    // The reference, uncommented, is a valid configuration too.
+    let settings = config::load_str(
+        &full,
+        Path::new("example.toml"),
+        &env(&[("EXAMPLE_TOKEN", "t0ken-value")]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(settings.jobs.len(), 3);
     let products = settings
         .job("products")
-        .expect("the example has a products job");
+        .expect("the reference has a products job");
     match &products.auth {
         Some(config::AuthSettings::Bearer { token }) => {
             assert_eq!(token.expose_secret(), "t0ken-value")
         }
-        other => panic!("the example's products job uses a bearer token: {other:?}"),
+        other => panic!("the reference's products job uses a bearer token: {other:?}"),
     }
     assert_eq!(settings.redactor.redact("t0ken-value"), "[redacted]");
 }
 
 #[test]
-fn the_example_needs_its_variables() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
-    let error = config::load(&path, &env(&[])).unwrap_err();
+fn the_example_reference_needs_its_variables() {
+    let (_, full) = example_parts();
+    let error = config::load_str(&full, Path::new("example.toml"), &env(&[])).unwrap_err();
     assert!(
         error
             .problems
