@@ -6,6 +6,7 @@
 //!
 //! - `cli`: the command line (`run`, `sync`, `check`, `migrate`, `runs`, `rejects`, `demo`) and exit codes.
 //! - `demo`: `apisync demo`, a sample API synced into SQLite, explained run by run.
+//! - `init`: `apisync init URL`, a job guessed from an API's first pages and walked before it is printed.
 //! - `app`: the daemon: endpoints, migrations, one scheduled task per job, drain on shutdown.
 //! - `scheduler`: the per-job loop (no overlap, skipped ticks counted); `schedule`: cron + zone.
 //! - `server`: `/metrics`, `/healthz`, `/readyz`; `metrics`: every metric name and event.
@@ -34,6 +35,7 @@ pub mod demo;
 #[cfg(test)]
 mod fuzz;
 pub mod incremental;
+pub mod init;
 pub mod json_pointer;
 pub mod metrics;
 pub mod notify;

@@ -107,6 +107,20 @@ pub enum Command {
     },
     /// Print the JSON Schema of the configuration (the same as config/apisync.schema.json), for editors and CI
     ConfigSchema,
+    /// Fetch the first pages of URL and print a commented job configuration guessed from them (records, key, pagination, volatile fields), walked two pages before it is printed
+    Init {
+        /// The API's collection URL
+        url: String,
+        /// The job's (and table's) name
+        #[arg(long, default_value = "records")]
+        name: String,
+        /// A header sent with every request, as NAME:VALUE (repeatable)
+        #[arg(long = "header", value_name = "NAME:VALUE")]
+        headers: Vec<String>,
+        /// Also print a [database] section with this URL
+        #[arg(long, value_name = "URL")]
+        database: Option<String>,
+    },
     /// Show recent runs from the audit table
     Runs {
         /// Only this job's runs
@@ -152,6 +166,15 @@ pub async fn run(cli: Cli) -> ExitCode {
         print!("{}", config::json_schema());
         return ExitCode::SUCCESS;
     }
+    if let Command::Init {
+        url,
+        name,
+        headers,
+        database,
+    } = cli.command
+    {
+        return init(url, name, headers, database).await;
+    }
     let path = config::config_path(cli.config.as_deref(), &env);
     let settings = match config::load(&path, &env) {
         Ok(settings) => settings,
@@ -176,7 +199,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             limit,
             json,
         } => rejects(&settings, job.as_deref(), run, limit, json).await,
-        Command::Demo { .. } | Command::ConfigSchema => {
+        Command::Demo { .. } | Command::ConfigSchema | Command::Init { .. } => {
             unreachable!("handled before the configuration is loaded")
         }
     }
@@ -496,6 +519,56 @@ pub fn summary_line(report: &RunReport) -> String {
         line.push_str(error);
     }
     line
+}
+
+/// `apisync init`: the TOML on stdout, diagnostics on stderr.
+async fn init(
+    url: String,
+    name: String,
+    headers: Vec<String>,
+    database: Option<String>,
+) -> ExitCode {
+    let name_ok = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !name_ok {
+        eprintln!(
+            "apisync init: --name `{}` is not a job name: use [a-z][a-z0-9_]*",
+            printable(&name)
+        );
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    let mut pairs = Vec::new();
+    for header in &headers {
+        let Some((key, value)) = header.split_once(':') else {
+            eprintln!(
+                "apisync init: --header wants NAME:VALUE, not `{}`",
+                printable(header)
+            );
+            return ExitCode::from(EXIT_CONFIG);
+        };
+        pairs.push((key.trim().to_owned(), value.trim().to_owned()));
+    }
+    let request = crate::init::Request {
+        url,
+        name,
+        headers: pairs,
+        database,
+    };
+    // Header values may be credentials: never in a diagnostic.
+    let redactor =
+        crate::redact::Redactor::new(request.headers.iter().map(|(_, v)| v.clone()), None);
+    match crate::init::init(&request).await {
+        Ok(toml) => {
+            print!("{toml}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("apisync init: {}", redactor.clean(&e));
+            ExitCode::from(EXIT_FAILED)
+        }
+    }
 }
 
 async fn check(settings: &Settings, path: &std::path::Path, connect: bool) -> ExitCode {

@@ -139,7 +139,11 @@ async fn check_accepts_the_example_configuration() {
     )
     .await;
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
-    assert!(stdout(&output).contains("1 job(s): posts"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("1 job(s): posts"),
+        "{}",
+        stdout(&output)
+    );
 }
 
 #[tokio::test]

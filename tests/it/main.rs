@@ -15,6 +15,7 @@ mod deploy;
 mod fake_api;
 mod fake_oauth;
 mod helpers;
+mod init;
 mod pagination;
 mod process;
 mod real_servers;

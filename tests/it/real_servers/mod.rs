@@ -15,6 +15,7 @@
 mod datasette;
 mod drf;
 mod fastapi;
+mod init_guesses;
 mod json_server_0_17;
 mod json_server_1;
 mod oauth;
