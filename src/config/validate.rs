@@ -184,6 +184,24 @@ pub(super) fn validate(settings: &Settings, overrides: &EnvOverrides) -> Vec<Str
                 ),
             );
         }
+        let on_sqlite = {
+            use secrecy::ExposeSecret;
+            settings
+                .database
+                .url()
+                .expose_secret()
+                .starts_with("sqlite:")
+        };
+        if on_sqlite && job.table.contains('.') {
+            report.bad(
+                "table",
+                format!(
+                    "`{}` names a schema, which only PostgreSQL has; on SQLite name the table \
+                     alone",
+                    job.table
+                ),
+            );
+        }
         validate_job(job, &mut report);
     }
     problems

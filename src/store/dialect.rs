@@ -75,7 +75,9 @@ pub(super) const POSTGRES: Dialect = Dialect {
     key_type: "text",
     time_ddl: "timestamptz",
     time_type: "timestamp with time zone",
-    table_exists: "SELECT to_regclass(quote_ident($1)) IS NOT NULL",
+    table_exists: "SELECT to_regclass(CASE WHEN strpos($1, '.') > 0 \
+         THEN quote_ident(split_part($1, '.', 1)) || '.' || quote_ident(split_part($1, '.', 2)) \
+         ELSE quote_ident($1) END) IS NOT NULL",
     data_types: [
         "jsonb",
         "bytea",
@@ -91,7 +93,9 @@ pub(super) const POSTGRES: Dialect = Dialect {
               FROM pg_attribute a \
               LEFT JOIN pg_collation c ON c.oid = a.attcollation \
               LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
-              WHERE a.attrelid = to_regclass(quote_ident($1)) AND a.attnum > 0 \
+              WHERE a.attrelid = to_regclass(CASE WHEN strpos($1, '.') > 0 \
+              THEN quote_ident(split_part($1, '.', 1)) || '.' || quote_ident(split_part($1, '.', 2)) \
+              ELSE quote_ident($1) END) AND a.attnum > 0 \
               AND NOT a.attisdropped",
     save_state: "INSERT INTO apisync.job_state (job, state, run_id) \
          VALUES ($1, jsonb_build_object(CAST($4 AS text), CAST($2 AS text)::jsonb), $3) \

@@ -35,17 +35,28 @@ pub const SYSTEM_COLUMNS: [&str; 9] = [
 pub struct Ident(String);
 
 impl Ident {
-    /// A table name: lowercase only, so that it can be used unquoted in psql.
+    /// A table name: lowercase only, so that it can be used unquoted in psql;
+    /// `schema.table` names a table in another PostgreSQL schema (created
+    /// when missing; SQLite has no schemas, see `config::validate`).
     pub fn table(name: &str) -> Result<Self, String> {
         let lowercase = name.chars().all(|c| !c.is_ascii_uppercase());
-        if lowercase && is_identifier(name) {
+        let parts: Vec<&str> = name.split('.').collect();
+        if lowercase && parts.len() <= 2 && parts.iter().all(|part| is_identifier(part)) {
             Ok(Self(name.to_owned()))
         } else {
             Err(format!(
                 "`{name}` is not a valid table name: use lowercase letters, digits and _, \
-                 starting with a letter or _, at most {MAX_LEN} characters"
+                 starting with a letter or _, at most {MAX_LEN} characters, optionally after \
+                 a schema and a dot (archive.products, PostgreSQL only)"
             ))
         }
+    }
+
+    /// The schema of a `schema.table` name.
+    pub fn schema(&self) -> Option<Ident> {
+        self.0
+            .split_once('.')
+            .map(|(schema, _)| Ident(schema.to_owned()))
     }
 
     /// A column name; mixed case is kept (and must be quoted in queries).
@@ -93,10 +104,15 @@ impl Ident {
         &self.0
     }
 
-    /// The identifier in double quotes, ready to splice into SQL.
+    /// The identifier in double quotes, ready to splice into SQL (each part
+    /// of `schema.table`).
     pub fn quoted(&self) -> String {
         // Validation admits no `"`, so there is nothing to escape.
-        format!("\"{}\"", self.0)
+        self.0
+            .split('.')
+            .map(|part| format!("\"{part}\""))
+            .collect::<Vec<_>>()
+            .join(".")
     }
 }
 
@@ -130,12 +146,26 @@ mod tests {
             "1abc",
             "Products",
             "a-b",
-            "a.b",
+            "a.b.c",
+            ".b",
+            "a.",
             "\"x\"",
             too_long.as_str(),
         ] {
             assert!(Ident::table(bad).is_err(), "{bad:?} should be refused");
         }
+    }
+
+    #[test]
+    fn a_table_may_name_its_schema() {
+        let table = Ident::table("archive.products").unwrap();
+        assert_eq!(table.quoted(), "\"archive\".\"products\"");
+        assert_eq!(table.schema().unwrap().quoted(), "\"archive\"");
+        assert_eq!(
+            table.history_table().unwrap().quoted(),
+            "\"archive\".\"products_history\""
+        );
+        assert!(Ident::table("products").unwrap().schema().is_none());
     }
 
     #[test]

@@ -145,7 +145,16 @@ impl Store {
             dialect.time_ddl,
             table = table.name.quoted(),
         );
+        // `archive.products`: its schema first (PostgreSQL; SQLite refuses
+        // such names in `check`).
+        let schema = table
+            .name
+            .schema()
+            .map(|schema| format!("CREATE SCHEMA IF NOT EXISTS {}", schema.quoted()));
         let columns = per_db!(self.pools(), pool => {
+            if let Some(schema) = &schema {
+                sqlx::query(AssertSqlSafe(schema.clone())).execute(pool).await?;
+            }
             sqlx::query(AssertSqlSafe(create)).execute(pool).await?;
             let read = || async {
                 sqlx::query(dialect.columns)

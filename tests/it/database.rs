@@ -954,3 +954,53 @@ async fn runs_retention_is_a_setting_with_a_range() {
     .unwrap();
     assert_eq!(ok.runs_retention, Some(Duration::from_secs(90 * 86_400)));
 }
+
+#[sqlx::test(migrations = false)]
+async fn a_schema_qualified_table_is_created_in_its_schema(pool: PgPool) {
+    // Arrange: a job writing `archive.products`, with history, into a
+    // database that has no `archive` schema yet.
+    let env = TestEnv::start(pool, products(25)).await;
+    let job = env.job(
+        JobToml::paged(10)
+            .with("table", "archive.products")
+            .with("history", true),
+    );
+
+    // Act
+    let first = env.run(&job).await;
+    let second = env.run(&job).await;
+
+    // Assert: the rows and their versions are in the schema, and a re-sync
+    // finds them unchanged.
+    assert_eq!(first.status.as_str(), "succeeded", "{:?}", first.error);
+    assert_eq!(first.counts.inserted, 25);
+    assert_eq!(second.counts.unchanged, 25, "{:?}", second.error);
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM archive.products")
+        .fetch_one(env.pg())
+        .await
+        .unwrap();
+    let versions: i64 = sqlx::query_scalar("SELECT count(*) FROM archive.products_history")
+        .fetch_one(env.pg())
+        .await
+        .unwrap();
+    assert_eq!((rows, versions), (25, 25));
+    let in_public: bool = sqlx::query_scalar("SELECT to_regclass('public.products') IS NOT NULL")
+        .fetch_one(env.pg())
+        .await
+        .unwrap();
+    assert!(!in_public);
+}
+
+#[test]
+fn a_schema_qualified_table_is_refused_on_sqlite() {
+    let text = "[database]\nurl = \"sqlite://x.db\"\n[[jobs]]\nname = \"p\"\n\
+                table = \"archive.products\"\nkey = [\"id\"]\n[jobs.request]\n\
+                url = \"http://127.0.0.1:9/p\"\n";
+    let error = config::load_str(text, Path::new("t.toml"), &HashMap::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("names a schema, which only PostgreSQL has"),
+        "{error}"
+    );
+}
