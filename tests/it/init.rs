@@ -42,12 +42,25 @@ async fn init_guesses_every_pagination_kind_of_the_fake_api(pool: PgPool) {
         // Act
         let name = format!("init_{}", path.trim_start_matches('/'));
         let (toml, job) = guessed(&env.api.url(path), &name).await;
+        let dir = scratch(&format!("init-{name}"));
+        std::fs::write(
+            dir.join("apisync.toml"),
+            format!("[database]\nurl = \"{}\"\n{toml}", env.database_url),
+        )
+        .unwrap();
+        let check = apisync(&dir, &["check", "--connect"], &[]).await;
         let report = env.run(&job).await;
 
         // Assert
         assert!(toml.contains(kind), "{path}: expected {kind}:\n{toml}");
         assert!(toml.contains("key = [\"id\"]"), "{path}:\n{toml}");
         assert!(!toml.contains("could not walk"), "{path}:\n{toml}");
+        assert_eq!(
+            check.status.code(),
+            Some(0),
+            "{path}: {}\n{toml}",
+            stdout(&check)
+        );
         assert_eq!(
             report.status.as_str(),
             "succeeded",

@@ -12,6 +12,23 @@ async fn archives_exactly(server: &RealServer, path: &str, pool: sqlx::PgPool) -
     let env = TestEnv::start(pool, Vec::new()).await;
     // The harness compares table `products` with the source.
     let (toml, job) = guessed(&format!("{}{path}", server.url), super::TABLE).await;
+    let slug: String = path
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let dir = crate::binary::scratch(&format!("init-real{slug}"));
+    std::fs::write(
+        dir.join("apisync.toml"),
+        format!("[database]\nurl = \"{}\"\n{toml}", env.database_url),
+    )
+    .unwrap();
+    let check = crate::binary::run(&dir, &["check", "--connect"], &[]).await;
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}\n{toml}",
+        crate::binary::stdout(&check)
+    );
     let report = env.run(&job).await;
     assert_succeeded(&report);
     assert_table_is_source(&env, server).await;
