@@ -8,13 +8,21 @@ cd "$(dirname "$0")/.."
 
 server="${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 DATABASE_URL="$server" scripts/init_db.sh
-export DATABASE_URL="${server%/*}/apisync_try"
-psql "$server" -qtAc "SELECT 1 FROM pg_database WHERE datname = 'apisync_try'" | grep -q 1 \
-  || psql "$server" -qc "CREATE DATABASE apisync_try"
+# APISYNC_TRY_DATABASE: the database of the tour [apisync_try] (the tests use
+# one of their own).
+try_db="${APISYNC_TRY_DATABASE:-apisync_try}"
+export DATABASE_URL="${server%/*}/$try_db"
+psql "$server" -qtAc "SELECT 1 FROM pg_database WHERE datname = '$try_db'" | grep -q 1 \
+  || psql "$server" -qc "CREATE DATABASE $try_db"
 
-cargo build --release --quiet --bin apisync --example sample_api
+# APISYNC_TRY_BINARIES: a folder holding apisync and examples/sample_api
+# already built (the tests pass target/debug); else a release build.
+bin="${APISYNC_TRY_BINARIES:-target/release}"
+if [ -z "${APISYNC_TRY_BINARIES:-}" ]; then
+  cargo build --release --quiet --bin apisync --example sample_api
+fi
 export SAMPLE_API="127.0.0.1:${SAMPLE_API_PORT:-8089}"
-target/release/examples/sample_api "$SAMPLE_API" >/dev/null &
+"$bin/examples/sample_api" "$SAMPLE_API" >/dev/null &
 api_pid=$!
 trap 'kill $api_pid 2>/dev/null' EXIT
 for _ in $(seq 1 50); do
@@ -29,8 +37,8 @@ if [ "${earlier:-0}" -gt 0 ]; then
 else
   echo "# first run: every record is new"
 fi
-target/release/apisync sync products --config config/try.toml
+"$bin/apisync" sync products --config config/try.toml
 echo "# second run: nothing changed upstream, so nothing is written"
-target/release/apisync sync products --config config/try.toml
+"$bin/apisync" sync products --config config/try.toml
 echo "# the audit table (apisync runs)"
-target/release/apisync runs products --limit 5 --config config/try.toml
+"$bin/apisync" runs products --limit 5 --config config/try.toml

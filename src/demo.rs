@@ -137,7 +137,11 @@ size = {PAGE_SIZE}
         let report = run_once(&job, &ctx)
             .await
             .context("the run could not be recorded")?;
-        println!("{}", crate::redact::printable(&explain(number, &report)));
+        // Line by line: `printable` escapes a newline like any other
+        // control character.
+        for line in explain(number, &report).lines() {
+            println!("{}", crate::redact::printable(line));
+        }
         if options.runs.is_some_and(|runs| number >= runs) || shutdown.is_cancelled() {
             break;
         }

@@ -252,6 +252,7 @@ async fn the_demo_runs_twice_and_the_second_run_writes_nothing() {
 
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let text = stdout(&output);
+    assert!(!text.contains("\\n"), "newlines are printed, not escaped: {text}");
     let second = text.split("run 2:").nth(1).expect("a second run");
     assert!(second.contains("unchanged 240"), "{text}");
     assert!(second.contains("rows written: 0"), "{text}");
@@ -620,4 +621,56 @@ async fn config_schema_prints_the_checked_in_schema() {
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml"))
             .unwrap();
     assert!(example.starts_with("#:schema ./apisync.schema.json\n"));
+}
+
+#[sqlx::test(migrations = false)]
+async fn try_sh_says_on_a_second_tour_that_the_rows_were_there(pool: PgPool) {
+    // Arrange: the tour on the test's own database, with the binaries this
+    // test run built (`cargo test --all-targets` builds the example).
+    let bin = Path::new(env!("CARGO_BIN_EXE_apisync")).parent().unwrap();
+    assert!(
+        bin.join("examples/sample_api").exists(),
+        "target/debug/examples/sample_api is missing: run the tests with --all-targets \
+         (scripts/test.sh does)"
+    );
+    let database = pool.connect_options().get_database().unwrap().to_owned();
+    let server = std::env::var("DATABASE_URL").unwrap();
+    let port = crate::binary::free_port().to_string();
+    let tour = || {
+        let mut command = std::process::Command::new("bash");
+        command
+            .arg("scripts/try.sh")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("DATABASE_URL", &server)
+            .env("APISYNC_TRY_DATABASE", &database)
+            .env("APISYNC_TRY_BINARIES", bin)
+            .env("SAMPLE_API_PORT", &port);
+        command
+    };
+
+    // Act
+    let first = tokio::task::spawn_blocking({
+        let mut command = tour();
+        move || command.output().unwrap()
+    })
+    .await
+    .unwrap();
+    let second = tokio::task::spawn_blocking({
+        let mut command = tour();
+        move || command.output().unwrap()
+    })
+    .await
+    .unwrap();
+
+    // Assert
+    let (first, second) = (stdout(&first), stdout(&second));
+    assert!(
+        first.contains("# first run: every record is new"),
+        "{first}"
+    );
+    assert!(
+        second.contains("from an earlier tour, so they are unchanged"),
+        "{second}"
+    );
+    assert!(!second.contains("every record is new"), "{second}");
 }
