@@ -105,6 +105,8 @@ pub async fn init(request: &Request) -> Result<String, String> {
         .user_agent(concat!("apisync/", env!("CARGO_PKG_VERSION"), " (init)"))
         .timeout(std::time::Duration::from_secs(30))
         .gzip(true)
+        // As a run's: `--header` values are often credentials.
+        .redirect(crate::source::http::same_origin_redirects())
         .build()
         .map_err(|e| format!("cannot create the HTTP client: {e}"))?;
     let first = fetch(&http, &url, &headers).await?;

@@ -57,7 +57,7 @@ impl ApiClient {
 /// Follows at most 10 redirects, and only within the origin of the first
 /// request: reqwest drops `Authorization` on a cross-host redirect but would
 /// forward any other header, and a job's headers often carry credentials.
-fn same_origin_redirects() -> reqwest::redirect::Policy {
+pub(crate) fn same_origin_redirects() -> reqwest::redirect::Policy {
     reqwest::redirect::Policy::custom(|attempt| {
         let same_origin = attempt
             .previous()

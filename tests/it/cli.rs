@@ -252,7 +252,10 @@ async fn the_demo_runs_twice_and_the_second_run_writes_nothing() {
 
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     let text = stdout(&output);
-    assert!(!text.contains("\\n"), "newlines are printed, not escaped: {text}");
+    assert!(
+        !text.contains("\\n"),
+        "newlines are printed, not escaped: {text}"
+    );
     let second = text.split("run 2:").nth(1).expect("a second run");
     assert!(second.contains("unchanged 240"), "{text}");
     assert!(second.contains("rows written: 0"), "{text}");
