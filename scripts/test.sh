@@ -31,6 +31,10 @@ eval "$real_servers"
 # empty again when they are done: a test that leaves files behind fails it.
 export TMPDIR="$PWD/target/test-tmp"
 rm -rf "$TMPDIR" && mkdir -p "$TMPDIR"
+# The example binaries themselves (`--all-targets` builds them as test
+# harnesses only): the tour test runs scripts/try.sh with
+# target/debug/examples/sample_api.
+cargo build --examples --quiet
 cargo test --all-targets --no-fail-fast "$@"
 left="$(find "$TMPDIR" -mindepth 1 -maxdepth 1 | head -n 5)"
 if [ -n "$left" ]; then

@@ -633,8 +633,8 @@ async fn try_sh_says_on_a_second_tour_that_the_rows_were_there(pool: PgPool) {
     let bin = Path::new(env!("CARGO_BIN_EXE_apisync")).parent().unwrap();
     assert!(
         bin.join("examples/sample_api").exists(),
-        "target/debug/examples/sample_api is missing: run the tests with --all-targets \
-         (scripts/test.sh does)"
+        "target/debug/examples/sample_api is missing: build it first with \
+         `cargo build --examples` (scripts/test.sh does)"
     );
     let database = pool.connect_options().get_database().unwrap().to_owned();
     let server = std::env::var("DATABASE_URL").unwrap();
