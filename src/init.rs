@@ -85,7 +85,7 @@ struct Fetched {
 #[derive(Debug, Default)]
 struct Guess {
     records: String,
-    key: Option<String>,
+    key: Option<Key>,
     pagination: Vec<(String, String)>,
     hash_exclude: Vec<String>,
     incremental: Option<String>,
@@ -130,7 +130,7 @@ pub async fn init(request: &Request) -> Result<String, String> {
     if let (Some(key), Some(again)) = (&guess.key, &again)
         && let Some(records_again) = crate_pointer(&again.body, &guess.records)
     {
-        guess.hash_exclude = volatile_fields(&records, records_again, key);
+        guess.hash_exclude = volatile_fields(&records, records_again, &key.field);
     }
     guess.incremental = records.first().and_then(update_time_field);
 
@@ -140,6 +140,20 @@ pub async fn init(request: &Request) -> Result<String, String> {
     )
     .await;
 
+    // apisync reads `${…}` in every string of a configuration as a variable
+    // or a file: a name the API chose must never hold one.
+    let chosen = std::iter::once(&guess.records)
+        .chain(guess.key.iter().map(|key| &key.field))
+        .chain(guess.hash_exclude.iter())
+        .chain(guess.pagination.iter().map(|(_, value)| value))
+        .chain(guess.incremental.iter());
+    if let Some(bad) = chosen.into_iter().find(|value| value.contains("${")) {
+        return Err(format!(
+            "the API's answer names a member `{}` that holds `${{`, which apisync would read \
+             as a variable reference; write this job by hand",
+            bad.trim_matches('"')
+        ));
+    }
     let toml = render(request, &url, &guess);
     // The walk a run would make, two pages of it, with the guess as written.
     if let Err(problem) = confirm(&toml).await {
@@ -261,7 +275,7 @@ fn envelope(body: &Value, records: &str) -> Value {
 }
 
 /// A field present in every record as a scalar, with no value twice.
-fn find_key(records: &[Value], name: &str) -> Option<String> {
+fn find_key(records: &[Value], name: &str) -> Option<Key> {
     let singular = name.strip_suffix('s').unwrap_or(name);
     let named = format!("{singular}_id");
     let unique = |field: &str| {
@@ -281,14 +295,28 @@ fn find_key(records: &[Value], name: &str) -> Option<String> {
             .chain([named, "key".to_owned(), "code".to_owned()]);
     for field in preferred {
         if unique(&field) {
-            return Some(field);
+            return Some(Key {
+                field,
+                by_name: true,
+            });
         }
     }
     let first = records.first()?.as_object()?;
     first
         .keys()
         .find(|field| is_identifier(field) && unique(field))
-        .cloned()
+        .map(|field| Key {
+            field: field.clone(),
+            by_name: false,
+        })
+}
+
+/// The key guessed, and whether by its name (`id` …) or only by being
+/// unique on the first page (then `render` says another page may repeat it).
+#[derive(Debug)]
+struct Key {
+    field: String,
+    by_name: bool,
 }
 
 fn is_identifier(field: &str) -> bool {
@@ -299,36 +327,49 @@ fn is_identifier(field: &str) -> bool {
         && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// The top-level fields whose values differ between two fetches of the
-/// same page (request ids, `served_at`), as pointers.
+/// The fields whose values differ between two fetches of the same page in
+/// every record compared (request ids, `served_at`), as pointers. A field
+/// that differs in only some records is data that changed in between, not
+/// a volatile field.
 fn volatile_fields(first: &[Value], second: &[Value], key: &str) -> Vec<String> {
-    let mut volatile = BTreeSet::new();
+    let again: std::collections::HashMap<String, &Value> = second
+        .iter()
+        .filter_map(|record| Some((record.get(key)?.to_string(), record)))
+        .collect();
+    let mut counts: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut compared = 0;
     for record in first {
-        let Some(id) = record.get(key) else { continue };
-        let Some(other) = second.iter().find(|r| r.get(key) == Some(id)) else {
+        let Some(other) = record.get(key).and_then(|id| again.get(&id.to_string())) else {
             continue;
         };
         let (Some(a), Some(b)) = (record.as_object(), other.as_object()) else {
             continue;
         };
+        compared += 1;
         for (field, value) in a {
             match b.get(field) {
                 Some(other) if other == value => {}
                 Some(Value::Object(inner)) if value.is_object() => {
                     for (sub, sub_value) in inner {
                         if value.get(sub) != Some(sub_value) {
-                            volatile
-                                .insert(crate::json_pointer::join(&[field.clone(), sub.clone()]));
+                            let pointer = crate::json_pointer::join(&[field.clone(), sub.clone()]);
+                            *counts.entry(pointer).or_default() += 1;
                         }
                     }
                 }
-                _ => {
-                    volatile.insert(crate::json_pointer::join(std::slice::from_ref(field)));
+                Some(_) => {
+                    let pointer = crate::json_pointer::join(std::slice::from_ref(field));
+                    *counts.entry(pointer).or_default() += 1;
                 }
+                None => {}
             }
         }
     }
-    volatile.into_iter().collect()
+    counts
+        .into_iter()
+        .filter(|(_, n)| *n == compared && compared > 0)
+        .map(|(pointer, _)| pointer)
+        .collect()
 }
 
 /// A field named like an update time whose value reads as a time.
@@ -466,13 +507,16 @@ async fn guess_pagination(
         });
     let more_than_a_page =
         page_count.is_some() || stated_total.is_some_and(|n| n > records.len() as u64);
-    if more_than_a_page && !records.is_empty() {
+    // Tried even when nothing says there is more: an API without totals
+    // may page all the same, and taking it for one page would archive a
+    // part of it.
+    if !records.is_empty() {
         let page_param = ["page", "current_page"]
             .into_iter()
             .find(|p| url.query_pairs().any(|(k, _)| k == *p))
             .unwrap_or("page");
         let second = crate::source::paginate::with_params(url, &[(page_param, "2".to_owned())]);
-        if differs(http, &second, headers, &guess.records, records).await {
+        if differs(http, &second, headers, guess, records).await {
             set(guess, "kind", quoted("page"));
             if page_param != "page" {
                 set(guess, "page_param", quoted(page_param));
@@ -488,7 +532,7 @@ async fn guess_pagination(
         }
         let offset =
             crate::source::paginate::with_params(url, &[("offset", records.len().to_string())]);
-        if differs(http, &offset, headers, &guess.records, records).await {
+        if differs(http, &offset, headers, guess, records).await {
             set(guess, "kind", quoted("offset"));
             if let Some(total) = &total {
                 set(guess, "total_path", quoted(total));
@@ -497,29 +541,36 @@ async fn guess_pagination(
             }
             return;
         }
-        guess.notes.push(
-            "The API states more records than one page holds, but neither ?page=2 nor \
-             ?offset=N gave others: set [jobs.pagination] by hand."
-                .into(),
-        );
+        if more_than_a_page {
+            guess.notes.push(
+                "The API states more records than one page holds, but neither ?page=2 nor \
+                 ?offset=N gave others: set [jobs.pagination] by hand."
+                    .into(),
+            );
+        }
     }
     set(guess, "kind", quoted("none"));
     guess
         .notes
         .push("No pagination found: the job reads this one response.".into());
+    // A stated total is checked by every run: one page short of it fails.
     if let Some(total) = &total {
         set(guess, "total_path", quoted(total));
+    } else if let Some(name) = total_header {
+        set(guess, "total_header", quoted(&header_case(name)));
     }
 }
 
-/// Whether `url` answers other records than `first` (and some).
+/// Whether `url` answers other records than `first` (and some): other keys,
+/// when the key is known, since volatile fields differ on every fetch.
 async fn differs(
     http: &reqwest::Client,
     url: &Url,
     headers: &HeaderMap,
-    records_pointer: &str,
+    guess: &Guess,
     first: &[Value],
 ) -> bool {
+    let records_pointer = guess.records.as_str();
     let Ok(fetched) = fetch(http, url, headers).await else {
         return false;
     };
@@ -528,7 +579,20 @@ async fn differs(
     } else {
         crate_pointer(&fetched.body, records_pointer)
     };
-    records.is_some_and(|records| !records.is_empty() && records.as_slice() != first)
+    let keys = |records: &[Value]| -> Option<BTreeSet<String>> {
+        let key = &guess.key.as_ref()?.field;
+        records
+            .iter()
+            .map(|record| record.get(key).map(Value::to_string))
+            .collect()
+    };
+    records.is_some_and(|records| {
+        !records.is_empty()
+            && match (keys(records), keys(first)) {
+                (Some(these), Some(those)) => these != those,
+                _ => records.as_slice() != first,
+            }
+    })
 }
 
 fn header_case(name: &str) -> String {
@@ -569,9 +633,18 @@ fn render(request: &Request, url: &Url, guess: &Guess) -> String {
     out.push_str("schedule = \"@hourly\"\n");
     let _ = writeln!(out, "table = {}", quoted(&request.name));
     match &guess.key {
-        Some(key) => {
+        Some(Key {
+            field,
+            by_name: false,
+        }) => {
+            out.push_str("# No id-like field: this one is unique on the first page only. Make\n");
+            out.push_str("# sure it is the natural key (unique across the whole collection):\n");
+            out.push_str("# records with the same key are stored as one row.\n");
+            let _ = writeln!(out, "key = [{}]", quoted(field));
+        }
+        Some(Key { field, .. }) => {
             out.push_str("# A field present and unique in every record of the first page.\n");
-            let _ = writeln!(out, "key = [{}]", quoted(key));
+            let _ = writeln!(out, "key = [{}]", quoted(field));
         }
         None => out.push_str("# key = [\"id\"]   # could not tell: name the natural key\n"),
     }
@@ -615,10 +688,12 @@ fn render(request: &Request, url: &Url, guess: &Guess) -> String {
 
 /// Walks two pages of `toml`'s job as a run would; why not, if it cannot.
 async fn confirm(toml: &str) -> Result<(), String> {
+    // No environment: nothing of it may reach the API through a name the
+    // API chose (see `render`).
     let settings = crate::config::load_str(
         toml,
         std::path::Path::new("init.toml"),
-        &std::env::vars().collect(),
+        &std::collections::HashMap::new(),
     )
     .map_err(|e| e.problems.join("; "))?;
     let job = settings.jobs.first().ok_or("no job")?;
@@ -654,11 +729,13 @@ mod tests {
     #[test]
     fn the_key_is_a_preferred_name_or_a_unique_scalar() {
         let records = vec![json!({"sku": "a", "n": 1}), json!({"sku": "b", "n": 1})];
-        assert_eq!(find_key(&records, "products").as_deref(), Some("sku"));
+        let sku = find_key(&records, "products").unwrap();
+        assert_eq!((sku.field.as_str(), sku.by_name), ("sku", false));
         let named = vec![json!({"order_id": 1}), json!({"order_id": 2})];
-        assert_eq!(find_key(&named, "orders").as_deref(), Some("order_id"));
+        let order = find_key(&named, "orders").unwrap();
+        assert_eq!((order.field.as_str(), order.by_name), ("order_id", true));
         let none = vec![json!({"n": 1}), json!({"n": 1})];
-        assert_eq!(find_key(&none, "x"), None);
+        assert!(find_key(&none, "x").is_none());
     }
 
     #[test]

@@ -57,7 +57,9 @@ const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
 pub fn init(settings: &LogSettings, redactor: Redactor) {
     let filter = std::env::var("RUST_LOG")
         .ok()
-        .and_then(|filter| log_filter(&filter).ok())
+        // RUST_LOG as tracing reads it (bare targets, numeric levels); the
+        // stricter rule of `log_filter` is for the file's `log.level`.
+        .and_then(|filter| EnvFilter::try_new(filter.trim()).ok())
         .or_else(|| log_filter(&settings.level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     let ansi = settings.format == LogFormat::Text && std::io::stderr().is_terminal();

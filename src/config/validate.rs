@@ -165,7 +165,13 @@ pub(super) fn validate(settings: &Settings, overrides: &EnvOverrides) -> Vec<Str
         }
         if job.history {
             let history = format!("{}_history", job.table);
-            if let Some(other) = settings.jobs.iter().find(|other| other.table == history) {
+            let unqualified =
+                |table: &str| table.strip_prefix("public.").unwrap_or(table).to_owned();
+            if let Some(other) = settings
+                .jobs
+                .iter()
+                .find(|other| unqualified(&other.table) == unqualified(&history))
+            {
                 report.bad(
                     "history",
                     format!(
@@ -175,7 +181,9 @@ pub(super) fn validate(settings: &Settings, overrides: &EnvOverrides) -> Vec<Str
                 );
             }
         }
-        if let Some(other) = tables.insert(&job.table, &job.name) {
+        // `public.products` is `products` under the default search path.
+        let same_table = job.table.strip_prefix("public.").unwrap_or(&job.table);
+        if let Some(other) = tables.insert(same_table, &job.name) {
             report.bad(
                 "table",
                 format!(

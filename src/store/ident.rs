@@ -41,7 +41,15 @@ impl Ident {
     pub fn table(name: &str) -> Result<Self, String> {
         let lowercase = name.chars().all(|c| !c.is_ascii_uppercase());
         let parts: Vec<&str> = name.split('.').collect();
-        if lowercase && parts.len() <= 2 && parts.iter().all(|part| is_identifier(part)) {
+        let reserved = parts.len() == 2
+            && (parts[0] == "apisync"
+                || parts[0] == "information_schema"
+                || parts[0].starts_with("pg_"));
+        if reserved {
+            Err(format!(
+                "`{name}` is in a schema apisync or PostgreSQL keeps for itself; use another"
+            ))
+        } else if lowercase && parts.len() <= 2 && parts.iter().all(|part| is_identifier(part)) {
             Ok(Self(name.to_owned()))
         } else {
             Err(format!(
@@ -166,6 +174,9 @@ mod tests {
             "\"archive\".\"products_history\""
         );
         assert!(Ident::table("products").unwrap().schema().is_none());
+        for reserved in ["apisync.x", "pg_catalog.x", "information_schema.x"] {
+            assert!(Ident::table(reserved).is_err(), "{reserved}");
+        }
     }
 
     #[test]

@@ -303,13 +303,17 @@ impl Store {
                 "DELETE FROM apisync.runs WHERE job = $1 AND status <> 'running' \
                  AND finished_at < now() - make_interval(secs => $2::double precision)",
                 "DELETE FROM apisync.rejects WHERE job = $1 \
-                 AND rejected_at < now() - make_interval(secs => $2::double precision)",
+                 AND rejected_at < now() - make_interval(secs => $2::double precision) \
+                 AND run_id NOT IN (SELECT id FROM apisync.runs WHERE job = $1 \
+                   AND status = 'running')",
             ),
             Store::Sqlite(_) => (
                 "DELETE FROM apisync_runs WHERE job = $1 AND status <> 'running' \
                  AND finished_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || $2 || ' seconds')",
                 "DELETE FROM apisync_rejects WHERE job = $1 \
-                 AND rejected_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || $2 || ' seconds')",
+                 AND rejected_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-' || $2 || ' seconds') \
+                 AND run_id NOT IN (SELECT id FROM apisync_runs WHERE job = $1 \
+                   AND status = 'running')",
             ),
         };
         let mut deleted = [0; 2];

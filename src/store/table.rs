@@ -147,13 +147,20 @@ impl Store {
         );
         // `archive.products`: its schema first (PostgreSQL; SQLite refuses
         // such names in `check`).
-        let schema = table
-            .name
-            .schema()
-            .map(|schema| format!("CREATE SCHEMA IF NOT EXISTS {}", schema.quoted()));
+        // Only when missing: CREATE SCHEMA checks the database's CREATE
+        // privilege even with IF NOT EXISTS, which a role confined to a
+        // schema a DBA made does not have.
+        let schema = table.name.schema();
         let columns = per_db!(self.pools(), pool => {
             if let Some(schema) = &schema {
-                sqlx::query(AssertSqlSafe(schema.clone())).execute(pool).await?;
+                let missing: bool = sqlx::query_scalar("SELECT to_regnamespace($1) IS NULL")
+                    .bind(schema.quoted())
+                    .fetch_one(pool)
+                    .await?;
+                if missing {
+                    let create = format!("CREATE SCHEMA IF NOT EXISTS {}", schema.quoted());
+                    sqlx::query(AssertSqlSafe(create)).execute(pool).await?;
+                }
             }
             sqlx::query(AssertSqlSafe(create)).execute(pool).await?;
             let read = || async {
