@@ -44,6 +44,19 @@ fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .collect()
 }
 
+/// What a new process on the test's store would have: no token in memory.
+fn new_process(env: &TestEnv) -> apisync::sync::SyncContext {
+    let client = apisync::source::ApiClient::new().unwrap();
+    client.keep_tokens_in(env.ctx.store.clone());
+    apisync::sync::SyncContext {
+        client,
+        store: env.ctx.store.clone(),
+        redactor: env.ctx.redactor.clone(),
+        cancel: tokio_util::sync::CancellationToken::new(),
+        in_flight: Default::default(),
+    }
+}
+
 fn secret_env() -> HashMap<String, String> {
     vars(&[("CLIENT_SECRET", CLIENT_SECRET)])
 }
@@ -328,16 +341,7 @@ store_tests! {
         let first = env.run(&job).await;
         assert_eq!(first.status.as_str(), "succeeded", "{:?}", first.error);
         auth.set_refresh_token("rt-never-seen-by-apisync");
-        // A new process: nothing in memory.
-        let fresh = apisync::source::ApiClient::new().unwrap();
-        fresh.keep_tokens_in(env.ctx.store.clone());
-        let ctx = apisync::sync::SyncContext {
-            client: fresh,
-            store: env.ctx.store.clone(),
-            redactor: env.ctx.redactor.clone(),
-            cancel: env.ctx.cancel.clone(),
-            in_flight: Default::default(),
-        };
+        let ctx = new_process(&env);
 
         // Act
         let report = apisync::sync::run_once(&job, &ctx).await.unwrap();
@@ -387,16 +391,7 @@ store_tests! {
             .client
             .finish_token_requests(Duration::from_secs(30))
             .await;
-        // A new process: nothing in memory.
-        let fresh = apisync::source::ApiClient::new().unwrap();
-        fresh.keep_tokens_in(env.ctx.store.clone());
-        let ctx = apisync::sync::SyncContext {
-            client: fresh,
-            store: env.ctx.store.clone(),
-            redactor: env.ctx.redactor.clone(),
-            cancel: tokio_util::sync::CancellationToken::new(),
-            in_flight: Default::default(),
-        };
+        let ctx = new_process(&env);
 
         // Act
         let next = apisync::sync::run_once(&job, &ctx).await.unwrap();
