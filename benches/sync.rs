@@ -71,6 +71,9 @@ struct Figures {
     rows_inserted: i64,
     rows_updated: i64,
     wal_bytes: i64,
+    /// Blocks of the table and its history read from outside PostgreSQL's
+    /// shared buffers (from the OS cache or the disk).
+    blocks_read: i64,
 }
 
 struct Bench {
@@ -154,9 +157,11 @@ impl Bench {
             .unwrap()
     }
 
-    /// `(n_tup_ins, n_tup_upd)` of `table`, after the writers' statistics
-    /// reached the shared counters (a backend flushes them when it exits).
-    async fn tuples(&self, table: &str) -> (i64, i64) {
+    /// `(n_tup_ins, n_tup_upd)` of `table`, and the blocks of it and its
+    /// history read from outside shared buffers, after the writers'
+    /// statistics reached the shared counters (a backend flushes them when
+    /// it exits).
+    async fn tuples(&self, table: &str) -> (i64, i64, i64) {
         tokio::time::sleep(Duration::from_millis(600)).await;
         let mut conn = self.pool.acquire().await.unwrap();
         sqlx::query("SELECT pg_stat_clear_snapshot()")
@@ -164,8 +169,12 @@ impl Bench {
             .await
             .unwrap();
         sqlx::query_as(
-            "SELECT coalesce(sum(n_tup_ins), 0)::bigint, coalesce(sum(n_tup_upd), 0)::bigint \
-             FROM pg_stat_user_tables WHERE relname = $1",
+            "SELECT coalesce(sum(s.n_tup_ins) FILTER (WHERE s.relname = $1), 0)::bigint, \
+               coalesce(sum(s.n_tup_upd) FILTER (WHERE s.relname = $1), 0)::bigint, \
+               coalesce(sum(io.heap_blks_read + coalesce(io.idx_blks_read, 0) \
+                 + coalesce(io.toast_blks_read, 0)), 0)::bigint \
+             FROM pg_stat_user_tables s JOIN pg_statio_user_tables io USING (relid) \
+             WHERE s.relname IN ($1, $1 || '_history')",
         )
         .bind(table)
         .fetch_one(&mut *conn)
@@ -218,7 +227,7 @@ key = ["id"]
         self.checkpoint().await;
         let lsn = self.wal_lsn().await;
         let before = if self.sqlite {
-            (0, 0)
+            (0, 0, 0)
         } else {
             self.tuples(TABLE).await
         };
@@ -229,7 +238,7 @@ key = ["id"]
                 .unwrap();
         let seconds = elapsed.as_secs_f64();
         let (wal_bytes, after) = if self.sqlite {
-            (-1, (-1, -1))
+            (-1, (-1, -1, -1))
         } else {
             (self.wal_since(&lsn).await, self.tuples(TABLE).await)
         };
@@ -241,6 +250,7 @@ key = ["id"]
                 rows_inserted: written(after.0, before.0),
                 rows_updated: written(after.1, before.1),
                 wal_bytes,
+                blocks_read: written(after.2, before.2),
             },
             output,
         )
@@ -297,6 +307,7 @@ key = ["id"]
             seconds,
             rows_inserted: records.len() as i64,
             wal_bytes,
+            blocks_read: -1,
             ..Figures::default()
         }
     }
@@ -449,8 +460,16 @@ async fn main() {
 fn print_table(scenarios: &[&str], results: &[Vec<Figures>], copy: usize, n: usize) {
     let copy_seconds = median(&mut results[copy].iter().map(|f| f.seconds).collect::<Vec<_>>());
     println!(
-        "\n{:<28} {:>9} {:>11} {:>8} {:>9} {:>10} {:>10} {:>9}",
-        "scenario", "seconds", "records/s", "× COPY", "RSS MiB", "rows ins", "rows upd", "WAL MB"
+        "\n{:<28} {:>9} {:>11} {:>8} {:>9} {:>10} {:>10} {:>9} {:>10}",
+        "scenario",
+        "seconds",
+        "records/s",
+        "× COPY",
+        "RSS MiB",
+        "rows ins",
+        "rows upd",
+        "WAL MB",
+        "blks read"
     );
     for (name, runs) in scenarios.iter().zip(results) {
         let pick = |f: fn(&Figures) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
@@ -461,8 +480,9 @@ fn print_table(scenarios: &[&str], results: &[Vec<Figures>], copy: usize, n: usi
         let inserted = pick(|f| f.rows_inserted as f64);
         let updated = pick(|f| f.rows_updated as f64);
         let wal = pick(|f| f.wal_bytes as f64);
+        let read = pick(|f| f.blocks_read as f64);
         println!(
-            "{:<28} {:>9.2} {:>11.0} {:>8.2} {:>9} {:>10} {:>10} {:>9}",
+            "{:<28} {:>9.2} {:>11.0} {:>8.2} {:>9} {:>10} {:>10} {:>9} {:>10}",
             name,
             seconds,
             n as f64 / seconds,
@@ -471,6 +491,7 @@ fn print_table(scenarios: &[&str], results: &[Vec<Figures>], copy: usize, n: usi
             or_dash(inserted, format!("{inserted:.0}")),
             or_dash(updated, format!("{updated:.0}")),
             or_dash(wal, format!("{:.1}", wal / 1e6)),
+            or_dash(read, format!("{read:.0}")),
         );
     }
 }

@@ -206,8 +206,9 @@ impl Store {
         let create = format!(
             "CREATE TABLE {history} ({key_defs}valid_from {time} NOT NULL, valid_to {time}, \
              op {text} NOT NULL, record {record} NOT NULL, content_hash {hash} NOT NULL, \
-             run_id {run} NOT NULL, PRIMARY KEY ({keys}, valid_from))",
+             run_id {run} NOT NULL, PRIMARY KEY ({keys}, valid_from)){options}",
             history = history.quoted(),
+            options = dialect.history_options,
             time = dialect.time_ddl,
             text = dialect.key_type,
         );

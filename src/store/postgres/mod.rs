@@ -96,6 +96,39 @@ pub struct PgStore {
     writers: table_writer::Writers,
 }
 
+/// The pool's options: its size and timeouts, and the settings every
+/// session starts with.
+fn pool_options(settings: &DatabaseSettings) -> PgPoolOptions {
+    // Set per session rather than as startup options, which a pooler
+    // such as PgBouncer may refuse. `lock_timeout`: a statement waiting
+    // on another session's lock fails instead of hanging the run;
+    // `client_min_messages`: the NOTICEs of idempotent DDL ("schema
+    // apisync already exists, skipping") are noise on every command;
+    // `jit = off`: our statements are short batches whose cost the
+    // planner overestimates on tables without statistics yet (a first
+    // load, a history just made), which put them over `jit_above_cost`,
+    // and compiling took longer than running them: the history writes
+    // of a 1% change ran 3 × slower (see BENCHMARKS.md).
+    let lock_timeout_ms = settings.lock_timeout.as_millis().max(1);
+    PgPoolOptions::new()
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                let set = format!(
+                    "SET lock_timeout = {lock_timeout_ms}; SET client_min_messages = warning; \
+                     SET jit = off"
+                );
+                sqlx::raw_sql(AssertSqlSafe(set)).execute(conn).await?;
+                Ok(())
+            })
+        })
+        .max_connections(settings.max_connections)
+        .acquire_timeout(crate::config::timer(settings.acquire_timeout))
+        // Recycle connections so a failover or a restarted server is
+        // picked up without restarting apisync.
+        .idle_timeout(Duration::from_secs(300))
+        .max_lifetime(Duration::from_secs(1800))
+}
+
 impl PgStore {
     /// # Errors
     /// When `database.url` is missing or not a PostgreSQL URL.
@@ -113,29 +146,7 @@ impl PgStore {
         if let Some(ca) = &settings.ssl_root_cert {
             options = options.ssl_root_cert(ca);
         }
-        // Set per session rather than as startup options, which a pooler
-        // such as PgBouncer may refuse. `lock_timeout`: a statement waiting
-        // on another session's lock fails instead of hanging the run;
-        // `client_min_messages`: the NOTICEs of idempotent DDL ("schema
-        // apisync already exists, skipping") are noise on every command.
-        let lock_timeout_ms = settings.lock_timeout.as_millis().max(1);
-        let pool = PgPoolOptions::new()
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    let set = format!(
-                        "SET lock_timeout = {lock_timeout_ms}; SET client_min_messages = warning"
-                    );
-                    sqlx::raw_sql(AssertSqlSafe(set)).execute(conn).await?;
-                    Ok(())
-                })
-            })
-            .max_connections(settings.max_connections)
-            .acquire_timeout(crate::config::timer(settings.acquire_timeout))
-            // Recycle connections so a failover or a restarted server is
-            // picked up without restarting apisync.
-            .idle_timeout(Duration::from_secs(300))
-            .max_lifetime(Duration::from_secs(1800))
-            .connect_lazy_with(options);
+        let pool = pool_options(settings).connect_lazy_with(options);
         Ok(Self {
             pool,
             path: WritePath::Fast,
@@ -241,5 +252,42 @@ impl PgStore {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[sqlx::test(migrations = false)]
+    async fn every_session_starts_with_jit_off_and_the_lock_timeout(pool: PgPool) {
+        // Arrange: the pool apisync builds, on the test's database.
+        let settings = DatabaseSettings {
+            lock_timeout: Duration::from_millis(2_500),
+            ..DatabaseSettings::default()
+        };
+        let store_pool =
+            pool_options(&settings).connect_lazy_with((*pool.connect_options()).clone());
+
+        // Act
+        let mut conn = store_pool.acquire().await.unwrap();
+        let jit: String = sqlx::query_scalar("SHOW jit")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let lock_timeout: String = sqlx::query_scalar("SHOW lock_timeout")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        let messages: String = sqlx::query_scalar("SHOW client_min_messages")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+
+        // Assert
+        assert_eq!(
+            (jit.as_str(), lock_timeout.as_str(), messages.as_str()),
+            ("off", "2500ms", "warning")
+        );
     }
 }
