@@ -111,10 +111,14 @@ pub async fn verify(
         .store
         .unseen_keys(&table, &keys_read, KEYS_SHOWN)
         .await?;
-    comparison.gone = Keys {
-        count: gone.count,
-        keys: gone.keys,
-    };
+    // Added to the live keys tombstones named: those count as read, so the
+    // table's unseen keys never include them.
+    comparison.gone.count += gone.count;
+    let room = KEYS_SHOWN.saturating_sub(comparison.gone.keys.len());
+    comparison
+        .gone
+        .keys
+        .extend(gone.keys.into_iter().take(room));
     Ok(comparison)
 }
 

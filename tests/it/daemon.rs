@@ -155,16 +155,25 @@ size = 100
 #[sqlx::test(migrations = false)]
 async fn metrics_cover_the_catalogue_and_agree_with_the_runs_table(pool: PgPool) {
     // Arrange: three jobs that run once at start: one clean, one with
-    // duplicates and rejects, one against an API that keeps failing.
+    // duplicates, rejects and a deletion (a tombstone for a key of an earlier
+    // page), one against an API that keeps failing.
     let mut records = products(150);
     records.push(serde_json::json!({"name": "no key"}));
     let env = TestEnv::start(pool, records).await;
     env.api.add_to_page(1, vec![crate::helpers::product(3)]);
+    env.api
+        .add_to_page(2, vec![serde_json::json!({"id": 1, "deleted": true})]);
     let api = env.api.url("");
     let job = |name: &str, url: &str, extra: &str| {
+        let tombstones = if name == "m_messy" {
+            "deletions = \"mark\"\ntombstone = \"/deleted\"\n"
+        } else {
+            ""
+        };
         format!(
             "[[jobs]]\nname = \"{name}\"\nschedule = \"0 0 1 1 *\"\nrun_on_start = true\n\
-             table = \"{name}\"\nkey = [\"id\"]\nrecords = \"/data\"\n[jobs.request]\nurl = \"{api}{url}\"\n{extra}\n"
+             table = \"{name}\"\nkey = [\"id\"]\nrecords = \"/data\"\n{tombstones}\
+             [jobs.request]\nurl = \"{api}{url}\"\n{extra}\n"
         )
     };
     let config = format!(
@@ -241,9 +250,10 @@ async fn metrics_cover_the_catalogue_and_agree_with_the_runs_table(pool: PgPool)
     );
     // …the record counters equal the sums in apisync.runs…
     for job in jobs {
-        let sums: (i64, i64, i64, i64, i64) = sqlx::query_as(
+        let sums: (i64, i64, i64, i64, i64, i64) = sqlx::query_as(
             "SELECT sum(inserted)::bigint, sum(updated)::bigint, sum(unchanged)::bigint, \
-             sum(duplicate)::bigint, sum(rejected)::bigint FROM apisync.runs WHERE job = $1",
+             sum(duplicate)::bigint, sum(rejected)::bigint, sum(deleted)::bigint \
+             FROM apisync.runs WHERE job = $1",
         )
         .bind(job)
         .fetch_one(env.pg())
@@ -255,6 +265,7 @@ async fn metrics_cover_the_catalogue_and_agree_with_the_runs_table(pool: PgPool)
             ("unchanged", sums.2),
             ("duplicate", sums.3),
             ("rejected", sums.4),
+            ("deleted", sums.5),
         ];
         for (outcome, sum) in outcomes {
             let counted = sample(
@@ -290,6 +301,12 @@ async fn metrics_cover_the_catalogue_and_agree_with_the_runs_table(pool: PgPool)
         Some(1.0),
         "the planted duplicate is counted"
     );
+    let messy_deleted = sample(
+        &scrape,
+        "apisync_records_total",
+        &[("job_name", "m_messy"), ("outcome", "deleted")],
+    );
+    assert_eq!(messy_deleted, Some(1.0), "the tombstoned key is counted");
     // …every attempt and retry of the failing job is counted…
     let attempts = sample(
         &scrape,

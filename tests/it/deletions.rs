@@ -505,6 +505,33 @@ store_tests! {
         assert_eq!(keys_of(&comparison, "gone"), (1, vec![7]));
     }
 
+    async fn verify_counts_a_tombstone_for_a_stored_key_as_gone_and_only_true_is_one(backend: Backend) {
+        // Arrange: a full job whose source also sends deletions as records,
+        // synced; then upstream 5 becomes a tombstone and 8 is gone, and 3
+        // and 4 gain a `deleted` that is not the JSON `true`.
+        let env = TestEnv::start_on(backend, products(N)).await;
+        let dir = crate::binary::scratch(&format!("verify-tomb-{}", env.store_name));
+        let job = marking(JobToml::paged(10)).with("tombstone", "/deleted");
+        std::fs::write(dir.join("apisync.toml"), env.config_file(job)).unwrap();
+        let synced = crate::binary::run(&dir, &["sync", "products"], &[]).await;
+        assert_eq!(synced.status.code(), Some(0), "{}", crate::binary::stderr(&synced));
+        let mut records = without(&products(N), &[8]);
+        records[2]["deleted"] = json!("true");
+        records[3]["deleted"] = json!(false);
+        records[4] = json!({"id": 5, "deleted": true});
+        env.api.set_records(records);
+
+        // Act
+        let (code, comparison) = verify(&dir).await;
+
+        // Assert: both gone keys are named, the tombstoned one too; the
+        // other two are content that differs, not deletions.
+        assert_eq!(code, Some(1), "{comparison}");
+        assert_eq!(keys_of(&comparison, "gone"), (2, vec![5, 8]), "{comparison}");
+        assert_eq!(keys_of(&comparison, "differ"), (2, vec![3, 4]), "{comparison}");
+        assert_eq!(keys_of(&comparison, "missing"), (0, vec![]));
+    }
+
     async fn verify_exits_3_when_the_source_cannot_be_read_and_2_on_a_bad_job(backend: Backend) {
         // Arrange
         let env = TestEnv::start_on(backend, products(N)).await;
@@ -722,10 +749,10 @@ store_tests! {
 }
 
 store_tests! {
-    async fn keys_gone_from_a_table_larger_than_one_read_are_all_found(backend: Backend) {
-        // Arrange: 21,000 rows under a composite key, so the table's keys are
-        // read in three pages (10,000 a page, ordered by the key), and one
-        // key gone from each.
+    async fn keys_gone_from_a_large_table_under_a_composite_key_are_all_found(backend: Backend) {
+        // Arrange: 21,000 rows under a composite key (the live keys come in
+        // one streamed read; the marking probes both columns), and one key
+        // gone from the start, the middle and the end.
         let records: Vec<Value> = (1..=10_500)
             .flat_map(|id| ["eu", "us"].map(|region| json!({"id": id, "meta": {"region": region}})))
             .collect();
