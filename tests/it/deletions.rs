@@ -532,6 +532,42 @@ store_tests! {
         assert_eq!(keys_of(&comparison, "missing"), (0, vec![]));
     }
 
+    async fn verify_waits_for_the_run_holding_the_job_lock_and_lists_at_most_1000_keys(backend: Backend) {
+        // Arrange: a table of 10 synced rows, a source of 1,210, and the
+        // job's lock held as a run in progress holds it.
+        let env = TestEnv::start_on(backend, products(10)).await;
+        let dir = crate::binary::scratch(&format!("verify-lock-{}", env.store_name));
+        std::fs::write(dir.join("apisync.toml"), env.config_file(JobToml::paged(100))).unwrap();
+        let synced = crate::binary::run(&dir, &["sync", "products"], &[]).await;
+        assert_eq!(synced.status.code(), Some(0), "{}", crate::binary::stderr(&synced));
+        env.api.set_records(products(1_210));
+        let lock = env.ctx.store.try_lock_job("products").await.unwrap().expect("the lock is free");
+        let requests = env.api.requests().len();
+
+        // Act: verify starts while the lock is held, and the lock is let go
+        // once it says it waits.
+        let mut child = crate::binary::spawn(&dir, &["verify", "products", "--json"], &[]);
+        wait_until("verify says it waits for the run", async || {
+            std::fs::read_to_string(dir.join("stderr"))
+                .unwrap_or_default()
+                .contains("products is being synced by another process; waiting for it")
+        })
+        .await;
+        let read_while_locked = env.api.requests().len() - requests;
+        lock.release().await;
+        let status = crate::binary::wait_exit(&mut child, Duration::from_secs(60)).await;
+
+        // Assert: nothing was read while the lock was held; then the whole
+        // source was, and 1,200 missing keys are counted, 1,000 listed.
+        assert_eq!(read_while_locked, 0, "verify never races a run");
+        let text = std::fs::read_to_string(dir.join("stdout")).unwrap();
+        assert_eq!(status.and_then(|s| s.code()), Some(1), "{text}");
+        let comparison: Value = serde_json::from_str(text.trim()).unwrap();
+        let (count, keys) = keys_of(&comparison, "missing");
+        assert_eq!((count, keys.len()), (1_200, 1_000));
+        assert_eq!(comparison["read"], 1_210);
+    }
+
     async fn verify_exits_3_when_the_source_cannot_be_read_and_2_on_a_bad_job(backend: Backend) {
         // Arrange
         let env = TestEnv::start_on(backend, products(N)).await;
@@ -543,12 +579,17 @@ store_tests! {
         // Act
         let unreadable = crate::binary::run(&dir, &["verify", "products"], &[]).await;
         let unknown = crate::binary::run(&dir, &["verify", "nosuch"], &[]).await;
+        let typo = env.config_file(JobToml::paged(10).with("deletion", "mark"));
+        std::fs::write(dir.join("apisync.toml"), typo).unwrap();
+        let invalid = crate::binary::run(&dir, &["verify", "products"], &[]).await;
 
         // Assert
         assert_eq!(unreadable.status.code(), Some(3), "{}", crate::binary::stderr(&unreadable));
         assert!(crate::binary::stderr(&unreadable).contains("could not be read completely"));
         assert_eq!(unknown.status.code(), Some(2));
         assert!(crate::binary::stderr(&unknown).contains("no job named nosuch"));
+        assert_eq!(invalid.status.code(), Some(2), "{}", crate::binary::stderr(&invalid));
+        assert!(crate::binary::stderr(&invalid).contains("deletion"), "{}", crate::binary::stderr(&invalid));
     }
 }
 
