@@ -138,17 +138,22 @@ store_tests! {
         let env = TestEnv::start_on(backend, products(N)).await;
         let job = env.job(JobToml::paged(10).with("deletions", "delete"));
         env.run(&job).await;
+        let before = env.row_versions("products").await;
         env.api.set_records(without(&products(N), &[5, 6]));
 
         // Act
         let report = env.run(&job).await;
 
-        // Assert: the rows are gone; the table has no deleted_at.
+        // Assert: the rows are gone, the others untouched; the table has no
+        // deleted_at.
         assert_eq!(report.status.as_str(), "succeeded", "{:?}", report.error);
         assert_eq!(report.counts.deleted, 2);
         let rows = env.rows("products").await;
         assert_eq!(rows.len(), N - 2);
         assert!(!rows.contains_key("5") && !rows.contains_key("6"));
+        let mut kept = before.clone();
+        kept.retain(|id, _| id != "5" && id != "6");
+        assert_eq!(env.row_versions("products").await, kept, "no other row touched");
         // Back again: inserted anew.
         env.api.set_records(products(N));
         let back = env.run(&job).await;
@@ -161,23 +166,31 @@ store_tests! {
         let job = env.job(marking(JobToml::paged(10)));
         env.run(&job).await;
         let before = env.row_versions("products").await;
-        env.api.set_records(products(N / 2));
+        let mut short = products(N / 2);
+        short[0]["name"] = json!("renamed");
+        env.api.set_records(short.clone());
 
         // Act
         let report = env.run(&job).await;
 
         // Assert: failed with reason deletions, naming the count, the live
-        // rows and the setting; nothing marked; the pages read were counted.
+        // rows and the setting; nothing marked; the pages read were
+        // committed (the change they carried is stored) and counted.
         assert_eq!(report.status.as_str(), "failed");
         assert_eq!(report.failure.map(|r| r.as_str()), Some("deletions"));
         let error = report.error.unwrap_or_default();
         for part in ["50 of the 100 stored keys", "max_deleted = 10% allows (10)"] {
             assert!(error.contains(part), "{part:?} in {error}");
         }
-        assert_eq!(report.counts.unchanged, 50, "the pages read are committed");
+        assert_eq!((report.counts.unchanged, report.counts.updated), (49, 1), "the pages read are committed");
         assert_eq!(report.counts.deleted, 0);
         assert!(marked(&env).await.is_empty());
-        assert_eq!(env.row_versions("products").await, before);
+        assert_eq!(env.rows("products").await["1"], short[0]);
+        let mut others = env.row_versions("products").await;
+        others.remove("1");
+        let mut before_others = before.clone();
+        before_others.remove("1");
+        assert_eq!(others, before_others);
         let (status, recorded) = env.run_row(report.run_id).await;
         assert_eq!((status.as_str(), recorded.as_deref()), ("failed", Some(error.as_str())));
 
