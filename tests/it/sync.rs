@@ -158,9 +158,7 @@ async fn the_fast_and_the_simple_write_paths_keep_the_same_history(pool: PgPool)
     // keys in the same pages (versions of mixed ops in one statement), then
     // bring one back.
     let env = TestEnv::start(pool, products(300)).await;
-    let job = env.job(&format!(
-        "history = true\ndeletions = \"mark\"\n{PAGED_JOB}"
-    ));
+    let job = env.job(format!("history = true\ndeletions = \"mark\"\n{PAGED_JOB}"));
     let simple_ctx = simple_path(&env);
     let runs = async |ctx: &apisync::sync::SyncContext| {
         let mut counts = Vec::new();
