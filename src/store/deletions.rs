@@ -1,14 +1,17 @@
 //! Finding the stored keys a complete run did not see, and the write that
 //! marks or removes them. Written once for both stores: the table's live
 //! keys are read in one streamed query (rows decoded as they arrive, so
-//! memory holds the keys found gone, never the table). One sequential read:
+//! memory holds the keys found gone, never the table; on PostgreSQL a
+//! binary `COPY … TO STDOUT`). One sequential read:
 //! paging through the primary key instead cost a sort per page whenever the
 //! planner misjudged `deleted_at IS NULL` (1.4 s at 200,000 rows).
 
 use futures_util::TryStreamExt;
+use sqlx::postgres::PgPoolCopyExt;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::dialect::per_db;
+use super::dialect::Db;
+use super::postgres::copy_out::CopyRows;
 use super::{Store, StoreError, TableSpec};
 use crate::record::key_fingerprint;
 use crate::run::RunId;
@@ -64,21 +67,40 @@ impl Store {
         );
         let mut unseen = Unseen::default();
         let mut key: Vec<String> = Vec::with_capacity(n);
-        per_db!(self.pools(), pool => {
-            let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(pool);
-            while let Some(row) = rows.try_next().await? {
-                key.clear();
-                for i in 0..n {
-                    key.push(row.try_get::<String, _>(i)?);
-                }
-                if !seen.contains(key_fingerprint(&key) as u64) {
-                    unseen.count += 1;
-                    if unseen.keys.len() < keep {
-                        unseen.keys.push(key.clone());
-                    }
+        let mut note = |key: &Vec<String>| {
+            if !seen.contains(key_fingerprint(key) as u64) {
+                unseen.count += 1;
+                if unseen.keys.len() < keep {
+                    unseen.keys.push(key.clone());
                 }
             }
-        });
+        };
+        match self.pools() {
+            // A binary COPY: the same rows in a third of the time a query's
+            // results took (see copy_out.rs).
+            Db::Postgres(pool) => {
+                let copy = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
+                let mut chunks = pool.copy_out_raw(&copy).await?;
+                let mut rows = CopyRows::new(n);
+                while let Some(chunk) = chunks.try_next().await? {
+                    rows.feed(&chunk);
+                    while rows.next_row(&mut key).map_err(sqlx::Error::Protocol)? {
+                        note(&key);
+                    }
+                }
+                rows.finish().map_err(sqlx::Error::Protocol)?;
+            }
+            Db::Sqlite(pool) => {
+                let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(pool);
+                while let Some(row) = rows.try_next().await? {
+                    key.clear();
+                    for i in 0..n {
+                        key.push(row.try_get::<String, _>(i)?);
+                    }
+                    note(&key);
+                }
+            }
+        }
         Ok(unseen)
     }
 

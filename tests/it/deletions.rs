@@ -843,6 +843,35 @@ store_tests! {
 }
 
 store_tests! {
+    async fn keys_of_any_bytes_gone_upstream_are_marked_exactly(backend: Backend) {
+        // Arrange: keys holding what a text format would have to escape (a
+        // tab, a newline, a backslash, a quote, non-ASCII), half of them gone.
+        let odd = ["tab\there", "new\nline", "back\\slash", "quo\"te", "ünï ✓", "\\N", "cr\rlf", "plain"];
+        let records: Vec<Value> = odd.iter().map(|id| json!({"id": id, "name": "x"})).collect();
+        let env = TestEnv::start_on(backend, records.clone()).await;
+        let job = env.job(marking(JobToml::paged(3)).with("max_deleted", "100%"));
+        let first = env.run(&job).await;
+        assert_eq!(first.counts.inserted, odd.len() as u64, "{:?}", first.error);
+        let gone = ["tab\there", "back\\slash", "ünï ✓", "\\N"];
+        env.api.set_records(records.into_iter().filter(|r| !gone.contains(&r["id"].as_str().unwrap())).collect());
+
+        // Act
+        let report = env.run(&job).await;
+
+        // Assert
+        assert_eq!((report.status.as_str(), report.counts.deleted), ("succeeded", 4), "{:?}", report.error);
+        let mut marked: Vec<(String,)> = env
+            .db
+            .fetch_all("SELECT id FROM products WHERE deleted_at IS NOT NULL")
+            .await;
+        marked.sort();
+        let mut expected: Vec<(String,)> = gone.iter().map(|id| ((*id).to_owned(),)).collect();
+        expected.sort();
+        assert_eq!(marked, expected);
+    }
+}
+
+store_tests! {
     async fn history_under_a_composite_key_records_each_op(backend: Backend) {
         // Arrange: the same id in two regions is two keys.
         let records = |name: &str| -> Vec<Value> {

@@ -2,6 +2,7 @@
 //! end of runs a shutdown gives up on; the job lock in `lock`, the table
 //! writer in `table_writer`.
 
+pub(super) mod copy_out;
 mod lock;
 mod table_writer;
 
