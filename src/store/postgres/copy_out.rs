@@ -1,8 +1,9 @@
 //! Reading the rows of a binary `COPY (…) TO STDOUT (FORMAT binary)` of
 //! text columns, as the server sends them: in chunks whose bounds need not
 //! fall between rows. The deletion step reads a table's keys this way: a
-//! third of the time the same rows took as query results (0.15 s for
-//! 200,000 keys, see BENCHMARKS.md), and binary, so no value is escaped.
+//! about half the time the same rows took as query results (0.15 s to
+//! 0.08 s for 200,000 keys, see BENCHMARKS.md), and binary, so no value is
+//! escaped.
 //!
 //! The format (PostgreSQL's `COPY` documentation): an 11-byte signature,
 //! a 32-bit flags field and a 32-bit header extension length (and that
