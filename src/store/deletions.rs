@@ -7,11 +7,10 @@
 //! planner misjudged `deleted_at IS NULL` (1.4 s at 200,000 rows).
 
 use futures_util::TryStreamExt;
-use sqlx::postgres::PgPoolCopyExt;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::dialect::Db;
-use super::postgres::copy_out::CopyRows;
+use super::postgres::copy_out;
 use super::{Store, StoreError, TableSpec};
 use crate::record::key_fingerprint;
 use crate::run::RunId;
@@ -80,15 +79,7 @@ impl Store {
             // results took (see copy_out.rs).
             Db::Postgres(pool) => {
                 let copy = format!("COPY ({sql}) TO STDOUT (FORMAT binary)");
-                let mut chunks = pool.copy_out_raw(&copy).await?;
-                let mut rows = CopyRows::new(n);
-                while let Some(chunk) = chunks.try_next().await? {
-                    rows.feed(&chunk);
-                    while rows.next_row(&mut key).map_err(sqlx::Error::Protocol)? {
-                        note(&key);
-                    }
-                }
-                rows.finish().map_err(sqlx::Error::Protocol)?;
+                copy_out::read_rows(pool, &copy, n, note).await?;
             }
             Db::Sqlite(pool) => {
                 let mut rows = sqlx::query(AssertSqlSafe(sql)).fetch(pool);

@@ -11,11 +11,71 @@
 //! length and that many bytes (a text value is its UTF-8); a field count
 //! of -1 ends the data.
 
+use futures_util::TryStreamExt;
+use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnection, Postgres};
+
 const SIGNATURE: &[u8; 11] = b"PGCOPY\n\xff\r\n\0";
+
+/// Runs `copy` (a `COPY (…) TO STDOUT (FORMAT binary)` of `columns` text
+/// columns) and hands each row to `each`.
+pub(in crate::store) async fn read_rows(
+    pool: &PgPool,
+    copy: &str,
+    columns: usize,
+    mut each: impl FnMut(&Vec<String>),
+) -> Result<(), sqlx::Error> {
+    let mut session = CopySession(Some(pool.acquire().await?));
+    let mut rows = CopyRows::new(columns);
+    let mut row = Vec::with_capacity(columns);
+    {
+        let mut chunks = session.conn().copy_out_raw(copy).await?;
+        while let Some(chunk) = chunks.try_next().await? {
+            rows.feed(&chunk);
+            while rows.next_row(&mut row).map_err(sqlx::Error::Protocol)? {
+                each(&row);
+            }
+        }
+    }
+    rows.finish().map_err(sqlx::Error::Protocol)?;
+    session.done();
+    Ok(())
+}
+
+/// The connection of one COPY read, closed instead of returned to the pool
+/// unless the read ran to its end. sqlx does not count a COPY's reply as
+/// pending: a read cut short (a shutdown dropping it, a malformed row)
+/// would go back to the pool mid-COPY, its release check would stop at the
+/// COPY's own end, one reply early, and the next statement on it would
+/// take that stale reply for its own (an empty answer to a lookup).
+struct CopySession(Option<PoolConnection<Postgres>>);
+
+impl CopySession {
+    fn conn(&mut self) -> &mut PgConnection {
+        self.0
+            .as_mut()
+            .expect("the session holds its connection until done")
+    }
+
+    /// The read ran to its end: the connection is ready for the pool.
+    fn done(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for CopySession {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0.take() {
+            // Out of the pool, and dropped: its socket closes.
+            drop(conn.detach());
+        }
+    }
+}
 
 /// Rows of `columns` text fields, decoded from the chunks fed to it.
 #[derive(Debug)]
-pub(in crate::store) struct CopyRows {
+struct CopyRows {
     columns: usize,
     buffer: Vec<u8>,
     /// Where the next unread byte of `buffer` is.
@@ -25,7 +85,7 @@ pub(in crate::store) struct CopyRows {
 }
 
 impl CopyRows {
-    pub(in crate::store) fn new(columns: usize) -> Self {
+    fn new(columns: usize) -> Self {
         Self {
             columns,
             buffer: Vec::new(),
@@ -36,7 +96,7 @@ impl CopyRows {
     }
 
     /// Adds the next chunk of the stream.
-    pub(in crate::store) fn feed(&mut self, chunk: &[u8]) {
+    fn feed(&mut self, chunk: &[u8]) {
         // Drop what was read, so the buffer holds one row at most.
         self.buffer.drain(..self.at);
         self.at = 0;
@@ -45,7 +105,7 @@ impl CopyRows {
 
     /// The next complete row into `row`: `Ok(true)` when there was one,
     /// `Ok(false)` when more bytes are needed (or the data has ended).
-    pub(in crate::store) fn next_row(&mut self, row: &mut Vec<String>) -> Result<bool, String> {
+    fn next_row(&mut self, row: &mut Vec<String>) -> Result<bool, String> {
         if !self.header_read {
             let Some(extension) = self.peek_u32(SIGNATURE.len() + 4) else {
                 return Ok(false);
@@ -107,7 +167,7 @@ impl CopyRows {
 
     /// After the stream's last chunk: an error unless the data ended where
     /// the format says it does.
-    pub(in crate::store) fn finish(&self) -> Result<(), String> {
+    fn finish(&self) -> Result<(), String> {
         if self.ended && self.at == self.buffer.len() {
             Ok(())
         } else {
@@ -131,6 +191,41 @@ impl CopyRows {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[sqlx::test(migrations = false)]
+    async fn a_copy_read_cut_short_never_hands_its_session_to_the_next_statement(pool: PgPool) {
+        // Arrange: a pool of one connection, and a read far larger than
+        // the socket's buffers, given up on at its first row.
+        let one = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with((*pool.connect_options()).clone())
+            .await
+            .unwrap();
+        let (first_row, cut) = tokio::sync::oneshot::channel::<()>();
+        let mut first_row = Some(first_row);
+        let copy =
+            "COPY (SELECT g::text FROM generate_series(1, 5000000) g) TO STDOUT (FORMAT binary)";
+
+        // Act
+        tokio::select! {
+            read = read_rows(&one, copy, 1, |_| {
+                if let Some(signal) = first_row.take() {
+                    let _ = signal.send(());
+                }
+            }) => panic!("the read was to be cut short, it ended: {read:?}"),
+            _ = cut => {}
+        }
+
+        // Assert: the next statements on the pool get their own answers.
+        for n in [3_i64, 5] {
+            let count: i64 = sqlx::query_scalar("SELECT count(*) FROM generate_series(1, $1)")
+                .bind(n)
+                .fetch_one(&one)
+                .await
+                .unwrap();
+            assert_eq!(count, n);
+        }
+    }
 
     /// A binary COPY stream of `rows`, as the server writes it.
     fn stream(rows: &[&[&str]]) -> Vec<u8> {
